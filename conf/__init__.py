@@ -1,0 +1,1 @@
+"""The default node config and the example task and timer definitions (TOML)."""

@@ -1,0 +1,1 @@
+"""The node's concrete actor supervision tree (node, task and worker supervisors)."""

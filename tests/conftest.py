@@ -1,0 +1,29 @@
+"""Shared fixtures: start real worker processes and always clean them up."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from support import worker_env
+
+from yptask.worker_process import WorkerProcess, WorkerSpec
+
+Spawn = Callable[..., Awaitable[WorkerProcess]]
+
+
+@pytest.fixture
+async def spawn() -> AsyncIterator[Spawn]:
+    """Start workers (`await spawn(argv, stdio=False)`); kill any still running at the end."""
+    started: list[WorkerProcess] = []
+
+    async def start(argv: list[str], *, stdio: bool = False, **spec: object) -> WorkerProcess:
+        worker = await WorkerProcess.spawn(WorkerSpec(argv, use_stdio=stdio, env=worker_env(),
+                                                      **spec))  # type: ignore[arg-type]
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+        await worker.wait()

@@ -1,0 +1,55 @@
+"""A task class for the runner tests: one handler per behaviour a worker must survive."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from yptask.tasks.base import BaseTask, handles
+
+
+class Sample(BaseTask):
+    """Echo, fail, sleep, crash and misbehave on demand."""
+
+    def setup(self) -> None:
+        if self.settings.get("fail_setup"):
+            raise RuntimeError("setup was told to fail")
+        self.marker = self.settings.get("teardown_marker")
+
+    def teardown(self) -> None:
+        if self.marker:
+            with open(self.marker, "w") as f:
+                f.write("torn down")
+
+    def handle_echo(self, msg: Any) -> Any:
+        return msg
+
+    def handle_fail(self, msg: dict[str, Any]) -> None:
+        raise ValueError(msg.get("reason", "told to fail"))
+
+    def handle_sleep(self, msg: dict[str, Any]) -> str:
+        time.sleep(float(msg["seconds"]))
+        return "slept"
+
+    def handle_crash(self, msg: dict[str, Any]) -> None:
+        os._exit(int(msg.get("code", 7)))
+
+    def handle_print(self, msg: Any) -> str:
+        print("a stray print that must not reach the protocol pipe")
+        sys.stdout.flush()
+        return "printed"
+
+    def handle_unencodable(self, msg: Any) -> Any:
+        return {1, 2, 3}
+
+    def handle_whoami(self, msg: Any) -> dict[str, Any]:
+        assert self.message is not None
+        return {"id": self.message.id, "attempt": self.message.attempt,
+                "name": self.message.name, "settings": self.settings,
+                "modules": sorted(sys.modules)}
+
+    @handles("custom.any.name")
+    def custom(self, msg: Any) -> str:
+        return "custom"

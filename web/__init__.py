@@ -1,0 +1,1 @@
+"""The node's aiohttp application: JSON-RPC endpoint, admin API and console."""

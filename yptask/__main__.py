@@ -1,0 +1,7 @@
+"""`python -m yptask`: the same as the `yptask` command."""
+
+import sys
+
+from yptask.cli import main
+
+sys.exit(main())

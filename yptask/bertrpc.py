@@ -1,0 +1,254 @@
+"""BERT-RPC: {packet, 4} framing and the call / cast / reply / error / info packets.
+
+A frame is a 4-byte big-endian length followed by that many bytes of one BERT
+term, exactly as an Erlang port or socket opened with `{packet, 4}` sends it.
+Packets (bert-rpc.org, BERT-RPC 1.0):
+
+    {call, Module, Function, Args}  ->  {reply, Result} | {error, Error}
+    {cast, Module, Function, Args}  ->  {noreply}       | {error, Error}
+    {info, Command, Options}           (modifies the next packet; never answered)
+
+    Error = {Type, Code, Class, Detail, Backtrace}
+            Type = protocol | server | user | proxy
+
+This module is shared by the worker side (blocking reads on file descriptors)
+and the node side (asyncio streams, in `yptask.worker_process`), so it imports
+only the standard library and yptask's protocol modules.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from yptask import codec
+from yptask.codec import Atom
+from yptask.errors import (
+    FrameError,
+    HandlerError,
+    NoSuchFunction,
+    NoSuchHandler,
+    NoSuchModule,
+    ProtocolError,
+    RemoteError,
+    YPTaskError,
+    wire_code,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "Call",
+    "Cast",
+    "ErrorReply",
+    "Info",
+    "NoReply",
+    "Reply",
+    "check_length",
+    "decode_packet",
+    "error_reply",
+    "frame",
+    "parse_packet",
+    "read_frame",
+    "write_frame",
+]
+
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+_HEADER = struct.Struct(">I")
+
+CALL, CAST, REPLY, NOREPLY, ERROR, INFO = (
+    Atom("call"), Atom("cast"), Atom("reply"), Atom("noreply"), Atom("error"), Atom("info"))
+
+
+# --------------------------------------------------------------------------- packets
+
+
+@dataclass(frozen=True)
+class Call:
+    """`{call, Module, Function, Args}`: run Module:Function(Args) and answer its result."""
+
+    module: str
+    function: str
+    args: list[Any]
+
+    def to_term(self) -> Any:
+        return (CALL, Atom(self.module), Atom(self.function), self.args)
+
+
+@dataclass(frozen=True)
+class Cast(Call):
+    """`{cast, Module, Function, Args}`: accept, answer `{noreply}`, then run it."""
+
+    def to_term(self) -> Any:
+        return (CAST, Atom(self.module), Atom(self.function), self.args)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """`{reply, Result}`: the answer to a call."""
+
+    result: Any
+
+    def to_term(self) -> Any:
+        return (REPLY, self.result)
+
+
+@dataclass(frozen=True)
+class NoReply:
+    """`{noreply}`: the answer to a cast."""
+
+    def to_term(self) -> Any:
+        return (NOREPLY,)
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """`{error, {Type, Code, Class, Detail, Backtrace}}`: a failed call or cast."""
+
+    type: str
+    code: int
+    error_class: str
+    detail: str
+    backtrace: list[str] = field(default_factory=list)
+
+    def to_term(self) -> Any:
+        return (ERROR, (Atom(self.type), self.code, self.error_class, self.detail,
+                        self.backtrace))
+
+    def to_exception(self) -> YPTaskError:
+        """Rebuild the error on this side: user errors become `HandlerError`, the rest by code."""
+        if self.type == "user":
+            return HandlerError(self.error_class, self.detail, self.backtrace)
+        known = {("server", 1): NoSuchModule, ("server", 2): NoSuchFunction,
+                 ("server", 100): NoSuchHandler}
+        cls = known.get((self.type, self.code))
+        if cls is not None:
+            return cls(self.detail)
+        if self.type == "protocol":
+            return ProtocolError(f"peer reported: {self.error_class}: {self.detail}")
+        return RemoteError(self.type, self.code, self.error_class, self.detail, self.backtrace)
+
+
+@dataclass(frozen=True)
+class Info:
+    """`{info, Command, Options}`: modifies the next packet; never answered."""
+
+    command: str
+    options: list[Any]
+
+    def to_term(self) -> Any:
+        return (INFO, Atom(self.command), self.options)
+
+
+Packet = Call | Cast | Reply | NoReply | ErrorReply | Info
+
+
+def error_reply(exc: BaseException, *, with_traceback: bool = False) -> ErrorReply:
+    """Return the `ErrorReply` for an exception, coded by the table in `yptask.errors`."""
+    code = wire_code(exc)
+    if isinstance(exc, HandlerError):
+        return ErrorReply(code.bert_type, code.bert_code, exc.error_class, exc.detail,
+                          exc.backtrace)
+    backtrace = traceback.format_exception(exc) if with_traceback else []
+    return ErrorReply(code.bert_type, code.bert_code, type(exc).__name__, str(exc), backtrace)
+
+
+def parse_packet(term: Any) -> Packet:
+    """Return the packet a decoded term is; raise `ProtocolError` if it is none."""
+    if type(term) is not tuple or not term:
+        raise ProtocolError(f"a BERT-RPC packet is a tuple, got {_describe(term)}")
+    kind = term[0]
+    if (kind in (CALL, CAST)) and len(term) == 4:
+        _, module, function, args = term
+        if type(module) is not Atom or type(function) is not Atom:
+            raise ProtocolError("call/cast module and function must be atoms")
+        if type(args) is not list:
+            raise ProtocolError("call/cast arguments must be a list")
+        return (Call if kind == CALL else Cast)(module, function, args)
+    if kind == REPLY and len(term) == 2:
+        return Reply(term[1])
+    if kind == NOREPLY and len(term) == 1:
+        return NoReply()
+    if kind == ERROR and len(term) == 2:
+        return _parse_error(term[1])
+    if kind == INFO and len(term) == 3:
+        if type(term[1]) is not Atom or type(term[2]) is not list:
+            raise ProtocolError("info command must be an atom and its options a list")
+        return Info(term[1], term[2])
+    raise ProtocolError(f"not a BERT-RPC packet: {_describe(term)}")
+
+
+def _parse_error(body: Any) -> ErrorReply:
+    if type(body) is not tuple or len(body) != 5:
+        raise ProtocolError("error body must be {Type, Code, Class, Detail, Backtrace}")
+    etype, code, eclass, detail, backtrace = body
+    if type(etype) is not Atom or type(code) is not int:
+        raise ProtocolError("error type must be an atom and its code an integer")
+    if not isinstance(backtrace, list):
+        raise ProtocolError("error backtrace must be a list")
+    return ErrorReply(str(etype), code, str(eclass), str(detail), [str(x) for x in backtrace])
+
+
+def _describe(term: Any) -> str:
+    text = repr(term)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def frame(packet: Packet | Any) -> bytes:
+    """Return the framed bytes of a packet (or of any term)."""
+    term = packet.to_term() if hasattr(packet, "to_term") else packet
+    body = codec.encode(term)
+    return _HEADER.pack(len(body)) + body
+
+
+def check_length(header: bytes, max_frame: int) -> int:
+    """Return the body length a 4-byte header announces; raise `FrameError` past `max_frame`."""
+    length: int = _HEADER.unpack(header)[0]
+    if length > max_frame:
+        raise FrameError(f"frame of {length} bytes is over the cap of {max_frame}")
+    if length == 0:
+        raise FrameError("empty frame")
+    return length
+
+
+def read_exactly(fd: int, n: int) -> bytes:
+    """Read exactly `n` bytes from a blocking fd; b"" at a clean end of input; else FrameError."""
+    chunks = []
+    left = n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            if left == n:
+                return b""
+            raise FrameError(f"input ended {left} bytes short of a {n}-byte read")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def read_frame(fd: int, max_frame: int = DEFAULT_MAX_FRAME) -> bytes | None:
+    """Return the next frame's body from a blocking fd, or None at a clean end of input."""
+    header = read_exactly(fd, 4)
+    if not header:
+        return None
+    body = read_exactly(fd, check_length(header, max_frame))
+    if not body:
+        raise FrameError("input ended inside a frame")
+    return body
+
+
+def write_frame(fd: int, data: bytes) -> None:
+    """Write already-framed bytes to a blocking fd, all of them."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def decode_packet(body: bytes) -> Packet:
+    """Return the packet in a frame body; raise `ProtocolError` (or `DecodeError`) if none."""
+    return parse_packet(codec.decode(body))

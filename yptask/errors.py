@@ -1,0 +1,141 @@
+"""yptask's exceptions, and the one table that maps them to wire error codes.
+
+Every error yptask raises derives from `YPTaskError`, in shallow families
+(config, protocol, rpc, ...). `WIRE_CODES` says how each family travels: as a
+BERT-RPC `{error, {Type, Code, Class, Detail, Backtrace}}` and as a JSON-RPC
+error code. Every transport uses `wire_code()` so the mapping lives here only.
+
+BERT-RPC reserves codes 0-99; yptask's own codes start at 100.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "WIRE_CODES",
+    "CallTimeout",
+    "ConfigError",
+    "DecodeError",
+    "EncodeError",
+    "FrameError",
+    "HandlerError",
+    "NoSuchFunction",
+    "NoSuchHandler",
+    "NoSuchModule",
+    "ProtocolError",
+    "RPCError",
+    "RemoteError",
+    "WireCode",
+    "WorkerExited",
+    "YPTaskError",
+    "wire_code",
+]
+
+
+class YPTaskError(Exception):
+    """Raised for anything that goes wrong inside yptask; the root of all its errors."""
+
+
+class ConfigError(YPTaskError):
+    """Raised when a configuration or task definition is invalid."""
+
+
+class ProtocolError(YPTaskError):
+    """Raised when bytes on a wire are not a valid frame, term or packet."""
+
+
+class FrameError(ProtocolError):
+    """Raised when a frame's length header is missing, truncated or over the size cap."""
+
+
+class DecodeError(ProtocolError):
+    """Raised when a frame's bytes are not a BERT term yptask accepts."""
+
+
+class EncodeError(ProtocolError):
+    """Raised when a Python value has no BERT term (inf, nan, a set, a naive datetime...)."""
+
+
+class RPCError(YPTaskError):
+    """Raised when a remote procedure call fails; the base of the call errors."""
+
+
+class NoSuchModule(RPCError):
+    """Raised when a call names a module the server does not serve."""
+
+
+class NoSuchFunction(RPCError):
+    """Raised when a call names a function the module does not have."""
+
+
+class NoSuchHandler(RPCError):
+    """Raised when a worker has no handler for a message name."""
+
+
+class HandlerError(RPCError):
+    """Raised when a handler raised an exception; carries its class, detail and traceback."""
+
+    def __init__(self, error_class: str, detail: str, backtrace: list[str] | None = None):
+        super().__init__(f"{error_class}: {detail}")
+        self.error_class = error_class
+        self.detail = detail
+        self.backtrace = backtrace or []
+
+
+class CallTimeout(RPCError):
+    """Raised when a call gets no answer within its timeout."""
+
+
+class WorkerExited(RPCError):
+    """Raised when a worker process exits (or closes its pipe) while a call is in flight."""
+
+
+class RemoteError(RPCError):
+    """Raised when a peer answered a BERT-RPC error that maps to no local error class."""
+
+    def __init__(self, error_type: str, code: int, error_class: str, detail: str,
+                 backtrace: list[str] | None = None):
+        super().__init__(f"{error_type} error {code}: {error_class}: {detail}")
+        self.error_type = error_type
+        self.code = code
+        self.error_class = error_class
+        self.detail = detail
+        self.backtrace = backtrace or []
+
+
+@dataclass(frozen=True)
+class WireCode:
+    """How one error family travels: BERT-RPC type and code, and JSON-RPC code."""
+
+    bert_type: str  # protocol | server | user | proxy
+    bert_code: int
+    jsonrpc_code: int
+
+
+# The table. Looked up along the exception's MRO, so the most specific entry wins.
+WIRE_CODES: dict[type[BaseException], WireCode] = {
+    FrameError: WireCode("protocol", 1, -32700),  # BERT-RPC: unable to read header
+    DecodeError: WireCode("protocol", 2, -32700),  # BERT-RPC: unable to read data
+    ProtocolError: WireCode("protocol", 0, -32600),
+    NoSuchModule: WireCode("server", 1, -32601),
+    NoSuchFunction: WireCode("server", 2, -32601),
+    NoSuchHandler: WireCode("server", 100, -32001),
+    EncodeError: WireCode("server", 101, -32002),
+    ConfigError: WireCode("server", 102, -32602),
+    CallTimeout: WireCode("server", 103, -32003),
+    WorkerExited: WireCode("server", 104, -32004),
+    HandlerError: WireCode("user", 100, -32000),
+    YPTaskError: WireCode("server", 0, -32603),
+    BaseException: WireCode("server", 0, -32603),
+}
+
+
+def wire_code(exc: BaseException | type[BaseException]) -> WireCode:
+    """Return the wire code of an exception (instance or class), most specific first."""
+    cls = exc if isinstance(exc, type) else type(exc)
+    for klass in cls.__mro__:
+        code = WIRE_CODES.get(klass)
+        if code is not None:
+            return code
+    return WIRE_CODES[BaseException]  # pragma: no cover - BaseException is in every MRO

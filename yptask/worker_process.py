@@ -1,0 +1,236 @@
+"""The node's side of one worker OS process: spawn it, call it over its pipes, stop it.
+
+A worker is started with `os.posix_spawn` (no fork of a threaded node, no
+`preexec_fn`): its protocol pipes land on fds 3 and 4, or on 0 and 1 when
+the task uses stdio; it runs in its own process group so a stop or a kill
+reaches any children it started. Its exit is seen through a pidfd on the
+event loop. Calls go one at a time, as a worker handles one message at a time.
+
+Everything here runs on the asyncio loop; nothing blocks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from yptask.bertrpc import (
+    DEFAULT_MAX_FRAME,
+    Call,
+    Cast,
+    ErrorReply,
+    NoReply,
+    Reply,
+    check_length,
+    decode_packet,
+    frame,
+)
+from yptask.codec import Atom
+from yptask.errors import CallTimeout, FrameError, ProtocolError, WorkerExited
+
+__all__ = ["WorkerProcess", "WorkerSpec"]
+
+log = logging.getLogger(__name__)
+
+_STDIO_FDS = (0, 1)
+_NOUSE_STDIO_FDS = (3, 4)
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How to start one worker process."""
+
+    argv: list[str]
+    use_stdio: bool = False
+    env: dict[str, str] | None = None  # None: the node's own environment
+    cwd: str | None = None
+    stdout_path: str | None = None  # None: inherit the node's
+    stderr_path: str | None = None
+    max_frame: int = DEFAULT_MAX_FRAME
+
+
+class WorkerProcess:
+    """One running worker process and the asyncio ends of its protocol pipes."""
+
+    def __init__(self, spec: WorkerSpec, pid: int, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, exited: asyncio.Future[int]) -> None:
+        self.spec = spec
+        self.pid = pid
+        self._reader = reader
+        self._writer = writer
+        self._exited = exited
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ start
+
+    @classmethod
+    async def spawn(cls, spec: WorkerSpec) -> WorkerProcess:
+        """Start a worker process; return once its pipes are connected."""
+        loop = asyncio.get_running_loop()
+        to_worker_r, to_worker_w = _pipe()
+        from_worker_r, from_worker_w = _pipe()
+        in_fd, out_fd = _STDIO_FDS if spec.use_stdio else _NOUSE_STDIO_FDS
+        actions: list[tuple[Any, ...]] = [
+            (os.POSIX_SPAWN_DUP2, to_worker_r, in_fd),
+            (os.POSIX_SPAWN_DUP2, from_worker_w, out_fd),
+        ]
+        if not spec.use_stdio:
+            actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+        for fd, path in ((1, spec.stdout_path), (2, spec.stderr_path)):
+            if path is not None and not (spec.use_stdio and fd == 1):
+                actions.append((os.POSIX_SPAWN_OPEN, fd, path, _LOG_FLAGS, 0o644))
+        env = dict(os.environ if spec.env is None else spec.env)
+        env["YPTASK_USE_STDIO"] = "1" if spec.use_stdio else "0"
+        try:
+            pid = _spawn(spec, env, actions)
+        finally:
+            os.close(to_worker_r)
+            os.close(from_worker_w)
+        exited = _watch_exit(loop, pid)
+        reader = asyncio.StreamReader(limit=2**16)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                     os.fdopen(from_worker_r, "rb", buffering=0))
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(to_worker_w, "wb", buffering=0))
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        log.info("worker started: pid %d %s", pid, " ".join(spec.argv))
+        return cls(spec, pid, reader, writer, exited)
+
+    # ------------------------------------------------------------------ calls
+
+    async def call(self, module: str, function: str, args: list[Any],
+                   timeout: float | None = None) -> Any:
+        """Call Module:Function(Args) in the worker and return its result.
+
+        Raises the rebuilt error of an `{error, ...}` answer (`HandlerError` for a
+        handler's exception), `CallTimeout` after `timeout` seconds (the worker is
+        then killed: its protocol state is unknown) or `WorkerExited`.
+        """
+        answer = await self._roundtrip(Call(module, function, args), timeout)
+        if isinstance(answer, Reply):
+            return answer.result
+        raise self._unexpected(answer)
+
+    async def cast(self, module: str, function: str, args: list[Any],
+                   timeout: float | None = None) -> None:
+        """Cast Module:Function(Args): return once the worker has accepted it."""
+        answer = await self._roundtrip(Cast(module, function, args), timeout)
+        if not isinstance(answer, NoReply):
+            raise self._unexpected(answer)
+
+    async def setup(self, info: dict[str, Any], timeout: float | None = None) -> Any:
+        """Hand the worker its task name, node name and settings; runs its setup()."""
+        return await self.call("yptask", "setup", [info], timeout)
+
+    async def handle(self, name: str, payload: Any, meta: dict[str, Any] | None = None,
+                     timeout: float | None = None) -> Any:
+        """Have the worker handle one message; return the handler's result."""
+        return await self.call("yptask", "handle", [name, payload, meta or {}], timeout)
+
+    async def ping(self, timeout: float | None = None) -> bool:
+        """Return True if the worker answers `pong`."""
+        return bool(await self.call("yptask", "ping", [], timeout) == Atom("pong"))
+
+    async def _roundtrip(self, packet: Call, timeout: float | None) -> Any:
+        data = frame(packet)
+        async with self._lock:
+            if self._exited.done():
+                raise WorkerExited(f"worker {self.pid} has exited ({self._exited.result()})")
+            try:
+                return await asyncio.wait_for(self._send_and_read(data), timeout)
+            except TimeoutError:
+                self.kill()
+                raise CallTimeout(f"worker {self.pid} gave no answer within {timeout} s; "
+                                  "killed") from None
+            except FrameError as exc:
+                self.kill()
+                raise ProtocolError(f"worker {self.pid} sent a bad frame: {exc}; killed") from None
+
+    async def _send_and_read(self, data: bytes) -> Any:
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+            header = await self._reader.readexactly(4)
+            body = await self._reader.readexactly(check_length(header, self.spec.max_frame))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            raise WorkerExited(f"worker {self.pid} closed its pipe mid-call") from None
+        return decode_packet(body)
+
+    def _unexpected(self, answer: Any) -> Exception:
+        if isinstance(answer, ErrorReply):
+            return answer.to_exception()
+        return ProtocolError(f"worker {self.pid} answered {type(answer).__name__}")
+
+    # ------------------------------------------------------------------ stop
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status (negative: killed by that signal), None while running."""
+        return self._exited.result() if self._exited.done() else None
+
+    async def wait(self) -> int:
+        """Wait for the process to exit; return its exit status."""
+        return await asyncio.shield(self._exited)
+
+    async def stop(self, timeout: float = 10.0) -> int:
+        """Close the worker's input so it finishes its message and exits; kill after `timeout`."""
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.wait(), timeout)
+        except TimeoutError:
+            log.warning("worker %d did not stop within %s s; killing it", self.pid, timeout)
+            self.kill()
+            return await self.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group. Never raises."""
+        if not self._exited.done():
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGKILL)
+        self._writer.close()
+
+
+def _pipe() -> tuple[int, int]:
+    """Return a close-on-exec pipe whose fds are above the ones a worker is given."""
+    fds = []
+    for fd in os.pipe():
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(fd)
+        fds.append(high)
+    return fds[0], fds[1]
+
+
+def _spawn(spec: WorkerSpec, env: dict[str, str], actions: list[tuple[Any, ...]]) -> int:
+    argv = spec.argv
+    if spec.cwd is None:
+        return os.posix_spawnp(argv[0], argv, env, file_actions=actions, setpgroup=0)
+    # posix_spawn has no portable chdir action: run through the shell's `cd` without a shell.
+    return os.posix_spawnp("/bin/sh", ["/bin/sh", "-c", 'cd "$0" && exec "$@"', spec.cwd, *argv],
+                           env, file_actions=actions, setpgroup=0)
+
+
+def _watch_exit(loop: asyncio.AbstractEventLoop, pid: int) -> asyncio.Future[int]:
+    """Return a future resolved with the exit status when `pid` exits (seen through a pidfd)."""
+    exited: asyncio.Future[int] = loop.create_future()
+    pidfd = os.pidfd_open(pid)
+
+    def reap() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        log.info("worker exited: pid %d status %d", pid, code)
+        if not exited.done():
+            exited.set_result(code)
+
+    loop.add_reader(pidfd, reap)
+    return exited

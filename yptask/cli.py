@@ -15,6 +15,7 @@ EXIT_OK = 0
 EXIT_USAGE = 64  # EX_USAGE: the command line is wrong
 
 EPILOG = """examples:
+  yptask demo                                   run the example tasks once
   yptask worker yptask.tasks.echo:Echo          serve a task class on fds 3 and 4
   yptask worker mymodule:Resizer --stdio        serve it on stdin/stdout
 """
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("worker", add_help=False,
                         help="run a worker process for a BaseTask subclass (MODULE:CLASS)")
+    commands.add_parser("demo", help="start a worker of each example task and send it messages")
     args, rest = parser.parse_known_args(argv)
     if args.version:
         from yptask import __version__
@@ -40,5 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         from yptask.tasks.runner import main as worker_main
 
         return worker_main(rest)
+    if args.command == "demo":
+        from yptask.demo import main as demo_main
+
+        return demo_main()
     parser.print_help(sys.stderr)
     return EXIT_USAGE

@@ -322,7 +322,8 @@ def _atom(raw: bytes, encoding: str) -> Any:
     value = _atom_cache.get(raw)
     if value is None:
         value = Atom(raw.decode(encoding))
-        if len(_atom_cache) < _ATOM_CACHE_LIMIT and encoding == "utf-8":
+        # ASCII bytes mean the same atom in latin-1 and UTF-8, so only they are cached.
+        if len(_atom_cache) < _ATOM_CACHE_LIMIT and raw.isascii():
             _atom_cache[raw] = value
     return value
 
@@ -339,7 +340,13 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
         return data[pos + 5:end].decode("utf-8", "surrogateescape"), end
     if tag == SMALL_INTEGER:
         return data[pos + 1], pos + 2
-    if tag == SMALL_ATOM_UTF8:
+    if tag == ATOM:  # what yptask and OTP 25 write for ASCII atoms
+        n = (data[pos + 1] << 8) | data[pos + 2]
+        end = pos + 3 + n
+        if end > len(data):
+            raise DecodeError("truncated atom")
+        return _atom(data[pos + 3:end], "latin-1"), end
+    if tag == SMALL_ATOM_UTF8:  # what OTP 26+ writes
         n = data[pos + 1]
         end = pos + 2 + n
         if end > len(data):

@@ -20,9 +20,10 @@ import statistics
 import sys
 import time
 
+from yptask.tasks.runner import runner_argv
 from yptask.worker_process import WorkerProcess, WorkerSpec
 
-RUNNER = [sys.executable, "-m", "yptask.tasks.runner", "yptask.tasks.echo:Echo"]
+RUNNER = runner_argv("yptask.tasks.echo:Echo")
 # The floor: read a frame on fd 3, write it back on fd 4, nothing else.
 BARE_ECHO = [sys.executable, "-S", "-c", """
 import os

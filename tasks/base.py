@@ -121,7 +121,7 @@ def _refuse_ambiguity(owner: str, by_suffix: dict[str, str], by_name: dict[str, 
         for other, other_method in by_suffix.items():
             if other.endswith("_" + suffix):
                 prefix = other[: -len(suffix) - 1]
-                example = f"{prefix.replace('_', '.')}.{suffix.replace('_', '.')}"
+                example = f"{prefix}.{suffix.replace('_', '.')}"
                 raise ConfigError(
                     f"{owner}: message {example!r} would match both {method}() and "
                     f"{other_method}(); rename one or bind names with @handles")

@@ -20,6 +20,7 @@ starts fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -55,12 +56,16 @@ from yptask.errors import (
 )
 from yptask.tasks.base import BaseTask, Message
 
-__all__ = ["EXIT_BAD_CLASS", "EXIT_OK", "EXIT_PROTOCOL", "EXIT_SETUP_FAILED", "Runner", "main"]
+__all__ = [
+    "EXIT_BAD_CLASS", "EXIT_OK", "EXIT_PROTOCOL", "EXIT_SETUP_FAILED", "Runner", "main",
+    "runner_argv",
+]
 
 EXIT_OK = 0
 EXIT_SETUP_FAILED = 1
-EXIT_PROTOCOL = 2  # the input stream can no longer be framed
+# 2 is argparse's: the command line is wrong
 EXIT_BAD_CLASS = 3  # MODULE:CLASS cannot be loaded
+EXIT_PROTOCOL = 4  # the input stream can no longer be framed
 
 PROTOCOL_IN_FD = 3
 PROTOCOL_OUT_FD = 4
@@ -110,13 +115,18 @@ class Runner:
             except FrameError as exc:
                 # The stream cannot be re-synchronised after a bad header: say why and go.
                 log.error("worker input is not framed: %s", exc)
-                self._send(error_reply(exc))
+                with contextlib.suppress(_NodeGone):
+                    self._send(error_reply(exc))
                 return EXIT_PROTOCOL
             if body is None:
                 log.info("worker input ended; exiting")
                 return EXIT_OK
-            if not self._serve_one(body):
-                return EXIT_SETUP_FAILED
+            try:
+                if not self._serve_one(body):
+                    return EXIT_SETUP_FAILED
+            except _NodeGone:
+                log.info("the node closed the worker's output; exiting")
+                return EXIT_OK
         return EXIT_OK
 
     def _serve_one(self, body: bytes) -> bool:
@@ -141,13 +151,15 @@ class Runner:
             except Exception:
                 log.exception("cast %s:%s failed", packet.module, packet.function)
             return True
+        answer: Reply | ErrorReply
         try:
-            self._send(Reply(self._dispatch(packet)))
+            answer = Reply(self._dispatch(packet))
         except _SetupFailed as exc:
             self._send(error_reply(exc.handler_error))
             return False
         except Exception as exc:
-            self._send(error_reply(exc))
+            answer = error_reply(exc)
+        self._send(answer)
         return True
 
     def _send(self, packet: Reply | NoReply | ErrorReply) -> None:
@@ -155,13 +167,16 @@ class Runner:
             data = frame(packet)
         except EncodeError as exc:
             data = frame(error_reply(EncodeError(f"handler result is not encodable: {exc}")))
-        write_frame(self.out_fd, data)
+        try:
+            write_frame(self.out_fd, data)
+        except BrokenPipeError:
+            raise _NodeGone from None
 
     # ------------------------------------------------------------------ calls
 
     def _dispatch(self, call: Call) -> Any:
         if call.module != "yptask":
-            raise NoSuchModule(f"no module {call.module!r}; a worker serves module 'yptask'")
+            raise NoSuchModule(f"no module '{call.module}'; a worker serves module 'yptask'")
         if call.function == "handle" and len(call.args) == 3:
             return self._handle(*call.args)
         if call.function == "setup" and len(call.args) == 1:
@@ -182,6 +197,8 @@ class Runner:
         return {"pid": os.getpid(), "handles": self.task_class.handled()}
 
     def _start_task(self, settings: dict[str, Any], task_name: str) -> BaseTask:
+        self._teardown()  # a repeated setup replaces the task cleanly
+        self.task = None
         task = self.task_class(settings, task_name=task_name)
         try:
             task.setup()
@@ -219,6 +236,10 @@ class Runner:
             log.exception("teardown() of %s failed", self.task_class.__qualname__)
 
 
+class _NodeGone(Exception):
+    """The node closed the worker's output pipe: nobody is left to answer."""
+
+
 class _SetupFailed(Exception):
     """A task's setup() raised; the worker answers the error and exits."""
 
@@ -229,7 +250,7 @@ class _SetupFailed(Exception):
 
 def _as_handler_error(exc: BaseException) -> HandlerError:
     lines = traceback.format_exception(exc)
-    return HandlerError(type(exc).__qualname__, str(exc), [line.rstrip("\n") for line in lines])
+    return HandlerError(type(exc).__name__, str(exc), [line.rstrip("\n") for line in lines])
 
 
 class _NodeLogFilter(logging.Filter):
@@ -240,6 +261,16 @@ class _NodeLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.node = self.node
         return True
+
+
+def runner_argv(task_class: str, *, stdio: bool = False) -> list[str]:
+    """Return the command that runs a worker for `MODULE:CLASS` with this interpreter.
+
+    `-P` keeps the worker's working directory off `sys.path`, so a folder named
+    `yptask` there (a source checkout) cannot shadow the installed package.
+    """
+    return [sys.executable, "-P", "-m", "yptask.tasks.runner", task_class,
+            *(["--stdio"] if stdio else [])]
 
 
 def load_task_class(spec: str) -> type[BaseTask]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+
+from yptask.tasks.runner import runner_argv
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_WORKERS = REPO / "tests" / "workers"
@@ -23,8 +24,7 @@ def worker_env() -> dict[str, str]:
 
 
 def python_worker_argv(task_class: str = "sample:Sample", *, stdio: bool = False) -> list[str]:
-    stdio_flag = ["--stdio"] if stdio else []
-    return [sys.executable, "-m", "yptask.tasks.runner", task_class, *stdio_flag]
+    return runner_argv(task_class, stdio=stdio)
 
 
 def require_erlang() -> None:

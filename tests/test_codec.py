@@ -170,7 +170,7 @@ def test_self_referential_value_is_refused_not_a_crash():
     (b"\x83l\x00\x00\x00\x01a\x01a\x02", "improper"),
     (b"\x83M\x00\x00\x00\x01\x07\xff", "bitstrings"),
     (b"\x83q\x64\x00\x01m\x64\x00\x01f\x01", "unsupported term tag"),
-    (b"\x83t\x00\x00\x00\x01l\x00\x00\x00\x00ja\x01", "unhashable"),
+    (b"\x83t\x00\x00\x00\x01l\x00\x00\x00\x00ja\x01", "map keys must be"),
     (b"\x83h\x02d\x00\x04bertd\x00\x05regex", "complex type"),
     (b"\x83\x00", "unsupported term tag"),
 ])
@@ -219,3 +219,21 @@ def test_corrupted_valid_terms_raise_only_decode_error(value, data):
     cut = data.draw(st.integers(1, len(raw)))
     with contextlib.suppress(DecodeError):
         decode(bytes(raw[:cut]))
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"\x83F" + struct.pack(">d", math.inf), "not finite"),
+    (b"\x83F" + struct.pack(">d", math.nan), "not finite"),
+    (b"\x83c" + b"1_5".ljust(31, b"\x00"), "malformed float"),
+    (b"\x83t\x00\x00\x00\x01l\x00\x00\x00\x01a\x01ja\x01", "map keys must be"),
+])
+def test_values_json_cannot_hold_are_refused_at_decode(data, reason):
+    with pytest.raises(DecodeError, match=reason):
+        decode(data)
+
+
+def test_bytes_after_a_compressed_stream_are_refused():
+    body = encode("x" * 100)[1:]
+    packed = b"\x83P" + struct.pack(">I", len(body)) + zlib.compress(body) + b"junk"
+    with pytest.raises(DecodeError, match="declared size"):
+        decode(packed)

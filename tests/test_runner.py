@@ -297,6 +297,6 @@ def test_fuzzed_frames_get_an_answer_and_never_kill_the_worker(raw_worker, body)
 
 
 def test_runner_module_runs_as_the_yptask_worker_command():
-    out = subprocess.run([sys.executable, "-m", "yptask", "worker", "--help"],
+    out = subprocess.run([sys.executable, "-P", "-m", "yptask", "worker", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "MODULE:CLASS" in out

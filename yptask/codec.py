@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -307,7 +308,8 @@ def _inflate(data: bytes, max_inflated: int) -> bytes:
         body = inflater.decompress(data[6:], size + 1)
     except zlib.error as exc:
         raise DecodeError(f"compressed term is corrupt: {exc}") from None
-    if len(body) != size or inflater.unconsumed_tail or not inflater.eof:
+    if (len(body) != size or inflater.unconsumed_tail or inflater.unused_data
+            or not inflater.eof):
         raise DecodeError("compressed term does not inflate to its declared size")
     return b"\x83" + body
 
@@ -359,7 +361,12 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
         result: dict[Any, Any] = {}
         for _ in range(n):
             key, pos = _decode(data, pos, depth - 1)
-            result[key], pos = _decode(data, pos, depth - 1)
+            value, pos = _decode(data, pos, depth - 1)
+            try:
+                result[key] = value
+            except TypeError:
+                raise DecodeError("map keys must be scalars or tuples of them, "
+                                  f"not {type(key).__name__}") from None
         return result, pos
     if tag in (SMALL_TUPLE, LARGE_TUPLE):
         if tag == SMALL_TUPLE:
@@ -391,7 +398,10 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
     if tag == INTEGER:
         return _I32.unpack_from(data, pos + 1)[0], pos + 5
     if tag == NEW_FLOAT:
-        return _DOUBLE.unpack_from(data, pos + 1)[0], pos + 9
+        value = _DOUBLE.unpack_from(data, pos + 1)[0]
+        if value - value != 0.0:  # inf or nan: no JSON value, and Erlang never writes one
+            raise DecodeError("float is not finite")
+        return value, pos + 9
     return _decode_rare(data, pos, tag, depth)
 
 
@@ -427,6 +437,8 @@ def _decode_rare(data: bytes, pos: int, tag: int, depth: int) -> tuple[Any, int]
         text = data[pos + 1:pos + 32].split(b"\x00", 1)[0]
         if len(text) == 0 or pos + 32 > len(data):
             raise DecodeError("truncated float")
+        if not _FLOAT_TEXT.fullmatch(text):
+            raise DecodeError(f"malformed float text {text!r}")
         value = float(text.decode("ascii"))
         if not math.isfinite(value):
             raise DecodeError("float is not finite")
@@ -441,6 +453,7 @@ def _decode_rare(data: bytes, pos: int, tag: int, depth: int) -> tuple[Any, int]
     raise DecodeError(f"unsupported term tag {tag}")
 
 
+_FLOAT_TEXT = re.compile(rb"\s*[-+]?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?\s*")
 _OPAQUE_TAGS = frozenset({NEW_PID, PID, NEW_PORT, PORT, V4_PORT, NEWER_REFERENCE,
                           NEW_REFERENCE, REFERENCE})
 _OPAQUE_FIXED = {NEW_PID: 12, PID: 9, NEW_PORT: 8, PORT: 5, V4_PORT: 12, REFERENCE: 5}

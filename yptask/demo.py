@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from yptask.errors import YPTaskError
+from yptask.tasks.runner import runner_argv
 from yptask.worker_process import WorkerProcess, WorkerSpec
 
 # (task name, worker class, settings, [(message name, payload), ...])
@@ -37,7 +37,7 @@ async def run_demo() -> int:
     failures = 0
     with tempfile.TemporaryDirectory(prefix="yptask-demo-") as tmp:
         for task, worker_class, settings, messages in EXAMPLES:
-            argv = [sys.executable, "-m", "yptask.tasks.runner", worker_class]
+            argv = runner_argv(worker_class)
             # Workers run in the temporary folder; their logs go to a file there.
             worker = await WorkerProcess.spawn(WorkerSpec(
                 argv, cwd=tmp, stderr_path=str(Path(tmp, "workers.log"))))

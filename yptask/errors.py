@@ -17,15 +17,19 @@ __all__ = [
     "CallTimeout",
     "ConfigError",
     "DecodeError",
+    "DuplicateChild",
     "EncodeError",
     "FrameError",
     "HandlerError",
     "NoSuchFunction",
+    "NoSuchChild",
     "NoSuchHandler",
     "NoSuchModule",
     "ProtocolError",
     "RPCError",
     "RemoteError",
+    "RestartIntensityExceeded",
+    "SupervisionError",
     "WireCode",
     "WorkerExited",
     "YPTaskError",
@@ -104,6 +108,22 @@ class RemoteError(RPCError):
         self.backtrace = backtrace or []
 
 
+class SupervisionError(YPTaskError):
+    """Raised when a supervisor cannot do what it was asked; the base of the supervision errors."""
+
+
+class NoSuchChild(SupervisionError):
+    """Raised when a supervisor is asked about a child id it does not have."""
+
+
+class DuplicateChild(SupervisionError):
+    """Raised when a child is started under an id that is already in use."""
+
+
+class RestartIntensityExceeded(SupervisionError):
+    """Raised when a supervisor set to escalate sees more restarts than its intensity allows."""
+
+
 @dataclass(frozen=True)
 class WireCode:
     """How one error family travels: BERT-RPC type and code, and JSON-RPC code."""
@@ -125,6 +145,10 @@ WIRE_CODES: dict[type[BaseException], WireCode] = {
     ConfigError: WireCode("server", 102, -32602),
     CallTimeout: WireCode("server", 103, -32003),
     WorkerExited: WireCode("server", 104, -32004),
+    NoSuchChild: WireCode("server", 111, -32011),
+    DuplicateChild: WireCode("server", 112, -32012),
+    RestartIntensityExceeded: WireCode("server", 113, -32013),
+    SupervisionError: WireCode("server", 110, -32010),
     HandlerError: WireCode("user", 100, -32000),
     YPTaskError: WireCode("server", 0, -32603),
     BaseException: WireCode("server", 0, -32603),

@@ -1,0 +1,268 @@
+"""The journal: every accepted message and its deliveries, durable in SQLite (WAL mode).
+
+A message is written once with one delivery row per subscribed task. A
+delivery is `queued` until a worker of its task claims it (`inflight`, its
+attempt counted), then deleted on ack, requeued with a retry time on failure,
+or moved to the dead letters after the task's max attempts. A node that
+restarts turns every `inflight` delivery back to `queued`, so a message in
+flight when the node died is delivered again with attempt + 1.
+
+Message ids are unique: a publisher that sends an id twice gets the first
+message and no second delivery, for as long as the id is remembered (the
+dedupe window, after the message is done).
+
+This class is synchronous and not thread-safe: one thread owns it (see
+`yptask.group_commit` for the writer that batches concurrent casts into
+one transaction).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from yptask.errors import ConfigError
+
+__all__ = ["DeadLetter", "Delivery", "Envelope", "Journal"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    payload TEXT NOT NULL,          -- JSON
+    published_at REAL NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    deadline REAL,
+    done_at REAL                    -- set when its last delivery ends; kept for dedupe
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL REFERENCES messages(id),
+    task TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,   -- deliveries started so far
+    state TEXT NOT NULL DEFAULT 'queued', -- queued | inflight
+    not_before REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    UNIQUE (message_id, task)
+);
+CREATE INDEX IF NOT EXISTS deliveries_ready
+    ON deliveries (task, state, not_before, seq);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    message_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    error_class TEXT NOT NULL,
+    error TEXT NOT NULL,
+    traceback TEXT NOT NULL,
+    died_at REAL NOT NULL,
+    PRIMARY KEY (message_id, task)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A message as the journal keeps it."""
+
+    id: str
+    name: str
+    payload: Any
+    published_at: float
+    priority: int = 0
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message handed to one task, and which attempt this is (1 = first)."""
+
+    message: Envelope
+    task: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A delivery that failed its task's max attempts, with its last error."""
+
+    message: Envelope
+    task: str
+    attempt: int
+    error_class: str
+    error: str
+    traceback: str
+    died_at: float
+
+
+class Journal:
+    """The node's durable message store. Owned by one thread."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigError(f"journal fsync level {synchronous!r}: use OFF, NORMAL, FULL "
+                              "or EXTRA (SQLite's synchronous)")
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        self.recover()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ write
+
+    def append(self, batch: Iterable[tuple[Envelope, Iterable[str]]]) -> list[bool]:
+        """Store messages with their subscribed tasks in ONE transaction (group commit).
+
+        Returns, per message, True if it was new and False if its id was
+        already known (then nothing is stored and nothing delivered again).
+        """
+        added = []
+        with self._transaction():
+            for envelope, tasks in batch:
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO messages (id, name, payload, published_at, priority,"
+                    " deadline) VALUES (?, ?, ?, ?, ?, ?)",
+                    (envelope.id, envelope.name, json.dumps(envelope.payload),
+                     envelope.published_at, envelope.priority, envelope.deadline))
+                is_new = cursor.rowcount == 1
+                added.append(is_new)
+                if is_new:
+                    rows = [(envelope.id, task) for task in dict.fromkeys(tasks)]
+                    self._db.executemany(
+                        "INSERT INTO deliveries (message_id, task) VALUES (?, ?)", rows)
+                    if not rows:
+                        self._mark_done([envelope.id])
+        return added
+
+    def claim(self, task: str, limit: int = 1, now: float | None = None) -> list[Delivery]:
+        """Take up to `limit` ready deliveries of `task` (highest priority, then oldest)."""
+        now = time.time() if now is None else now
+        with self._transaction():
+            rows = self._db.execute(
+                "SELECT d.seq, d.attempt, m.id, m.name, m.payload, m.published_at, m.priority,"
+                " m.deadline FROM deliveries d JOIN messages m ON m.id = d.message_id"
+                " WHERE d.task = ? AND d.state = 'queued' AND d.not_before <= ?"
+                " ORDER BY m.priority DESC, d.seq LIMIT ?", (task, now, limit)).fetchall()
+            self._db.executemany(
+                "UPDATE deliveries SET state = 'inflight', attempt = attempt + 1 WHERE seq = ?",
+                [(row[0],) for row in rows])
+        return [Delivery(Envelope(mid, name, json.loads(payload), published, priority, deadline),
+                         task, attempt + 1)
+                for _, attempt, mid, name, payload, published, priority, deadline in rows]
+
+    def ack(self, message_id: str, task: str) -> None:
+        """Forget a delivery its task has handled."""
+        with self._transaction():
+            self._db.execute("DELETE FROM deliveries WHERE message_id = ? AND task = ?",
+                             (message_id, task))
+            self._finish_if_done(message_id)
+
+    def fail(self, message_id: str, task: str, *, max_attempts: int, retry_after_s: float,
+             error_class: str, error: str, traceback: str = "",
+             now: float | None = None) -> bool:
+        """Record a failed attempt: requeue it after `retry_after_s`, or dead-letter it.
+
+        Returns True if it was dead-lettered (its attempts are used up).
+        """
+        now = time.time() if now is None else now
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT attempt FROM deliveries WHERE message_id = ? AND task = ?",
+                (message_id, task)).fetchone()
+            if row is None:
+                return False
+            if row[0] < max_attempts:
+                self._db.execute(
+                    "UPDATE deliveries SET state = 'queued', not_before = ?, last_error = ?"
+                    " WHERE message_id = ? AND task = ?",
+                    (now + retry_after_s, f"{error_class}: {error}", message_id, task))
+                return False
+            self._db.execute(
+                "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (message_id, task, row[0], error_class, error, traceback, now))
+            self._db.execute("DELETE FROM deliveries WHERE message_id = ? AND task = ?",
+                             (message_id, task))
+            self._finish_if_done(message_id)
+            return True
+
+    def replay(self, message_id: str, task: str) -> bool:
+        """Move a dead letter back to the queue with a fresh attempt count."""
+        with self._transaction():
+            gone = self._db.execute("DELETE FROM dead_letters WHERE message_id = ? AND task = ?",
+                                    (message_id, task)).rowcount
+            if gone:
+                self._db.execute("UPDATE messages SET done_at = NULL WHERE id = ?",
+                                 (message_id,))
+                self._db.execute("INSERT INTO deliveries (message_id, task) VALUES (?, ?)",
+                                 (message_id, task))
+        return bool(gone)
+
+    def recover(self) -> int:
+        """Requeue deliveries left in flight by a previous run; return how many."""
+        with self._transaction():
+            return self._db.execute(
+                "UPDATE deliveries SET state = 'queued' WHERE state = 'inflight'").rowcount
+
+    def prune(self, older_than_s: float, now: float | None = None) -> int:
+        """Forget done messages (and so their ids) older than the dedupe window."""
+        now = time.time() if now is None else now
+        with self._transaction():
+            return self._db.execute(
+                "DELETE FROM messages WHERE done_at IS NOT NULL AND done_at < ? AND id NOT IN"
+                " (SELECT message_id FROM dead_letters)", (now - older_than_s,)).rowcount
+
+    # ------------------------------------------------------------------ read
+
+    def depth(self, task: str) -> tuple[int, int]:
+        """Return (queued, inflight) delivery counts of a task."""
+        rows = dict(self._db.execute(
+            "SELECT state, COUNT(*) FROM deliveries WHERE task = ? GROUP BY state",
+            (task,)).fetchall())
+        return rows.get("queued", 0), rows.get("inflight", 0)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Return the most recent dead letters."""
+        rows = self._db.execute(
+            "SELECT m.id, m.name, m.payload, m.published_at, m.priority, m.deadline, d.task,"
+            " d.attempt, d.error_class, d.error, d.traceback, d.died_at FROM dead_letters d"
+            " JOIN messages m ON m.id = d.message_id ORDER BY d.died_at DESC LIMIT ?",
+            (limit,)).fetchall()
+        return [DeadLetter(Envelope(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5]), *r[6:])
+                for r in rows]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _finish_if_done(self, message_id: str) -> None:
+        left = self._db.execute("SELECT 1 FROM deliveries WHERE message_id = ? LIMIT 1",
+                                (message_id,)).fetchone()
+        if left is None:
+            self._mark_done([message_id])
+
+    def _mark_done(self, message_ids: list[str]) -> None:
+        self._db.executemany("UPDATE messages SET done_at = ? WHERE id = ?",
+                             [(time.time(), mid) for mid in message_ids])
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

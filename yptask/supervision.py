@@ -1,0 +1,493 @@
+"""Generic OTP-style supervision for pykka actors: child specs, restarts, backoff, names.
+
+Owns the generic behaviour only (yptask's concrete tree lives in `yptask.supervisors`):
+`ChildSpec` / `SupervisorFlags` / `BackoffPolicy` settings; `Supervised`, a base actor
+that reports its exits to its supervisor with `tell` ("crashed" from on_failure,
+"normal" from on_stop, "start_failed" when its `init()` hook raises, which pykka never
+reports); `Supervisor`, which starts children in order, stops them in reverse order,
+restarts them by restart type and strategy, and owns a `Registry` (child id -> current
+ref, as refs die on restart); and the pure rules `should_restart`, `recent`,
+`within_intensity`, `backoff_delay` (no actors, no clock). More than `intensity`
+restarts within `period_s` puts a supervisor into a visible BACKOFF phase (exponential,
+capped) rather than crashing it, unless `escalate` is set. No module-level state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, cast
+
+import pykka
+
+from yptask.errors import DuplicateChild, NoSuchChild, RestartIntensityExceeded, SupervisionError
+
+__all__ = [
+    "BackoffPolicy", "ChildInfo", "ChildLink", "ChildSpec", "Exit", "ExitReason", "Phase",
+    "Registry", "Restart", "Strategy", "Supervised", "Supervisor", "SupervisorFlags",
+    "SupervisorState", "backoff_delay", "recent", "should_restart", "within_intensity",
+]
+
+log = logging.getLogger(__name__)
+
+ActorRef = pykka.ActorRef[Any]
+StartFunc = Callable[..., ActorRef]
+
+
+class Restart(enum.Enum):
+    """When a child is restarted (OTP restart types)."""
+
+    PERMANENT = "permanent"  # always
+    TRANSIENT = "transient"  # only after an abnormal exit
+    TEMPORARY = "temporary"  # never
+
+
+class Strategy(enum.Enum):
+    """Which children restart when one dies."""
+
+    ONE_FOR_ONE = "one_for_one"
+    ONE_FOR_ALL = "one_for_all"
+
+
+class ExitReason(enum.Enum):
+    """Why a supervised actor exited."""
+
+    NORMAL = "normal"
+    CRASHED = "crashed"
+    START_FAILED = "start_failed"
+
+
+class Phase(enum.Enum):
+    """A supervisor's phase: restarting at once, or waiting out a backoff delay."""
+
+    RUNNING = "running"
+    BACKOFF = "backoff"
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """How to start one child: `start(*args, link=ChildLink, **kwargs)` returns its ref.
+
+    `start` is an actor class (its `start` classmethod is used) or a function that
+    starts one. Supervised children must accept the `link` keyword.
+    """
+
+    id: str
+    start: type[pykka.Actor] | StartFunc
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    restart: Restart = Restart.PERMANENT
+    shutdown_s: float = 5.0  # graceful stop timeout; then the thread is left behind
+    start_timeout_s: float = 5.0  # how long to wait for a Supervised child's init()
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ValueError("a child spec needs a non-empty id")
+        if self.shutdown_s <= 0 or self.start_timeout_s <= 0:
+            raise ValueError(f"child {self.id!r}: shutdown_s and start_timeout_s must be > 0")
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """The delay before retrying restarts once intensity is exceeded: exponential, capped."""
+
+    initial_s: float = 1.0
+    factor: float = 2.0
+    max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.initial_s <= 0 or self.factor < 1 or self.max_s < self.initial_s:
+            raise ValueError(f"invalid {self!r}: need initial_s > 0, factor >= 1, "
+                             "max_s >= initial_s")
+
+
+@dataclass(frozen=True)
+class SupervisorFlags:
+    """Strategy, intensity (max restarts) within period_s, and what happens beyond it."""
+
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    intensity: int = 3
+    period_s: float = 5.0
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    escalate: bool = False  # True: crash the supervisor instead of backing off (OTP)
+
+    def __post_init__(self) -> None:
+        if self.intensity < 0 or self.period_s <= 0:
+            raise ValueError(f"invalid {self!r}: need intensity >= 0 and period_s > 0")
+
+
+def should_restart(restart: Restart, reason: ExitReason) -> bool:
+    """Whether a child of this restart type is restarted after exiting for this reason."""
+    if restart is Restart.PERMANENT:
+        return True
+    if restart is Restart.TRANSIENT:
+        return reason is not ExitReason.NORMAL
+    return False
+
+
+def recent(timestamps: Iterable[float], now: float, period_s: float) -> tuple[float, ...]:
+    """The restart times that still count at `now`: those less than `period_s` ago."""
+    return tuple(t for t in timestamps if now - t < period_s)
+
+
+def within_intensity(timestamps: Iterable[float], now: float, intensity: int,
+                     period_s: float) -> bool:
+    """Whether one more restart at `now` keeps restarts within `period_s` at most `intensity`."""
+    return len(recent(timestamps, now, period_s)) + 1 <= intensity
+
+
+def backoff_delay(attempt: int, policy: BackoffPolicy) -> float:
+    """The delay before backoff retry `attempt` (1, 2, ...): initial * factor**(n-1), capped."""
+    if attempt < 1:
+        raise ValueError(f"backoff attempts count from 1, got {attempt}")
+    try:
+        delay = policy.initial_s * policy.factor ** (attempt - 1)
+    except OverflowError:
+        return policy.max_s
+    return min(delay, policy.max_s)
+
+
+@dataclass(frozen=True)
+class Exit:
+    """What a supervised child tells its supervisor when it exits (OTP's EXIT signal)."""
+
+    child_id: str
+    urn: str
+    reason: ExitReason
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class _Retry:
+    token: int
+
+
+class ChildLink:
+    """A child's tie to its supervisor: where to report exits, and whether init() is done."""
+
+    def __init__(self, supervisor: ActorRef, child_id: str) -> None:
+        self.supervisor = supervisor
+        self.child_id = child_id
+        self.started = threading.Event()  # set once init() returned or raised
+        self.error: str | None = None  # set before `started` when init() raised
+
+    def report(self, urn: str, reason: ExitReason, detail: str = "") -> None:
+        """Tell the supervisor about an exit; a supervisor already gone is not an error."""
+        try:
+            self.supervisor.tell(Exit(self.child_id, urn, reason, detail))
+        except pykka.ActorDeadError:
+            log.debug("exit of %s not reported: its supervisor is gone", self.child_id)
+
+
+class Supervised(pykka.ThreadingActor):
+    """An actor that reports its exits to its supervisor. Override `init()` and `terminate()`.
+
+    Do not override `on_start`, `on_stop` or `on_failure` without calling super().
+    """
+
+    def __init__(self, *, link: ChildLink | None = None) -> None:
+        super().__init__()
+        self._link = link
+
+    def init(self) -> None:
+        """Set up, in the actor's thread; raising here is a failed start, handled as a crash."""
+
+    def terminate(self, reason: ExitReason) -> None:
+        """Clean up, in the actor's thread, on a normal stop or after a crash."""
+
+    def on_start(self) -> None:
+        try:
+            self.init()
+        except Exception as exc:
+            self._report(ExitReason.START_FAILED, exc)
+            if self._link is not None:
+                self._link.error = repr(exc)
+            raise
+        finally:
+            if self._link is not None:
+                self._link.started.set()
+
+    def on_stop(self) -> None:
+        try:
+            self.terminate(ExitReason.NORMAL)
+        finally:
+            self._report(ExitReason.NORMAL, None)
+
+    def on_failure(self, exception_type: type[BaseException] | None,
+                   exception_value: BaseException | None,
+                   traceback: TracebackType | None) -> None:
+        try:
+            self.terminate(ExitReason.CRASHED)
+        finally:
+            self._report(ExitReason.CRASHED, exception_value)
+
+    def _report(self, reason: ExitReason, exc: BaseException | None) -> None:
+        if self._link is not None:
+            self._link.report(self.actor_urn, reason, "" if exc is None else repr(exc))
+
+
+class Registry:
+    """Child id -> the child's current ref. Thread-safe, so callers resolve without an ask."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refs: dict[str, ActorRef] = {}
+
+    def whereis(self, name: str) -> ActorRef | None:
+        """The live ref registered under `name`, or None (not running, or restarting)."""
+        with self._lock:
+            ref = self._refs.get(name)
+        return ref if ref is not None and ref.is_alive() else None
+
+    def register(self, name: str, ref: ActorRef) -> None:
+        with self._lock:
+            self._refs[name] = ref
+
+    def unregister(self, name: str, urn: str | None) -> None:
+        """Forget `name` if it still points at the actor `urn` (a newer ref is kept)."""
+        with self._lock:
+            ref = self._refs.get(name)
+            if ref is not None and ref.actor_urn == urn:
+                del self._refs[name]
+
+
+@dataclass(frozen=True)
+class ChildInfo:
+    """A copy of one child's entry; `ref` is None while the child waits for a restart."""
+
+    id: str
+    ref: ActorRef | None
+    restart: Restart
+    restarts: int
+
+
+@dataclass(frozen=True)
+class SupervisorState:
+    """A copy of a supervisor's state; the retry fields are set only in BACKOFF."""
+
+    name: str
+    phase: Phase
+    restarts: int  # restart events since start (one per one_for_all round)
+    backoff_attempt: int
+    next_retry_at: float | None  # on the supervisor's clock
+    retry_in_s: float | None
+    pending: tuple[str, ...]  # child ids waiting for the retry
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    ref: ActorRef | None = None
+    urn: str | None = None
+    restarts: int = 0
+
+
+class Supervisor(Supervised):
+    """Starts, watches and restarts children. Query it with asks (proxy calls) with timeouts."""
+
+    def __init__(self, children: Sequence[ChildSpec] = (), flags: SupervisorFlags | None = None,
+                 *, name: str = "supervisor", registry: Registry | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 link: ChildLink | None = None) -> None:
+        super().__init__(link=link)
+        self.name = name
+        self.flags = flags if flags is not None else SupervisorFlags()
+        self.registry = registry if registry is not None else Registry()
+        self._clock = clock
+        self._children: dict[str, _Child] = {}
+        for spec in children:
+            if spec.id in self._children:
+                raise DuplicateChild(f"{name}: two child specs have the id {spec.id!r}")
+            self._children[spec.id] = _Child(spec)
+        self._pending: set[str] = set()
+        self._window: tuple[float, ...] = ()
+        self._restarts = 0
+        self._attempt = 0
+        self._phase = Phase.RUNNING
+        self._next_retry_at: float | None = None
+        self._token = 0
+        self._timer: threading.Timer | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def init(self) -> None:
+        started: list[_Child] = []
+        try:
+            for child in self._children.values():
+                self._spawn(child)
+                started.append(child)
+        except Exception:
+            self._stop_children(reversed(started))
+            raise
+
+    def terminate(self, reason: ExitReason) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._stop_children(reversed(list(self._children.values())))
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Exit):
+            return self._on_exit(message)
+        if isinstance(message, _Retry):
+            return self._on_retry(message.token)
+        return super().on_receive(message)
+
+    # ------------------------------------------------------------------ API (ask)
+
+    def start_child(self, spec: ChildSpec) -> ActorRef:
+        """Start a dynamic child; raise if its id is taken or its init() fails."""
+        if spec.id in self._children or self.registry.whereis(spec.id) is not None:
+            raise DuplicateChild(f"{self.name}: a child {spec.id!r} already exists")
+        child = self._children[spec.id] = _Child(spec)
+        try:
+            error = self._spawn(child)
+        except Exception:
+            del self._children[spec.id]
+            raise
+        if error is not None or child.ref is None:
+            self._forget(child)
+            del self._children[spec.id]  # its Exit is now stale and ignored
+            raise SupervisionError(f"{self.name}: child {spec.id!r} failed to start: {error}")
+        return child.ref
+
+    def terminate_child(self, child_id: str) -> None:
+        """Stop a child gracefully (waiting up to its shutdown_s) and forget its spec."""
+        child = self._children.pop(child_id, None)
+        if child is None:
+            raise NoSuchChild(f"{self.name}: no child {child_id!r}")
+        self._pending.discard(child_id)
+        self._stop_children([child])
+
+    def which_children(self) -> list[ChildInfo]:
+        return [ChildInfo(c.spec.id, c.ref, c.spec.restart, c.restarts)
+                for c in self._children.values()]
+
+    def whereis(self, child_id: str) -> ActorRef | None:
+        return self.registry.whereis(child_id)
+
+    def state(self) -> SupervisorState:
+        at = self._next_retry_at
+        return SupervisorState(
+            self.name, self._phase, self._restarts, self._attempt, at,
+            None if at is None else max(0.0, at - self._clock()),
+            tuple(i for i in self._children if i in self._pending))
+
+    # ------------------------------------------------------------------ internals
+
+    def _spawn(self, child: _Child) -> str | None:
+        """Start a child and wait for a Supervised child's init(); return its init error."""
+        spec = child.spec
+        link = ChildLink(self.actor_ref, spec.id)
+        start = spec.start
+        if isinstance(start, type) and issubclass(start, pykka.Actor):
+            start = start.start
+        ref = cast(StartFunc, start)(*spec.args, link=link, **spec.kwargs)
+        child.ref, child.urn = ref, ref.actor_urn
+        if issubclass(ref.actor_class, Supervised) and not link.started.wait(
+                spec.start_timeout_s):
+            log.warning("child start timed out: %s (%.1f s)", spec.id, spec.start_timeout_s)
+        if link.error is not None:  # its Exit is already in our inbox
+            return link.error
+        self.registry.register(spec.id, ref)
+        log.info("child started: %s", spec.id)
+        return None
+
+    def _forget(self, child: _Child) -> None:
+        self.registry.unregister(child.spec.id, child.urn)
+        child.ref = child.urn = None
+
+    def _stop_children(self, children: Iterable[_Child]) -> None:
+        for child in children:
+            ref = child.ref
+            self._forget(child)  # first, so its own exit report arrives stale
+            if ref is None:
+                continue
+            try:
+                ref.stop(block=True, timeout=child.spec.shutdown_s)
+            except pykka.Timeout:
+                log.error("child shutdown timed out: %s after %.1f s; its thread leaked",
+                          child.spec.id, child.spec.shutdown_s)
+
+    def _on_exit(self, exit_: Exit) -> None:
+        child = self._children.get(exit_.child_id)
+        if child is None or child.urn != exit_.urn:
+            log.debug("stale exit ignored: %s (%s)", exit_.child_id, exit_.urn)
+            return
+        log.info("child exited: %s (%s)", exit_.child_id, exit_.reason.value)
+        self._forget(child)
+        if not should_restart(child.spec.restart, exit_.reason):
+            del self._children[exit_.child_id]
+            return
+        self._pending.add(exit_.child_id)
+        if self.flags.strategy is Strategy.ONE_FOR_ALL:
+            self._stop_children(reversed(list(self._children.values())))
+            for c in list(self._children.values()):
+                if c.spec.restart is Restart.TEMPORARY:
+                    del self._children[c.spec.id]
+            self._pending.update(self._children)
+        self._request_restart()
+
+    def _request_restart(self) -> None:
+        if self._phase is Phase.BACKOFF:
+            return  # the scheduled retry restarts everything pending
+        now = self._clock()
+        intensity, period_s = self.flags.intensity, self.flags.period_s
+        self._window = recent(self._window, now, period_s)
+        if not self._window:
+            self._attempt = 0  # stable for a whole period: back off from the start again
+        if within_intensity(self._window, now, intensity, period_s):
+            self._restart_pending(now)
+        elif self.flags.escalate:
+            raise RestartIntensityExceeded(
+                f"{self.name}: more than {intensity} restarts in {period_s} s")
+        else:
+            self._enter_backoff(now)
+
+    def _restart_pending(self, now: float) -> None:
+        self._window = (*self._window, now)
+        self._restarts += 1
+        for child in [c for c in self._children.values() if c.spec.id in self._pending]:
+            self._pending.discard(child.spec.id)
+            child.restarts += 1
+            try:
+                error = self._spawn(child)
+            except Exception as exc:
+                log.exception("child restart failed: %s", child.spec.id)
+                child.ref, child.urn = None, f"start-failed:{uuid.uuid4()}"
+                self.actor_ref.tell(Exit(child.spec.id, child.urn, ExitReason.START_FAILED,
+                                         repr(exc)))
+                continue
+            if error is None:
+                log.info("child restarted: %s", child.spec.id)
+
+    def _enter_backoff(self, now: float) -> None:
+        self._attempt += 1
+        delay = backoff_delay(self._attempt, self.flags.backoff)
+        self._phase = Phase.BACKOFF
+        self._next_retry_at = now + delay
+        self._token += 1
+        self._timer = threading.Timer(delay, self._wake, args=(self._token,))
+        self._timer.daemon = True
+        self._timer.start()
+        log.warning("supervisor backoff: %s: more than %d restarts in %.1f s; "
+                    "retry %d in %.2f s for %s", self.name, self.flags.intensity,
+                    self.flags.period_s, self._attempt, delay, sorted(self._pending))
+
+    def _wake(self, token: int) -> None:
+        """Runs in the timer's thread: only tells, so the inbox never waits on the delay."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(_Retry(token))
+
+    def _on_retry(self, token: int) -> None:
+        if token != self._token or self._phase is not Phase.BACKOFF:
+            return
+        self._phase, self._next_retry_at, self._timer = Phase.RUNNING, None, None
+        log.info("supervisor backoff over: %s; restarting %s", self.name, sorted(self._pending))
+        self._restart_pending(self._clock())

@@ -1,0 +1,122 @@
+"""Group commit: one thread owns the journal and batches concurrent casts into one transaction.
+
+The event loop never touches SQLite. Coroutines hand their operation to the
+journal thread with an asyncio future; the thread runs operations in order,
+and every run of consecutive appends waiting in its queue becomes ONE
+transaction, so a hundred concurrent casts cost one commit (one fsync), not
+a hundred. Each future is completed on its own loop with
+`call_soon_threadsafe`, and a cast is answered only after its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from yptask.journal import Envelope, Journal
+
+__all__ = ["JournalThread"]
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+MAX_BATCH = 1000
+
+
+@dataclass
+class _Op:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    append: tuple[Envelope, list[str]] | None = None  # an append, batched with its neighbours
+    call: Callable[[Journal], Any] | None = None  # or any other operation, run alone
+
+
+class JournalThread:
+    """Runs every journal operation on one thread; appends are group-committed."""
+
+    def __init__(self, journal: Journal, *, name: str = "journal") -> None:
+        self.journal = journal
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        self.commits = 0  # transactions of appends, for benchmarks and status
+
+    async def append(self, envelope: Envelope, tasks: list[str]) -> bool:
+        """Store a message for its tasks; True once committed, False if its id was known."""
+        loop = asyncio.get_running_loop()
+        op = _Op(loop, loop.create_future(), append=(envelope, tasks))
+        self._queue.put(op)
+        return bool(await op.future)
+
+    async def run(self, call: Callable[[Journal], _T]) -> _T:
+        """Run `call(journal)` on the journal thread and return its result."""
+        loop = asyncio.get_running_loop()
+        op = _Op(loop, loop.create_future(), call=call)
+        self._queue.put(op)
+        result: _T = await op.future
+        return result
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Finish the queued operations, then close the journal."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.error("journal thread did not finish within %s s", timeout_s)
+
+    def _run(self) -> None:
+        op = self._queue.get()
+        while op is not None:  # None: close
+            if op.call is not None:
+                _settle(op, op.call, self.journal)
+                op = self._queue.get()
+                continue
+            batch = [op]
+            ahead: _Op | None = None
+            has_ahead = False
+            while len(batch) < MAX_BATCH and not has_ahead:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is not None and nxt.append is not None:
+                    batch.append(nxt)
+                else:  # a call or the close: run it after this batch, in order
+                    ahead, has_ahead = nxt, True
+            self._commit(batch)
+            op = ahead if has_ahead else self._queue.get()
+        self.journal.close()
+
+    def _commit(self, batch: list[_Op]) -> None:
+        try:
+            results = self.journal.append(op.append for op in batch if op.append is not None)
+        except Exception as exc:
+            log.exception("journal append of %d message(s) failed", len(batch))
+            for op in batch:
+                op.loop.call_soon_threadsafe(_set_exception, op.future, exc)
+            return
+        self.commits += 1
+        for op, result in zip(batch, results, strict=True):
+            op.loop.call_soon_threadsafe(_set_result, op.future, result)
+
+
+def _settle(op: _Op, call: Callable[[Journal], Any], journal: Journal) -> None:
+    try:
+        result = call(journal)
+    except Exception as exc:
+        op.loop.call_soon_threadsafe(_set_exception, op.future, exc)
+    else:
+        op.loop.call_soon_threadsafe(_set_result, op.future, result)
+
+
+def _set_result(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # the caller may have been cancelled meanwhile
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

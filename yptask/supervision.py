@@ -75,8 +75,7 @@ class Phase(enum.Enum):
 class ChildSpec:
     """How to start one child: `start(*args, link=ChildLink, **kwargs)` returns its ref.
 
-    `start` is an actor class (its `start` classmethod is used) or a function that
-    starts one. Supervised children must accept the `link` keyword.
+    `start` is an actor class or a start function; Supervised children take `link=`.
     """
 
     id: str
@@ -161,7 +160,6 @@ class Exit:
     child_id: str
     urn: str
     reason: ExitReason
-    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -177,13 +175,6 @@ class ChildLink:
         self.child_id = child_id
         self.started = threading.Event()  # set once init() returned or raised
         self.error: str | None = None  # set before `started` when init() raised
-
-    def report(self, urn: str, reason: ExitReason, detail: str = "") -> None:
-        """Tell the supervisor about an exit; a supervisor already gone is not an error."""
-        try:
-            self.supervisor.tell(Exit(self.child_id, urn, reason, detail))
-        except pykka.ActorDeadError:
-            log.debug("exit of %s not reported: its supervisor is gone", self.child_id)
 
 
 class Supervised(pykka.ThreadingActor):
@@ -206,7 +197,7 @@ class Supervised(pykka.ThreadingActor):
         try:
             self.init()
         except Exception as exc:
-            self._report(ExitReason.START_FAILED, exc)
+            self._report(ExitReason.START_FAILED)
             if self._link is not None:
                 self._link.error = repr(exc)
             raise
@@ -218,7 +209,7 @@ class Supervised(pykka.ThreadingActor):
         try:
             self.terminate(ExitReason.NORMAL)
         finally:
-            self._report(ExitReason.NORMAL, None)
+            self._report(ExitReason.NORMAL)
 
     def on_failure(self, exception_type: type[BaseException] | None,
                    exception_value: BaseException | None,
@@ -226,11 +217,13 @@ class Supervised(pykka.ThreadingActor):
         try:
             self.terminate(ExitReason.CRASHED)
         finally:
-            self._report(ExitReason.CRASHED, exception_value)
+            self._report(ExitReason.CRASHED)
 
-    def _report(self, reason: ExitReason, exc: BaseException | None) -> None:
+    def _report(self, reason: ExitReason) -> None:
+        """Tell the supervisor (never ask: it may be waiting on us); a dead one is no error."""
         if self._link is not None:
-            self._link.report(self.actor_urn, reason, "" if exc is None else repr(exc))
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._link.supervisor.tell(Exit(self._link.child_id, self.actor_urn, reason))
 
 
 class Registry:
@@ -307,15 +300,11 @@ class Supervisor(Supervised):
                 raise DuplicateChild(f"{name}: two child specs have the id {spec.id!r}")
             self._children[spec.id] = _Child(spec)
         self._pending: set[str] = set()
-        self._window: tuple[float, ...] = ()
-        self._restarts = 0
-        self._attempt = 0
+        self._window: tuple[float, ...] = ()  # restart times within the period
+        self._restarts = self._attempt = self._token = 0
         self._phase = Phase.RUNNING
         self._next_retry_at: float | None = None
-        self._token = 0
-        self._timer: threading.Timer | None = None
-
-    # ------------------------------------------------------------------ lifecycle
+        self._timer: threading.Timer | None = None  # pending backoff retry
 
     def init(self) -> None:
         started: list[_Child] = []
@@ -338,8 +327,6 @@ class Supervisor(Supervised):
         if isinstance(message, _Retry):
             return self._on_retry(message.token)
         return super().on_receive(message)
-
-    # ------------------------------------------------------------------ API (ask)
 
     def start_child(self, spec: ChildSpec) -> ActorRef:
         """Start a dynamic child; raise if its id is taken or its init() fails."""
@@ -378,8 +365,6 @@ class Supervisor(Supervised):
             self.name, self._phase, self._restarts, self._attempt, at,
             None if at is None else max(0.0, at - self._clock()),
             tuple(i for i in self._children if i in self._pending))
-
-    # ------------------------------------------------------------------ internals
 
     def _spawn(self, child: _Child) -> str | None:
         """Start a child and wait for a Supervised child's init(); return its init error."""
@@ -458,11 +443,10 @@ class Supervisor(Supervised):
             child.restarts += 1
             try:
                 error = self._spawn(child)
-            except Exception as exc:
+            except Exception:
                 log.exception("child restart failed: %s", child.spec.id)
                 child.ref, child.urn = None, f"start-failed:{uuid.uuid4()}"
-                self.actor_ref.tell(Exit(child.spec.id, child.urn, ExitReason.START_FAILED,
-                                         repr(exc)))
+                self.actor_ref.tell(Exit(child.spec.id, child.urn, ExitReason.START_FAILED))
                 continue
             if error is None:
                 log.info("child restarted: %s", child.spec.id)

@@ -21,15 +21,19 @@ __all__ = [
     "EncodeError",
     "FrameError",
     "HandlerError",
+    "NoSubscriber",
     "NoSuchChild",
     "NoSuchFunction",
     "NoSuchHandler",
     "NoSuchModule",
+    "NodeStopping",
+    "Overloaded",
     "ProtocolError",
     "RPCError",
     "RemoteError",
     "RestartIntensityExceeded",
     "SupervisionError",
+    "UnknownTask",
     "WireCode",
     "WorkerExited",
     "YPTaskError",
@@ -108,6 +112,22 @@ class RemoteError(RPCError):
         self.backtrace = backtrace or []
 
 
+class NoSubscriber(RPCError):
+    """Raised when a call names a message no task subscribes to."""
+
+
+class UnknownTask(ConfigError):
+    """Raised when an operation names a task that is not defined."""
+
+
+class Overloaded(YPTaskError):
+    """Raised when a cast is refused because a queue or the journal is over its limit."""
+
+
+class NodeStopping(YPTaskError):
+    """Raised when a request reaches a node that is shutting down."""
+
+
 class SupervisionError(YPTaskError):
     """Raised when a supervisor cannot do what it was asked; the base of the supervision errors."""
 
@@ -142,7 +162,11 @@ WIRE_CODES: dict[type[BaseException], WireCode] = {
     NoSuchFunction: WireCode("server", 2, -32601),
     NoSuchHandler: WireCode("server", 100, -32001),
     EncodeError: WireCode("server", 101, -32002),
+    UnknownTask: WireCode("server", 105, -32005),
     ConfigError: WireCode("server", 102, -32602),
+    NoSubscriber: WireCode("server", 106, -32006),
+    Overloaded: WireCode("server", 107, -32007),
+    NodeStopping: WireCode("server", 108, -32008),
     CallTimeout: WireCode("server", 103, -32003),
     WorkerExited: WireCode("server", 104, -32004),
     NoSuchChild: WireCode("server", 111, -32011),

@@ -1,4 +1,4 @@
-"""Task definitions: the model, its validation, TOML loading, and topic matching.
+"""Task definitions and node settings: the models, their validation, TOML loading, topics.
 
 A task definition carries every field of the YPTask console plus yptask's
 delivery settings. `TaskDef.from_dict` is the one way in from outside (TOML
@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from yptask.errors import ConfigError
 
-__all__ = ["TaskDef", "load_tasks", "topic_matches", "validate_message_name"]
+__all__ = ["NodeConfig", "TaskDef", "load_tasks", "topic_matches", "validate_message_name"]
 
 _SEGMENT = r"[A-Za-z0-9_-]+"
 _MESSAGE_NAME = re.compile(rf"{_SEGMENT}(\.{_SEGMENT})*")
@@ -232,3 +233,90 @@ def load_tasks(path: str | Path) -> list[TaskDef]:
     if duplicates:
         raise ConfigError(f"{path}: task(s) defined twice: {', '.join(duplicates)}")
     return tasks
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node's settings: who it is, where it keeps data, where it listens."""
+
+    name: str = field(default_factory=lambda: socket.gethostname().split(".")[0] or "node")
+    data_dir: Path = Path("yptask-data")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8700  # 0: any free port
+    bert_host: str = "127.0.0.1"
+    bert_port: int = 8701  # 0: any free port
+    tasks_file: Path | None = None  # first-start task definitions; None: the examples in conf/
+    journal_sync: str = "NORMAL"  # SQLite synchronous: OFF | NORMAL | FULL | EXTRA
+    max_body_bytes: int = 1024 * 1024  # JSON-RPC request body cap
+    max_payload_bytes: int = 1024 * 1024  # one message's encoded payload cap
+    dedupe_window_s: float = 24 * 3600.0  # how long a done message's id is remembered
+    log_dir: Path | None = None  # workers' stdout/stderr; None: data_dir / "logs"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NodeConfig:
+        """Build a checked node config from plain data (the [node] table of the TOML file)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown node setting(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(sorted(known))}")
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            try:
+                values[key] = _NODE_CHECKS[key](value)
+            except ConfigError as exc:
+                raise ConfigError(f"node setting {key!r}: {exc}") from None
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> NodeConfig:
+        """Read the `[node]` table of a TOML file, then apply command-line overrides."""
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f).get("node", {})
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        base = Path(path).resolve().parent
+        config = cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}})
+        # Relative paths in a config file are relative to the file, not to the cwd.
+        return replace(config, **{
+            key: base / value for key in ("data_dir", "tasks_file", "log_dir")
+            if key in data and key not in overrides and (value := getattr(config, key)) is not None
+            and not value.is_absolute()})
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(f"must be a port number from 0 to 65535, got {value!r}")
+    return value
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ConfigError(f"must be a path, got {value!r}")
+    return Path(value)
+
+
+def _sync_level(value: Any) -> str:
+    if not isinstance(value, str) or value.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError(f"must be OFF, NORMAL, FULL or EXTRA, got {value!r}")
+    return value.upper()
+
+
+_NODE_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "name": _string(re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"),
+                    "letters, digits, '_', '.', '-'; at most 64 characters"),
+    "data_dir": _path,
+    "http_host": _string(),
+    "http_port": _port,
+    "bert_host": _string(),
+    "bert_port": _port,
+    "tasks_file": _path,
+    "journal_sync": _sync_level,
+    "max_body_bytes": _number(1024, integer=True),
+    "max_payload_bytes": _number(64, integer=True),
+    "dedupe_window_s": _number(0),
+    "log_dir": _path,
+}

@@ -110,7 +110,8 @@ WRITER = textwrap.dedent("""
 def test_kill_9_loses_nothing_committed_and_requeues_what_was_in_flight(tmp_path):
     # Given a process appending and claiming as fast as it can
     path = tmp_path / "journal.db"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
+    # -P: the source checkout in the cwd must not shadow the installed package
+    proc = subprocess.Popen([sys.executable, "-P", "-c", WRITER, str(path)], stdout=subprocess.PIPE,
                             text=True)
     try:
         acknowledged = [int(proc.stdout.readline()) for _ in range(50)]

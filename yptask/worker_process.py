@@ -34,7 +34,7 @@ from yptask.bertrpc import (
 from yptask.codec import Atom
 from yptask.errors import CallTimeout, FrameError, ProtocolError, WorkerExited
 
-__all__ = ["WorkerProcess", "WorkerSpec"]
+__all__ = ["WorkerProcess", "WorkerSpec", "spawn_process"]
 
 log = logging.getLogger(__name__)
 
@@ -74,25 +74,7 @@ class WorkerProcess:
     async def spawn(cls, spec: WorkerSpec) -> WorkerProcess:
         """Start a worker process; return once its pipes are connected."""
         loop = asyncio.get_running_loop()
-        to_worker_r, to_worker_w = _pipe()
-        from_worker_r, from_worker_w = _pipe()
-        in_fd, out_fd = _STDIO_FDS if spec.use_stdio else _NOUSE_STDIO_FDS
-        actions: list[tuple[Any, ...]] = [
-            (os.POSIX_SPAWN_DUP2, to_worker_r, in_fd),
-            (os.POSIX_SPAWN_DUP2, from_worker_w, out_fd),
-        ]
-        if not spec.use_stdio:
-            actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
-        for fd, path in ((1, spec.stdout_path), (2, spec.stderr_path)):
-            if path is not None and not (spec.use_stdio and fd == 1):
-                actions.append((os.POSIX_SPAWN_OPEN, fd, path, _LOG_FLAGS, 0o644))
-        env = dict(os.environ if spec.env is None else spec.env)
-        env["YPTASK_USE_STDIO"] = "1" if spec.use_stdio else "0"
-        try:
-            pid = _spawn(spec, env, actions)
-        finally:
-            os.close(to_worker_r)
-            os.close(from_worker_w)
+        pid, to_worker_w, from_worker_r = spawn_process(spec)
         exited = _watch_exit(loop, pid)
         reader = asyncio.StreamReader(limit=2**16)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
@@ -197,6 +179,38 @@ class WorkerProcess:
             with contextlib.suppress(OSError):
                 os.killpg(self.pid, signal.SIGKILL)
         self._writer.close()
+
+
+def spawn_process(spec: WorkerSpec) -> tuple[int, int, int]:
+    """Start a worker process; return (pid, fd to write its input, fd to read its output).
+
+    Thread-safe and fork-free (posix_spawn), so a threaded node can call it from any
+    thread. The fds are blocking and close-on-exec; the caller owns them.
+    """
+    to_worker_r, to_worker_w = _pipe()
+    from_worker_r, from_worker_w = _pipe()
+    in_fd, out_fd = _STDIO_FDS if spec.use_stdio else _NOUSE_STDIO_FDS
+    actions: list[tuple[Any, ...]] = [
+        (os.POSIX_SPAWN_DUP2, to_worker_r, in_fd),
+        (os.POSIX_SPAWN_DUP2, from_worker_w, out_fd),
+    ]
+    if not spec.use_stdio:
+        actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+    for fd, path in ((1, spec.stdout_path), (2, spec.stderr_path)):
+        if path is not None and not (spec.use_stdio and fd == 1):
+            actions.append((os.POSIX_SPAWN_OPEN, fd, path, _LOG_FLAGS, 0o644))
+    env = dict(os.environ if spec.env is None else spec.env)
+    env["YPTASK_USE_STDIO"] = "1" if spec.use_stdio else "0"
+    try:
+        pid = _spawn(spec, env, actions)
+    except BaseException:
+        os.close(to_worker_w)
+        os.close(from_worker_r)
+        raise
+    finally:
+        os.close(to_worker_r)
+        os.close(from_worker_w)
+    return pid, to_worker_w, from_worker_r
 
 
 def _pipe() -> tuple[int, int]:

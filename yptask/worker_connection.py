@@ -1,0 +1,147 @@
+"""A blocking connection to one worker process, for the actor thread that owns it.
+
+The node's Worker actors each own one of these: the actor's thread writes a
+call, waits for the answer with a deadline (`select`), and so handles one
+message at a time, as the worker does. Spawning is shared with the asyncio
+variant (`yptask.worker_process.spawn_process`). A call that times out, or a
+worker that breaks the protocol, gets the worker's process group killed: its
+state is unknown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import time
+from typing import Any
+
+from yptask.bertrpc import (
+    Call,
+    ErrorReply,
+    Reply,
+    check_length,
+    decode_packet,
+    frame,
+    write_frame,
+)
+from yptask.errors import CallTimeout, FrameError, ProtocolError, WorkerExited
+from yptask.worker_process import WorkerSpec, spawn_process
+
+__all__ = ["WorkerConnection"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerConnection:
+    """One worker OS process and the blocking ends of its protocol pipes. Not thread-safe."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.pid, self._to_worker, self._from_worker = spawn_process(spec)
+        self.returncode: int | None = None
+        log.info("worker started: pid %d %s", self.pid, " ".join(spec.argv))
+
+    def call(self, module: str, function: str, args: list[Any],
+             timeout_s: float | None = None) -> Any:
+        """Call Module:Function(Args) and return the result; raise the answer's error.
+
+        Raises `CallTimeout` (worker killed), `WorkerExited`, `ProtocolError`
+        (worker killed), or the rebuilt error of an `{error, ...}` answer.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if self._to_worker < 0:
+            raise WorkerExited(f"worker {self.pid} is stopped")
+        try:
+            write_frame(self._to_worker, frame(Call(module, function, args)))
+            header = self._read(4, deadline)
+            body = self._read(check_length(header, self.spec.max_frame), deadline)
+            answer = decode_packet(body)
+        except BrokenPipeError:
+            raise WorkerExited(f"worker {self.pid} closed its input") from None
+        except TimeoutError:
+            self.kill()
+            raise CallTimeout(f"worker {self.pid} gave no answer within {timeout_s} s; "
+                              "killed") from None
+        except ProtocolError as exc:
+            self.kill()
+            raise ProtocolError(f"worker {self.pid} broke the protocol ({exc}); killed") from None
+        if isinstance(answer, Reply):
+            return answer.result
+        if isinstance(answer, ErrorReply):
+            raise answer.to_exception()
+        self.kill()
+        raise ProtocolError(f"worker {self.pid} answered a {type(answer).__name__}; killed")
+
+    def _read(self, n: int, deadline: float | None) -> bytes:
+        chunks = []
+        left = n
+        while left:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([self._from_worker], [], [], remaining)[0]:
+                    raise TimeoutError
+            chunk = os.read(self._from_worker, left)
+            if not chunk:
+                if left != n:
+                    raise FrameError("worker output ended inside a frame")
+                raise WorkerExited(f"worker {self.pid} exited (its output closed)")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def stop(self, timeout_s: float) -> int:
+        """Close the worker's input and SIGTERM it; SIGKILL after `timeout_s`. Return its status."""
+        self._close_input()
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while self.poll() is None:
+            if time.monotonic() >= deadline:
+                log.warning("worker %d did not stop within %s s; killing it", self.pid, timeout_s)
+                self.kill()
+                return self.wait()
+            time.sleep(0.01)
+        return self.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the worker's process group. Never raises."""
+        if self.returncode is None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGKILL)
+        self._close_input()
+
+    def poll(self) -> int | None:
+        """Return the exit status if the process has exited (reaping it), else None."""
+        if self.returncode is None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self._exited(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        """Wait for the process to exit; return its status."""
+        if self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except ChildProcessError:  # reaped elsewhere: its status is unknown
+                self.returncode = -1
+            else:
+                self._exited(status)
+        assert self.returncode is not None
+        with contextlib.suppress(OSError):
+            os.close(self._from_worker)
+        return self.returncode
+
+    def _exited(self, status: int) -> None:
+        self.returncode = os.waitstatus_to_exitcode(status)
+        log.info("worker exited: pid %d status %d", self.pid, self.returncode)
+
+    def _close_input(self) -> None:
+        if self._to_worker >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._to_worker)
+            self._to_worker = -1

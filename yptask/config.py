@@ -252,6 +252,12 @@ class NodeConfig:
     dedupe_window_s: float = 24 * 3600.0  # how long a done message's id is remembered
     log_dir: Path | None = None  # workers' stdout/stderr; None: data_dir / "logs"
 
+    def __post_init__(self) -> None:
+        for key in ("data_dir", "tasks_file", "log_dir"):  # accept str paths from code too
+            value = getattr(self, key)
+            if isinstance(value, str):
+                object.__setattr__(self, key, Path(value))
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NodeConfig:
         """Build a checked node config from plain data (the [node] table of the TOML file)."""

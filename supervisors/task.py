@@ -1,0 +1,111 @@
+"""The task supervisor: one per task on a node; keeps that task's worker actors running.
+
+A `Supervisor` (one_for_one; restarts beyond the intensity put the task into
+a visible backoff) whose children are `WorkerActor`s. It follows its task's
+definition live: `resize()` adds or drains workers, and `rolling_restart()`
+replaces them one at a time, new before old, so no message in flight is
+interrupted and capacity never drops to zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from yptask.config import TaskDef
+from yptask.supervision import (
+    BackoffPolicy,
+    ChildLink,
+    ChildSpec,
+    Registry,
+    Supervisor,
+    SupervisorFlags,
+)
+from yptask.supervisors.worker import WorkerActor, WorkerConfig, WorkerHooks
+from yptask.tasks.runner import runner_argv
+from yptask.worker_process import WorkerSpec
+
+__all__ = ["TaskSupervisor", "worker_spec"]
+
+log = logging.getLogger(__name__)
+
+SETUP_TIMEOUT_S = 30.0
+TASK_FLAGS = SupervisorFlags(intensity=5, period_s=10.0,
+                             backoff=BackoffPolicy(initial_s=1.0, factor=2.0, max_s=60.0))
+
+
+def worker_spec(task: TaskDef, node_name: str, data_dir: Path, log_dir: Path) -> WorkerSpec:
+    """Return how to start one worker of `task` on this node."""
+    argv = list(task.command) or runner_argv(task.worker_class, stdio=task.use_stdio)
+    env = {**os.environ, **task.env, "YPTASK_NODE": node_name, "YPTASK_TASK": task.name}
+    if task.debug:
+        env["YPTASK_LOG_LEVEL"] = "DEBUG"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return WorkerSpec(
+        argv, use_stdio=task.use_stdio, env=env, cwd=str(data_dir),
+        stdout_path=str(log_dir / (task.stdout or f"{task.name}.stdout.log")),
+        stderr_path=str(log_dir / (task.stderr or f"{task.name}.stderr.log")))
+
+
+class TaskSupervisor(Supervisor):
+    """Supervises the worker actors of one task on this node."""
+
+    def __init__(self, task: TaskDef, node_name: str, data_dir: Path, log_dir: Path,
+                 hooks: WorkerHooks, *, link: ChildLink | None = None) -> None:
+        self.task = task
+        self.node_name = node_name
+        self.data_dir = data_dir
+        self.log_dir = log_dir
+        self.hooks = hooks
+        self._serial = 0
+        children = [self._child_spec() for _ in range(task.workers_on(node_name))]
+        super().__init__(children, TASK_FLAGS, name=f"task {task.name}", registry=Registry(),
+                         link=link)
+
+    def _child_spec(self) -> ChildSpec:
+        self._serial += 1
+        task = self.task
+        info = {"task": task.name, "node": self.node_name, "settings": dict(task.settings),
+                "worker": self._serial, "generation": task.restart_generation}
+        spec = worker_spec(task, self.node_name, self.data_dir, self.log_dir)
+        # Stopping waits for the message in flight, then the worker's own shutdown.
+        shutdown_s = task.message_timeout_s + task.shutdown_timeout_s + 5.0
+        return ChildSpec(
+            id=f"{task.name}/g{task.restart_generation}/w{self._serial}", start=WorkerActor,
+            args=(WorkerConfig(task.name, spec, info, SETUP_TIMEOUT_S, task.shutdown_timeout_s),
+                  self.hooks),
+            shutdown_s=shutdown_s, start_timeout_s=SETUP_TIMEOUT_S + 5.0)
+
+    def worker_ids(self) -> list[str]:
+        """The ids of this task's worker children, oldest first."""
+        return [child.id for child in self.which_children()]
+
+    def resize(self, count: int) -> int:
+        """Start or drain workers until `count` run; return the new count."""
+        ids = self.worker_ids()
+        for _ in range(count - len(ids)):
+            self.start_child(self._child_spec())
+        for child_id in ids[count:] if count < len(ids) else []:
+            self._retire(child_id)
+        return len(self.worker_ids())
+
+    def rolling_restart(self, task: TaskDef) -> int:
+        """Replace every worker, one at a time, new before old; return how many were replaced."""
+        self.task = task
+        old = self.worker_ids()
+        for child_id in old:
+            self.start_child(self._child_spec())
+            self._retire(child_id)
+        wanted = task.workers_on(self.node_name)
+        self.resize(wanted)
+        log.info("task %s restarted: %d worker(s) replaced, generation %d", task.name,
+                 len(old), task.restart_generation)
+        return len(old)
+
+    def _retire(self, child_id: str) -> None:
+        ref = self.registry.whereis(child_id)
+        if ref is not None:
+            self.hooks.retire(self.task.name, ref)  # the pool hands it no more jobs
+        self.terminate_child(child_id)
+

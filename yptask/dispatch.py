@@ -1,0 +1,196 @@
+"""Delivery on the asyncio side: each task's pool of free workers and its delivery loop.
+
+This is the narrow boundary between the event loop and the actor threads:
+- worker actors announce they are free with `TaskPool.worker_ready`, called
+  from their thread and moved onto the loop with `call_soon_threadsafe`;
+- a job is handed to a worker actor with `tell` (never a blocking ask), and its
+  outcome comes back to an asyncio future, again with `call_soon_threadsafe`.
+
+A task's delivery loop claims journaled deliveries only when it holds a free
+worker, so a message never waits inside a worker's inbox; acks and failures go
+back to the journal thread. Calls (request/reply) use the same free workers
+without the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import pykka
+
+from yptask.config import TaskDef
+from yptask.errors import CallTimeout, HandlerError, WorkerExited, YPTaskError
+from yptask.group_commit import JournalThread
+from yptask.journal import Delivery, Journal
+from yptask.supervisors.worker import Job, Outcome
+
+__all__ = ["TaskPool"]
+
+log = logging.getLogger(__name__)
+
+# A job whose outcome never arrives (its worker vanished with the job in its inbox)
+# is given up this long after its own timeout, and redelivered.
+JOB_GRACE_S = 10.0
+# With nothing claimable, look again this often (retries come due without a signal).
+IDLE_POLL_S = 0.5
+
+
+class TaskPool:
+    """The free workers of one task on this node, and the loop that feeds them."""
+
+    def __init__(self, task: TaskDef, journal: JournalThread, loop: asyncio.AbstractEventLoop):
+        self.task = task
+        self.journal = journal
+        self.loop = loop
+        self._free: deque[Any] = deque()
+        self._retired: set[str] = set()
+        self._worker_freed = asyncio.Event()
+        self._work_queued = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._jobs: set[asyncio.Task[None]] = set()
+        self.handled = 0
+        self.failed = 0
+        self.in_flight = 0
+
+    # -------------------------------------------------------------- from actor threads
+
+    def worker_ready(self, ref: Any) -> None:
+        """A worker actor is free. Thread-safe."""
+        self.loop.call_soon_threadsafe(self._add_free, ref)
+
+    def retire(self, ref: Any, timeout_s: float = 10.0) -> None:
+        """Hand `ref` no more jobs; return once the loop knows. Call it from a thread."""
+        done = asyncio.run_coroutine_threadsafe(self._retire(ref.actor_urn), self.loop)
+        done.result(timeout_s)
+
+    # -------------------------------------------------------------- on the loop
+
+    def start(self) -> None:
+        self._runner = self.loop.create_task(self._deliver_forever(),
+                                             name=f"deliver {self.task.name}")
+
+    async def stop_claiming(self) -> None:
+        """Claim nothing more; jobs already handed out go on."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Stop claiming, give the jobs in hand `timeout_s` to settle, then drop them.
+
+        A dropped job is still in flight in the journal: the next start delivers it again.
+        """
+        await self.stop_claiming()
+        if self._jobs:
+            _, pending = await asyncio.wait(list(self._jobs), timeout=timeout_s)
+            for job in pending:
+                job.cancel()
+
+    def notify(self) -> None:
+        """New deliveries for this task are in the journal."""
+        self._work_queued.set()
+
+    @property
+    def free_workers(self) -> int:
+        return len(self._free)
+
+    async def run(self, name: str, payload: Any, meta: dict[str, Any],
+                  timeout_s: float) -> Outcome:
+        """Run one message on a free worker of this task and return the outcome."""
+        ref = await self._acquire()
+        return await self._run_on(ref, name, payload, meta, timeout_s)
+
+    def _add_free(self, ref: Any) -> None:
+        if ref.actor_urn not in self._retired:
+            self._free.append(ref)
+            self._worker_freed.set()
+
+    async def _retire(self, urn: str) -> None:
+        self._retired.add(urn)
+        self._free = deque(r for r in self._free if r.actor_urn != urn)
+
+    async def _acquire(self) -> Any:
+        while True:
+            while self._free:
+                ref = self._free.popleft()
+                if ref.is_alive() and ref.actor_urn not in self._retired:
+                    return ref
+            self._worker_freed.clear()
+            await self._worker_freed.wait()
+
+    async def _run_on(self, ref: Any, name: str, payload: Any, meta: dict[str, Any],
+                      timeout_s: float) -> Outcome:
+        future: asyncio.Future[Outcome] = self.loop.create_future()
+
+        def done(outcome: Outcome) -> None:  # in the worker's thread
+            self.loop.call_soon_threadsafe(_settle, future, outcome)
+
+        self.in_flight += 1
+        try:
+            ref.tell(Job(name, payload, meta, timeout_s, done))
+            return await asyncio.wait_for(future, timeout_s + JOB_GRACE_S)
+        except pykka.ActorDeadError:
+            return Outcome(error=WorkerExited("the worker stopped before taking the job"),
+                           worker_lost=True)
+        except TimeoutError:
+            return Outcome(error=CallTimeout(f"no outcome within {timeout_s} s"),
+                           worker_lost=True)
+        finally:
+            self.in_flight -= 1
+
+    async def _deliver_forever(self) -> None:
+        task = self.task.name
+        while True:
+            ref = await self._acquire()
+            deliveries = await self.journal.run(lambda j: j.claim(task, 1))
+            if not deliveries:
+                self._free.appendleft(ref)
+                self._work_queued.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work_queued.wait(), IDLE_POLL_S)
+                continue
+            job = self.loop.create_task(self._deliver(ref, deliveries[0]))
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+
+    async def _deliver(self, ref: Any, delivery: Delivery) -> None:
+        message = delivery.message
+        meta = {"id": message.id, "attempt": delivery.attempt,
+                "published_at": message.published_at, "priority": message.priority}
+        if message.deadline is not None:
+            meta["deadline"] = message.deadline
+        outcome = await self._run_on(ref, message.name, message.payload, meta,
+                                     self.task.message_timeout_s)
+        if outcome.error is None:
+            self.handled += 1
+            await self.journal.run(lambda j: j.ack(message.id, delivery.task))
+            return
+        self.failed += 1
+        error = outcome.error
+        dead = await self.journal.run(lambda j: _fail(j, delivery, error, self.task))
+        log.log(logging.ERROR if dead else logging.WARNING,
+                "message %s to task %s failed (attempt %d%s): %s", message.id, delivery.task,
+                delivery.attempt, ", dead-lettered" if dead else "", error)
+
+
+def _fail(journal: Journal, delivery: Delivery, error: YPTaskError, task: TaskDef) -> bool:
+    backtrace = "\n".join(error.backtrace) if isinstance(error, HandlerError) else ""
+    error_class = error.error_class if isinstance(error, HandlerError) else type(error).__name__
+    detail = error.detail if isinstance(error, HandlerError) else str(error)
+    # Exponential backoff between attempts: 1x, 2x, 4x ... the task's retry backoff.
+    retry_after = task.retry_backoff_s * 2 ** max(0, delivery.attempt - 1)
+    return journal.fail(delivery.message.id, delivery.task, max_attempts=task.max_attempts,
+                        retry_after_s=retry_after, error_class=error_class, error=detail,
+                        traceback=backtrace, now=time.time())
+
+
+def _settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    if not future.done():
+        future.set_result(outcome)

@@ -1,0 +1,369 @@
+"""The node: one `yptask node` process. Owns its store, journal, supervision tree and transports.
+
+Everything a publisher or an admin does goes through one `Node` method, on the
+event loop: `cast`, `call`, and the admin operations. The node passes its
+parts explicitly (no module-level state), so several nodes can run in one
+test process. Blocking work never runs on the loop: SQLite goes through the
+journal thread or `asyncio.to_thread`, and asks to actors run in threads.
+
+Start order: store and journal, then the supervision tree (task supervisors,
+each starting its workers), then the delivery loops, then HTTP. Stop is the
+reverse, gracefully: no new requests, no new claims, workers finish their
+current message (its outcome is still acked), then the journal closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from yptask import codec
+from yptask.config import NodeConfig, TaskDef, load_tasks, validate_message_name
+from yptask.dispatch import TaskPool
+from yptask.errors import (
+    CallTimeout,
+    ConfigError,
+    EncodeError,
+    NodeStopping,
+    NoSubscriber,
+    UnknownTask,
+)
+from yptask.group_commit import JournalThread
+from yptask.journal import Envelope, Journal
+from yptask.supervision import ChildSpec, Registry, Supervisor, SupervisorFlags
+from yptask.supervisors.task import TaskSupervisor
+from yptask.supervisors.worker import ProcessGone, WorkerHooks
+from yptask.task_store import TaskStore
+
+__all__ = ["Node"]
+
+log = logging.getLogger(__name__)
+
+ASK_TIMEOUT_S = 120.0  # an admin operation waits at most this for the actors
+NODE_FLAGS = SupervisorFlags(intensity=10, period_s=60.0)
+
+
+class Node:
+    """One running node. Create with `await Node.start(config)`; end with `await node.stop()`."""
+
+    def __init__(self, config: NodeConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.name = config.name
+        self.loop = loop
+        self.data_dir = config.data_dir.resolve()
+        self.log_dir = (config.log_dir or self.data_dir / "logs").resolve()
+        self.tasks: dict[str, TaskDef] = {}
+        self.pools: dict[str, TaskPool] = {}
+        self.stopping = False
+        self.http_url = ""
+        self.started_at = time.time()
+        self._store: TaskStore | None = None
+        self._journal: JournalThread | None = None
+        self._tree: pykka.ActorProxy[Supervisor] | None = None
+        self._registry: Registry | None = None  # task name -> its supervisor's current ref
+        self._runner: Any = None  # aiohttp AppRunner
+        self._hooks = WorkerHooks(ready=self._worker_ready, watch=self._watch_worker,
+                                  retire=self._retire_worker)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def start(cls, config: NodeConfig, tasks: list[TaskDef] | None = None) -> Node:
+        """Start a node. `tasks` seed its store at first start (default: the config's file)."""
+        node = cls(config, asyncio.get_running_loop())
+        try:
+            await node._start(tasks)
+        except BaseException:
+            await node.stop()
+            raise
+        return node
+
+    async def _start(self, seed: list[TaskDef] | None) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._store = TaskStore(self.data_dir / "tasks.db")
+        if seed is None:
+            seed = await asyncio.to_thread(load_tasks, self._seed_file())
+        await asyncio.to_thread(self._store.seed_once, seed)
+        journal = await asyncio.to_thread(Journal, self.data_dir / "journal.db",
+                                          synchronous=self.config.journal_sync)
+        self._journal = JournalThread(journal, name=f"journal {self.name}")
+        for task in await asyncio.to_thread(self._store.all):
+            self.tasks[task.name] = task
+            self.pools[task.name] = TaskPool(task, self._journal, self.loop)
+        specs = [self._task_child(task) for task in self.tasks.values()]
+        tree = Supervisor.start(specs, NODE_FLAGS, name=f"node {self.name}")
+        self._tree = tree.proxy()
+        # The first answer comes once every child has started; the registry is thread-safe.
+        self._registry = await asyncio.to_thread(self._ask, self._tree.registry)
+        for pool in self.pools.values():
+            pool.start()
+        await self._start_http()
+        log.info("node %s ready: %s", self.name, self.http_url)
+
+    def _seed_file(self) -> Path:
+        if self.config.tasks_file is not None:
+            return self.config.tasks_file
+        return Path(str(resources.files("yptask.conf") / "tasks.toml"))
+
+    async def _start_http(self) -> None:
+        from aiohttp import web
+
+        from yptask.web.app import make_app
+
+        self._runner = web.AppRunner(make_app(self), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.http_url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        """Stop gracefully: HTTP first, then claims, then workers (finishing), then the journal."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for pool in self.pools.values():
+            await pool.stop_claiming()
+        if self._tree is not None:
+            tree = self._tree.actor_ref
+            await asyncio.to_thread(lambda: tree.stop(block=True, timeout=ASK_TIMEOUT_S))
+        for pool in self.pools.values():
+            await pool.close()
+        if self._journal is not None:
+            await asyncio.to_thread(self._journal.close)
+        if self._store is not None:
+            self._store.close()
+        log.info("node %s stopped", self.name)
+
+    # ------------------------------------------------------------------ publishing
+
+    async def cast(self, name: str, msg: Any, *, id: str | None = None,
+                   priority: int = 0) -> dict[str, Any]:
+        """Journal a message for every subscribed task; return once it is committed."""
+        self._check_running()
+        self._check_message(name, msg)
+        if id is not None and (not isinstance(id, str) or not 0 < len(id) <= 128):
+            raise ConfigError("a message id must be a string of 1 to 128 characters")
+        subscribed = [t.name for t in self.tasks.values() if t.subscribes_to(name)]
+        envelope = Envelope(id or _new_id(), name, msg, time.time(), priority)
+        assert self._journal is not None
+        added = await self._journal.append(envelope, subscribed)
+        if added:
+            for task in subscribed:
+                self.pools[task].notify()
+        return {"id": envelope.id, "tasks": subscribed, "duplicate": not added}
+
+    async def call(self, name: str, msg: Any, *, timeout_s: float = 30.0) -> Any:
+        """Have one worker of a subscribed task handle `msg` now; return its result."""
+        self._check_running()
+        self._check_message(name, msg)
+        subscribed = [t for t in self.tasks.values() if t.subscribes_to(name)]
+        if not subscribed:
+            raise NoSubscriber(f"no task subscribes to {name!r}")
+        local = [t for t in subscribed if t.workers_on(self.name) > 0]
+        if not local:
+            raise NoSubscriber(f"task(s) {', '.join(t.name for t in subscribed)} subscribe to "
+                               f"{name!r} but run no worker on node {self.name}")
+        task = max(local, key=lambda t: self.pools[t.name].free_workers)
+        meta = {"id": _new_id(), "attempt": 1, "published_at": time.time(), "priority": 0}
+        try:
+            outcome = await asyncio.wait_for(
+                self.pools[task.name].run(name, msg, meta, task.message_timeout_s), timeout_s)
+        except TimeoutError:
+            raise CallTimeout(f"no answer to {name!r} from task {task.name} within "
+                              f"{timeout_s} s") from None
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.result
+
+    def _check_running(self) -> None:
+        if self.stopping:
+            raise NodeStopping(f"node {self.name} is stopping; send to another node or retry")
+
+    def _check_message(self, name: str, msg: Any) -> None:
+        validate_message_name(name)
+        try:
+            size = len(codec.encode(msg))
+        except EncodeError as exc:
+            raise EncodeError(f"message payload cannot travel to a worker: {exc}") from None
+        if size > self.config.max_payload_bytes:
+            raise ConfigError(f"message payload is {size} bytes encoded, over the node's limit "
+                              f"of {self.config.max_payload_bytes}")
+
+    # ------------------------------------------------------------------ tasks
+
+    async def list_tasks(self) -> list[dict[str, Any]]:
+        return [t.to_dict() for t in sorted(self.tasks.values(), key=lambda t: t.name)]
+
+    async def get_task(self, name: str) -> dict[str, Any]:
+        return self._task(name).to_dict()
+
+    async def put_task(self, definition: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace a task definition; its workers follow at once."""
+        self._check_running()
+        task = TaskDef.from_dict(definition)
+        old = self.tasks.get(task.name)
+        if old is not None:
+            task = replace(task, restart_generation=max(task.restart_generation,
+                                                        old.restart_generation))
+        assert self._store is not None and self._tree is not None
+        await asyncio.to_thread(self._store.put, task)
+        self.tasks[task.name] = task
+        if old is None:
+            assert self._journal is not None
+            pool = self.pools[task.name] = TaskPool(task, self._journal, self.loop)
+            pool.start()
+            await asyncio.to_thread(self._ask, self._tree.start_child(self._task_child(task)))
+        else:
+            self.pools[task.name].task = task
+            supervisor = self._task_supervisor(task.name)
+            if replace(old, nodes=task.nodes) == task:  # only the worker counts changed
+                await asyncio.to_thread(self._ask, supervisor.resize(task.workers_on(self.name)))
+            else:  # anything else takes new workers
+                await asyncio.to_thread(self._ask, supervisor.rolling_restart(task))
+        log.info("task %s %s", task.name, "created" if old is None else "updated")
+        return task.to_dict()
+
+    async def delete_task(self, name: str) -> None:
+        """Delete a task: its workers finish their current message and stop."""
+        self._check_running()
+        self._task(name)
+        assert self._store is not None and self._tree is not None
+        await asyncio.to_thread(self._store.delete, name)
+        del self.tasks[name]
+        await asyncio.to_thread(self._ask, self._tree.terminate_child(name))
+        await self.pools.pop(name).close()
+        log.info("task %s deleted", name)
+
+    async def restart_task(self, name: str) -> dict[str, Any]:
+        """Rolling restart: each worker is replaced by one running the code now on disk."""
+        self._check_running()
+        task = self._task(name)
+        task = replace(task, restart_generation=task.restart_generation + 1)
+        assert self._store is not None
+        await asyncio.to_thread(self._store.put, task)
+        self.tasks[name] = self.pools[name].task = task
+        replaced = await asyncio.to_thread(self._ask,
+                                           self._task_supervisor(name).rolling_restart(task))
+        return {"task": name, "generation": task.restart_generation, "replaced": replaced,
+                "workers": task.workers_on(self.name)}
+
+    def _task(self, name: str) -> TaskDef:
+        task = self.tasks.get(name)
+        if task is None:
+            raise UnknownTask(f"no task named {name!r}; `yptask tasks` lists them")
+        return task
+
+    def _task_child(self, task: TaskDef) -> ChildSpec:
+        return ChildSpec(id=task.name, start=TaskSupervisor,
+                         args=(task, self.name, self.data_dir, self.log_dir, self._hooks),
+                         shutdown_s=ASK_TIMEOUT_S, start_timeout_s=ASK_TIMEOUT_S)
+
+    def _task_supervisor(self, name: str) -> pykka.ActorProxy[TaskSupervisor]:
+        assert self._registry is not None
+        ref = self._registry.whereis(name)
+        if ref is None:
+            raise UnknownTask(f"task {name!r} has no running supervisor on node {self.name}")
+        return ref.proxy()
+
+    # ------------------------------------------------------------------ status
+
+    async def status(self) -> dict[str, Any]:
+        """Per task: workers, state, queue depth, in flight, handled, failed."""
+        assert self._journal is not None
+        tasks = {}
+        for name, pool in self.pools.items():
+            queued, inflight = await self._journal.run(lambda j, n=name: j.depth(n))
+            state = await asyncio.to_thread(self._supervisor_state, name)
+            tasks[name] = {"workers": {self.name: state["workers"]}, "state": state["state"],
+                           "queued": queued, "in_flight": inflight, "handled": pool.handled,
+                           "failed": pool.failed}
+        return {"node": self.name, "uptime_s": round(time.time() - self.started_at, 1),
+                "tasks": tasks}
+
+    def _supervisor_state(self, name: str) -> dict[str, Any]:
+        try:
+            supervisor = self._task_supervisor(name)
+            state = supervisor.state().get(timeout=ASK_TIMEOUT_S)
+            workers = len(supervisor.worker_ids().get(timeout=ASK_TIMEOUT_S))
+        except (UnknownTask, pykka.ActorDeadError):
+            return {"state": "stopped", "workers": 0}
+        if state.phase.value == "backoff":
+            return {"state": "backoff", "workers": workers}
+        return {"state": "running" if workers else "idle", "workers": workers}
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        assert self._journal is not None
+        letters = await self._journal.run(lambda j: j.dead_letters(limit))
+        return [{"id": d.message.id, "name": d.message.name, "payload": d.message.payload,
+                 "task": d.task, "attempt": d.attempt, "error_class": d.error_class,
+                 "error": d.error, "traceback": d.traceback, "died_at": d.died_at}
+                for d in letters]
+
+    async def replay(self, message_id: str, task: str | None = None) -> int:
+        """Requeue a dead letter (for one task, or for every task it died in)."""
+        assert self._journal is not None
+        letters = [d for d in await self.dead_letters(limit=10**6)
+                   if d["id"] == message_id and task in (None, d["task"])]
+        replayed = 0
+        for letter in letters:
+            if await self._journal.run(lambda j, t=letter["task"]: j.replay(message_id, t)):
+                replayed += 1
+                if letter["task"] in self.pools:
+                    self.pools[letter["task"]].notify()
+        return replayed
+
+    # ------------------------------------------------------------------ worker hooks
+
+    def _worker_ready(self, task: str, ref: Any) -> None:  # any thread
+        pool = self.pools.get(task)
+        if pool is not None:
+            pool.worker_ready(ref)
+
+    def _retire_worker(self, task: str, ref: Any) -> None:  # actor thread
+        pool = self.pools.get(task)
+        if pool is not None:
+            pool.retire(ref)
+
+    def _watch_worker(self, pid: int, ref: Any) -> None:  # actor thread
+        self.loop.call_soon_threadsafe(self._add_pid_watch, pid, ref)
+
+    def _add_pid_watch(self, pid: int, ref: Any) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            _tell(ref, ProcessGone(pid))
+            return
+
+        def exited() -> None:
+            self.loop.remove_reader(pidfd)
+            os.close(pidfd)
+            _tell(ref, ProcessGone(pid))
+
+        self.loop.add_reader(pidfd, exited)
+
+    @staticmethod
+    def _ask(future: pykka.Future[Any]) -> Any:
+        return future.get(timeout=ASK_TIMEOUT_S)
+
+
+def _tell(ref: Any, message: Any) -> None:
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)
+
+
+def _new_id() -> str:
+    """A message id that sorts by time: 12 hex digits of milliseconds, then randomness."""
+    return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -49,6 +50,26 @@ class Sample(BaseTask):
         return {"id": self.message.id, "attempt": self.message.attempt,
                 "name": self.message.name, "settings": self.settings,
                 "modules": sorted(sys.modules)}
+
+    def handle_record(self, msg: Any) -> str:
+        """Append this delivery to the file named by the `record_path` setting."""
+        assert self.message is not None
+        line = {"id": self.message.id, "attempt": self.message.attempt,
+                "name": self.message.name, "payload": msg, "pid": os.getpid()}
+        with open(self.settings["record_path"], "a") as f:
+            f.write(json.dumps(line) + "\n")
+        return "recorded"
+
+    def handle_crash_first(self, msg: Any) -> str:
+        """Die on the first attempt, record the next one."""
+        assert self.message is not None
+        if self.message.attempt == 1:
+            os._exit(9)
+        return self.handle_record(msg)
+
+    def handle_record_slowly(self, msg: dict[str, Any]) -> str:
+        time.sleep(float(msg["seconds"]))
+        return self.handle_record(msg)
 
     @handles("custom.any.name")
     def custom(self, msg: Any) -> str:

@@ -1,0 +1,240 @@
+"""The node in one process: delivery, retries, dead letters, supervision, live task edits.
+
+Real worker processes, real SQLite, real threads; each test starts its own node in
+its own data folder and always stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+from support import TEST_WORKERS
+
+from yptask.config import NodeConfig, TaskDef
+from yptask.errors import (
+    CallTimeout,
+    ConfigError,
+    EncodeError,
+    HandlerError,
+    NoSubscriber,
+    UnknownTask,
+)
+from yptask.node import Node
+
+
+def sample_task(name: str, messages: list[str], tmp_path: Path, **fields) -> TaskDef:
+    """A task served by tests/workers/sample.py, recording what it handles in tmp_path."""
+    return TaskDef.from_dict({
+        "name": name, "messages": messages, "worker_class": "sample:Sample",
+        "env": {"PYTHONPATH": str(TEST_WORKERS)},
+        "settings": {"record_path": str(tmp_path / f"{name}.jsonl")},
+        "retry_backoff_s": 0.05, **fields})
+
+
+def recorded(tmp_path: Path, task: str) -> list[dict]:
+    path = tmp_path / f"{task}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def until(predicate, timeout_s: float = 30.0, what: str = "condition"):
+    """Poll an (async or plain) predicate until it is truthy; fail after the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def start_node(tmp_path):
+    nodes: list[Node] = []
+
+    async def start(tasks: list[TaskDef], **config) -> Node:
+        settings = {"name": "n1", "data_dir": tmp_path / "data", "http_port": 0,
+                    "bert_port": 0, **config}
+        node = await Node.start(NodeConfig(**settings), tasks=tasks)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        await node.stop()
+
+
+async def test_cast_call_and_status(start_node, tmp_path):
+    node = await start_node([sample_task("a", ["*.record", "*.echo", "*.fail"], tmp_path,
+                                         nodes={"*": 2}),
+                             sample_task("b", ["upai.#"], tmp_path)])
+    # When messages are cast to a name both tasks subscribe to
+    answers = [await node.cast("upai.record", {"n": i}) for i in range(20)]
+    assert all(a["tasks"] == ["a", "b"] and not a["duplicate"] for a in answers)
+    # Then each task handles each message exactly once
+    for task in ("a", "b"):
+        records = await until(lambda t=task: len(recorded(tmp_path, t)) == 20 and
+                              recorded(tmp_path, t), what=f"task {task} handled 20")
+        assert sorted(r["payload"]["n"] for r in records) == list(range(20))
+        assert {r["id"] for r in records} == {a["id"] for a in answers}
+    assert len({r["pid"] for r in recorded(tmp_path, "a")}) <= 2
+    # And calls answer with the handler's result or its error
+    assert await node.call("upai.echo", {"x": "é"}) == {"x": "é"}
+    with pytest.raises(HandlerError) as caught:
+        await node.call("upai.fail", {"reason": "no disk"})
+    assert caught.value.error_class == "ValueError" and "no disk" in caught.value.detail
+    with pytest.raises(NoSubscriber):
+        await node.call("nobody.listens", {})
+    status = await node.status()
+    assert status["tasks"]["a"]["workers"] == {"n1": 2}
+    assert status["tasks"]["a"]["handled"] >= 20
+
+
+async def test_a_repeated_id_is_delivered_once(start_node, tmp_path):
+    node = await start_node([sample_task("a", ["*.record"], tmp_path)])
+    first = await node.cast("upai.record", {"n": 1}, id="order-42")
+    second = await node.cast("upai.record", {"n": 2}, id="order-42")
+    assert (first["duplicate"], second["duplicate"]) == (False, True)
+    await until(lambda: recorded(tmp_path, "a"), what="delivery")
+    await node.cast("upai.record", {"n": 3})  # a later message, to know the first is done
+    await until(lambda: len(recorded(tmp_path, "a")) == 2, what="second delivery")
+    assert [r["payload"]["n"] for r in recorded(tmp_path, "a")] == [1, 3]
+
+
+async def test_a_worker_dying_mid_message_causes_redelivery_with_the_next_attempt(start_node,
+                                                                                 tmp_path):
+    node = await start_node([sample_task("a", ["*.crash_first"], tmp_path)])
+    cast = await node.cast("upai.crash_first", {"n": 1})
+    (record,) = await until(lambda: recorded(tmp_path, "a"), what="redelivery")
+    assert (record["id"], record["attempt"]) == (cast["id"], 2)
+    # and the supervisor replaced the dead worker
+    await until(lambda: node.pools["a"].free_workers == 1, what="a fresh worker")
+
+
+async def test_failing_messages_are_dead_lettered_with_their_error_and_can_be_replayed(
+        start_node, tmp_path):
+    node = await start_node([sample_task("a", ["*.fail", "*.record"], tmp_path,
+                                         max_attempts=2)])
+    cast = await node.cast("upai.fail", {"reason": "bad input"})
+    (letter,) = await until(node.dead_letters, what="a dead letter")
+    assert (letter["id"], letter["task"], letter["attempt"]) == (cast["id"], "a", 2)
+    assert letter["error_class"] == "ValueError" and letter["error"] == "bad input"
+    assert "handle_fail" in letter["traceback"]
+    assert await node.replay(cast["id"]) == 1
+    await until(lambda: node.pools["a"].failed == 4, what="two more failed attempts")
+    assert len(await until(node.dead_letters, what="dead again")) == 1
+
+
+async def test_a_hung_handler_is_killed_at_its_timeout_and_retried(start_node, tmp_path):
+    node = await start_node([sample_task("a", ["*.sleep"], tmp_path, message_timeout_s=0.5,
+                                         max_attempts=2)])
+    await node.cast("upai.sleep", {"seconds": 60})
+    (letter,) = await until(node.dead_letters, what="timed-out message dead-lettered")
+    assert letter["error_class"] == "CallTimeout"
+
+
+async def test_a_message_for_a_task_running_nowhere_waits_until_it_runs(start_node, tmp_path):
+    node = await start_node([sample_task("a", ["*.record"], tmp_path, nodes={"*": 0})])
+    await node.cast("upai.record", {"n": 1})
+    assert (await node.status())["tasks"]["a"]["queued"] == 1
+    definition = await node.get_task("a")
+    await node.put_task({**definition, "nodes": {"n1": 1}})
+    await until(lambda: recorded(tmp_path, "a"), what="the waiting message")
+
+
+async def test_worker_count_follows_the_definition_live(start_node, tmp_path):
+    node = await start_node([sample_task("a", ["*.record"], tmp_path)])
+    definition = await node.get_task("a")
+    await node.put_task({**definition, "nodes": {"*": 3}})
+    assert (await node.status())["tasks"]["a"]["workers"] == {"n1": 3}
+    await node.put_task({**definition, "nodes": {"*": 1}})
+    assert (await node.status())["tasks"]["a"]["workers"] == {"n1": 1}
+
+
+async def test_rolling_restart_interrupts_no_message_in_flight(start_node, tmp_path):
+    node = await start_node([sample_task("a", ["*.record_slowly", "*.echo"], tmp_path,
+                                         nodes={"*": 2})])
+    assert await node.call("upai.echo", 1) == 1
+    # Given two slow messages in flight
+    await node.cast("upai.record_slowly", {"seconds": 1.0, "n": 1})
+    await node.cast("upai.record_slowly", {"seconds": 1.0, "n": 2})
+    await until(lambda: node.pools["a"].in_flight == 2, what="two in flight")
+    # When the task is restarted
+    result = await node.restart_task("a")
+    # Then both finished on their first attempt, and new workers serve
+    assert result == {"task": "a", "generation": 1, "replaced": 2, "workers": 2}
+    records = await until(lambda: len(recorded(tmp_path, "a")) == 2 and
+                          recorded(tmp_path, "a"), what="both slow messages")
+    assert [r["attempt"] for r in records] == [1, 1]
+    assert await node.call("upai.echo", 2) == 2
+    assert (await node.get_task("a"))["restart_generation"] == 1
+
+
+async def test_a_task_whose_workers_cannot_start_backs_off_and_the_node_serves_on(
+        start_node, tmp_path):
+    broken = sample_task("broken", ["*.never"], tmp_path, settings={"fail_setup": True})
+    node = await start_node([broken, sample_task("a", ["*.echo"], tmp_path)])
+    await until(lambda: _state(node, "broken"), what="backoff")
+    assert await node.call("upai.echo", "fine") == "fine"
+
+
+async def _state(node: Node, task: str) -> bool:
+    return (await node.status())["tasks"][task]["state"] == "backoff"
+
+
+async def test_invalid_requests_get_clear_errors(start_node, tmp_path):
+    node = await start_node([sample_task("a", ["*.echo"], tmp_path)])
+    with pytest.raises(ConfigError, match="invalid message name"):
+        await node.cast("bad name", {})
+    with pytest.raises(EncodeError, match="cannot travel"):
+        await node.cast("upai.echo", {"x": float("nan")})
+    with pytest.raises(ConfigError, match="over the node's limit"):
+        await node.cast("upai.echo", "x" * 2_000_000)
+    with pytest.raises(UnknownTask):
+        await node.restart_task("nope")
+    with pytest.raises(ConfigError, match="'max_attempts'"):
+        await node.put_task({**(await node.get_task("a")), "max_attempts": 0})
+    with pytest.raises(CallTimeout):
+        await node.call("upai.echo", "slow?", timeout_s=0.000001)
+
+
+async def test_edits_survive_a_restart_and_the_seed_is_applied_once(start_node, tmp_path):
+    node = await start_node([sample_task("a", ["*.echo"], tmp_path)])
+    await node.put_task(sample_task("b", ["*.b"], tmp_path).to_dict())
+    await node.delete_task("a")
+    await node.stop()
+    again = await start_node([sample_task("a", ["*.echo"], tmp_path)])
+    assert [t["name"] for t in await again.list_tasks()] == ["b"]
+
+
+async def test_stopping_lets_workers_finish_and_leaves_no_process(start_node, tmp_path):
+    node = await start_node([sample_task("a", ["*.record_slowly"], tmp_path)])
+    await node.cast("upai.record_slowly", {"seconds": 0.5, "n": 1})
+    await until(lambda: node.pools["a"].in_flight == 1, what="in flight")
+    assert child_workers()
+    await node.stop()
+    assert [r["attempt"] for r in recorded(tmp_path, "a")] == [1]
+    assert child_workers() == set()
+
+
+def child_workers() -> set[int]:
+    """PIDs of this process's live children that run the worker runner."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"yptask.tasks.runner" in cmdline:
+            pids.add(int(entry.name))
+    return pids

@@ -15,6 +15,8 @@ EXIT_OK = 0
 EXIT_USAGE = 64  # EX_USAGE: the command line is wrong
 
 EPILOG = """examples:
+  yptask node                                   run a node with the example tasks
+  yptask node --name web1 --http 127.0.0.1:9000 --data-dir /var/lib/yptask
   yptask demo                                   run the example tasks once
   yptask worker yptask.tasks.echo:Echo          serve a task class on fds 3 and 4
   yptask worker mymodule:Resizer --stdio        serve it on stdin/stdout
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("worker", add_help=False,
                         help="run a worker process for a BaseTask subclass (MODULE:CLASS)")
+    commands.add_parser("node", add_help=False, help="run a node in the foreground")
     commands.add_parser("demo", help="start a worker of each example task and send it messages")
     args, rest = parser.parse_known_args(argv)
     if args.version:
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         from yptask.tasks.runner import main as worker_main
 
         return worker_main(rest)
+    if args.command == "node":
+        from yptask.node_main import main as node_main
+
+        return node_main(rest)
     if args.command == "demo":
         from yptask.demo import main as demo_main
 

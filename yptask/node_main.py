@@ -1,0 +1,108 @@
+"""`yptask node`: run a node in the foreground until SIGTERM or SIGINT.
+
+Reads the node config (the packaged default unless `--config` names one),
+applies the command-line overrides, logs with the node name in every record,
+prints the node's addresses when it is ready, and stops gracefully on a
+signal: running messages finish, workers exit, the journal closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from yptask.errors import ConfigError
+
+__all__ = ["EXIT_CONFIG", "EXIT_UNAVAILABLE", "main"]
+
+EXIT_CONFIG = 78  # EX_CONFIG: the configuration is wrong
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: e.g. a port is taken
+
+
+class _NodeNameFilter(logging.Filter):
+    """Puts the node's name on every log record, whichever library logs it."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.node = self.node
+        return True
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8700)")
+    return host or "127.0.0.1", int(port)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="yptask node", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="node config file (TOML, a [node] table)")
+    parser.add_argument("--name", help="node name (default: the host name)")
+    parser.add_argument("--data-dir", type=Path, help="journal, task store and worker logs")
+    parser.add_argument("--http", type=_host_port, metavar="HOST:PORT",
+                        help="JSON-RPC (POST /rpc) and console (/) address")
+    parser.add_argument("--bert", type=_host_port, metavar="HOST:PORT",
+                        help="BERT-RPC TCP endpoint address")
+    parser.add_argument("--tasks", type=Path, help="task definitions seeding a new node (TOML)")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Run a node until a stop signal; return the exit code."""
+    from yptask.config import NodeConfig
+
+    args = parse_args(argv)
+    overrides: dict[str, Any] = {"name": args.name, "data_dir": args.data_dir,
+                                 "tasks_file": args.tasks}
+    if args.http:
+        overrides["http_host"], overrides["http_port"] = args.http
+    if args.bert:
+        overrides["bert_host"], overrides["bert_port"] = args.bert
+    path = args.config or Path(str(resources.files("yptask.conf") / "yptask.toml"))
+    try:
+        config = NodeConfig.load(path, **overrides)
+    except ConfigError as exc:
+        print(f"yptask node: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_NodeNameFilter(config.name))
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s [%(node)s] %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    return asyncio.run(_run(config))
+
+
+async def _run(config: Any) -> int:
+    from yptask.node import Node
+
+    try:
+        node = await Node.start(config)
+    except ConfigError as exc:
+        print(f"yptask node: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"yptask node: cannot start: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"yptask node {node.name} ready\n"
+          f"  JSON-RPC  {node.http_url}/rpc\n"
+          f"  console   {node.http_url}/\n"
+          f"  data      {node.data_dir}", flush=True)
+    await stop.wait()
+    print(f"yptask node {node.name} stopping: running messages finish first", flush=True)
+    await node.stop()
+    return 0

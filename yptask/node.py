@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -28,6 +29,7 @@ from typing import Any
 import pykka
 
 from yptask import codec
+from yptask.bert_endpoint import BertEndpoint
 from yptask.config import NodeConfig, TaskDef, load_tasks, validate_message_name
 from yptask.dispatch import TaskPool
 from yptask.errors import (
@@ -66,6 +68,8 @@ class Node:
         self.pools: dict[str, TaskPool] = {}
         self.stopping = False
         self.http_url = ""
+        self.bert_address = ""
+        self._bert: BertEndpoint | None = None
         self.started_at = time.time()
         self._store: TaskStore | None = None
         self._journal: JournalThread | None = None
@@ -108,7 +112,10 @@ class Node:
         for pool in self.pools.values():
             pool.start()
         await self._start_http()
-        log.info("node %s ready: %s", self.name, self.http_url)
+        self._bert = BertEndpoint(self)
+        await self._bert.start(self.config.bert_host, self.config.bert_port)
+        self.bert_address = self._bert.address
+        log.info("node %s ready: %s, BERT-RPC %s", self.name, self.http_url, self.bert_address)
 
     def _seed_file(self) -> Path:
         if self.config.tasks_file is not None:
@@ -132,6 +139,8 @@ class Node:
         if self.stopping:
             return
         self.stopping = True
+        if self._bert is not None:
+            await self._bert.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         for pool in self.pools.values():
@@ -196,7 +205,8 @@ class Node:
         validate_message_name(name)
         try:
             size = len(codec.encode(msg))
-        except EncodeError as exc:
+            json.dumps(msg, allow_nan=False)  # the journal keeps payloads as JSON
+        except (EncodeError, TypeError, ValueError) as exc:
             raise EncodeError(f"message payload cannot travel to a worker: {exc}") from None
         if size > self.config.max_payload_bytes:
             raise ConfigError(f"message payload is {size} bytes encoded, over the node's limit "

@@ -101,6 +101,7 @@ async def _run(config: Any) -> int:
     print(f"yptask node {node.name} ready\n"
           f"  JSON-RPC  {node.http_url}/rpc\n"
           f"  console   {node.http_url}/\n"
+          f"  BERT-RPC  {node.bert_address}\n"
           f"  data      {node.data_dir}", flush=True)
     await stop.wait()
     print(f"yptask node {node.name} stopping: running messages finish first", flush=True)

@@ -1,0 +1,169 @@
+"""The BERT-RPC TCP endpoint: publish and call over `{packet, 4}` TCP, for non-HTTP clients.
+
+Serves module `yptask`, one packet at a time per connection:
+
+    {call, yptask, cast, [Name, Msg]}            -> {reply, #{id, tasks, duplicate}}
+    {call, yptask, cast, [Name, Msg, Opts]}      Opts: #{id => Binary, priority => Int}
+    {call, yptask, call, [Name, Msg, Timeout]}   -> {reply, Result}   (Timeout in seconds)
+    {cast, yptask, cast, [Name, Msg | _]}        -> {noreply} once the message is journaled
+    {info, ...}                                  tolerated, never answered
+
+Errors are `{error, {Type, Code, Class, Detail, Backtrace}}` coded by the one
+table in `yptask.errors`. A frame that is no term gets a protocol error and the
+connection serves on; a frame header over the cap, or input ending inside a
+frame, gets a protocol error and the connection is closed. Nothing a client
+sends takes the node down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from yptask.bertrpc import (
+    DEFAULT_MAX_FRAME,
+    Call,
+    Cast,
+    ErrorReply,
+    Info,
+    NoReply,
+    Reply,
+    check_length,
+    decode_packet,
+    error_reply,
+    frame,
+)
+from yptask.errors import (
+    ConfigError,
+    EncodeError,
+    FrameError,
+    NoSuchFunction,
+    NoSuchModule,
+    ProtocolError,
+    YPTaskError,
+)
+
+if TYPE_CHECKING:
+    from yptask.node import Node
+
+__all__ = ["BertEndpoint"]
+
+log = logging.getLogger(__name__)
+
+
+class BertEndpoint:
+    """A TCP server speaking BERT-RPC to publishers, in front of one node."""
+
+    def __init__(self, node: Node, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.node = node
+        self.max_frame = max_frame
+        self._server: asyncio.Server | None = None
+        self.address = ""
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._serve, host, port)
+        sock_host, sock_port = self._server.sockets[0].getsockname()[:2]
+        self.address = f"{sock_host}:{sock_port}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        try:
+            while True:
+                try:
+                    body = await self._read_frame(reader)
+                except FrameError as exc:
+                    log.warning("BERT-RPC client %s sent a bad frame: %s; closing", peer, exc)
+                    await self._send(writer, error_reply(exc))
+                    return
+                if body is None:
+                    return
+                answer = await self._answer(body)
+                if answer is not None:
+                    await self._send(writer, answer)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes | None:
+        try:
+            header = await reader.readexactly(4)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise FrameError("input ended inside a frame header") from None
+            return None
+        try:
+            return await reader.readexactly(check_length(header, self.max_frame))
+        except asyncio.IncompleteReadError:
+            raise FrameError("input ended inside a frame") from None
+
+    async def _answer(self, body: bytes) -> Reply | NoReply | ErrorReply | None:
+        try:
+            packet = decode_packet(body)
+        except ProtocolError as exc:
+            return error_reply(exc)
+        if isinstance(packet, Info):
+            return None
+        if not isinstance(packet, Call):
+            return error_reply(ProtocolError(
+                f"the endpoint serves calls and casts; it got a {type(packet).__name__}"))
+        try:
+            if isinstance(packet, Cast):
+                await self._dispatch(packet)
+                return NoReply()
+            return Reply(await self._dispatch(packet))
+        except Exception as exc:
+            if not isinstance(exc, YPTaskError):
+                log.exception("BERT-RPC %s:%s failed", packet.module, packet.function)
+            return error_reply(exc)
+
+    async def _dispatch(self, call: Call) -> Any:
+        if call.module != "yptask":
+            raise NoSuchModule(f"no module '{call.module}'; the endpoint serves 'yptask'")
+        args = call.args
+        if call.function == "cast" and len(args) in (2, 3):
+            opts = args[2] if len(args) == 3 else {}
+            if not isinstance(opts, dict):
+                raise ConfigError("cast options must be a map: #{id => Id, priority => Int}")
+            return await self.node.cast(_name(args[0]), args[1], id=opts.get("id"),
+                                        priority=_int(opts.get("priority", 0), "priority"))
+        if call.function == "call" and len(args) in (2, 3):
+            timeout = args[2] if len(args) == 3 else 30
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                    or timeout <= 0:
+                raise ConfigError(f"call timeout must be a positive number of seconds, "
+                                  f"got {timeout!r}")
+            return await self.node.call(_name(args[0]), args[1], timeout_s=float(timeout))
+        raise NoSuchFunction(f"no function yptask:{call.function}/{len(args)}; the endpoint "
+                             "serves cast/2, cast/3, call/2 and call/3")
+
+    async def _send(self, writer: asyncio.StreamWriter, packet: Reply | NoReply | ErrorReply
+                    ) -> None:
+        try:
+            data = frame(packet)
+        except EncodeError as exc:
+            data = frame(error_reply(EncodeError(f"the result has no BERT term: {exc}")))
+        writer.write(data)
+        await writer.drain()
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"a message name is a binary or an atom, got {value!r}")
+    return str(value)
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
+    return value
+

@@ -90,6 +90,22 @@ class TaskSupervisor(Supervisor):
             self._retire(child_id)
         return len(self.worker_ids())
 
+    def ensure(self, count: int) -> int:
+        """Spawn on demand: start workers until `count` run (at most the definition's count)."""
+        wanted = min(count, self.task.workers_on(self.node_name))
+        for _ in range(wanted - len(self.worker_ids())):
+            self.start_child(self._child_spec())
+        return len(self.worker_ids())
+
+    def reap(self, urn: str) -> bool:
+        """Stop the worker whose actor is `urn` (idle past the task's max idle time)."""
+        for child in self.which_children():
+            if child.ref is not None and child.ref.actor_urn == urn:
+                log.info("worker reaped: %s (idle over %s s)", child.id, self.task.max_idle_s)
+                self.terminate_child(child.id)
+                return True
+        return False
+
     def rolling_restart(self, task: TaskDef) -> int:
         """Replace every worker, one at a time, new before old; return how many were replaced."""
         self.task = task

@@ -159,6 +159,23 @@ async def test_worker_count_follows_the_definition_live(start_node, tmp_path):
     assert (await node.status())["tasks"]["a"]["workers"] == {"n1": 1}
 
 
+async def test_idle_workers_are_reaped_and_spawned_again_on_demand(start_node, tmp_path):
+    node = await start_node([sample_task("a", ["*.record", "*.echo"], tmp_path,
+                                         max_idle_s=0.3, nodes={"*": 2})])
+    # Given workers idle past the task's max idle time: they are stopped
+    await until(lambda: _task_status(node, "a", {"workers": {"n1": 0}, "state": "idle"}),
+                what="workers reaped")
+    # When a message arrives, a worker is started for it
+    await node.cast("upai.record", {"n": 1})
+    await until(lambda: recorded(tmp_path, "a"), what="delivery after spawn on demand")
+    assert await node.call("upai.echo", "on demand") == "on demand"
+
+
+async def _task_status(node: Node, task: str, expected: dict) -> bool:
+    status = (await node.status())["tasks"][task]
+    return all(status[key] == value for key, value in expected.items())
+
+
 async def test_rolling_restart_interrupts_no_message_in_flight(start_node, tmp_path):
     node = await start_node([sample_task("a", ["*.record_slowly", "*.echo"], tmp_path,
                                          nodes={"*": 2})])

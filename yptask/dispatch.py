@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -38,16 +39,24 @@ log = logging.getLogger(__name__)
 JOB_GRACE_S = 10.0
 # With nothing claimable, look again this often (retries come due without a signal).
 IDLE_POLL_S = 0.5
+SPAWN_TIMEOUT_S = 60.0
 
 
 class TaskPool:
     """The free workers of one task on this node, and the loop that feeds them."""
 
-    def __init__(self, task: TaskDef, journal: JournalThread, loop: asyncio.AbstractEventLoop):
+    def __init__(self, task: TaskDef, node_name: str, journal: JournalThread,
+                 loop: asyncio.AbstractEventLoop, supervisor: Callable[[], Any]) -> None:
         self.task = task
+        self.node_name = node_name
         self.journal = journal
         self.loop = loop
+        self._supervisor = supervisor  # returns a proxy of this task's supervisor (thread-safe)
         self._free: deque[Any] = deque()
+        self._free_since: dict[str, float] = {}
+        self._spawning = False
+        self._spawn_task: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self._retired: set[str] = set()
         self._worker_freed = asyncio.Event()
         self._work_queued = asyncio.Event()
@@ -73,14 +82,16 @@ class TaskPool:
     def start(self) -> None:
         self._runner = self.loop.create_task(self._deliver_forever(),
                                              name=f"deliver {self.task.name}")
+        self._reaper = self.loop.create_task(self._reap_forever(), name=f"reap {self.task.name}")
 
     async def stop_claiming(self) -> None:
-        """Claim nothing more; jobs already handed out go on."""
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+        """Claim nothing more and reap no more; jobs already handed out go on."""
+        for background in (self._runner, self._reaper):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+        self._runner = self._reaper = None
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Stop claiming, give the jobs in hand `timeout_s` to settle, then drop them.
@@ -96,6 +107,8 @@ class TaskPool:
     def notify(self) -> None:
         """New deliveries for this task are in the journal."""
         self._work_queued.set()
+        if not self._free:
+            self._request_workers()
 
     @property
     def free_workers(self) -> int:
@@ -110,6 +123,7 @@ class TaskPool:
     def _add_free(self, ref: Any) -> None:
         if ref.actor_urn not in self._retired:
             self._free.append(ref)
+            self._free_since[ref.actor_urn] = self.loop.time()
             self._worker_freed.set()
 
     async def _retire(self, urn: str) -> None:
@@ -123,7 +137,45 @@ class TaskPool:
                 if ref.is_alive() and ref.actor_urn not in self._retired:
                     return ref
             self._worker_freed.clear()
+            self._request_workers()
             await self._worker_freed.wait()
+
+    def _request_workers(self) -> None:
+        """Spawn on demand: ask the supervisor for one more worker than are busy now."""
+        if self._spawning or self.task.workers_on(self.node_name) == 0:
+            return
+        self._spawning = True
+        wanted = self.in_flight + 1
+
+        def ensure() -> None:
+            self._supervisor().ensure(wanted).get(timeout=SPAWN_TIMEOUT_S)
+
+        async def spawn() -> None:
+            try:
+                await asyncio.to_thread(ensure)
+            except Exception as exc:  # the supervisor restarts or backs off on its own
+                log.warning("task %s: spawning a worker on demand failed: %s", self.task.name,
+                            exc)
+            finally:
+                self._spawning = False
+
+        self._spawn_task = self.loop.create_task(spawn())
+
+    async def _reap_forever(self) -> None:
+        """Stop workers idle longer than the task's max idle time (0: never)."""
+        while True:
+            max_idle = self.task.max_idle_s
+            await asyncio.sleep(min(max_idle / 2, 1.0) if max_idle > 0 else 1.0)
+            if max_idle <= 0:
+                continue
+            now = self.loop.time()
+            idle = [r for r in self._free if now - self._free_since.get(r.actor_urn, now)
+                    > max_idle]
+            for ref in idle:
+                self._free.remove(ref)  # no job can reach it from now on
+                urn = ref.actor_urn
+                await asyncio.to_thread(
+                    lambda u=urn: self._supervisor().reap(u).get(timeout=SPAWN_TIMEOUT_S))
 
     async def _run_on(self, ref: Any, name: str, payload: Any, meta: dict[str, Any],
                       timeout_s: float) -> Outcome:

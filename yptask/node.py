@@ -103,7 +103,7 @@ class Node:
         self._journal = JournalThread(journal, name=f"journal {self.name}")
         for task in await asyncio.to_thread(self._store.all):
             self.tasks[task.name] = task
-            self.pools[task.name] = TaskPool(task, self._journal, self.loop)
+            self.pools[task.name] = self._pool(task)
         specs = [self._task_child(task) for task in self.tasks.values()]
         tree = Supervisor.start(specs, NODE_FLAGS, name=f"node {self.name}")
         self._tree = tree.proxy()
@@ -233,7 +233,7 @@ class Node:
         self.tasks[task.name] = task
         if old is None:
             assert self._journal is not None
-            pool = self.pools[task.name] = TaskPool(task, self._journal, self.loop)
+            pool = self.pools[task.name] = self._pool(task)
             pool.start()
             await asyncio.to_thread(self._ask, self._tree.start_child(self._task_child(task)))
         else:
@@ -269,6 +269,11 @@ class Node:
                                            self._task_supervisor(name).rolling_restart(task))
         return {"task": name, "generation": task.restart_generation, "replaced": replaced,
                 "workers": task.workers_on(self.name)}
+
+    def _pool(self, task: TaskDef) -> TaskPool:
+        assert self._journal is not None
+        return TaskPool(task, self.name, self._journal, self.loop,
+                        lambda: self._task_supervisor(task.name))
 
     def _task(self, name: str) -> TaskDef:
         task = self.tasks.get(name)

@@ -40,6 +40,7 @@ JOB_GRACE_S = 10.0
 # With nothing claimable, look again this often (retries come due without a signal).
 IDLE_POLL_S = 0.5
 SPAWN_TIMEOUT_S = 60.0
+MAX_CLAIM = 64
 
 
 class TaskPool:
@@ -53,6 +54,7 @@ class TaskPool:
         self.loop = loop
         self._supervisor = supervisor  # returns a proxy of this task's supervisor (thread-safe)
         self._free: deque[Any] = deque()
+        self._workers: dict[str, Any] = {}  # urn -> ref of every worker that offered itself
         self._free_since: dict[str, float] = {}
         self._spawning = False
         self._spawn_task: asyncio.Task[None] | None = None
@@ -122,12 +124,14 @@ class TaskPool:
 
     def _add_free(self, ref: Any) -> None:
         if ref.actor_urn not in self._retired:
+            self._workers[ref.actor_urn] = ref
             self._free.append(ref)
             self._free_since[ref.actor_urn] = self.loop.time()
             self._worker_freed.set()
 
     async def _retire(self, urn: str) -> None:
         self._retired.add(urn)
+        self._workers.pop(urn, None)
         self._free = deque(r for r in self._free if r.actor_urn != urn)
 
     async def _acquire(self) -> Any:
@@ -140,9 +144,16 @@ class TaskPool:
             self._request_workers()
             await self._worker_freed.wait()
 
+    @property
+    def live_workers(self) -> int:
+        """Workers of this task that are running (idle or busy), as this pool knows them."""
+        for urn in [urn for urn, ref in self._workers.items() if not ref.is_alive()]:
+            del self._workers[urn]
+        return len(self._workers)
+
     def _request_workers(self) -> None:
         """Spawn on demand: ask the supervisor for one more worker than are busy now."""
-        if self._spawning or self.task.workers_on(self.node_name) == 0:
+        if self._spawning or self.live_workers >= self.task.workers_on(self.node_name):
             return
         self._spawning = True
         wanted = self.in_flight + 1
@@ -174,6 +185,7 @@ class TaskPool:
             for ref in idle:
                 self._free.remove(ref)  # no job can reach it from now on
                 urn = ref.actor_urn
+                self._workers.pop(urn, None)
                 await asyncio.to_thread(
                     lambda u=urn: self._supervisor().reap(u).get(timeout=SPAWN_TIMEOUT_S))
 
@@ -199,16 +211,21 @@ class TaskPool:
 
     async def _deliver_forever(self) -> None:
         task = self.task.name
+        claimed: deque[Delivery] = deque()  # claimed ahead, so a freed worker waits for nothing
         while True:
             ref = await self._acquire()
-            deliveries = await self.journal.run(lambda j: j.claim(task, 1))
-            if not deliveries:
-                self._free.appendleft(ref)
+            if not claimed:
                 self._work_queued.clear()
+                # Enough for every free worker and as many again, so the next frees find work.
+                limit = min(MAX_CLAIM, 2 * (len(self._free) + 1 + self.in_flight))
+                claimed.extend(await self.journal.run(lambda j, n=limit: j.claim(task, n)))
+            if not claimed:
+                self._free.appendleft(ref)
+                self._worker_freed.set()  # a call may be waiting for this worker
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._work_queued.wait(), IDLE_POLL_S)
                 continue
-            job = self.loop.create_task(self._deliver(ref, deliveries[0]))
+            job = self.loop.create_task(self._deliver(ref, claimed.popleft()))
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)
 
@@ -222,7 +239,7 @@ class TaskPool:
                                      self.task.message_timeout_s)
         if outcome.error is None:
             self.handled += 1
-            await self.journal.run(lambda j: j.ack(message.id, delivery.task))
+            await self.journal.ack(message.id, delivery.task)
             return
         self.failed += 1
         error = outcome.error

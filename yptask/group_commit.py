@@ -1,10 +1,10 @@
-"""Group commit: one thread owns the journal and batches concurrent casts into one transaction.
+"""Group commit: one thread owns the journal and batches concurrent writes into one transaction.
 
 The event loop never touches SQLite. Coroutines hand their operation to the
 journal thread with an asyncio future; the thread runs operations in order,
-and every run of consecutive appends waiting in its queue becomes ONE
-transaction, so a hundred concurrent casts cost one commit (one fsync), not
-a hundred. Each future is completed on its own loop with
+and every run of consecutive appends (or acks) waiting in its queue becomes
+ONE transaction, so a hundred concurrent casts cost one commit (one fsync),
+not a hundred. Each future is completed on its own loop with
 `call_soon_threadsafe`, and a cast is answered only after its commit.
 """
 
@@ -31,12 +31,13 @@ MAX_BATCH = 1000
 class _Op:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
-    append: tuple[Envelope, list[str]] | None = None  # an append, batched with its neighbours
-    call: Callable[[Journal], Any] | None = None  # or any other operation, run alone
+    kind: str  # "append" or "ack": batched with neighbours of its kind; "call": run alone
+    item: Any = None  # an append's (envelope, tasks), an ack's (message id, task)
+    call: Callable[[Journal], Any] | None = None
 
 
 class JournalThread:
-    """Runs every journal operation on one thread; appends are group-committed."""
+    """Runs every journal operation on one thread; appends and acks are group-committed."""
 
     def __init__(self, journal: Journal, *, name: str = "journal") -> None:
         self.journal = journal
@@ -47,18 +48,23 @@ class JournalThread:
 
     async def append(self, envelope: Envelope, tasks: list[str]) -> bool:
         """Store a message for its tasks; True once committed, False if its id was known."""
-        loop = asyncio.get_running_loop()
-        op = _Op(loop, loop.create_future(), append=(envelope, tasks))
-        self._queue.put(op)
-        return bool(await op.future)
+        return bool(await self._submit("append", (envelope, tasks)))
+
+    async def ack(self, message_id: str, task: str) -> None:
+        """Forget a handled delivery; acks waiting together share one transaction."""
+        await self._submit("ack", (message_id, task))
 
     async def run(self, call: Callable[[Journal], _T]) -> _T:
         """Run `call(journal)` on the journal thread and return its result."""
-        loop = asyncio.get_running_loop()
-        op = _Op(loop, loop.create_future(), call=call)
-        self._queue.put(op)
-        result: _T = await op.future
+        result: _T = await self._submit("call", None, call)
         return result
+
+    async def _submit(self, kind: str, item: Any, call: Callable[[Journal], Any] | None = None
+                      ) -> Any:
+        loop = asyncio.get_running_loop()
+        op = _Op(loop, loop.create_future(), kind, item, call)
+        self._queue.put(op)
+        return await op.future
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Finish the queued operations, then close the journal."""
@@ -82,23 +88,28 @@ class JournalThread:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is not None and nxt.append is not None:
+                if nxt is not None and nxt.kind == op.kind:
                     batch.append(nxt)
-                else:  # a call or the close: run it after this batch, in order
+                else:  # another kind, or the close: run it after this batch, in order
                     ahead, has_ahead = nxt, True
             self._commit(batch)
             op = ahead if has_ahead else self._queue.get()
         self.journal.close()
 
     def _commit(self, batch: list[_Op]) -> None:
+        items = [op.item for op in batch]
         try:
-            results = self.journal.append(op.append for op in batch if op.append is not None)
+            if batch[0].kind == "append":
+                results: list[Any] = self.journal.append(items)
+                self.commits += 1
+            else:
+                self.journal.ack_many(items)
+                results = [None] * len(batch)
         except Exception as exc:
-            log.exception("journal append of %d message(s) failed", len(batch))
+            log.exception("journal %s of %d item(s) failed", batch[0].kind, len(batch))
             for op in batch:
                 op.loop.call_soon_threadsafe(_set_exception, op.future, exc)
             return
-        self.commits += 1
         for op, result in zip(batch, results, strict=True):
             op.loop.call_soon_threadsafe(_set_result, op.future, result)
 

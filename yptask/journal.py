@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id TEXT NOT NULL REFERENCES messages(id),
     task TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,  -- the message's, here so the ready index orders by it
     attempt INTEGER NOT NULL DEFAULT 0,   -- deliveries started so far
     state TEXT NOT NULL DEFAULT 'queued', -- queued | inflight
     not_before REAL NOT NULL DEFAULT 0,
@@ -51,7 +52,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     UNIQUE (message_id, task)
 );
 CREATE INDEX IF NOT EXISTS deliveries_ready
-    ON deliveries (task, state, not_before, seq);
+    ON deliveries (task, state, priority DESC, seq);
 CREATE TABLE IF NOT EXISTS dead_letters (
     message_id TEXT NOT NULL,
     task TEXT NOT NULL,
@@ -136,9 +137,11 @@ class Journal:
                 is_new = cursor.rowcount == 1
                 added.append(is_new)
                 if is_new:
-                    rows = [(envelope.id, task) for task in dict.fromkeys(tasks)]
+                    rows = [(envelope.id, task, envelope.priority)
+                            for task in dict.fromkeys(tasks)]
                     self._db.executemany(
-                        "INSERT INTO deliveries (message_id, task) VALUES (?, ?)", rows)
+                        "INSERT INTO deliveries (message_id, task, priority) VALUES (?, ?, ?)",
+                        rows)
                     if not rows:
                         self._mark_done([envelope.id])
         return added
@@ -151,7 +154,7 @@ class Journal:
                 "SELECT d.seq, d.attempt, m.id, m.name, m.payload, m.published_at, m.priority,"
                 " m.deadline FROM deliveries d JOIN messages m ON m.id = d.message_id"
                 " WHERE d.task = ? AND d.state = 'queued' AND d.not_before <= ?"
-                " ORDER BY m.priority DESC, d.seq LIMIT ?", (task, now, limit)).fetchall()
+                " ORDER BY d.priority DESC, d.seq LIMIT ?", (task, now, limit)).fetchall()
             self._db.executemany(
                 "UPDATE deliveries SET state = 'inflight', attempt = attempt + 1 WHERE seq = ?",
                 [(row[0],) for row in rows])
@@ -161,10 +164,15 @@ class Journal:
 
     def ack(self, message_id: str, task: str) -> None:
         """Forget a delivery its task has handled."""
+        self.ack_many([(message_id, task)])
+
+    def ack_many(self, deliveries: list[tuple[str, str]]) -> None:
+        """Forget handled deliveries, (message id, task) pairs, in one transaction."""
         with self._transaction():
-            self._db.execute("DELETE FROM deliveries WHERE message_id = ? AND task = ?",
-                             (message_id, task))
-            self._finish_if_done(message_id)
+            self._db.executemany("DELETE FROM deliveries WHERE message_id = ? AND task = ?",
+                                 deliveries)
+            for message_id in dict.fromkeys(mid for mid, _ in deliveries):
+                self._finish_if_done(message_id)
 
     def fail(self, message_id: str, task: str, *, max_attempts: int, retry_after_s: float,
              error_class: str, error: str, traceback: str = "",
@@ -202,8 +210,9 @@ class Journal:
             if gone:
                 self._db.execute("UPDATE messages SET done_at = NULL WHERE id = ?",
                                  (message_id,))
-                self._db.execute("INSERT INTO deliveries (message_id, task) VALUES (?, ?)",
-                                 (message_id, task))
+                self._db.execute(
+                    "INSERT INTO deliveries (message_id, task, priority) SELECT id, ?, priority"
+                    " FROM messages WHERE id = ?", (task, message_id))
         return bool(gone)
 
     def recover(self) -> int:

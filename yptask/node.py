@@ -74,7 +74,8 @@ class Node:
         self._store: TaskStore | None = None
         self._journal: JournalThread | None = None
         self._tree: pykka.ActorProxy[Supervisor] | None = None
-        self._registry: Registry | None = None  # task name -> its supervisor's current ref
+        self._registry: Registry | None = None
+        self._proxies: dict[str, Any] = {}  # actor urn -> proxy
         self._runner: Any = None  # aiohttp AppRunner
         self._hooks = WorkerHooks(ready=self._worker_ready, watch=self._watch_worker,
                                   retire=self._retire_worker)
@@ -291,7 +292,10 @@ class Node:
         ref = self._registry.whereis(name)
         if ref is None:
             raise UnknownTask(f"task {name!r} has no running supervisor on node {self.name}")
-        return ref.proxy()
+        proxy = self._proxies.get(ref.actor_urn)
+        if proxy is None:  # building a proxy inspects the actor: keep one per incarnation
+            proxy = self._proxies[ref.actor_urn] = ref.proxy()
+        return proxy
 
     # ------------------------------------------------------------------ status
 

@@ -93,10 +93,12 @@ class WorkerConnection:
         return b"".join(chunks)
 
     def stop(self, timeout_s: float) -> int:
-        """Close the worker's input and SIGTERM it; SIGKILL after `timeout_s`. Return its status."""
-        self._close_input()
+        """SIGTERM the worker and close its input; SIGKILL after `timeout_s`. Return its status."""
+        # The signal goes first: after EOF a Python worker may already be finalizing,
+        # when a SIGTERM would kill it with the default action instead of being handled.
         with contextlib.suppress(OSError):
             os.killpg(self.pid, signal.SIGTERM)
+        self._close_input()
         deadline = time.monotonic() + timeout_s
         while self.poll() is None:
             if time.monotonic() >= deadline:

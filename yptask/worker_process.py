@@ -163,9 +163,9 @@ class WorkerProcess:
 
     async def stop(self, timeout: float = 10.0) -> int:
         """Close the worker's input so it finishes its message and exits; kill after `timeout`."""
-        self._writer.close()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # the signal first: see WorkerConnection.stop
             os.killpg(self.pid, signal.SIGTERM)
+        self._writer.close()
         try:
             return await asyncio.wait_for(self.wait(), timeout)
         except TimeoutError:

@@ -1,0 +1,406 @@
+"""The publisher API: JSON-RPC 2.0 over `POST /rpc`, on jsonrpcserver 5 and aiohttp.
+
+This module owns the JSON-RPC surface of a node: reading and capping the body,
+parsing it, checking every request of a batch on its own (jsonrpcserver would
+reject a whole batch for one bad element), the method table (`cast`, `call`,
+`tasks.*`, `status`, `dead.*`) with its parameter checks, and turning every
+exception into a JSON-RPC error through the one table in `yptask.errors`.
+
+jsonrpcserver's jsonschema validation is replaced by `request_problem()`, a
+hand-written check of the same rules (it was two thirds of the cost per
+request); jsonrpcserver still looks up, calls and shapes each request. Results
+are serialised here, so a result that is not JSON becomes a -32603 error and
+never an HTTP 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import math
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+from jsonrpcserver import Error, Success, async_dispatch
+
+from yptask.config import NodeConfig
+from yptask.errors import (
+    ConfigError,
+    DecodeError,
+    HandlerError,
+    NoSuchFunction,
+    ProtocolError,
+    YPTaskError,
+    wire_code,
+)
+
+__all__ = ["METHODS", "PublisherNode", "RPCEndpoint", "error_data", "request_problem"]
+
+log = logging.getLogger(__name__)
+
+_REQUEST_MEMBERS = frozenset({"jsonrpc", "method", "params", "id"})
+_NO_ID = object()  # a notification's id: the request had no "id" member
+MAX_DEAD_LETTERS = 1_000_000  # the largest `limit` dead.list accepts
+
+
+class PublisherNode(Protocol):
+    """What the publisher API needs from a node (`yptask.node.Node` provides it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def config(self) -> NodeConfig: ...
+
+    async def cast(self, name: str, msg: Any, /, *, id: str | None = None,
+                   priority: int = 0) -> Any: ...
+
+    async def call(self, name: str, msg: Any, /, *, timeout_s: float) -> Any: ...
+
+    async def list_tasks(self) -> Any: ...
+
+    async def get_task(self, name: str, /) -> Any: ...
+
+    async def put_task(self, definition: dict[str, Any], /) -> Any: ...
+
+    async def delete_task(self, name: str, /) -> Any: ...
+
+    async def restart_task(self, name: str, /) -> Any: ...
+
+    async def status(self) -> Any: ...
+
+    async def dead_letters(self, limit: int, /) -> Any: ...
+
+    async def replay(self, id: str, task: str | None, /) -> Any: ...
+
+
+# ---------------------------------------------------------------- parameter checks
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _got(value: Any) -> str:
+    text = repr(value) if isinstance(value, (bool, int, float, str)) else ""
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{_json_type(value)} {text}".rstrip()
+
+
+def _bad(method: str, param: str, wanted: str, value: Any) -> ConfigError:
+    # ConfigError is the error class whose wire code is -32602 (invalid params).
+    return ConfigError(f"invalid params for {method}: {param!r} must be {wanted}, "
+                       f"got {_got(value)}")
+
+
+def _string(method: str, param: str, value: Any, *, optional: bool = False) -> Any:
+    if isinstance(value, str) or (optional and value is None):
+        return value
+    raise _bad(method, param, "a string" + (" or null" if optional else ""), value)
+
+
+def _integer(method: str, param: str, value: Any, *, minimum: int = -2**63,
+             maximum: int = 2**63 - 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(method, param, "an integer", value)
+    if not minimum <= value <= maximum:
+        raise _bad(method, param, f"an integer from {minimum} to {maximum}", value)
+    return value
+
+
+def _positive_number(method: str, param: str, value: Any) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise _bad(method, param, "a positive number of seconds", value)
+    return float(value)
+
+
+# ---------------------------------------------------------------- the methods
+
+
+async def _cast(node: PublisherNode, /, name: Any, msg: Any, id: Any = None,
+                priority: Any = 0) -> Any:
+    return await node.cast(_string("cast", "name", name), msg,
+                           id=_string("cast", "id", id, optional=True),
+                           priority=_integer("cast", "priority", priority))
+
+
+async def _call(node: PublisherNode, /, name: Any, msg: Any, timeout: Any = 30) -> Any:
+    return await node.call(_string("call", "name", name), msg,
+                           timeout_s=_positive_number("call", "timeout", timeout))
+
+
+async def _tasks_list(node: PublisherNode, /) -> Any:
+    return await node.list_tasks()
+
+
+async def _tasks_get(node: PublisherNode, /, name: Any) -> Any:
+    return await node.get_task(_string("tasks.get", "name", name))
+
+
+async def _tasks_put(node: PublisherNode, /, definition: Any) -> Any:
+    if not isinstance(definition, dict):
+        raise _bad("tasks.put", "definition", "an object (a task definition)", definition)
+    return await node.put_task(definition)
+
+
+async def _tasks_delete(node: PublisherNode, /, name: Any) -> Any:
+    return await node.delete_task(_string("tasks.delete", "name", name))
+
+
+async def _tasks_restart(node: PublisherNode, /, name: Any) -> Any:
+    return await node.restart_task(_string("tasks.restart", "name", name))
+
+
+async def _status(node: PublisherNode, /) -> Any:
+    return await node.status()
+
+
+async def _dead_list(node: PublisherNode, /, limit: Any = 100) -> Any:
+    return await node.dead_letters(_integer("dead.list", "limit", limit, minimum=1,
+                                                     maximum=MAX_DEAD_LETTERS))
+
+
+async def _dead_replay(node: PublisherNode, /, id: Any, task: Any = None) -> Any:
+    return await node.replay(_string("dead.replay", "id", id),
+                             _string("dead.replay", "task", task, optional=True))
+
+
+def error_data(exc: BaseException) -> dict[str, Any]:
+    """The `data` object of a JSON-RPC error answering a yptask error."""
+    if isinstance(exc, HandlerError):
+        return {"error_class": str(exc.error_class), "detail": str(exc.detail),
+                "backtrace": [str(line) for line in exc.backtrace]}
+    return {"error_class": type(exc).__name__}
+
+
+def _error_object(exc: BaseException, message: str | None = None,
+                  data: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"code": wire_code(exc).jsonrpc_code,
+            "message": str(exc) if message is None else message,
+            "data": error_data(exc) if data is None else data}
+
+
+def _internal_error(exc: BaseException, what: str) -> dict[str, Any]:
+    """Log an unexpected exception; return an error object that leaks none of it."""
+    reference = uuid.uuid4().hex[:12]
+    log.exception("JSON-RPC %s failed unexpectedly (reference %s)", what, reference)
+    return _error_object(exc, f"Internal error: the node failed unexpectedly; its log has the "
+                              f"details under reference {reference}",
+                         {"error_class": "InternalError", "reference": reference})
+
+
+Method = Callable[..., Awaitable[Any]]
+
+
+def _describe_param(param: inspect.Parameter) -> str:
+    return param.name if param.default is param.empty else f"{param.name}={param.default!r}"
+
+
+def _method(name: str, fn: Method) -> Method:
+    """Wrap `fn(node, *params)` as a jsonrpcserver method that answers every failure itself.
+
+    The wrapper binds the params to `fn`'s signature (so an arity error names the
+    method and its parameters), returns `Success(result)`, and turns exceptions into
+    `Error(...)`: yptask errors by the wire table, anything else as a logged -32603.
+    """
+    signature = inspect.signature(fn)
+    params = list(signature.parameters.values())[1:]
+    usage = f"{name}({', '.join(_describe_param(p) for p in params)})"
+
+    async def method(node: PublisherNode, /, *args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = signature.bind(node, *args, **kwargs)
+        except TypeError as exc:
+            bad = ConfigError(f"invalid params for {name}: {exc}; it takes {usage}")
+            return Error(**_error_object(bad))
+        try:
+            return Success(await fn(*bound.args, **bound.kwargs))
+        except YPTaskError as exc:
+            return Error(**_error_object(exc))
+        except Exception as exc:
+            return Error(**_internal_error(exc, f"method {name}"))
+
+    method.__name__ = method.__qualname__ = f"rpc_{name.replace('.', '_')}"
+    return method
+
+
+_IMPLEMENTATIONS: dict[str, Method] = {
+    "cast": _cast,
+    "call": _call,
+    "tasks.list": _tasks_list,
+    "tasks.get": _tasks_get,
+    "tasks.put": _tasks_put,
+    "tasks.delete": _tasks_delete,
+    "tasks.restart": _tasks_restart,
+    "status": _status,
+    "dead.list": _dead_list,
+    "dead.replay": _dead_replay,
+}
+
+# The method table, passed to jsonrpcserver as `methods=` (never its global registry).
+METHODS: dict[str, Method] = {name: _method(name, fn) for name, fn in _IMPLEMENTATIONS.items()}
+
+
+# ---------------------------------------------------------------- requests and responses
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or isinstance(value, str) or (
+        isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def request_problem(request: Any) -> str | None:
+    """Say what makes `request` not a JSON-RPC 2.0 request object, or None if it is one."""
+    if not isinstance(request, dict):
+        return f"a request must be an object, got {_json_type(request)}"
+    if request.get("jsonrpc") != "2.0":
+        return 'a request must have "jsonrpc": "2.0"'
+    if not isinstance(request.get("method"), str):
+        return 'a request must have a "method" member that is a string'
+    if "params" in request and not isinstance(request["params"], (list, dict)):
+        return '"params" must be an array (by position) or an object (by name)'
+    if "id" in request and not _valid_id(request["id"]):
+        return '"id" must be a string, a number or null'
+    unknown = request.keys() - _REQUEST_MEMBERS
+    if unknown:
+        return (f"unknown member(s) {', '.join(sorted(map(repr, unknown)))}; a request has "
+                "only jsonrpc, method, params and id")
+    return None
+
+
+def _response(error: dict[str, Any], request_id: Any) -> str:
+    return json.dumps({"jsonrpc": "2.0", "error": error, "id": request_id})
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse(body: bytes) -> Any:
+    """Parse a request body; raise DecodeError (-32700) saying what is wrong with it."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"Parse error: the body is not UTF-8 ({exc.reason} at byte "
+                          f"{exc.start}); send JSON encoded as UTF-8") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise DecodeError(f"Parse error: the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise DecodeError("Parse error: the JSON is nested too deeply") from None
+
+
+def _no_validation(request: Any) -> Any:
+    return request  # request_problem() has already checked it
+
+
+class RPCEndpoint:
+    """The `POST /rpc` handler of one node."""
+
+    def __init__(self, node: PublisherNode) -> None:
+        self.node = node
+        self.max_body_bytes = node.config.max_body_bytes
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Answer one HTTP request: 200 with JSON, 204 for notifications, 413 if too big."""
+        body = await self._read_body(request)
+        if body is None:
+            too_big = ProtocolError(
+                f"Invalid request: the body is over this node's limit of {self.max_body_bytes}"
+                " bytes (max_body_bytes); send smaller messages or split the batch")
+            return web.Response(status=413, text=_response(_error_object(too_big), None),
+                                content_type="application/json")
+        try:
+            answer = await self.dispatch(body)
+        except Exception as exc:
+            answer = _response(_internal_error(exc, "request"), None)
+        if answer is None:
+            return web.Response(status=204)
+        return web.Response(text=answer, content_type="application/json")
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """Read the body, or return None as soon as it is over the limit."""
+        limit = self.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def dispatch(self, body: bytes) -> str | None:
+        """Answer a request body with JSON text, or None when nothing is to be answered."""
+        try:
+            data = _parse(body)
+        except DecodeError as exc:
+            return _response(_error_object(exc), None)
+        if not isinstance(data, list):
+            return await self._answer(data)
+        if not data:
+            empty = ProtocolError("Invalid request: an empty batch; send at least one request")
+            return _response(_error_object(empty), None)
+        answers = await asyncio.gather(*(self._answer(item) for item in data))
+        parts = [answer for answer in answers if answer is not None]
+        return f"[{','.join(parts)}]" if parts else None
+
+    async def _answer(self, request: Any) -> str | None:
+        """Answer one request object (JSON text), or None for a notification."""
+        problem = request_problem(request)
+        if problem is not None:
+            request_id = request.get("id") if isinstance(request, dict) else None
+            invalid = ProtocolError(f"Invalid request: {problem}")
+            return _response(_error_object(invalid), request_id if _valid_id(request_id) else None)
+        request_id = request.get("id", _NO_ID)
+        method = request["method"]
+        if method not in METHODS:
+            if request_id is _NO_ID:
+                return None
+            missing = NoSuchFunction(f"Method not found: {method!r}; methods: "
+                                     f"{', '.join(sorted(METHODS))}")
+            return _response(_error_object(missing), request_id)
+        try:
+            text: str = await async_dispatch(
+                "", methods=METHODS, context=self.node,
+                deserializer=lambda _text: request, validator=_no_validation,
+                serializer=lambda response: _serialize(response, method))
+        except Exception as exc:
+            text = "" if request_id is _NO_ID else _response(
+                _internal_error(exc, f"method {method}"), request_id)
+        return text or None
+
+
+def _serialize(response: Any, method: str) -> str:
+    """JSON text of one response; a result that is not JSON becomes a -32603 error."""
+    try:
+        return json.dumps(response, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        log.warning("JSON-RPC method %s returned a result that is not JSON: %s", method, exc)
+        unsendable = _error_object(
+            exc, f"Internal error: the result of {method} cannot be sent as JSON ({exc})",
+            {"error_class": "InternalError"})
+        return _response(unsendable, response.get("id") if isinstance(response, dict) else None)

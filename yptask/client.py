@@ -1,0 +1,212 @@
+"""A Python client for a node's JSON-RPC publisher API, on the standard library alone.
+
+It owns the publisher's side of `POST /rpc`: `Client.cast`, `Client.call` and the
+admin methods each send one JSON-RPC 2.0 request over urllib and return its
+result. An error answer is raised as the yptask exception it stands for, found
+by its JSON-RPC code in `yptask.errors.WIRE_CODES` (and, among classes sharing
+a code, by the `error_class` in its data; only classes of that table are ever
+rebuilt). `HandlerError` comes back with the handler's class, detail and
+traceback; a code the table does not know raises `RemoteError`.
+
+It imports neither aiohttp nor anything of the node, so a worker process can
+use it to cast and call from inside a handler.
+
+    >>> from yptask.client import Client
+    >>> Client().cast("upai.photos.upload", {"photo_id": 7})
+    {'id': '...', 'tasks': ['indexer', 'antispam'], 'duplicate': False}
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from yptask.errors import (
+    WIRE_CODES,
+    CallTimeout,
+    EncodeError,
+    HandlerError,
+    ProtocolError,
+    RemoteError,
+    RPCError,
+    YPTaskError,
+)
+
+__all__ = ["DEFAULT_URL", "Client", "error_from_jsonrpc"]
+
+DEFAULT_URL = "http://127.0.0.1:8700/rpc"
+
+_T = TypeVar("_T")
+
+
+_ByName = dict[int, dict[str, type[YPTaskError]]]
+_Default = dict[int, type[YPTaskError]]
+
+
+def _classes_by_code() -> tuple[_ByName, _Default]:
+    """Index WIRE_CODES by JSON-RPC code: {code: {class name: class}} and each code's default.
+
+    The table lists specific classes before general ones, so the default for a code
+    several classes share is the last, most general one (-32700 DecodeError,
+    -32601 NoSuchFunction, -32603 YPTaskError).
+    """
+    by_name: _ByName = {}
+    default: _Default = {}
+    for cls, code in WIRE_CODES.items():
+        if issubclass(cls, YPTaskError):
+            by_name.setdefault(code.jsonrpc_code, {})[cls.__name__] = cls
+            default[code.jsonrpc_code] = cls
+    return by_name, default
+
+
+_BY_CODE, _DEFAULT_FOR_CODE = _classes_by_code()
+
+
+def error_from_jsonrpc(error: Mapping[str, Any]) -> YPTaskError:
+    """Rebuild the yptask exception a JSON-RPC error object stands for."""
+    code = error.get("code")
+    message = str(error.get("message", ""))
+    raw = error.get("data")
+    data: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    error_class = str(data.get("error_class", ""))
+    backtrace = data.get("backtrace")
+    lines = [str(line) for line in backtrace] if isinstance(backtrace, list) else []
+    if not isinstance(code, int) or code not in _BY_CODE:
+        return RemoteError("jsonrpc", code if isinstance(code, int) else 0, error_class,
+                           message, lines)
+    cls = _BY_CODE[code].get(error_class, _DEFAULT_FOR_CODE[code])
+    if issubclass(cls, HandlerError):  # error_class is the handler's exception class
+        return HandlerError(error_class or "Error", str(data.get("detail", message)), lines)
+    return cls(message)
+
+
+class Client:
+    """Speaks JSON-RPC to one node. Thread-safe; every request is its own HTTP exchange."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._ids = itertools.count(1)
+        # No proxies from the environment: a node is reached directly.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    # ------------------------------------------------------------------ publishing
+
+    def cast(self, name: str, msg: Any, *, id: str | None = None,
+             priority: int = 0) -> dict[str, Any]:
+        """Publish `msg` under `name`; return {"id", "tasks", "duplicate"} once it is stored."""
+        params = {"name": name, "msg": msg, "id": id, "priority": priority}
+        return _expect(self.request("cast", params), dict, "cast")
+
+    def call(self, name: str, msg: Any, *, timeout: float = 30.0) -> Any:
+        """Have one subscribed worker handle `msg`; return its result (waits up to `timeout` s)."""
+        return self.request("call", {"name": name, "msg": msg, "timeout": timeout},
+                            timeout_s=timeout + self.timeout_s)
+
+    # ------------------------------------------------------------------ admin
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """Every task definition."""
+        return _expect(self.request("tasks.list"), list, "tasks.list")
+
+    def task(self, name: str) -> dict[str, Any]:
+        """One task definition; raises UnknownTask if there is none by that name."""
+        return _expect(self.request("tasks.get", {"name": name}), dict, "tasks.get")
+
+    def put_task(self, definition: Mapping[str, Any]) -> dict[str, Any]:
+        """Create or replace a task; return the definition as stored."""
+        return _expect(self.request("tasks.put", {"definition": dict(definition)}), dict,
+                       "tasks.put")
+
+    def delete_task(self, name: str) -> Any:
+        """Delete a task; its workers finish their current message and stop."""
+        return self.request("tasks.delete", {"name": name})
+
+    def restart(self, name: str) -> dict[str, Any]:
+        """Rolling restart of a task's workers."""
+        return _expect(self.request("tasks.restart", {"name": name}), dict, "tasks.restart")
+
+    def status(self) -> dict[str, Any]:
+        """The node's status: per task, workers, state and counters."""
+        return _expect(self.request("status"), dict, "status")
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters, at most `limit`."""
+        return _expect(self.request("dead.list", {"limit": limit}), list, "dead.list")
+
+    def replay(self, id: str, task: str | None = None) -> int:
+        """Requeue a dead letter (for one task, or all it died in); return how many."""
+        return _expect(self.request("dead.replay", {"id": id, "task": task}), int,
+                       "dead.replay")
+
+    # ------------------------------------------------------------------ the wire
+
+    def request(self, method: str, params: Mapping[str, Any] | list[Any] | None = None, *,
+                timeout_s: float | None = None) -> Any:
+        """Send one JSON-RPC request; return its result or raise its error."""
+        request_id = next(self._ids)
+        payload: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": request_id}
+        if params is not None:
+            payload["params"] = params if isinstance(params, list) else dict(params)
+        try:
+            body = json.dumps(payload, allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise EncodeError(f"cannot send {method}: its params are not JSON ({exc})") from None
+        status, raw = self._post(body, self.timeout_s if timeout_s is None else timeout_s)
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            if status != 200:
+                raise RPCError(f"{self.url} answered HTTP {status} without a JSON-RPC body; "
+                               "check that the URL is a yptask node's /rpc endpoint") from None
+            raise ProtocolError(f"{self.url} answered something that is not JSON: "
+                                f"{raw[:80]!r}") from None
+        if not isinstance(answer, dict) or answer.get("jsonrpc") != "2.0":
+            raise ProtocolError(f"{self.url} answered something that is not a JSON-RPC 2.0 "
+                                f"response: {raw[:80]!r}")
+        error = answer.get("error")
+        if isinstance(error, Mapping):
+            raise error_from_jsonrpc(error)
+        if "result" not in answer or answer.get("id") != request_id:
+            raise ProtocolError(f"{self.url} answered request {request_id} with a response "
+                                f"that has no result or another id: {raw[:80]!r}")
+        return answer["result"]
+
+    def _post(self, body: bytes, timeout_s: float) -> tuple[int, bytes]:
+        request = urllib.request.Request(
+            self.url, data=body, method="POST",
+            headers={"Content-Type": "application/json", "Accept": "application/json"})
+        try:
+            with self._opener.open(request, timeout=timeout_s) as response:
+                return int(response.status), bytes(response.read())
+        except urllib.error.HTTPError as exc:  # 413 and friends may still carry JSON-RPC
+            with exc:
+                return exc.code, exc.read()
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                raise self._timeout(timeout_s) from None
+            raise self._unreachable(exc.reason) from None
+        except TimeoutError:
+            raise self._timeout(timeout_s) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from None
+
+    def _timeout(self, timeout_s: float) -> CallTimeout:
+        return CallTimeout(f"no answer from the yptask node at {self.url} within {timeout_s} s; "
+                           "check that the node is not overloaded, or raise timeout_s")
+
+    def _unreachable(self, reason: object) -> RPCError:
+        return RPCError(f"cannot reach the yptask node at {self.url}: {reason}; check that "
+                        "`yptask node` is running and that the URL's host and port match its "
+                        "http_host and http_port")
+
+
+def _expect(value: Any, kind: type[_T], method: str) -> _T:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"{method} answered {type(value).__name__}, expected {kind.__name__}")
+    return value

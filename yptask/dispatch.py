@@ -20,6 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pykka
@@ -186,8 +187,10 @@ class TaskPool:
                 self._free.remove(ref)  # no job can reach it from now on
                 urn = ref.actor_urn
                 self._workers.pop(urn, None)
-                await asyncio.to_thread(
-                    lambda u=urn: self._supervisor().reap(u).get(timeout=SPAWN_TIMEOUT_S))
+                await asyncio.to_thread(self._reap, urn)
+
+    def _reap(self, urn: str) -> None:  # in a thread: asks the supervisor
+        self._supervisor().reap(urn).get(timeout=SPAWN_TIMEOUT_S)
 
     async def _run_on(self, ref: Any, name: str, payload: Any, meta: dict[str, Any],
                       timeout_s: float) -> Outcome:
@@ -218,7 +221,8 @@ class TaskPool:
                 self._work_queued.clear()
                 # Enough for every free worker and as many again, so the next frees find work.
                 limit = min(MAX_CLAIM, 2 * (len(self._free) + 1 + self.in_flight))
-                claimed.extend(await self.journal.run(lambda j, n=limit: j.claim(task, n)))
+                claimed.extend(await self.journal.run(partial(Journal.claim, task=task,
+                                                              limit=limit)))
             if not claimed:
                 self._free.appendleft(ref)
                 self._worker_freed.set()  # a call may be waiting for this worker

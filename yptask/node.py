@@ -22,6 +22,7 @@ import os
 import time
 import uuid
 from dataclasses import replace
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -304,7 +305,7 @@ class Node:
         assert self._journal is not None
         tasks = {}
         for name, pool in self.pools.items():
-            queued, inflight = await self._journal.run(lambda j, n=name: j.depth(n))
+            queued, inflight = await self._journal.run(partial(Journal.depth, task=name))
             state = await asyncio.to_thread(self._supervisor_state, name)
             tasks[name] = {"workers": {self.name: state["workers"]}, "state": state["state"],
                            "queued": queued, "in_flight": inflight, "handled": pool.handled,
@@ -338,7 +339,8 @@ class Node:
                    if d["id"] == message_id and task in (None, d["task"])]
         replayed = 0
         for letter in letters:
-            if await self._journal.run(lambda j, t=letter["task"]: j.replay(message_id, t)):
+            if await self._journal.run(partial(Journal.replay, message_id=message_id,
+                                               task=letter["task"])):
                 replayed += 1
                 if letter["task"] in self.pools:
                     self.pools[letter["task"]].notify()

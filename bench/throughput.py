@@ -1,0 +1,106 @@
+"""Durable casts end to end: 20 000 casts into a node with 2 workers, single requests and batches.
+
+Publishers POST JSON-RPC `cast` to a `yptask node` subprocess over loopback
+(single requests from 32 concurrent keep-alive connections, or batches of 100
+from 4); each cast is answered once journaled. End to end = N / (first
+publish -> the node reports N handled). Where the peers are installed, Celery
+and Dramatiq (both on Redis, 2 worker processes) run in the same run.
+
+    python bench/throughput.py [--n 20000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import time
+
+import aiohttp
+from _harness import BenchNode, peers_note, run_peer, summary
+
+CONCURRENCY = {"single": 32, "batch": 4}
+BATCH = 100
+
+
+async def rpc(session: aiohttp.ClientSession, url: str, method: str, *params: object) -> object:
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+    async with session.post(url, json=body) as response:
+        return (await response.json())["result"]
+
+
+async def publish(session: aiohttp.ClientSession, url: str, mode: str, n: int) -> None:
+    counter = itertools.count()
+
+    async def single() -> None:
+        while (i := next(counter)) < n:
+            body = {"jsonrpc": "2.0", "id": i, "method": "cast",
+                    "params": ["bench.echo", {"i": i}]}
+            async with session.post(url, data=json.dumps(body)) as response:
+                assert "result" in await response.json()
+
+    async def batches() -> None:
+        while (b := next(counter)) * BATCH < n:
+            body = [{"jsonrpc": "2.0", "id": i, "method": "cast",
+                     "params": ["bench.echo", {"i": i}]}
+                    for i in range(b * BATCH, min(n, (b + 1) * BATCH))]
+            async with session.post(url, data=json.dumps(body)) as response:
+                assert all("result" in r for r in await response.json())
+
+    worker = single if mode == "single" else batches
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY[mode])))
+
+
+async def handled(session: aiohttp.ClientSession, url: str) -> int:
+    status = await rpc(session, url, "status")
+    return int(status["tasks"]["noop"]["handled"])  # type: ignore[index]
+
+
+async def round_trip(url: str, mode: str, n: int) -> tuple[float, float]:
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        before = await handled(session, url)
+        start = time.perf_counter()
+        await publish(session, url, mode, n)
+        published = time.perf_counter()
+        while await handled(session, url) < before + n:
+            await asyncio.sleep(0.05)
+        done = time.perf_counter()
+    return n / (published - start), n / (done - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(f"yptask: {args.n} durable casts, 2 workers, node on loopback; "
+          "figures min / median / max over rounds")
+    ours: dict[str, float] = {}
+    with BenchNode(workers=2) as node:
+        rpc_url = node.url
+        asyncio.run(round_trip(rpc_url, "single", 500))  # warm up
+        for mode in ("single", "batch"):
+            rounds = [asyncio.run(round_trip(rpc_url, mode, args.n)) for _ in range(args.rounds)]
+            e2e = [r[1] for r in rounds]
+            ours[mode] = sorted(e2e)[len(e2e) // 2]
+            label = (f"single requests, {CONCURRENCY[mode]} connections" if mode == "single"
+                     else f"batches of {BATCH}, {CONCURRENCY[mode]} connections")
+            print(f"  {label:<36} publish {summary([r[0] for r in rounds])}/s   "
+                  f"end to end {summary(e2e)}/s")
+    celery = run_peer("celery_bench.py", "tput")
+    dramatiq = run_peer("dramatiq_bench.py")
+    if celery is None or dramatiq is None:
+        print(peers_note())
+        return
+    print(f"Celery+Redis end to end (median) {celery['end-to-end/s']:.0f}/s; "
+          f"Dramatiq+Redis {dramatiq['end-to-end/s']:.0f}/s")
+    print(f"ratio single-request casts / Celery: {ours['single'] / celery['end-to-end/s']:.2f}x "
+          "(bar: 3x)")
+    print(f"ratio batched casts / Dramatiq: {ours['batch'] / dramatiq['end-to-end/s']:.2f}x "
+          "(bar: 2x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,11 +30,11 @@ from yptask import codec
 from yptask.bertrpc import Call, Info, NoReply, Reply, decode_packet, frame
 from yptask.errors import (
     CallTimeout,
+    EncodeError,
     HandlerError,
     NoSuchFunction,
     NoSuchHandler,
     NoSuchModule,
-    RemoteError,
     WorkerExited,
 )
 from yptask.tasks.runner import EXIT_PROTOCOL, EXIT_SETUP_FAILED
@@ -175,7 +175,7 @@ async def test_stray_print_does_not_corrupt_the_protocol(spawn, kind):
 
 async def test_unencodable_result_is_an_error_not_a_dead_worker(spawn):
     worker = await start(spawn, "python")
-    with pytest.raises(RemoteError, match="not encodable"):
+    with pytest.raises(EncodeError, match="not encodable"):
         await worker.handle("upai.unencodable", None)
     assert await worker.handle("upai.echo", 3) == 3
 

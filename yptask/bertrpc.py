@@ -27,6 +27,7 @@ from typing import Any
 from yptask import codec
 from yptask.codec import Atom
 from yptask.errors import (
+    EncodeError,
     FrameError,
     HandlerError,
     NoSuchFunction,
@@ -122,7 +123,7 @@ class ErrorReply:
         if self.type == "user":
             return HandlerError(self.error_class, self.detail, self.backtrace)
         known = {("server", 1): NoSuchModule, ("server", 2): NoSuchFunction,
-                 ("server", 100): NoSuchHandler}
+                 ("server", 100): NoSuchHandler, ("server", 101): EncodeError}
         cls = known.get((self.type, self.code))
         if cls is not None:
             return cls(self.detail)

@@ -233,11 +233,11 @@ class Node:
         assert self._store is not None and self._tree is not None
         await asyncio.to_thread(self._store.put, task)
         self.tasks[task.name] = task
-        if old is None:
-            assert self._journal is not None
-            pool = self.pools[task.name] = self._pool(task)
-            pool.start()
+        if old is None:  # the supervisor first, so the pool finds it when it needs workers
+            pool = self._pool(task)
+            self.pools[task.name] = pool
             await asyncio.to_thread(self._ask, self._tree.start_child(self._task_child(task)))
+            pool.start()
         else:
             self.pools[task.name].task = task
             supervisor = self._task_supervisor(task.name)

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -58,6 +59,16 @@ class NodeProcess:
         assert "error" not in answer, answer
         return answer["result"]
 
+    def cast_batch(self, name: str, payloads: list[dict]) -> list[str]:
+        """Cast many messages in one JSON-RPC batch; return their ids."""
+        body = json.dumps([{"jsonrpc": "2.0", "id": i, "method": "cast", "params": [name, p]}
+                           for i, p in enumerate(payloads)])
+        request = urllib.request.Request(self.url, body.encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answers = json.loads(response.read())
+        return [a["result"]["id"] for a in sorted(answers, key=lambda a: a["id"])]
+
     def signal(self, signum: int) -> int:
         assert self.proc is not None
         self.proc.send_signal(signum)
@@ -96,11 +107,14 @@ def test_node_serves_then_stops_gracefully_on_sigterm(node_process):
 
 
 def test_kill_9_of_the_node_loses_no_accepted_message(node_process):
-    # Given a node that has accepted messages, some handled and some not
+    # Given a node that has accepted 1 000 messages, some handled and most not
     node_process.start()
-    accepted = [node_process.rpc("cast", "upai.record_slowly", {"seconds": 0.05, "n": i})["id"]
-                for i in range(40)]
-    wait_for(lambda: len(node_process.records()) >= 5, what="some handled")
+    accepted = []
+    for start in range(0, 1000, 100):
+        accepted += node_process.cast_batch(
+            "upai.record_slowly", [{"seconds": 0.002, "n": i} for i in range(start, start + 100)])
+    assert len(set(accepted)) == 1000
+    wait_for(lambda: len(node_process.records()) >= 20, what="some handled")
     # When the node is killed without warning, and started again on the same data
     node_process.signal(signal.SIGKILL)
     node_process.start()
@@ -109,6 +123,36 @@ def test_kill_9_of_the_node_loses_no_accepted_message(node_process):
              what="every accepted message handled")
     redelivered = [r for r in node_process.records() if r["attempt"] > 1]
     assert all(r["id"] in accepted for r in redelivered)
+    assert node_process.signal(signal.SIGTERM) == 0
+
+
+def test_restart_under_a_steady_stream_loses_nothing_and_interrupts_nothing(node_process):
+    # Given a steady stream of 2 000 casts
+    node_process.start()
+    accepted: list[str] = []
+
+    def publish() -> None:
+        for start in range(0, 2000, 50):
+            accepted.extend(node_process.cast_batch(
+                "upai.record_slowly",
+                [{"seconds": 0.001, "n": i} for i in range(start, start + 50)]))
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        wait_for(lambda: len(accepted) >= 200, what="the stream to flow")
+        # When the task is restarted twice while the stream flows
+        for generation in (1, 2):
+            result = node_process.rpc("tasks.restart", "rec")
+            assert result["generation"] == generation and result["replaced"] == 2
+    finally:
+        publisher.join(timeout=120)
+    # Then every message is handled, none of them twice: no handler was interrupted
+    assert len(accepted) == 2000
+    records = wait_for(lambda: len(node_process.records()) >= 2000 and node_process.records(),
+                       what="all 2 000 handled")
+    assert sorted(r["id"] for r in records) == sorted(accepted)
+    assert all(r["attempt"] == 1 for r in records)
     assert node_process.signal(signal.SIGTERM) == 0
 
 

@@ -100,7 +100,6 @@ async def _run(config: Any) -> int:
         loop.add_signal_handler(signum, stop.set)
     print(f"yptask node {node.name} ready\n"
           f"  JSON-RPC  {node.http_url}/rpc\n"
-          f"  console   {node.http_url}/\n"
           f"  BERT-RPC  {node.bert_address}\n"
           f"  data      {node.data_dir}", flush=True)
     await stop.wait()

@@ -61,6 +61,8 @@ class WorkerHooks:
     watch: Callable[[int, Any], None]  # (pid, actor ref): tell ProcessGone when pid exits
     # (task, actor ref): hand this worker no more jobs; returns once the pool knows
     retire: Callable[[str, Any], None]
+    # (task, actor ref): the next claimed delivery for this worker, or None
+    pull: Callable[[str, Any], Job | None]
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,10 @@ class WorkerActor(Supervised):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Job):
-            self._run(message)
+            job: Job | None = message
+            while job is not None:  # then take the next claimed delivery, if there is one
+                self._run(job)
+                job = self.hooks.pull(self.task, self.actor_ref)
             self.hooks.ready(self.task, self.actor_ref)
         elif (isinstance(message, ProcessGone) and self.conn is not None
               and self.conn.pid == message.pid):
@@ -118,6 +123,10 @@ class WorkerActor(Supervised):
             raise  # crash on purpose: the supervisor starts a fresh worker
         except YPTaskError as exc:  # the handler raised, or has no handler for the name
             job.done(Outcome(error=exc))
+        except BaseException as exc:  # a bug here: the job must still be settled
+            job.done(Outcome(error=WorkerExited(f"worker actor failed: {exc!r}"),
+                             worker_lost=True))
+            raise
         else:
             job.done(Outcome(result=result))
         self.handled += 1

@@ -6,10 +6,12 @@ This is the narrow boundary between the event loop and the actor threads:
 - a job is handed to a worker actor with `tell` (never a blocking ask), and its
   outcome comes back to an asyncio future, again with `call_soon_threadsafe`.
 
-A task's delivery loop claims journaled deliveries only when it holds a free
-worker, so a message never waits inside a worker's inbox; acks and failures go
-back to the journal thread. Calls (request/reply) use the same free workers
-without the journal.
+A task's claimer keeps a small backlog of claimed deliveries (about two per
+worker). A worker that finishes a message takes the next one from the backlog
+itself, in its own thread, and its ack or failure goes straight to the journal
+thread: the event loop is not involved per message, only once per claim. Idle
+workers are handed work by the loop. Calls (request/reply) go to free workers
+through the loop, without the journal.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -64,7 +67,9 @@ class TaskPool:
         self._worker_freed = asyncio.Event()
         self._work_queued = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
-        self._jobs: set[asyncio.Task[None]] = set()
+        self._backlog: deque[Delivery] = deque()  # claimed, not yet handed out (thread-safe)
+        self._closing = False
+        self._counts = threading.Lock()
         self.handled = 0
         self.failed = 0
         self.in_flight = 0
@@ -75,6 +80,18 @@ class TaskPool:
         """A worker actor is free. Thread-safe."""
         self.loop.call_soon_threadsafe(self._add_free, ref)
 
+    def pull(self, ref: Any) -> Job | None:
+        """The next claimed delivery as a job for `ref`, or None. Called in the worker's thread."""
+        if self._closing or ref.actor_urn in self._retired:
+            return None
+        try:
+            delivery = self._backlog.popleft()
+        except IndexError:
+            return None
+        if len(self._backlog) < self._low_water():
+            self.loop.call_soon_threadsafe(self._work_queued.set)  # time to claim more
+        return self._job(delivery)
+
     def retire(self, ref: Any, timeout_s: float = 10.0) -> None:
         """Hand `ref` no more jobs; return once the loop knows. Call it from a thread."""
         done = asyncio.run_coroutine_threadsafe(self._retire(ref.actor_urn), self.loop)
@@ -83,12 +100,17 @@ class TaskPool:
     # -------------------------------------------------------------- on the loop
 
     def start(self) -> None:
+        self._closing = False
         self._runner = self.loop.create_task(self._deliver_forever(),
                                              name=f"deliver {self.task.name}")
         self._reaper = self.loop.create_task(self._reap_forever(), name=f"reap {self.task.name}")
 
     async def stop_claiming(self) -> None:
-        """Claim nothing more and reap no more; jobs already handed out go on."""
+        """Claim and hand out nothing more, reap no more; jobs already running go on.
+
+        What stays in the backlog is in flight in the journal: the next start delivers it.
+        """
+        self._closing = True
         for background in (self._runner, self._reaper):
             if background is not None:
                 background.cancel()
@@ -96,16 +118,9 @@ class TaskPool:
                     await background
         self._runner = self._reaper = None
 
-    async def close(self, timeout_s: float = 10.0) -> None:
-        """Stop claiming, give the jobs in hand `timeout_s` to settle, then drop them.
-
-        A dropped job is still in flight in the journal: the next start delivers it again.
-        """
+    async def close(self) -> None:
+        """Stop claiming; what is claimed and not handed out is redelivered at the next start."""
         await self.stop_claiming()
-        if self._jobs:
-            _, pending = await asyncio.wait(list(self._jobs), timeout=timeout_s)
-            for job in pending:
-                job.cancel()
 
     def notify(self) -> None:
         """New deliveries for this task are in the journal."""
@@ -129,6 +144,8 @@ class TaskPool:
             self._free.append(ref)
             self._free_since[ref.actor_urn] = self.loop.time()
             self._worker_freed.set()
+            if self._backlog:
+                self._work_queued.set()  # the claimer hands it work
 
     async def _retire(self, urn: str) -> None:
         self._retired.add(urn)
@@ -199,7 +216,8 @@ class TaskPool:
         def done(outcome: Outcome) -> None:  # in the worker's thread
             self.loop.call_soon_threadsafe(_settle, future, outcome)
 
-        self.in_flight += 1
+        with self._counts:
+            self.in_flight += 1
         try:
             ref.tell(Job(name, payload, meta, timeout_s, done))
             return await asyncio.wait_for(future, timeout_s + JOB_GRACE_S)
@@ -210,58 +228,87 @@ class TaskPool:
             return Outcome(error=CallTimeout(f"no outcome within {timeout_s} s"),
                            worker_lost=True)
         finally:
-            self.in_flight -= 1
+            with self._counts:
+                self.in_flight -= 1
 
     async def _deliver_forever(self) -> None:
         task = self.task.name
-        claimed: deque[Delivery] = deque()  # claimed ahead, so a freed worker waits for nothing
         while True:
-            ref = await self._acquire()
-            if not claimed:
-                self._work_queued.clear()
-                # Enough for every free worker and as many again, so the next frees find work.
-                limit = min(MAX_CLAIM, 2 * (len(self._free) + 1 + self.in_flight))
-                claimed.extend(await self.journal.run(partial(Journal.claim, task=task,
-                                                              limit=limit)))
-            if not claimed:
-                self._free.appendleft(ref)
-                self._worker_freed.set()  # a call may be waiting for this worker
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._work_queued.wait(), IDLE_POLL_S)
-                continue
-            job = self.loop.create_task(self._deliver(ref, claimed.popleft()))
-            self._jobs.add(job)
-            job.add_done_callback(self._jobs.discard)
+            self._work_queued.clear()  # whatever set it is looked at below
+            if len(self._backlog) < self._low_water():
+                limit = min(MAX_CLAIM, 2 * self._low_water() - len(self._backlog))
+                self._backlog.extend(await self.journal.run(partial(Journal.claim, task=task,
+                                                                    limit=limit)))
+            while self._backlog and self._free:  # work for idle workers
+                ref = self._free.popleft()
+                if ref.is_alive() and ref.actor_urn not in self._retired:
+                    self._hand(ref, self._job(self._backlog.popleft()))
+            if self._backlog and not self._free:
+                self._request_workers()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work_queued.wait(), IDLE_POLL_S)
 
-    async def _deliver(self, ref: Any, delivery: Delivery) -> None:
+    def _low_water(self) -> int:
+        return max(1, len(self._workers))
+
+    def _job(self, delivery: Delivery) -> Job:
+        """A job for one claimed delivery; its outcome is settled in whichever thread ends it."""
         message = delivery.message
         meta = {"id": message.id, "attempt": delivery.attempt,
                 "published_at": message.published_at, "priority": message.priority}
         if message.deadline is not None:
             meta["deadline"] = message.deadline
-        outcome = await self._run_on(ref, message.name, message.payload, meta,
-                                     self.task.message_timeout_s)
-        if outcome.error is None:
-            self.handled += 1
-            await self.journal.ack(message.id, delivery.task)
+        settled = threading.Lock()
+
+        def done(outcome: Outcome) -> None:
+            if settled.acquire(blocking=False):  # the first outcome wins
+                self._settle_delivery(delivery, outcome)
+
+        with self._counts:
+            self.in_flight += 1
+        return Job(message.name, message.payload, meta, self.task.message_timeout_s, done)
+
+    def _hand(self, ref: Any, job: Job) -> None:
+        """Tell an idle worker a job; if it never comes back (the worker vanished), redeliver."""
+        try:
+            ref.tell(job)
+        except pykka.ActorDeadError:
+            job.done(Outcome(error=WorkerExited("the worker stopped before taking the job"),
+                             worker_lost=True))
             return
-        self.failed += 1
-        error = outcome.error
-        dead = await self.journal.run(lambda j: _fail(j, delivery, error, self.task))
-        log.log(logging.ERROR if dead else logging.WARNING,
-                "message %s to task %s failed (attempt %d%s): %s", message.id, delivery.task,
-                delivery.attempt, ", dead-lettered" if dead else "", error)
+        lost = Outcome(error=CallTimeout("the job got no outcome; its worker vanished"),
+                       worker_lost=True)
+        self.loop.call_later(job.timeout_s + JOB_GRACE_S, job.done, lost)
+
+    def _settle_delivery(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Ack a handled delivery or record its failure; runs in a worker's thread (or the loop)."""
+        with self._counts:
+            self.in_flight -= 1
+            if outcome.error is None:
+                self.handled += 1
+            else:
+                self.failed += 1
+        if outcome.error is None:
+            self.journal.ack_nowait(delivery.message.id, delivery.task)
+        else:
+            self.journal.run_nowait(partial(_fail, delivery=delivery, error=outcome.error,
+                                            task=self.task))
 
 
 def _fail(journal: Journal, delivery: Delivery, error: YPTaskError, task: TaskDef) -> bool:
+    """Record a failed attempt (in the journal thread); return True if it was dead-lettered."""
     backtrace = "\n".join(error.backtrace) if isinstance(error, HandlerError) else ""
     error_class = error.error_class if isinstance(error, HandlerError) else type(error).__name__
     detail = error.detail if isinstance(error, HandlerError) else str(error)
     # Exponential backoff between attempts: 1x, 2x, 4x ... the task's retry backoff.
     retry_after = task.retry_backoff_s * 2 ** max(0, delivery.attempt - 1)
-    return journal.fail(delivery.message.id, delivery.task, max_attempts=task.max_attempts,
+    dead = journal.fail(delivery.message.id, delivery.task, max_attempts=task.max_attempts,
                         retry_after_s=retry_after, error_class=error_class, error=detail,
                         traceback=backtrace, now=time.time())
+    log.log(logging.ERROR if dead else logging.WARNING,
+            "message %s to task %s failed (attempt %d%s): %s", delivery.message.id,
+            delivery.task, delivery.attempt, ", dead-lettered" if dead else "", error)
+    return dead
 
 
 def _settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:

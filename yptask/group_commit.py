@@ -14,6 +14,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,12 +26,13 @@ __all__ = ["JournalThread"]
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 MAX_BATCH = 1000
+ACK_LINGER_S = 0.002
 
 
 @dataclass
 class _Op:
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop | None  # None: fire and forget, from any thread
+    future: asyncio.Future[Any] | None
     kind: str  # "append" or "ack": batched with neighbours of its kind; "call": run alone
     item: Any = None  # an append's (envelope, tasks), an ack's (message id, task)
     call: Callable[[Journal], Any] | None = None
@@ -53,6 +55,14 @@ class JournalThread:
     async def ack(self, message_id: str, task: str) -> None:
         """Forget a handled delivery; acks waiting together share one transaction."""
         await self._submit("ack", (message_id, task))
+
+    def ack_nowait(self, message_id: str, task: str) -> None:
+        """Queue an ack from any thread, without waiting for its commit."""
+        self._queue.put(_Op(None, None, "ack", (message_id, task)))
+
+    def run_nowait(self, call: Callable[[Journal], Any]) -> None:
+        """Queue `call(journal)` from any thread, without waiting; errors are logged."""
+        self._queue.put(_Op(None, None, "call", None, call))
 
     async def run(self, call: Callable[[Journal], _T]) -> _T:
         """Run `call(journal)` on the journal thread and return its result."""
@@ -83,9 +93,13 @@ class JournalThread:
             batch = [op]
             ahead: _Op | None = None
             has_ahead = False
+            # Nobody waits on an ack: let acks gather a moment, one commit for many.
+            linger_until = time.monotonic() + ACK_LINGER_S if op.kind == "ack" else 0.0
             while len(batch) < MAX_BATCH and not has_ahead:
                 try:
-                    nxt = self._queue.get_nowait()
+                    wait = linger_until - time.monotonic()
+                    nxt = (self._queue.get(timeout=wait) if wait > 0
+                           else self._queue.get_nowait())
                 except queue.Empty:
                     break
                 if nxt is not None and nxt.kind == op.kind:
@@ -108,19 +122,26 @@ class JournalThread:
         except Exception as exc:
             log.exception("journal %s of %d item(s) failed", batch[0].kind, len(batch))
             for op in batch:
-                op.loop.call_soon_threadsafe(_set_exception, op.future, exc)
+                _answer(op, _set_exception, exc)
             return
         for op, result in zip(batch, results, strict=True):
-            op.loop.call_soon_threadsafe(_set_result, op.future, result)
+            _answer(op, _set_result, result)
 
 
 def _settle(op: _Op, call: Callable[[Journal], Any], journal: Journal) -> None:
     try:
         result = call(journal)
     except Exception as exc:
-        op.loop.call_soon_threadsafe(_set_exception, op.future, exc)
+        if op.future is None:
+            log.exception("journal operation failed")
+        _answer(op, _set_exception, exc)
     else:
-        op.loop.call_soon_threadsafe(_set_result, op.future, result)
+        _answer(op, _set_result, result)
+
+
+def _answer(op: _Op, setter: Callable[[asyncio.Future[Any], Any], None], value: Any) -> None:
+    if op.loop is not None and op.future is not None:
+        op.loop.call_soon_threadsafe(setter, op.future, value)
 
 
 def _set_result(future: asyncio.Future[Any], result: Any) -> None:

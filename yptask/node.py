@@ -79,7 +79,7 @@ class Node:
         self._proxies: dict[str, Any] = {}  # actor urn -> proxy
         self._runner: Any = None  # aiohttp AppRunner
         self._hooks = WorkerHooks(ready=self._worker_ready, watch=self._watch_worker,
-                                  retire=self._retire_worker)
+                                  retire=self._retire_worker, pull=self._pull_job)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -352,6 +352,10 @@ class Node:
         pool = self.pools.get(task)
         if pool is not None:
             pool.worker_ready(ref)
+
+    def _pull_job(self, task: str, ref: Any) -> Any:  # actor thread
+        pool = self.pools.get(task)
+        return None if pool is None else pool.pull(ref)
 
     def _retire_worker(self, task: str, ref: Any) -> None:  # actor thread
         pool = self.pools.get(task)

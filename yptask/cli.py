@@ -1,7 +1,9 @@
 """The `yptask` command line: a thin shell over the package.
 
 Each subcommand imports what it needs when it runs, so `yptask worker` (the
-command every Python worker process starts with) loads nothing heavy.
+command every Python worker process starts with) loads nothing heavy. The admin
+commands (`cast`, `call`, `restart`, `tasks`, `task`, `status`, `dead`) live in
+`yptask.cli_admin`, whose docstring lists their exit codes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,29 @@ EPILOG = """examples:
   yptask demo                                   run the example tasks once
   yptask worker yptask.tasks.echo:Echo          serve a task class on fds 3 and 4
   yptask worker mymodule:Resizer --stdio        serve it on stdin/stdout
+
+  yptask cast upai.photos.upload '{"photo_id": 7}'    publish; print the id and tasks
+  yptask call upai.echo '{"hello": "world"}'          ask one worker; print its answer
+  yptask tasks                                  the tasks of the node at $YPTASK_URL
+  yptask status --url http://web1:8700/rpc      per task: workers, queue, handled, failed
+  yptask task show echo > echo.toml             a definition as TOML (--json: as JSON)
+  yptask task apply echo.toml                   create or update the tasks of a file
+  yptask task delete echo
+  yptask restart indexer                        rolling restart, with a progress bar
+  yptask dead --limit 20                        messages that ran out of attempts
+  yptask dead --replay ID                       requeue one of them
 """
+
+# The admin commands (yptask.cli_admin), with their one-line help.
+ADMIN_COMMANDS = {
+    "cast": "publish a message to every task subscribed to its name",
+    "call": "have one worker handle a message now; print its answer",
+    "restart": "rolling restart of a task's workers",
+    "tasks": "list the tasks with their workers and state",
+    "task": "show, apply (from TOML) or delete task definitions",
+    "status": "per task: workers, queued, in flight, handled, failed",
+    "dead": "list dead letters, or replay one",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run a worker process for a BaseTask subclass (MODULE:CLASS)")
     commands.add_parser("node", add_help=False, help="run a node in the foreground")
     commands.add_parser("demo", help="start a worker of each example task and send it messages")
+    for name, help_text in ADMIN_COMMANDS.items():  # each parses its own arguments
+        commands.add_parser(name, add_help=False, help=help_text)
     args, rest = parser.parse_known_args(argv)
     if args.version:
         from yptask import __version__
@@ -53,5 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         from yptask.demo import main as demo_main
 
         return demo_main()
+    if args.command in ADMIN_COMMANDS:
+        from yptask.cli_admin import main as admin_main
+
+        return admin_main([args.command, *rest])
     parser.print_help(sys.stderr)
     return EXIT_USAGE

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from support import worker_env
+from support import ECHO, SAMPLE, worker_env
 
+from yptask.config import NodeConfig, TaskDef
+from yptask.node import Node
 from yptask.worker_process import WorkerProcess, WorkerSpec
 
 Spawn = Callable[..., Awaitable[WorkerProcess]]
@@ -27,3 +29,15 @@ async def spawn() -> AsyncIterator[Spawn]:
     for worker in started:
         worker.kill()
         await worker.wait()
+
+
+@pytest.fixture
+async def node(tmp_path) -> AsyncIterator[Node]:
+    """A node "t1" with an echo task (`*.echo`) and the sample task (`sample.*`)."""
+    started = await Node.start(
+        NodeConfig(name="t1", data_dir=tmp_path / "data", http_port=0, bert_port=0),
+        tasks=[TaskDef.from_dict(ECHO), TaskDef.from_dict(SAMPLE)])
+    try:
+        yield started
+    finally:
+        await started.stop()

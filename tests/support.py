@@ -14,6 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_WORKERS = REPO / "tests" / "workers"
 ERLANG_WORKER = REPO / "workers" / "erlang" / "echo_worker.escript"
 
+# Task definitions shared by the tests that start a node (see the `node` fixture).
+ECHO = {"name": "echo", "messages": ["*.echo"], "worker_class": "yptask.tasks.echo:Echo"}
+SAMPLE = {"name": "sample", "messages": ["sample.*"], "worker_class": "sample:Sample",
+          "env": {"PYTHONPATH": str(TEST_WORKERS)}}
+
 
 def worker_env() -> dict[str, str]:
     """The environment of a test worker: ours, plus the test task modules on the path."""

@@ -14,14 +14,12 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from support import REPO, TEST_WORKERS
+from support import ECHO, REPO, SAMPLE
 
 from yptask.client import Client
-from yptask.config import NodeConfig, TaskDef
 from yptask.errors import (
     ConfigError,
     HandlerError,
@@ -31,25 +29,8 @@ from yptask.errors import (
     UnknownTask,
     wire_code,
 )
-from yptask.node import Node
 
 PHP_CLIENT = REPO / "clients" / "php" / "yptask.php"
-ECHO = {"name": "echo", "messages": ["*.echo"], "worker_class": "yptask.tasks.echo:Echo"}
-SAMPLE = {"name": "sample", "messages": ["sample.*"], "worker_class": "sample:Sample",
-          "env": {"PYTHONPATH": str(TEST_WORKERS)}}
-
-
-@pytest.fixture
-async def node(tmp_path) -> AsyncIterator[Node]:
-    started = await Node.start(
-        NodeConfig(name="t1", data_dir=tmp_path / "data", http_port=0, bert_port=0),
-        tasks=[TaskDef.from_dict(ECHO), TaskDef.from_dict(SAMPLE)])
-    try:
-        yield started
-    finally:
-        await started.stop()
-
-
 @pytest.fixture
 def client(node) -> Client:
     return Client(node.http_url + "/rpc", timeout_s=30)

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import TEST_WORKERS
+from support import ECHO
 
 from yptask.config import NodeConfig, TaskDef
 from yptask.errors import (
@@ -32,22 +32,6 @@ INVALID_REQUEST = wire_code(ProtocolError).jsonrpc_code
 METHOD_NOT_FOUND = wire_code(NoSuchFunction).jsonrpc_code
 INVALID_PARAMS = wire_code(ConfigError).jsonrpc_code
 INTERNAL_ERROR = wire_code(RuntimeError).jsonrpc_code
-
-ECHO = {"name": "echo", "messages": ["*.echo"], "worker_class": "yptask.tasks.echo:Echo"}
-SAMPLE = {"name": "sample", "messages": ["sample.*"], "worker_class": "sample:Sample",
-          "env": {"PYTHONPATH": str(TEST_WORKERS)}}
-
-
-@pytest.fixture
-async def node(tmp_path) -> AsyncIterator[Node]:
-    started = await Node.start(
-        NodeConfig(name="t1", data_dir=tmp_path / "data", http_port=0, bert_port=0),
-        tasks=[TaskDef.from_dict(ECHO), TaskDef.from_dict(SAMPLE)])
-    try:
-        yield started
-    finally:
-        await started.stop()
-
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:

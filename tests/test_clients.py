@@ -113,7 +113,7 @@ async def test_python_url_that_is_not_the_rpc_endpoint_says_so(node):
 def test_python_client_does_not_import_aiohttp():
     check = ("import sys, yptask.client; "
              "sys.exit('aiohttp' in sys.modules or 'yptask.node' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-P", "-c", check], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
 

@@ -17,7 +17,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,19 +99,9 @@ class TaskDef:
         """Build a checked definition from plain data; raise ConfigError naming the bad field."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a task definition is a table/object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown task field(s) {', '.join(unknown)}; known: "
-                              f"{', '.join(sorted(known))}")
         name = data.get("name")
         label = f"task {name!r}" if isinstance(name, str) else "task"
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            try:
-                values[key] = _CHECKS[key](value)
-            except ConfigError as exc:
-                raise ConfigError(f"{label}: field {key!r}: {exc}") from None
+        values = _checked(data, _CHECKS, "task field", f"{label}: field")
         for required in ("name", "messages"):
             if required not in values:
                 raise ConfigError(f"{label}: field {required!r} is required")
@@ -119,6 +109,22 @@ class TaskDef:
             raise ConfigError(f"{label}: give exactly one of 'worker_class' (MODULE:CLASS) "
                               "or 'command' (an argv list)")
         return cls(**values)
+
+
+def _checked(data: Mapping[str, Any], checks: Mapping[str, Callable[[Any], Any]], kind: str,
+             label: str) -> dict[str, Any]:
+    """Run each value through its key's check; refuse unknown keys, naming the bad one."""
+    unknown = sorted(set(data) - set(checks))
+    if unknown:
+        raise ConfigError(f"unknown {kind}(s) {', '.join(map(str, unknown))}; known: "
+                          f"{', '.join(sorted(checks))}")
+    values = {}
+    for key, value in data.items():
+        try:
+            values[key] = checks[key](value)
+        except ConfigError as exc:
+            raise ConfigError(f"{label} {key!r}: {exc}") from None
+    return values
 
 
 def _string(pattern: re.Pattern[str] | None = None, hint: str = "") -> Callable[[Any], str]:
@@ -261,18 +267,7 @@ class NodeConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NodeConfig:
         """Build a checked node config from plain data (the [node] table of the TOML file)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown node setting(s) {', '.join(unknown)}; known: "
-                              f"{', '.join(sorted(known))}")
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            try:
-                values[key] = _NODE_CHECKS[key](value)
-            except ConfigError as exc:
-                raise ConfigError(f"node setting {key!r}: {exc}") from None
-        return cls(**values)
+        return cls(**_checked(data, _NODE_CHECKS, "node setting", "node setting"))
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> NodeConfig:

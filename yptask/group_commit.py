@@ -72,9 +72,9 @@ class JournalThread:
     async def _submit(self, kind: str, item: Any, call: Callable[[Journal], Any] | None = None
                       ) -> Any:
         loop = asyncio.get_running_loop()
-        op = _Op(loop, loop.create_future(), kind, item, call)
-        self._queue.put(op)
-        return await op.future
+        future = loop.create_future()
+        self._queue.put(_Op(loop, future, kind, item, call))
+        return await future
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Finish the queued operations, then close the journal."""

@@ -58,7 +58,7 @@ class WorkerHooks:
     """How a worker actor reaches the node: thread-safe callbacks, supplied by the node."""
 
     ready: Callable[[str, Any], None]  # (task, actor ref): the worker is free for a job
-    watch: Callable[[int, Any], None]  # (pid, actor ref): tell ProcessGone when pid exits
+    watch: Callable[[str, int, Any], None]  # (task, pid, ref): tell ProcessGone when it exits
     # (task, actor ref): hand this worker no more jobs; returns once the pool knows
     retire: Callable[[str, Any], None]
     # (task, actor ref): the next claimed delivery for this worker, or None
@@ -91,7 +91,7 @@ class WorkerActor(Supervised):
     def init(self) -> None:
         self.conn = WorkerConnection(self.config.spec)
         try:
-            self.hooks.watch(self.conn.pid, self.actor_ref)
+            self.hooks.watch(self.task, self.conn.pid, self.actor_ref)
             self.conn.call("yptask", "setup", [self.config.setup_info],
                            self.config.setup_timeout_s)
         except BaseException:

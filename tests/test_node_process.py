@@ -106,6 +106,23 @@ def test_node_serves_then_stops_gracefully_on_sigterm(node_process):
     assert [r["payload"]["n"] for r in node_process.records()] == [1]
 
 
+def test_kill_9_of_workers_mid_message_redelivers_and_loses_nothing(node_process):
+    # Given two messages being handled by the task's two workers
+    node_process.start()
+    ids = node_process.cast_batch("upai.record_slowly", [{"seconds": 2, "n": i} for i in (1, 2)])
+    status = wait_for(lambda: (s := node_process.rpc("status")["tasks"]["rec"])["in_flight"] == 2
+                      and s, what="both in flight")
+    # When both worker processes are killed without warning
+    for pid in status["pids"]:
+        os.kill(pid, signal.SIGKILL)
+    # Then both messages are handled once more, by new workers, on their second attempt
+    records = wait_for(lambda: len(node_process.records()) >= 2 and node_process.records(),
+                       what="redelivery")
+    assert sorted((r["id"], r["attempt"]) for r in records) == sorted((i, 2) for i in ids)
+    assert not {r["pid"] for r in records} & set(status["pids"])
+    assert node_process.signal(signal.SIGTERM) == 0
+
+
 def test_kill_9_of_the_node_loses_no_accepted_message(node_process):
     # Given a node that has accepted 1 000 messages, some handled and most not
     node_process.start()

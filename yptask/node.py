@@ -77,6 +77,7 @@ class Node:
         self._tree: pykka.ActorProxy[Supervisor] | None = None
         self._registry: Registry | None = None
         self._proxies: dict[str, Any] = {}  # actor urn -> proxy
+        self._worker_pids: dict[int, str] = {}  # live worker process -> its task
         self._runner: Any = None  # aiohttp AppRunner
         self._hooks = WorkerHooks(ready=self._worker_ready, watch=self._watch_worker,
                                   retire=self._retire_worker, pull=self._pull_job)
@@ -301,7 +302,7 @@ class Node:
     # ------------------------------------------------------------------ status
 
     async def status(self) -> dict[str, Any]:
-        """Per task: workers, state, queue depth, in flight, handled, failed."""
+        """Per task: workers (and their pids), state, queue depth, in flight, handled, failed."""
         assert self._journal is not None
         tasks = {}
         for name, pool in self.pools.items():
@@ -309,7 +310,8 @@ class Node:
             state = await asyncio.to_thread(self._supervisor_state, name)
             tasks[name] = {"workers": {self.name: state["workers"]}, "state": state["state"],
                            "queued": queued, "in_flight": inflight, "handled": pool.handled,
-                           "failed": pool.failed}
+                           "failed": pool.failed,
+                           "pids": sorted(p for p, t in self._worker_pids.items() if t == name)}
         return {"node": self.name, "uptime_s": round(time.time() - self.started_at, 1),
                 "tasks": tasks}
 
@@ -362,19 +364,21 @@ class Node:
         if pool is not None:
             pool.retire(ref)
 
-    def _watch_worker(self, pid: int, ref: Any) -> None:  # actor thread
-        self.loop.call_soon_threadsafe(self._add_pid_watch, pid, ref)
+    def _watch_worker(self, task: str, pid: int, ref: Any) -> None:  # actor thread
+        self.loop.call_soon_threadsafe(self._add_pid_watch, task, pid, ref)
 
-    def _add_pid_watch(self, pid: int, ref: Any) -> None:
+    def _add_pid_watch(self, task: str, pid: int, ref: Any) -> None:
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             _tell(ref, ProcessGone(pid))
             return
+        self._worker_pids[pid] = task
 
         def exited() -> None:
             self.loop.remove_reader(pidfd)
             os.close(pidfd)
+            self._worker_pids.pop(pid, None)
             _tell(ref, ProcessGone(pid))
 
         self.loop.add_reader(pidfd, exited)

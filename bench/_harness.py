@@ -27,7 +27,7 @@ TASKS = """
 name = "noop"
 worker_class = "yptask.tasks.echo:Echo"
 messages = ["bench.echo"]
-max_idle_s = 0
+max_idle_s = {max_idle_s}
 nodes = {{ "*" = {workers} }}
 """
 
@@ -35,8 +35,10 @@ nodes = {{ "*" = {workers} }}
 class BenchNode:
     """A `yptask node` subprocess with a no-op task; use as a context manager."""
 
-    def __init__(self, workers: int = 2, journal_sync: str = "NORMAL") -> None:
+    def __init__(self, workers: int = 2, journal_sync: str = "NORMAL",
+                 max_idle_s: float = 0) -> None:
         self.workers = workers
+        self.max_idle_s = max_idle_s
         self.journal_sync = journal_sync
         self.url = ""
         self._tmp = tempfile.TemporaryDirectory(prefix="yptask-bench-")
@@ -44,7 +46,8 @@ class BenchNode:
 
     def __enter__(self) -> BenchNode:
         tmp = Path(self._tmp.name)
-        (tmp / "tasks.toml").write_text(TASKS.format(workers=self.workers))
+        (tmp / "tasks.toml").write_text(TASKS.format(workers=self.workers,
+                                                     max_idle_s=self.max_idle_s))
         (tmp / "node.toml").write_text(f'[node]\njournal_sync = "{self.journal_sync}"\n')
         argv = [sys.executable, "-P", "-m", "yptask", "node", "--name", "bench",
                 "--config", str(tmp / "node.toml"), "--data-dir", str(tmp / "data"),

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -38,3 +46,87 @@ def require_erlang() -> None:
         if os.environ.get("CI"):
             pytest.fail("escript is not installed; CI must run the Erlang tests")
         pytest.skip("escript is not installed (apt-get install erlang-base)")
+
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float = 60.0, what: str = "it") -> T:
+    """Poll `predicate` until it returns something truthy; fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+class NodeProcess:
+    """A `yptask node` subprocess on free loopback ports, in its own folder.
+
+    `tasks` is the TOML of its task definitions; its log is `tmp/node.log`. The
+    process is stopped by its PID (`stop`, or `signal`), never by name.
+    """
+
+    def __init__(self, tmp: Path, tasks: str, name: str = "p1") -> None:
+        self.tmp = tmp
+        (tmp / "tasks.toml").write_text(tasks)
+        self.argv = ["yptask", "node", "--name", name, "--data-dir", str(tmp / "data"),
+                     "--http", "127.0.0.1:0", "--bert", "127.0.0.1:0",
+                     "--tasks", str(tmp / "tasks.toml")]
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        # cwd outside the checkout, so the installed package is what runs
+        with open(self.tmp / "node.log", "a") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=log,
+                                         text=True, cwd=self.tmp)
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # the node prints its addresses once ready
+            found = re.search(r"JSON-RPC\s+(\S+)", line)
+            if found:
+                self.url = found.group(1)
+                return
+        raise AssertionError(f"node exited before it was ready ({self.proc.wait()}); "
+                             f"its log: {(self.tmp / 'node.log').read_text()[-2000:]}")
+
+    def signal(self, signum: int) -> int:
+        """Send a signal; return the exit status once the node has exited."""
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+        return self.proc.wait(timeout=60)
+
+    def stop(self) -> None:
+        """Stop gracefully if running; kill after 20 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def rpc(self, method: str, *params: object) -> Any:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        answer = self._post(body)
+        assert "error" not in answer, answer
+        return answer["result"]
+
+    def cast_batch(self, name: str, payloads: list[dict[str, Any]]) -> list[str]:
+        """Cast many messages in one JSON-RPC batch; return their ids."""
+        answers = self._post(json.dumps([
+            {"jsonrpc": "2.0", "id": i, "method": "cast", "params": [name, p]}
+            for i, p in enumerate(payloads)]))
+        return [a["result"]["id"] for a in sorted(answers, key=lambda a: a["id"])]
+
+    def _post(self, body: str) -> Any:
+        request = urllib.request.Request(self.url, body.encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The deliveries the sample task's `record` handlers wrote to `path`."""
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []

@@ -9,17 +9,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
-import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from support import TEST_WORKERS
+from support import TEST_WORKERS, NodeProcess, read_records, wait_for
 
 from yptask.cli_admin import to_toml
 
@@ -41,51 +39,19 @@ max_attempts = 1
 """
 
 
-class Node:
-    """A `yptask node` subprocess on free ports, in its own folder."""
+class Node(NodeProcess):
+    """The module's `yptask node` subprocess, and a way to run `yptask` against it."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
         self.record = tmp / "record.jsonl"
-        tasks = tmp / "tasks.toml"
-        tasks.write_text(TASKS.format(workers=TEST_WORKERS, record=self.record))
-        self.argv = ["yptask", "node", "--name", "c1", "--data-dir", str(tmp / "data"),
-                     "--http", "127.0.0.1:0", "--bert", "127.0.0.1:0", "--tasks", str(tasks)]
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(TEST_WORKERS)}
-        with open(self.tmp / "node.log", "w") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=log,
-                                         text=True, cwd=self.tmp, env=env)
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # the node prints its addresses once ready
-            found = re.search(r"JSON-RPC\s+(\S+)", line)
-            if found:
-                self.url = found.group(1)
-                return
-        raise AssertionError(f"node exited before it was ready ({self.proc.wait()}); "
-                             f"its log: {(self.tmp / 'node.log').read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)  # graceful: its workers stop too
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        super().__init__(tmp, TASKS.format(workers=TEST_WORKERS, record=self.record), name="c1")
 
     def run(self, *args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
         """`yptask ARGS` against this node ($YPTASK_URL), or against `url`."""
         return yptask(*args, env={"YPTASK_URL": url or self.url}, cwd=self.tmp)
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.record.exists():
-            return []
-        return [json.loads(line) for line in self.record.read_text().splitlines()]
+        return read_records(self.record)
 
 
 def yptask(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
@@ -94,14 +60,6 @@ def yptask(*args: str, env: dict[str, str] | None = None, cwd: Path | None = Non
     full_env.update(env or {})
     return subprocess.run(["yptask", *args], capture_output=True, text=True, timeout=60,
                           env=full_env, cwd=cwd, check=False, **kwargs)
-
-
-def wait_for(predicate: Callable[[], T], timeout_s: float = 20.0, what: str = "it") -> T:
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def closed_port_url() -> str:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import subprocess
 import threading
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-from support import TEST_WORKERS
+from support import TEST_WORKERS, NodeProcess, read_records, wait_for
 
 TASKS = """
 [[task]]
@@ -26,74 +21,21 @@ nodes = {{ "*" = 2 }}
 """
 
 
-class NodeProcess:
-    """A `yptask node` subprocess on a free port, in its own data folder."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        tasks = tmp_path / "tasks.toml"
-        tasks.write_text(TASKS.format(workers=TEST_WORKERS, record=tmp_path / "rec.jsonl"))
-        self.argv = ["yptask", "node", "--name", "p1", "--data-dir", str(tmp_path / "data"),
-                     "--http", "127.0.0.1:0", "--bert", "127.0.0.1:0", "--tasks", str(tasks)]
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-
-    def start(self) -> None:
-        # cwd outside the checkout, so the installed package is what runs
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, cwd=self.tmp_path)
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # the node prints its addresses once ready
-            found = re.search(r"JSON-RPC\s+(\S+)", line)
-            if found:
-                self.url = found.group(1)
-                return
-        raise AssertionError(f"node exited before it was ready ({self.proc.wait()})")
-
-    def rpc(self, method: str, *params: object) -> object:
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-        request = urllib.request.Request(self.url, body.encode(),
-                                         {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
-        assert "error" not in answer, answer
-        return answer["result"]
-
-    def cast_batch(self, name: str, payloads: list[dict]) -> list[str]:
-        """Cast many messages in one JSON-RPC batch; return their ids."""
-        body = json.dumps([{"jsonrpc": "2.0", "id": i, "method": "cast", "params": [name, p]}
-                           for i, p in enumerate(payloads)])
-        request = urllib.request.Request(self.url, body.encode(),
-                                         {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answers = json.loads(response.read())
-        return [a["result"]["id"] for a in sorted(answers, key=lambda a: a["id"])]
-
-    def signal(self, signum: int) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
-        return self.proc.wait(timeout=60)
+class RecordingNode(NodeProcess):
+    """A node process whose task `rec` records what it handles."""
 
     def records(self) -> list[dict]:
-        path = self.tmp_path / "rec.jsonl"
-        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        return read_records(self.tmp / "rec.jsonl")
 
 
 @pytest.fixture
 def node_process(tmp_path):
-    node = NodeProcess(tmp_path)
+    node = RecordingNode(tmp_path, TASKS.format(workers=TEST_WORKERS,
+                                                record=tmp_path / "rec.jsonl"))
     yield node
     if node.proc is not None and node.proc.poll() is None:
         node.proc.kill()
         node.proc.wait()
-
-
-def wait_for(predicate, timeout_s: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 @pytest.mark.smoke

@@ -150,6 +150,7 @@ class TaskPool:
     async def _retire(self, urn: str) -> None:
         self._retired.add(urn)
         self._workers.pop(urn, None)
+        self._free_since.pop(urn, None)
         self._free = deque(r for r in self._free if r.actor_urn != urn)
 
     async def _acquire(self) -> Any:
@@ -204,6 +205,7 @@ class TaskPool:
                 self._free.remove(ref)  # no job can reach it from now on
                 urn = ref.actor_urn
                 self._workers.pop(urn, None)
+                self._free_since.pop(urn, None)
                 await asyncio.to_thread(self._reap, urn)
 
     def _reap(self, urn: str) -> None:  # in a thread: asks the supervisor

@@ -213,9 +213,15 @@ class TaskPool:
 
     async def _run_on(self, ref: Any, name: str, payload: Any, meta: dict[str, Any],
                       timeout_s: float) -> Outcome:
+        """Run a call on `ref` (calls are counted in handled/failed like casts)."""
         future: asyncio.Future[Outcome] = self.loop.create_future()
 
         def done(outcome: Outcome) -> None:  # in the worker's thread
+            with self._counts:
+                if outcome.error is None:
+                    self.handled += 1
+                else:
+                    self.failed += 1
             self.loop.call_soon_threadsafe(_settle, future, outcome)
 
         with self._counts:

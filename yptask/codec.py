@@ -140,7 +140,8 @@ def encode(value: Any, *, bert_dicts: bool = False) -> bytes:
     return bytes(out)
 
 
-def _encode(v: Any, out: bytearray, depth: int, bert_dicts: bool) -> None:
+def _encode(v: Any, out: bytearray, depth: int, bert_dicts: bool) -> None:  # noqa: PLR0915
+    # One flat if-chain, most frequent types first: the hot path of every message.
     if depth > DEFAULT_MAX_DEPTH:
         raise EncodeError(f"value nested deeper than {DEFAULT_MAX_DEPTH} levels")
     t = type(v)
@@ -165,7 +166,12 @@ def _encode(v: Any, out: bytearray, depth: int, bert_dicts: bool) -> None:
         else:
             out += _TAG_U32.pack(MAP, len(v))
             for key, item in v.items():
-                _encode(key, out, depth + 1, bert_dicts)
+                if type(key) is str:  # the common case, inlined: a call per key costs
+                    b = key.encode("utf-8", "surrogateescape")
+                    out += _TAG_U32.pack(BINARY, len(b))
+                    out += b
+                else:
+                    _encode(key, out, depth + 1, bert_dicts)
                 _encode(item, out, depth + 1, bert_dicts)
     elif t is list:
         if not v:
@@ -247,6 +253,17 @@ def _encode_int(v: int, out: bytearray) -> None:
 
 
 def _encode_atom(v: str, out: bytearray) -> None:
+    cached = _atom_terms.get(v)
+    if cached is not None:
+        out += cached
+        return
+    start = len(out)
+    _encode_new_atom(v, out)
+    if len(_atom_terms) < _ATOM_CACHE_LIMIT:
+        _atom_terms[str(v)] = bytes(out[start:])
+
+
+def _encode_new_atom(v: str, out: bytearray) -> None:
     # ASCII atoms use ATOM_EXT, the tag BERT 1.0 decoders know; others the UTF-8 tags.
     if len(v) > 255:
         raise EncodeError(f"atom longer than 255 characters: {v[:40]!r}...")
@@ -314,6 +331,7 @@ def _inflate(data: bytes, max_inflated: int) -> bytes:
     return b"\x83" + body
 
 
+_atom_terms: dict[str, bytes] = {}  # atom text -> its encoded term (bounded, like below)
 _atom_cache: dict[bytes, Any] = {
     b"true": True, b"false": False,
 }
@@ -361,7 +379,14 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:  # noqa: PLR0
         pos += 5
         result: dict[Any, Any] = {}
         for _ in range(n):
-            key, pos = _decode(data, pos, depth - 1)
+            if data[pos] == BINARY:  # the common case, inlined: a call per key costs
+                (size,) = _U32.unpack_from(data, pos + 1)
+                end = pos + 5 + size
+                if end > len(data):
+                    raise DecodeError("truncated binary")
+                key, pos = data[pos + 5:end].decode("utf-8", "surrogateescape"), end
+            else:
+                key, pos = _decode(data, pos, depth - 1)
             value, pos = _decode(data, pos, depth - 1)
             try:
                 result[key] = value

@@ -33,6 +33,7 @@ class Outcome:
     result: Any = None
     error: YPTaskError | None = None
     worker_lost: bool = False
+    started: bool = True  # False: the worker never read it, so no attempt was spent
 
 
 @dataclass(frozen=True)
@@ -104,28 +105,49 @@ class WorkerActor(Supervised):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Job):
             job: Job | None = message
-            while job is not None:  # then take the next claimed delivery, if there is one
-                self._run(job)
-                job = self.hooks.pull(self.task, self.actor_ref)
+            self._send(message)
+            while job is not None:
+                # Send the next claimed delivery before reading this answer: the worker
+                # finds it waiting and never sleeps between messages.
+                following = self.hooks.pull(self.task, self.actor_ref)
+                if following is not None:
+                    self._send(following, behind=job)
+                self._finish(job, following)
+                job = following
             self.hooks.ready(self.task, self.actor_ref)
         elif (isinstance(message, ProcessGone) and self.conn is not None
               and self.conn.pid == message.pid):
             raise WorkerExited(f"worker {message.pid} of task {self.task} exited while idle")
         return None
 
-    def _run(self, job: Job) -> None:
+    def _send(self, job: Job, behind: Job | None = None) -> None:
+        """Write a job's call; on a dead worker settle it (and `behind`) as lost and crash."""
         assert self.conn is not None
         try:
-            result = self.conn.call("yptask", "handle", [job.name, job.payload, job.meta],
-                                    job.timeout_s)
+            self.conn.send("yptask", "handle", [job.name, job.payload, job.meta])
+        except WorkerExited as exc:
+            job.done(Outcome(error=exc, worker_lost=True, started=False))
+            if behind is not None:
+                behind.done(Outcome(error=exc, worker_lost=True))
+            raise  # crash on purpose: the supervisor starts a fresh worker
+
+    def _finish(self, job: Job, following: Job | None) -> None:
+        """Read `job`'s answer and settle it; `following` is already in the worker's pipe."""
+        assert self.conn is not None
+        try:
+            result = self.conn.receive(job.timeout_s)
         except (WorkerExited, CallTimeout, ProtocolError) as exc:
             job.done(Outcome(error=exc, worker_lost=True))
+            if following is not None:  # never started: the worker died before reading it
+                following.done(Outcome(error=exc, worker_lost=True, started=False))
             raise  # crash on purpose: the supervisor starts a fresh worker
         except YPTaskError as exc:  # the handler raised, or has no handler for the name
             job.done(Outcome(error=exc))
-        except BaseException as exc:  # a bug here: the job must still be settled
-            job.done(Outcome(error=WorkerExited(f"worker actor failed: {exc!r}"),
-                             worker_lost=True))
+        except BaseException as exc:  # a bug here: the jobs must still be settled
+            lost = Outcome(error=WorkerExited(f"worker actor failed: {exc!r}"), worker_lost=True)
+            job.done(lost)
+            if following is not None:
+                following.done(lost)
             raise
         else:
             job.done(Outcome(result=result))

@@ -82,6 +82,14 @@ def test_a_replayed_dead_letter_is_delivered_again_from_attempt_one(journal):
     assert delivery.attempt == 1
 
 
+def test_a_released_delivery_is_claimed_again_with_the_same_attempt(journal):
+    journal.append([(envelope("m"), ["t"])])
+    (first,) = journal.claim("t")
+    journal.release("m", "t")
+    (again,) = journal.claim("t")
+    assert (first.attempt, again.attempt) == (1, 1)
+
+
 def test_a_message_for_a_task_with_no_worker_waits(journal, tmp_path):
     journal.append([(envelope("waits"), ["nowhere"])])
     journal.close()

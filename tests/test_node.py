@@ -119,6 +119,18 @@ async def test_a_worker_dying_mid_message_causes_redelivery_with_the_next_attemp
     await until(lambda: node.pools["a"].free_workers == 1, what="a fresh worker")
 
 
+async def test_a_message_queued_behind_a_crash_keeps_its_attempt(start_node, tmp_path):
+    # Given one worker, a message that kills it, and messages right behind it
+    node = await start_node([sample_task("a", ["*.crash_first", "*.record"], tmp_path)])
+    crash = await node.cast("upai.crash_first", {"n": 0})
+    behind = [await node.cast("upai.record", {"n": i}) for i in (1, 2)]
+    # Then the crashing one is redelivered, and those behind it spend no attempt
+    records = await until(lambda: len(recorded(tmp_path, "a")) == 3 and recorded(tmp_path, "a"),
+                          what="all three")
+    attempts = {r["id"]: r["attempt"] for r in records}
+    assert attempts == {crash["id"]: 2, behind[0]["id"]: 1, behind[1]["id"]: 1}
+
+
 async def test_failing_messages_are_dead_lettered_with_their_error_and_can_be_replayed(
         start_node, tmp_path):
     node = await start_node([sample_task("a", ["*.fail", "*.record"], tmp_path,

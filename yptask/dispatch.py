@@ -294,10 +294,14 @@ class TaskPool:
             self.in_flight -= 1
             if outcome.error is None:
                 self.handled += 1
-            else:
+            elif outcome.started:
                 self.failed += 1
         if outcome.error is None:
             self.journal.ack_nowait(delivery.message.id, delivery.task)
+        elif not outcome.started:
+            self.journal.run_nowait(partial(Journal.release, message_id=delivery.message.id,
+                                            task=delivery.task))
+            self.loop.call_soon_threadsafe(self._work_queued.set)
         else:
             self.journal.run_nowait(partial(_fail, delivery=delivery, error=outcome.error,
                                             task=self.task))

@@ -202,6 +202,13 @@ class Journal:
             self._finish_if_done(message_id)
             return True
 
+    def release(self, message_id: str, task: str) -> None:
+        """Put back a claimed delivery that no worker started: its attempt is not spent."""
+        with self._transaction():
+            self._db.execute(
+                "UPDATE deliveries SET state = 'queued', attempt = MAX(0, attempt - 1)"
+                " WHERE message_id = ? AND task = ? AND state = 'inflight'", (message_id, task))
+
     def replay(self, message_id: str, task: str) -> bool:
         """Move a dead letter back to the queue with a fresh attempt count."""
         with self._transaction():

@@ -51,16 +51,29 @@ class WorkerConnection:
         Raises `CallTimeout` (worker killed), `WorkerExited`, `ProtocolError`
         (worker killed), or the rebuilt error of an `{error, ...}` answer.
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.send(module, function, args)
+        return self.receive(timeout_s)
+
+    def send(self, module: str, function: str, args: list[Any]) -> None:
+        """Write a call without waiting: the worker reads it when it is done with the last.
+
+        Sending the next message before the answer to the current one keeps the worker
+        busy instead of asleep between messages; answers come back in order.
+        """
         if self._to_worker < 0:
             raise WorkerExited(f"worker {self.pid} is stopped")
         try:
             write_frame(self._to_worker, frame(Call(module, function, args)))
+        except BrokenPipeError:
+            raise WorkerExited(f"worker {self.pid} closed its input") from None
+
+    def receive(self, timeout_s: float | None = None) -> Any:
+        """Read the answer to the oldest call sent; raise as `call` does."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
             header = self._read(4, deadline)
             body = self._read(check_length(header, self.spec.max_frame), deadline)
             answer = decode_packet(body)
-        except BrokenPipeError:
-            raise WorkerExited(f"worker {self.pid} closed its input") from None
         except TimeoutError:
             self.kill()
             raise CallTimeout(f"worker {self.pid} gave no answer within {timeout_s} s; "

@@ -3,10 +3,13 @@
 Started by its task's supervisor. `init()` spawns the process and calls its
 `setup`; then the actor offers itself to its task's pool (the asyncio side)
 and runs the `Job`s the pool hands it, in its own thread, with the blocking
-`WorkerConnection`. Each job's outcome goes back through `Job.done`. When the
+`WorkerConnection`. After each job it takes the next claimed one from the
+pool itself, and writes it into the worker's pipe before reading the current
+answer, so the worker never waits between messages (it still handles them
+one at a time). Each job's outcome goes back through `Job.done`. When the
 process dies, hangs past the message timeout or breaks the protocol, the job
-is reported as lost (so it is redelivered) and the actor crashes on purpose:
-its supervisor starts a fresh worker.
+is reported as lost (so it is redelivered), the one queued behind it as never
+started, and the actor crashes on purpose: its supervisor starts a fresh worker.
 """
 
 from __future__ import annotations

@@ -109,6 +109,17 @@ async def test_a_repeated_id_is_delivered_once(start_node, tmp_path):
     assert [r["payload"]["n"] for r in recorded(tmp_path, "a")] == [1, 3]
 
 
+async def test_done_messages_are_forgotten_after_the_dedupe_window(start_node, tmp_path):
+    node = await start_node([sample_task("a", ["*.record"], tmp_path)], dedupe_window_s=0)
+    first = await node.cast("upai.record", {"n": 1}, id="once")
+    await until(lambda: recorded(tmp_path, "a"), what="delivery")
+    await node.stop()
+    # A restart prunes at once: with a window of 0 the id is free again
+    again = await start_node([], dedupe_window_s=0)
+    second = await again.cast("upai.record", {"n": 2}, id="once")
+    assert (first["duplicate"], second["duplicate"]) == (False, False)
+
+
 async def test_a_worker_dying_mid_message_causes_redelivery_with_the_next_attempt(start_node,
                                                                                  tmp_path):
     node = await start_node([sample_task("a", ["*.crash_first"], tmp_path)])

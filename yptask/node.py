@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 ASK_TIMEOUT_S = 120.0  # an admin operation waits at most this for the actors
 NODE_FLAGS = SupervisorFlags(intensity=10, period_s=60.0)
+PRUNE_EVERY_S = 60.0
 
 
 class Node:
@@ -71,6 +72,7 @@ class Node:
         self.http_url = ""
         self.bert_address = ""
         self._bert: BertEndpoint | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self.started_at = time.time()
         self._store: TaskStore | None = None
         self._journal: JournalThread | None = None
@@ -114,11 +116,23 @@ class Node:
         self._registry = await asyncio.to_thread(self._ask, self._tree.registry)
         for pool in self.pools.values():
             pool.start()
+        self._pruner = self.loop.create_task(self._prune_forever(), name="prune journal")
         await self._start_http()
         self._bert = BertEndpoint(self)
         await self._bert.start(self.config.bert_host, self.config.bert_port)
         self.bert_address = self._bert.address
         log.info("node %s ready: %s, BERT-RPC %s", self.name, self.http_url, self.bert_address)
+
+    async def _prune_forever(self) -> None:
+        """Forget done messages once their ids are past the dedupe window, so the journal
+        keeps only what is pending, dead, or recent enough to dedupe against."""
+        assert self._journal is not None
+        window = self.config.dedupe_window_s
+        while True:
+            pruned = await self._journal.run(partial(Journal.prune, older_than_s=window))
+            if pruned:
+                log.info("journal: forgot %d done message(s) older than %.0f s", pruned, window)
+            await asyncio.sleep(PRUNE_EVERY_S)
 
     def _seed_file(self) -> Path:
         if self.config.tasks_file is not None:
@@ -142,6 +156,8 @@ class Node:
         if self.stopping:
             return
         self.stopping = True
+        if self._pruner is not None:
+            self._pruner.cancel()
         if self._bert is not None:
             await self._bert.stop()
         if self._runner is not None:

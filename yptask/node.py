@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import replace
 from functools import partial
 from importlib import resources
@@ -80,6 +80,7 @@ class Node:
         self._registry: Registry | None = None
         self._proxies: dict[str, Any] = {}  # actor urn -> proxy
         self._worker_pids: dict[int, str] = {}  # live worker process -> its task
+        self._new_id = _MessageIds()
         self._runner: Any = None  # aiohttp AppRunner
         self._hooks = WorkerHooks(ready=self._worker_ready, watch=self._watch_worker,
                                   retire=self._retire_worker, pull=self._pull_job)
@@ -185,7 +186,7 @@ class Node:
         if id is not None and (not isinstance(id, str) or not 0 < len(id) <= 128):
             raise ConfigError("a message id must be a string of 1 to 128 characters")
         subscribed = [t.name for t in self.tasks.values() if t.subscribes_to(name)]
-        envelope = Envelope(id or _new_id(), name, msg, time.time(), priority)
+        envelope = Envelope(id or self._new_id(), name, msg, time.time(), priority)
         assert self._journal is not None
         added = await self._journal.append(envelope, subscribed)
         if added:
@@ -205,7 +206,7 @@ class Node:
             raise NoSubscriber(f"task(s) {', '.join(t.name for t in subscribed)} subscribe to "
                                f"{name!r} but run no worker on node {self.name}")
         task = max(local, key=lambda t: self.pools[t.name].free_workers)
-        meta = {"id": _new_id(), "attempt": 1, "published_at": time.time(), "priority": 0}
+        meta = {"id": self._new_id(), "attempt": 1, "published_at": time.time(), "priority": 0}
         try:
             outcome = await asyncio.wait_for(
                 self.pools[task.name].run(name, msg, meta, task.message_timeout_s), timeout_s)
@@ -409,6 +410,16 @@ def _tell(ref: Any, message: Any) -> None:
         ref.tell(message)
 
 
-def _new_id() -> str:
-    """A message id that sorts by time: 12 hex digits of milliseconds, then randomness."""
-    return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"
+class _MessageIds:
+    """Message ids that sort by time and are unique across nodes and restarts.
+
+    12 hex digits of milliseconds, 10 random hex digits drawn once per node start,
+    then a counter: far cheaper per cast than a uuid4 (a getrandom call each).
+    """
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(5).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{int(time.time() * 1000):012x}{self._prefix}{next(self._counter) & 0xFFFFFFFF:08x}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from yptask.config import TaskDef
@@ -26,7 +27,7 @@ from yptask.supervisors.worker import WorkerActor, WorkerConfig, WorkerHooks
 from yptask.tasks.runner import runner_argv
 from yptask.worker_process import WorkerSpec
 
-__all__ = ["TaskSupervisor", "worker_spec"]
+__all__ = ["NodePlace", "TaskSupervisor", "worker_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +36,41 @@ TASK_FLAGS = SupervisorFlags(intensity=5, period_s=10.0,
                              backoff=BackoffPolicy(initial_s=1.0, factor=2.0, max_s=60.0))
 
 
-def worker_spec(task: TaskDef, node_name: str, data_dir: Path, log_dir: Path) -> WorkerSpec:
+@dataclass(frozen=True)
+class NodePlace:
+    """Where a node runs its workers: its name, folders, and the URL workers publish to."""
+
+    name: str
+    data_dir: Path  # the workers' working directory
+    log_dir: Path  # their stdout and stderr files
+    rpc_url: str  # the node's JSON-RPC endpoint, as YPTASK_URL for BaseTask.cast/call
+
+
+def worker_spec(task: TaskDef, node: NodePlace) -> WorkerSpec:
     """Return how to start one worker of `task` on this node."""
     argv = list(task.command) or runner_argv(task.worker_class, stdio=task.use_stdio)
-    env = {**os.environ, **task.env, "YPTASK_NODE": node_name, "YPTASK_TASK": task.name}
+    env = {**os.environ, **task.env, "YPTASK_NODE": node.name, "YPTASK_TASK": task.name,
+           "YPTASK_URL": node.rpc_url}
     if task.debug:
         env["YPTASK_LOG_LEVEL"] = "DEBUG"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    node.log_dir.mkdir(parents=True, exist_ok=True)
     return WorkerSpec(
-        argv, use_stdio=task.use_stdio, env=env, cwd=str(data_dir),
-        stdout_path=str(log_dir / (task.stdout or f"{task.name}.stdout.log")),
-        stderr_path=str(log_dir / (task.stderr or f"{task.name}.stderr.log")))
+        argv, use_stdio=task.use_stdio, env=env, cwd=str(node.data_dir),
+        stdout_path=str(node.log_dir / (task.stdout or f"{task.name}.stdout.log")),
+        stderr_path=str(node.log_dir / (task.stderr or f"{task.name}.stderr.log")))
 
 
 class TaskSupervisor(Supervisor):
     """Supervises the worker actors of one task on this node."""
 
-    def __init__(self, task: TaskDef, node_name: str, data_dir: Path, log_dir: Path,
-                 hooks: WorkerHooks, *, link: ChildLink | None = None) -> None:
+    def __init__(self, task: TaskDef, node: NodePlace, hooks: WorkerHooks, *,
+                 link: ChildLink | None = None) -> None:
         self.task = task
-        self.node_name = node_name
-        self.data_dir = data_dir
-        self.log_dir = log_dir
+        self.node = node
+        self.node_name = node.name
         self.hooks = hooks
         self._serial = 0
-        children = [self._child_spec() for _ in range(task.workers_on(node_name))]
+        children = [self._child_spec() for _ in range(task.workers_on(node.name))]
         super().__init__(children, TASK_FLAGS, name=f"task {task.name}", registry=Registry(),
                          link=link)
 
@@ -68,7 +79,7 @@ class TaskSupervisor(Supervisor):
         task = self.task
         info = {"task": task.name, "node": self.node_name, "settings": dict(task.settings),
                 "worker": self._serial, "generation": task.restart_generation}
-        spec = worker_spec(task, self.node_name, self.data_dir, self.log_dir)
+        spec = worker_spec(task, self.node)
         # Stopping waits for the message in flight, then the worker's own shutdown.
         shutdown_s = task.message_timeout_s + task.shutdown_timeout_s + 5.0
         return ChildSpec(

@@ -13,6 +13,7 @@ process starts from here.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -71,6 +72,27 @@ class BaseTask:
         self.settings: dict[str, Any] = dict(settings or {})
         self.logger = logging.getLogger(f"yptask.tasks.{self.task_name}")
         self.message: Message | None = None
+        self._rpc: Any = None  # the node's JSON-RPC client, made on first use
+
+    def cast(self, name: str, msg: Any, **options: Any) -> dict[str, Any]:
+        """Publish a message from inside a handler, through the node that runs this worker."""
+        return self._client().cast(name, msg, **options)
+
+    def call(self, name: str, msg: Any, timeout: float = 30.0) -> Any:
+        """Call another task from inside a handler. Never call a name that only this task
+        handles with one worker: the call would wait for this very worker."""
+        return self._client().call(name, msg, timeout=timeout)
+
+    def _client(self) -> Any:
+        if self._rpc is None:
+            from yptask.client import Client  # standard library only, like the runner
+
+            url = os.environ.get("YPTASK_URL")
+            if not url:
+                raise ConfigError("cast/call from a task need YPTASK_URL, which the node "
+                                  "sets for its workers; outside a node, set it yourself")
+            self._rpc = Client(url)
+        return self._rpc
 
     def setup(self) -> None:
         """Run once per worker process, before the first message."""

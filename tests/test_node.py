@@ -98,6 +98,16 @@ async def test_cast_call_and_status(start_node, tmp_path):
     assert status["tasks"]["a"]["handled"] >= 20
 
 
+async def test_a_handler_can_cast_and_call_through_its_node(start_node, tmp_path):
+    node = await start_node([sample_task("relay", ["*.relay"], tmp_path),
+                             sample_task("echo", ["*.echo", "*.record"], tmp_path)])
+    answer = await node.call("upai.relay", {"to": "upai.echo", "payload": {"x": 1},
+                                            "cast": "upai.record"})
+    assert answer["answer"] == {"x": 1} and answer["cast"]["tasks"] == ["echo"]
+    (record,) = await until(lambda: recorded(tmp_path, "echo"), what="the relayed cast")
+    assert record["payload"] == {"from": "relay"}
+
+
 async def test_a_repeated_id_is_delivered_once(start_node, tmp_path):
     node = await start_node([sample_task("a", ["*.record"], tmp_path)])
     first = await node.cast("upai.record", {"n": 1}, id="order-42")

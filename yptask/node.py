@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import replace
 from functools import partial
@@ -44,7 +45,7 @@ from yptask.errors import (
 from yptask.group_commit import JournalThread
 from yptask.journal import Envelope, Journal
 from yptask.supervision import ChildSpec, Registry, Supervisor, SupervisorFlags
-from yptask.supervisors.task import TaskSupervisor
+from yptask.supervisors.task import NodePlace, TaskSupervisor
 from yptask.supervisors.worker import ProcessGone, WorkerHooks
 from yptask.task_store import TaskStore
 
@@ -82,6 +83,7 @@ class Node:
         self._worker_pids: dict[int, str] = {}  # live worker process -> its task
         self._new_id = _MessageIds()
         self._runner: Any = None  # aiohttp AppRunner
+        self._http_socket: socket.socket | None = None
         self._hooks = WorkerHooks(ready=self._worker_ready, watch=self._watch_worker,
                                   retire=self._retire_worker, pull=self._pull_job)
 
@@ -107,6 +109,7 @@ class Node:
         journal = await asyncio.to_thread(Journal, self.data_dir / "journal.db",
                                           synchronous=self.config.journal_sync)
         self._journal = JournalThread(journal, name=f"journal {self.name}")
+        self._bind_http()
         for task in await asyncio.to_thread(self._store.all):
             self.tasks[task.name] = task
             self.pools[task.name] = self._pool(task)
@@ -140,17 +143,22 @@ class Node:
             return self.config.tasks_file
         return Path(str(resources.files("yptask.conf") / "tasks.toml"))
 
+    def _bind_http(self) -> None:
+        """Take the HTTP port first: a port in use fails the start before any worker runs,
+        and workers learn the node's URL (YPTASK_URL) when they start."""
+        self._http_socket = socket.create_server((self.config.http_host, self.config.http_port))
+        host, port = self._http_socket.getsockname()[:2]
+        self.http_url = f"http://{host}:{port}"
+
     async def _start_http(self) -> None:
         from aiohttp import web
 
         from yptask.web.app import make_app
 
+        assert self._http_socket is not None
         self._runner = web.AppRunner(make_app(self), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.http_url = f"http://{host}:{port}"
+        await web.SockSite(self._runner, self._http_socket).start()
 
     async def stop(self) -> None:
         """Stop gracefully: HTTP first, then claims, then workers (finishing), then the journal."""
@@ -163,6 +171,8 @@ class Node:
             await self._bert.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        elif self._http_socket is not None:  # bound, never served
+            self._http_socket.close()
         for pool in self.pools.values():
             await pool.stop_claiming()
         if self._tree is not None:
@@ -302,8 +312,8 @@ class Node:
         return task
 
     def _task_child(self, task: TaskDef) -> ChildSpec:
-        return ChildSpec(id=task.name, start=TaskSupervisor,
-                         args=(task, self.name, self.data_dir, self.log_dir, self._hooks),
+        place = NodePlace(self.name, self.data_dir, self.log_dir, self.http_url + "/rpc")
+        return ChildSpec(id=task.name, start=TaskSupervisor, args=(task, place, self._hooks),
                          shutdown_s=ASK_TIMEOUT_S, start_timeout_s=ASK_TIMEOUT_S)
 
     def _task_supervisor(self, name: str) -> pykka.ActorProxy[TaskSupervisor]:

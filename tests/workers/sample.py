@@ -71,6 +71,11 @@ class Sample(BaseTask):
         time.sleep(float(msg["seconds"]))
         return self.handle_record(msg)
 
+    def handle_relay(self, msg: dict[str, Any]) -> Any:
+        """Call `msg["to"]` through the node and cast `msg["cast"]`, from inside a handler."""
+        published = self.cast(msg["cast"], {"from": "relay"}) if "cast" in msg else None
+        return {"answer": self.call(msg["to"], msg.get("payload")), "cast": published}
+
     @handles("custom.any.name")
     def custom(self, msg: Any) -> str:
         return "custom"

@@ -16,9 +16,12 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from yptask.errors import ConfigError
+
+if TYPE_CHECKING:
+    from yptask.client import Client
 
 __all__ = ["BaseTask", "Message", "handler_names", "handles"]
 
@@ -72,7 +75,7 @@ class BaseTask:
         self.settings: dict[str, Any] = dict(settings or {})
         self.logger = logging.getLogger(f"yptask.tasks.{self.task_name}")
         self.message: Message | None = None
-        self._rpc: Any = None  # the node's JSON-RPC client, made on first use
+        self._rpc: Client | None = None  # the node's JSON-RPC client, made on first use
 
     def cast(self, name: str, msg: Any, **options: Any) -> dict[str, Any]:
         """Publish a message from inside a handler, through the node that runs this worker."""
@@ -83,7 +86,7 @@ class BaseTask:
         handles with one worker: the call would wait for this very worker."""
         return self._client().call(name, msg, timeout=timeout)
 
-    def _client(self) -> Any:
+    def _client(self) -> Client:
         if self._rpc is None:
             from yptask.client import Client  # standard library only, like the runner
 

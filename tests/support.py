@@ -49,6 +49,7 @@ def require_erlang() -> None:
 
 
 T = TypeVar("T")
+POLL_INTERVAL_S = 0.05
 
 
 def wait_for(predicate: Callable[[], T], timeout_s: float = 60.0, what: str = "it") -> T:
@@ -56,7 +57,7 @@ def wait_for(predicate: Callable[[], T], timeout_s: float = 60.0, what: str = "i
     deadline = time.monotonic() + timeout_s
     while not (value := predicate()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        time.sleep(POLL_INTERVAL_S)
     return value
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "Info",
     "NoReply",
     "Reply",
+    "answer_result",
     "check_length",
     "decode_packet",
     "error_reply",
@@ -154,6 +155,19 @@ def error_reply(exc: BaseException, *, with_traceback: bool = False) -> ErrorRep
                           exc.backtrace)
     backtrace = traceback.format_exception(exc) if with_traceback else []
     return ErrorReply(code.bert_type, code.bert_code, type(exc).__name__, str(exc), backtrace)
+
+
+def answer_result(answer: Packet, expected: type[Reply | NoReply] = Reply) -> Any:
+    """Return what an answer to a call (or, with `expected=NoReply`, a cast) carries.
+
+    An `{error, ...}` answer raises its rebuilt error; an answer of any other kind
+    raises `ProtocolError`.
+    """
+    if isinstance(answer, expected):
+        return answer.result if isinstance(answer, Reply) else None
+    if isinstance(answer, ErrorReply):
+        raise answer.to_exception()
+    raise ProtocolError(f"expected {expected.__name__}, got {type(answer).__name__}")
 
 
 def parse_packet(term: Any) -> Packet:

@@ -22,6 +22,7 @@ from yptask.bertrpc import (
     Call,
     ErrorReply,
     Reply,
+    answer_result,
     check_length,
     decode_packet,
     frame,
@@ -81,10 +82,8 @@ class WorkerConnection:
         except ProtocolError as exc:
             self.kill()
             raise ProtocolError(f"worker {self.pid} broke the protocol ({exc}); killed") from None
-        if isinstance(answer, Reply):
-            return answer.result
-        if isinstance(answer, ErrorReply):
-            raise answer.to_exception()
+        if isinstance(answer, (Reply, ErrorReply)):
+            return answer_result(answer)
         self.kill()
         raise ProtocolError(f"worker {self.pid} answered a {type(answer).__name__}; killed")
 

@@ -24,9 +24,8 @@ from yptask.bertrpc import (
     DEFAULT_MAX_FRAME,
     Call,
     Cast,
-    ErrorReply,
     NoReply,
-    Reply,
+    answer_result,
     check_length,
     decode_packet,
     frame,
@@ -95,17 +94,12 @@ class WorkerProcess:
         handler's exception), `CallTimeout` after `timeout` seconds (the worker is
         then killed: its protocol state is unknown) or `WorkerExited`.
         """
-        answer = await self._roundtrip(Call(module, function, args), timeout)
-        if isinstance(answer, Reply):
-            return answer.result
-        raise self._unexpected(answer)
+        return answer_result(await self._roundtrip(Call(module, function, args), timeout))
 
     async def cast(self, module: str, function: str, args: list[Any],
                    timeout: float | None = None) -> None:
         """Cast Module:Function(Args): return once the worker has accepted it."""
-        answer = await self._roundtrip(Cast(module, function, args), timeout)
-        if not isinstance(answer, NoReply):
-            raise self._unexpected(answer)
+        answer_result(await self._roundtrip(Cast(module, function, args), timeout), NoReply)
 
     async def setup(self, info: dict[str, Any], timeout: float | None = None) -> Any:
         """Hand the worker its task name, node name and settings; runs its setup()."""
@@ -145,10 +139,6 @@ class WorkerProcess:
             raise WorkerExited(f"worker {self.pid} closed its pipe mid-call") from None
         return decode_packet(body)
 
-    def _unexpected(self, answer: Any) -> Exception:
-        if isinstance(answer, ErrorReply):
-            return answer.to_exception()
-        return ProtocolError(f"worker {self.pid} answered {type(answer).__name__}")
 
     # ------------------------------------------------------------------ stop
 

@@ -4,17 +4,19 @@ Started by its task's supervisor. `init()` spawns the process and calls its
 `setup`; then the actor offers itself to its task's pool (the asyncio side)
 and runs the `Job`s the pool hands it, in its own thread, with the blocking
 `WorkerConnection`. After each job it takes the next claimed one from the
-pool itself, and writes it into the worker's pipe before reading the current
-answer, so the worker never waits between messages (it still handles them
-one at a time). Each job's outcome goes back through `Job.done`. When the
-process dies, hangs past the message timeout or breaks the protocol, the job
-is reported as lost (so it is redelivered), the one queued behind it as never
-started, and the actor crashes on purpose: its supervisor starts a fresh worker.
+pool itself, and writes up to a few of them into the worker's pipe ahead of
+reading the oldest answer, so the worker never waits between messages (it
+still handles them one at a time). Each job's outcome goes back through
+`Job.done`. When the process dies, hangs past the message timeout or breaks
+the protocol, the oldest unanswered job is reported as lost (so it is
+redelivered), the ones queued behind it as never started, and the actor
+crashes on purpose: its supervisor starts a fresh worker.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,10 @@ from yptask.worker_process import WorkerSpec
 __all__ = ["Job", "Outcome", "ProcessGone", "WorkerActor", "WorkerConfig", "WorkerHooks"]
 
 log = logging.getLogger(__name__)
+
+# Jobs written into a worker's pipe ahead of the answer being read. More than one hides
+# the wake-up of this thread between two messages; a few are enough.
+PIPELINE_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -107,53 +113,64 @@ class WorkerActor(Supervised):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Job):
-            job: Job | None = message
-            self._send(message)
-            while job is not None:
-                # Send the next claimed delivery before reading this answer: the worker
-                # finds it waiting and never sleeps between messages.
-                following = self.hooks.pull(self.task, self.actor_ref)
-                if following is not None:
-                    self._send(following, behind=job)
-                self._finish(job, following)
-                job = following
+            self._run_jobs(message)
             self.hooks.ready(self.task, self.actor_ref)
         elif (isinstance(message, ProcessGone) and self.conn is not None
               and self.conn.pid == message.pid):
             raise WorkerExited(f"worker {message.pid} of task {self.task} exited while idle")
         return None
 
-    def _send(self, job: Job, behind: Job | None = None) -> None:
-        """Write a job's call; on a dead worker settle it (and `behind`) as lost and crash."""
-        assert self.conn is not None
-        try:
-            self.conn.send("yptask", "handle", [job.name, job.payload, job.meta])
-        except WorkerExited as exc:
-            job.done(Outcome(error=exc, worker_lost=True, started=False))
-            if behind is not None:
-                behind.done(Outcome(error=exc, worker_lost=True))
-            raise  # crash on purpose: the supervisor starts a fresh worker
+    def _run_jobs(self, first: Job) -> None:
+        """Run `first`, then claimed deliveries for as long as there are any.
 
-    def _finish(self, job: Job, following: Job | None) -> None:
-        """Read `job`'s answer and settle it; `following` is already in the worker's pipe."""
+        Up to PIPELINE_DEPTH jobs are written ahead into the worker's pipe before the
+        oldest answer is read: the worker finds its next message waiting and never
+        sleeps between messages (it still handles them one at a time, in order). A
+        job too big to wait in the pipe is held until the answers ahead of it are read.
+        """
+        window: deque[Job] = deque()  # written, not yet answered, oldest first
+        held: Job | None = first  # taken from the pool, not yet written
+        while True:
+            while len(window) < PIPELINE_DEPTH:
+                if held is None:
+                    held = self.hooks.pull(self.task, self.actor_ref)
+                    if held is None:
+                        break
+                if not self._send(held, window):
+                    break
+                held = None
+            if not window:  # an empty pipe takes any job, so nothing is held either
+                return
+            self._finish(window, held)
+
+    def _send(self, job: Job, window: deque[Job]) -> bool:
+        """Write a job's call behind the `window`; False if it must wait for answers.
+        On a dead worker settle every job as lost and crash."""
         assert self.conn is not None
         try:
-            result = self.conn.receive(job.timeout_s)
+            sent = self.conn.send("yptask", "handle", [job.name, job.payload, job.meta])
+        except WorkerExited as exc:
+            _lose(window, exc, job)
+            raise  # crash on purpose: the supervisor starts a fresh worker
+        if sent:
+            window.append(job)
+        return sent
+
+    def _finish(self, window: deque[Job], held: Job | None) -> None:
+        """Read the oldest job's answer and settle it; `held` is not written yet."""
+        assert self.conn is not None
+        try:
+            result = self.conn.receive(window[0].timeout_s)
         except (WorkerExited, CallTimeout, ProtocolError) as exc:
-            job.done(Outcome(error=exc, worker_lost=True))
-            if following is not None:  # never started: the worker died before reading it
-                following.done(Outcome(error=exc, worker_lost=True, started=False))
+            _lose(window, exc, held)
             raise  # crash on purpose: the supervisor starts a fresh worker
         except YPTaskError as exc:  # the handler raised, or has no handler for the name
-            job.done(Outcome(error=exc))
+            window.popleft().done(Outcome(error=exc))
         except BaseException as exc:  # a bug here: the jobs must still be settled
-            lost = Outcome(error=WorkerExited(f"worker actor failed: {exc!r}"), worker_lost=True)
-            job.done(lost)
-            if following is not None:
-                following.done(lost)
+            _lose(window, WorkerExited(f"worker actor failed: {exc!r}"), held)
             raise
         else:
-            job.done(Outcome(result=result))
+            window.popleft().done(Outcome(result=result))
         self.handled += 1
 
     def terminate(self, reason: ExitReason) -> None:
@@ -164,3 +181,13 @@ class WorkerActor(Supervised):
         else:
             self.conn.kill()
             self.conn.wait()
+
+
+def _lose(window: deque[Job], error: YPTaskError, held: Job | None) -> None:
+    """Settle the jobs of a worker that is gone: the oldest unanswered one may have
+    started (a spent attempt); the ones behind it, and `held`, were never read."""
+    if window:
+        window.popleft().done(Outcome(error=error, worker_lost=True))
+    for job in (*window, *([held] if held is not None else [])):
+        job.done(Outcome(error=error, worker_lost=True, started=False))
+    window.clear()

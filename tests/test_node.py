@@ -152,6 +152,17 @@ async def test_a_message_queued_behind_a_crash_keeps_its_attempt(start_node, tmp
     assert attempts == {crash["id"]: 2, behind[0]["id"]: 1, behind[1]["id"]: 1}
 
 
+async def test_big_messages_and_answers_do_not_jam_a_worker_pipe(start_node, tmp_path):
+    # Given one worker and messages whose answers (echoes) are bigger than a pipe holds,
+    # queued so that the node would write the next before reading the current answer
+    node = await start_node([sample_task("a", ["*.echo"], tmp_path)])
+    big = {"blob": "x" * 300_000}
+    for _ in range(6):
+        await node.cast("upai.echo", big)
+    # Then every one is handled, none stuck behind a full pipe
+    await until(lambda: node.pools["a"].handled == 6, timeout_s=20, what="six big echoes")
+
+
 async def test_failing_messages_are_dead_lettered_with_their_error_and_can_be_replayed(
         start_node, tmp_path):
     node = await start_node([sample_task("a", ["*.fail", "*.record"], tmp_path,
@@ -241,7 +252,7 @@ async def _state(node: Node, task: str) -> bool:
 
 
 async def test_invalid_requests_get_clear_errors(start_node, tmp_path):
-    node = await start_node([sample_task("a", ["*.echo"], tmp_path)])
+    node = await start_node([sample_task("a", ["*.echo", "*.sleep"], tmp_path)])
     with pytest.raises(ConfigError, match="invalid message name"):
         await node.cast("bad name", {})
     with pytest.raises(EncodeError, match="cannot travel"):
@@ -253,7 +264,7 @@ async def test_invalid_requests_get_clear_errors(start_node, tmp_path):
     with pytest.raises(ConfigError, match="'max_attempts'"):
         await node.put_task({**(await node.get_task("a")), "max_attempts": 0})
     with pytest.raises(CallTimeout):
-        await node.call("upai.echo", "slow?", timeout_s=0.000001)
+        await node.call("upai.sleep", {"seconds": 2}, timeout_s=0.05)
 
 
 async def test_edits_survive_a_restart_and_the_seed_is_applied_once(start_node, tmp_path):

@@ -15,7 +15,6 @@ never an HTTP 500.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import logging
@@ -25,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
-from jsonrpcserver import Error, Success, async_dispatch
+from jsonrpcserver import Error, Success, async_dispatch_to_serializable
 
 from yptask.config import NodeConfig
 from yptask.errors import (
@@ -241,6 +240,9 @@ def _method(name: str, fn: Method) -> Method:
             return Error(**_internal_error(exc, f"method {name}"))
 
     method.__name__ = method.__qualname__ = f"rpc_{name.replace('.', '_')}"
+    # jsonrpcserver checks every call against inspect.signature(method), which is slow to
+    # compute each time; the wrapper takes anything, so give it its signature once.
+    method.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
     return method
 
 
@@ -360,38 +362,51 @@ class RPCEndpoint:
         except DecodeError as exc:
             return _response(_error_object(exc), None)
         if not isinstance(data, list):
-            return await self._answer(data)
+            return (await self._answer([data]))[0]
         if not data:
             empty = ProtocolError("Invalid request: an empty batch; send at least one request")
             return _response(_error_object(empty), None)
-        answers = await asyncio.gather(*(self._answer(item) for item in data))
-        parts = [answer for answer in answers if answer is not None]
+        parts = [answer for answer in await self._answer(data) if answer is not None]
         return f"[{','.join(parts)}]" if parts else None
 
-    async def _answer(self, request: Any) -> str | None:
-        """Answer one request object (JSON text), or None for a notification."""
-        problem = request_problem(request)
-        if problem is not None:
-            request_id = request.get("id") if isinstance(request, dict) else None
-            invalid = ProtocolError(f"Invalid request: {problem}")
-            return _response(_error_object(invalid), request_id if _valid_id(request_id) else None)
-        request_id = request.get("id", _NO_ID)
-        method = request["method"]
-        if method not in METHODS:
-            if request_id is _NO_ID:
-                return None
-            missing = NoSuchFunction(f"Method not found: {method!r}; methods: "
-                                     f"{', '.join(sorted(METHODS))}")
-            return _response(_error_object(missing), request_id)
+    async def _answer(self, requests: list[Any]) -> list[str | None]:
+        """Answer each request object (JSON text, or None for a notification), in order.
+
+        Requests that are malformed or name no method are answered here, each on its
+        own; the rest go to jsonrpcserver together, which runs them concurrently.
+        """
+        answers: list[str | None] = [None] * len(requests)
+        runnable: list[tuple[int, dict[str, Any]]] = []
+        for index, request in enumerate(requests):
+            problem = request_problem(request)
+            if problem is not None:
+                request_id = request.get("id") if isinstance(request, dict) else None
+                invalid = ProtocolError(f"Invalid request: {problem}")
+                answers[index] = _response(_error_object(invalid),
+                                           request_id if _valid_id(request_id) else None)
+            elif request["method"] not in METHODS:
+                if "id" in request:
+                    missing = NoSuchFunction(f"Method not found: {request['method']!r}; "
+                                             f"methods: {', '.join(sorted(METHODS))}")
+                    answers[index] = _response(_error_object(missing), request["id"])
+            else:
+                runnable.append((index, request))
+        if not runnable:
+            return answers
         try:
-            text: str = await async_dispatch(
+            responses = await async_dispatch_to_serializable(
                 "", methods=METHODS, context=self.node,
-                deserializer=lambda _text: request, validator=_no_validation,
-                serializer=lambda response: _serialize(response, method))
+                deserializer=lambda _text: [request for _, request in runnable],
+                validator=_no_validation)
         except Exception as exc:
-            text = "" if request_id is _NO_ID else _response(
-                _internal_error(exc, f"method {method}"), request_id)
-        return text or None
+            failed = _internal_error(exc, "batch" if len(runnable) > 1 else "request")
+            responses = [{"jsonrpc": "2.0", "error": failed, "id": request["id"]}
+                         for _, request in runnable if "id" in request]
+        # jsonrpcserver answers in request order and leaves out the notifications.
+        expecting = ((index, request) for index, request in runnable if "id" in request)
+        for (index, request), response in zip(expecting, responses or (), strict=True):
+            answers[index] = _serialize(response, request["method"])
+        return answers
 
 
 def _serialize(response: Any, method: str) -> str:

@@ -6,10 +6,11 @@ This is the narrow boundary between the event loop and the actor threads:
 - a job is handed to a worker actor with `tell` (never a blocking ask), and its
   outcome comes back to an asyncio future, again with `call_soon_threadsafe`.
 
-A task's claimer keeps a small backlog of claimed deliveries (about two per
-worker). A worker that finishes a message takes the next one from the backlog
-itself, in its own thread, and its ack or failure goes straight to the journal
-thread: the event loop is not involved per message, only once per claim. Idle
+A task's claimer keeps a backlog of claimed deliveries (a few per worker, so a
+busy worker never runs dry between two claims). A worker that finishes a
+message takes the next one from the backlog itself, in its own thread, and its
+ack or failure goes straight to the journal thread: the event loop is not
+involved per message, only once per claim. Idle
 workers are handed work by the loop. Calls (request/reply) go to free workers
 through the loop, without the journal.
 """
@@ -44,6 +45,9 @@ JOB_GRACE_S = 10.0
 # With nothing claimable, look again this often (retries come due without a signal).
 IDLE_POLL_S = 0.5
 SPAWN_TIMEOUT_S = 60.0
+# Claimed ahead per worker: enough that workers pulling in their own threads rarely find
+# the backlog empty, few enough that a new high-priority message waits behind little.
+BACKLOG_PER_WORKER = 8
 MAX_CLAIM = 64
 
 
@@ -68,6 +72,7 @@ class TaskPool:
         self._work_queued = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._backlog: deque[Delivery] = deque()  # claimed, not yet handed out (thread-safe)
+        self._claim_asked = False  # a worker thread asked the loop to claim more
         self._closing = False
         self._counts = threading.Lock()
         self.handled = 0
@@ -88,7 +93,8 @@ class TaskPool:
             delivery = self._backlog.popleft()
         except IndexError:
             return None
-        if len(self._backlog) < self._low_water():
+        if len(self._backlog) < self._low_water() and not self._claim_asked:
+            self._claim_asked = True  # one wake-up of the loop, not one per pull
             self.loop.call_soon_threadsafe(self._work_queued.set)  # time to claim more
         return self._job(delivery)
 
@@ -241,8 +247,9 @@ class TaskPool:
 
     async def _deliver_forever(self) -> None:
         task = self.task.name
-        while True:
+        while not self._closing:  # besides the cancel: see the wait below
             self._work_queued.clear()  # whatever set it is looked at below
+            self._claim_asked = False
             if len(self._backlog) < self._low_water():
                 limit = min(MAX_CLAIM, 2 * self._low_water() - len(self._backlog))
                 self._backlog.extend(await self.journal.run(partial(Journal.claim, task=task,
@@ -253,11 +260,15 @@ class TaskPool:
                     self._hand(ref, self._job(self._backlog.popleft()))
             if self._backlog and not self._free:
                 self._request_workers()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that comes
+            # as the event is set, and this loop would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._work_queued.wait(), IDLE_POLL_S)
+                async with asyncio.timeout(IDLE_POLL_S):
+                    await self._work_queued.wait()
 
     def _low_water(self) -> int:
-        return max(1, len(self._workers))
+        """Below this many claimed deliveries, claim more (up to twice as many)."""
+        return max(1, len(self._workers)) * BACKLOG_PER_WORKER // 2
 
     def _job(self, delivery: Delivery) -> Job:
         """A job for one claimed delivery; its outcome is settled in whichever thread ends it."""

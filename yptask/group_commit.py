@@ -121,11 +121,9 @@ class JournalThread:
                 results = [None] * len(batch)
         except Exception as exc:
             log.exception("journal %s of %d item(s) failed", batch[0].kind, len(batch))
-            for op in batch:
-                _answer(op, _set_exception, exc)
+            _answer_all(batch, [exc] * len(batch), _set_exception)
             return
-        for op, result in zip(batch, results, strict=True):
-            _answer(op, _set_result, result)
+        _answer_all(batch, results, _set_result)
 
 
 def _settle(op: _Op, call: Callable[[Journal], Any], journal: Journal) -> None:
@@ -142,6 +140,23 @@ def _settle(op: _Op, call: Callable[[Journal], Any], journal: Journal) -> None:
 def _answer(op: _Op, setter: Callable[[asyncio.Future[Any], Any], None], value: Any) -> None:
     if op.loop is not None and op.future is not None:
         op.loop.call_soon_threadsafe(setter, op.future, value)
+
+
+def _answer_all(batch: list[_Op], values: list[Any],
+                setter: Callable[[asyncio.Future[Any], Any], None]) -> None:
+    """Settle a whole batch with one wake-up of each waiting loop, not one per future."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for op, value in zip(batch, values, strict=True):
+        if op.loop is not None and op.future is not None:
+            by_loop.setdefault(op.loop, []).append((op.future, value))
+    for loop, settled in by_loop.items():
+        loop.call_soon_threadsafe(_settle_many, settled, setter)
+
+
+def _settle_many(settled: list[tuple[asyncio.Future[Any], Any]],
+                 setter: Callable[[asyncio.Future[Any], Any], None]) -> None:
+    for future, value in settled:
+        setter(future, value)
 
 
 def _set_result(future: asyncio.Future[Any], result: Any) -> None:

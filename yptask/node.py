@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 ASK_TIMEOUT_S = 120.0  # an admin operation waits at most this for the actors
 NODE_FLAGS = SupervisorFlags(intensity=10, period_s=60.0)
 PRUNE_EVERY_S = 60.0
+MAX_CACHED_NAMES = 10_000  # message names whose subscribers are remembered
 
 
 class Node:
@@ -68,6 +69,7 @@ class Node:
         self.data_dir = config.data_dir.resolve()
         self.log_dir = (config.log_dir or self.data_dir / "logs").resolve()
         self.tasks: dict[str, TaskDef] = {}
+        self._subscriptions: dict[str, list[str]] = {}  # message name -> its tasks; see tasks
         self.pools: dict[str, TaskPool] = {}
         self.stopping = False
         self.http_url = ""
@@ -195,7 +197,7 @@ class Node:
         self._check_message(name, msg)
         if id is not None and (not isinstance(id, str) or not 0 < len(id) <= 128):
             raise ConfigError("a message id must be a string of 1 to 128 characters")
-        subscribed = [t.name for t in self.tasks.values() if t.subscribes_to(name)]
+        subscribed = self._subscribers(name)
         envelope = Envelope(id or self._new_id(), name, msg, time.time(), priority)
         assert self._journal is not None
         added = await self._journal.append(envelope, subscribed)
@@ -208,7 +210,7 @@ class Node:
         """Have one worker of a subscribed task handle `msg` now; return its result."""
         self._check_running()
         self._check_message(name, msg)
-        subscribed = [t for t in self.tasks.values() if t.subscribes_to(name)]
+        subscribed = [self.tasks[task] for task in self._subscribers(name)]
         if not subscribed:
             raise NoSubscriber(f"no task subscribes to {name!r}")
         local = [t for t in subscribed if t.workers_on(self.name) > 0]
@@ -226,6 +228,16 @@ class Node:
         if outcome.error is not None:
             raise outcome.error
         return outcome.result
+
+    def _subscribers(self, name: str) -> list[str]:
+        """The tasks subscribed to a message name, in name order (cached per name)."""
+        subscribed = self._subscriptions.get(name)
+        if subscribed is None:
+            if len(self._subscriptions) >= MAX_CACHED_NAMES:  # publishers choose the names
+                self._subscriptions.clear()
+            subscribed = sorted(t.name for t in self.tasks.values() if t.subscribes_to(name))
+            self._subscriptions[name] = subscribed
+        return subscribed
 
     def _check_running(self) -> None:
         if self.stopping:
@@ -261,6 +273,7 @@ class Node:
         assert self._store is not None and self._tree is not None
         await asyncio.to_thread(self._store.put, task)
         self.tasks[task.name] = task
+        self._subscriptions.clear()
         if old is None:  # the supervisor first, so the pool finds it when it needs workers
             pool = self._pool(task)
             self.pools[task.name] = pool
@@ -283,6 +296,7 @@ class Node:
         assert self._store is not None and self._tree is not None
         await asyncio.to_thread(self._store.delete, name)
         del self.tasks[name]
+        self._subscriptions.clear()
         await asyncio.to_thread(self._ask, self._tree.terminate_child(name))
         await self.pools.pop(name).close()
         log.info("task %s deleted", name)

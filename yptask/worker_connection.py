@@ -16,6 +16,7 @@ import os
 import select
 import signal
 import time
+from collections import deque
 from typing import Any
 
 from yptask.bertrpc import (
@@ -35,6 +36,11 @@ __all__ = ["WorkerConnection"]
 
 log = logging.getLogger(__name__)
 
+# Bytes of unanswered calls that may wait in a worker's input pipe. Well under the
+# 64 KiB of a Linux pipe, so writing them never blocks: a write that blocked while the
+# worker blocks writing a long answer (which nobody reads meanwhile) would deadlock.
+PIPE_ROOM = 32 * 1024
+
 
 class WorkerConnection:
     """One worker OS process and the blocking ends of its protocol pipes. Not thread-safe."""
@@ -43,6 +49,7 @@ class WorkerConnection:
         self.spec = spec
         self.pid, self._to_worker, self._from_worker = spawn_process(spec)
         self.returncode: int | None = None
+        self._unanswered: deque[int] = deque()  # the frame size of each call not yet answered
         log.info("worker started: pid %d %s", self.pid, " ".join(spec.argv))
 
     def call(self, module: str, function: str, args: list[Any],
@@ -52,25 +59,35 @@ class WorkerConnection:
         Raises `CallTimeout` (worker killed), `WorkerExited`, `ProtocolError`
         (worker killed), or the rebuilt error of an `{error, ...}` answer.
         """
-        self.send(module, function, args)
+        sent = self.send(module, function, args)
+        assert sent, "call() is for a connection with no call waiting for its answer"
         return self.receive(timeout_s)
 
-    def send(self, module: str, function: str, args: list[Any]) -> None:
-        """Write a call without waiting: the worker reads it when it is done with the last.
+    def send(self, module: str, function: str, args: list[Any]) -> bool:
+        """Write a call without waiting for its answer; False if it must wait for answers.
 
         Sending the next message before the answer to the current one keeps the worker
-        busy instead of asleep between messages; answers come back in order.
+        busy instead of asleep between messages; answers come back in order. A call is
+        written behind unanswered ones only while they all fit in PIPE_ROOM; otherwise
+        it is not written and False is returned: read the answers first, then send it.
         """
         if self._to_worker < 0:
             raise WorkerExited(f"worker {self.pid} is stopped")
+        data = frame(Call(module, function, args))
+        if self._unanswered and sum(self._unanswered) + len(data) > PIPE_ROOM:
+            return False
         try:
-            write_frame(self._to_worker, frame(Call(module, function, args)))
+            write_frame(self._to_worker, data)
         except BrokenPipeError:
             raise WorkerExited(f"worker {self.pid} closed its input") from None
+        self._unanswered.append(len(data))
+        return True
 
     def receive(self, timeout_s: float | None = None) -> Any:
         """Read the answer to the oldest call sent; raise as `call` does."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if self._unanswered:
+            self._unanswered.popleft()
         try:
             header = self._read(4, deadline)
             body = self._read(check_length(header, self.spec.max_frame), deadline)

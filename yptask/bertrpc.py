@@ -36,6 +36,7 @@ from yptask.errors import (
     ProtocolError,
     RemoteError,
     YPTaskError,
+    error_class_for,
     wire_code,
 )
 
@@ -119,13 +120,18 @@ class ErrorReply:
         return (ERROR, (Atom(self.type), self.code, self.error_class, self.detail,
                         self.backtrace))
 
-    def to_exception(self) -> YPTaskError:
-        """Rebuild the error on this side: user errors become `HandlerError`, the rest by code."""
+    def to_exception(self, *, from_node: bool = False) -> YPTaskError:
+        """Rebuild the error on this side: user errors become `HandlerError`, the rest by code.
+
+        A worker's codes map to the few errors a worker may send; another node's
+        (`from_node`) to any error class of the wire table.
+        """
         if self.type == "user":
             return HandlerError(self.error_class, self.detail, self.backtrace)
         known = {("server", 1): NoSuchModule, ("server", 2): NoSuchFunction,
                  ("server", 100): NoSuchHandler, ("server", 101): EncodeError}
-        cls = known.get((self.type, self.code))
+        cls = error_class_for(self.type, self.code) if from_node else known.get(
+            (self.type, self.code))
         if cls is not None:
             return cls(self.detail)
         if self.type == "protocol":

@@ -21,6 +21,7 @@ __all__ = [
     "EncodeError",
     "FrameError",
     "HandlerError",
+    "LinkError",
     "NoSubscriber",
     "NoSuchChild",
     "NoSuchFunction",
@@ -37,6 +38,7 @@ __all__ = [
     "WireCode",
     "WorkerExited",
     "YPTaskError",
+    "error_class_for",
     "wire_code",
 ]
 
@@ -128,6 +130,10 @@ class NodeStopping(YPTaskError):
     """Raised when a request reaches a node that is shutting down."""
 
 
+class LinkError(YPTaskError):
+    """Raised when a link to another node cannot be opened, fails its checks, or breaks."""
+
+
 class SupervisionError(YPTaskError):
     """Raised when a supervisor cannot do what it was asked; the base of the supervision errors."""
 
@@ -173,6 +179,7 @@ WIRE_CODES: dict[type[BaseException], WireCode] = {
     DuplicateChild: WireCode("server", 112, -32012),
     RestartIntensityExceeded: WireCode("server", 113, -32013),
     SupervisionError: WireCode("server", 110, -32010),
+    LinkError: WireCode("server", 114, -32014),
     HandlerError: WireCode("user", 100, -32000),
     YPTaskError: WireCode("server", 0, -32603),
     BaseException: WireCode("server", 0, -32603),
@@ -187,3 +194,12 @@ def wire_code(exc: BaseException | type[BaseException]) -> WireCode:
         if code is not None:
             return code
     return WIRE_CODES[BaseException]  # pragma: no cover - BaseException is in every MRO
+
+
+def error_class_for(bert_type: str, code: int) -> type[YPTaskError] | None:
+    """The yptask error class a BERT-RPC error type and code stand for, if any one does."""
+    for cls, wire in WIRE_CODES.items():
+        if (wire.bert_type, wire.bert_code) == (bert_type, code) and code > 0 \
+                and issubclass(cls, YPTaskError) and cls is not HandlerError:
+            return cls
+    return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from support import ECHO, SAMPLE, worker_env
+from support import ALONE, ECHO, SAMPLE, worker_env
 
 from yptask.config import NodeConfig, TaskDef
 from yptask.node import Node
@@ -35,7 +35,7 @@ async def spawn() -> AsyncIterator[Spawn]:
 async def node(tmp_path) -> AsyncIterator[Node]:
     """A node "t1" with an echo task (`*.echo`) and the sample task (`sample.*`)."""
     started = await Node.start(
-        NodeConfig(name="t1", data_dir=tmp_path / "data", http_port=0, bert_port=0),
+        NodeConfig(name="t1", data_dir=tmp_path / "data", **ALONE),
         tasks=[TaskDef.from_dict(ECHO), TaskDef.from_dict(SAMPLE)])
     try:
         yield started

@@ -23,6 +23,8 @@ TEST_WORKERS = REPO / "tests" / "workers"
 ERLANG_WORKER = REPO / "workers" / "erlang" / "echo_worker.escript"
 
 # Task definitions shared by the tests that start a node (see the `node` fixture).
+# A node alone on loopback: every port chosen by the kernel, no mDNS.
+ALONE = {"http_port": 0, "bert_port": 0, "link_port": 0, "mdns": False}
 ECHO = {"name": "echo", "messages": ["*.echo"], "worker_class": "yptask.tasks.echo:Echo"}
 SAMPLE = {"name": "sample", "messages": ["sample.*"], "worker_class": "sample:Sample",
           "env": {"PYTHONPATH": str(TEST_WORKERS)}}
@@ -68,12 +70,16 @@ class NodeProcess:
     process is stopped by its PID (`stop`, or `signal`), never by name.
     """
 
-    def __init__(self, tmp: Path, tasks: str, name: str = "p1") -> None:
+    def __init__(self, tmp: Path, tasks: str, name: str = "p1", *,
+                 cluster: list[str] | None = None) -> None:
+        """`cluster`: extra arguments for a node that joins others (default: alone, no mDNS)."""
         self.tmp = tmp
+        self.name = name
         (tmp / "tasks.toml").write_text(tasks)
         self.argv = ["yptask", "node", "--name", name, "--data-dir", str(tmp / "data"),
-                     "--http", "127.0.0.1:0", "--bert", "127.0.0.1:0",
-                     "--tasks", str(tmp / "tasks.toml")]
+                     "--http", "127.0.0.1:0", "--bert", "127.0.0.1:0", "--link", "127.0.0.1:0",
+                     "--tasks", str(tmp / "tasks.toml"), *(cluster or ["--no-mdns"])]
+        self.link = ""
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
@@ -84,9 +90,10 @@ class NodeProcess:
                                          text=True, cwd=self.tmp)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:  # the node prints its addresses once ready
-            found = re.search(r"JSON-RPC\s+(\S+)", line)
-            if found:
+            if found := re.search(r"JSON-RPC\s+(\S+)", line):
                 self.url = found.group(1)
+            elif found := re.search(r"link\s+(\S+)", line):
+                self.link = found.group(1)
                 return
         raise AssertionError(f"node exited before it was ready ({self.proc.wait()}); "
                              f"its log: {(self.tmp / 'node.log').read_text()[-2000:]}")

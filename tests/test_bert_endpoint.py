@@ -7,7 +7,7 @@ import struct
 import subprocess
 
 import pytest
-from support import TEST_WORKERS, require_erlang
+from support import ALONE, TEST_WORKERS, require_erlang
 
 from yptask.bertrpc import Call, Cast, ErrorReply, Info, NoReply, Reply, decode_packet, frame
 from yptask.config import NodeConfig, TaskDef
@@ -20,8 +20,8 @@ async def node(tmp_path):
                               "worker_class": "sample:Sample",
                               "env": {"PYTHONPATH": str(TEST_WORKERS)},
                               "settings": {"record_path": str(tmp_path / "s.jsonl")}})
-    node = await Node.start(NodeConfig(name="b1", data_dir=tmp_path / "data", http_port=0,
-                                       bert_port=0), tasks=[task])
+    node = await Node.start(NodeConfig(name="b1", data_dir=tmp_path / "data", **ALONE),
+                            tasks=[task])
     yield node
     await node.stop()
 

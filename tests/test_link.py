@@ -28,7 +28,7 @@ class Server:
         self.refusals: list[str] = []
         self.server: asyncio.Server | None = None
 
-    async def handler(self, kind: str, args: list) -> object:
+    async def handler(self, link: Link, kind: str, args: list) -> object:
         if kind == "echo":
             return {"from": self.me.name, "args": args}
         raise UnknownTask(f"no task named {args[0]!r}")
@@ -57,7 +57,7 @@ class Server:
         await self.server.wait_closed()
 
 
-async def client_handler(kind: str, args: list) -> object:
+async def client_handler(link: Link, kind: str, args: list) -> object:
     return {"client saw": kind}
 
 

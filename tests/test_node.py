@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from support import TEST_WORKERS
+from support import ALONE, TEST_WORKERS
 
 from yptask.config import NodeConfig, TaskDef
 from yptask.errors import (
@@ -61,8 +61,7 @@ async def start_node(tmp_path):
     nodes: list[Node] = []
 
     async def start(tasks: list[TaskDef], **config) -> Node:
-        settings = {"name": "n1", "data_dir": tmp_path / "data", "http_port": 0,
-                    "bert_port": 0, **config}
+        settings = {"name": "n1", "data_dir": tmp_path / "data", **ALONE, **config}
         node = await Node.start(NodeConfig(**settings), tasks=tasks)
         nodes.append(node)
         return node

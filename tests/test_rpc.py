@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import ECHO
+from support import ALONE, ECHO
 
 from yptask.config import NodeConfig, TaskDef
 from yptask.errors import (
@@ -152,7 +152,7 @@ class FaultyNode(Node):
 async def test_an_unexpected_exception_is_internal_error_without_internals(tmp_path, http,
                                                                            caplog):
     node = await FaultyNode.start(
-        NodeConfig(name="t1", data_dir=tmp_path / "data", http_port=0, bert_port=0),
+        NodeConfig(name="t1", data_dir=tmp_path / "data", **ALONE),
         tasks=[TaskDef.from_dict(ECHO)])
     try:
         answer = await rpc(http, node, "status")

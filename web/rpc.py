@@ -72,6 +72,8 @@ class PublisherNode(Protocol):
 
     async def status(self) -> Any: ...
 
+    async def nodes(self) -> Any: ...
+
     async def dead_letters(self, limit: int, /) -> Any: ...
 
     async def replay(self, id: str, task: str | None, /) -> Any: ...
@@ -170,6 +172,10 @@ async def _tasks_restart(node: PublisherNode, /, name: Any) -> Any:
     return await node.restart_task(_string("tasks.restart", "name", name))
 
 
+async def _nodes(node: PublisherNode, /) -> Any:
+    return await node.nodes()
+
+
 async def _status(node: PublisherNode, /) -> Any:
     return await node.status()
 
@@ -255,6 +261,7 @@ _IMPLEMENTATIONS: dict[str, Method] = {
     "tasks.delete": _tasks_delete,
     "tasks.restart": _tasks_restart,
     "status": _status,
+    "nodes": _nodes,
     "dead.list": _dead_list,
     "dead.replay": _dead_replay,
 }

@@ -43,6 +43,7 @@ ADMIN_COMMANDS = {
     "tasks": "list the tasks with their workers and state",
     "task": "show, apply (from TOML) or delete task definitions",
     "status": "per task: workers, queued, in flight, handled, failed",
+    "nodes": "the cluster's members: state, addresses, boot time, last heard",
     "dead": "list dead letters, or replay one",
 }
 

@@ -1,4 +1,4 @@
-"""`yptask cast|call|restart|tasks|task|status|dead`: the admin commands, over JSON-RPC.
+"""`yptask cast|call|restart|tasks|task|status|nodes|dead`: the admin commands, over JSON-RPC.
 
 Each command sends a few JSON-RPC requests to one node with `yptask.client.Client`
 (standard library only) and prints a table, or the raw JSON answer with `--json`.
@@ -424,6 +424,31 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _nodes(args: argparse.Namespace) -> int:
+    members = _client(args).nodes()
+    if args.json:
+        print(_dump(members))
+        return EXIT_OK
+    rows = [[m.get("name", "?") + (" (this node)" if m.get("self") else ""), m.get("state", "-"),
+             m.get("link", "-"), m.get("http", "-") or "-",
+             _clock(m.get("started_at")), _ago(m)] for m in members]
+    print(_table(["NODE", "STATE", "LINK", "HTTP", "BOOTED", "LAST HEARD"], rows))
+    return EXIT_OK
+
+
+def _clock(when: Any) -> str:
+    if not isinstance(when, (int, float)) or when <= 0:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def _ago(member: dict[str, Any]) -> str:
+    if member.get("self"):
+        return "-"
+    heard = member.get("last_heard_s")
+    return f"{heard:.1f} s ago" if isinstance(heard, (int, float)) else "-"
+
+
 def _dead(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.replay is not None:
@@ -507,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("status", _status, "per task: workers per node, queued, in flight, handled, failed, "
                            "state")
+
+    add("nodes", _nodes, "the cluster's members: state, link and HTTP address, boot time, "
+                         "last heard")
 
     dead = add("dead", _dead, "list dead letters (messages out of attempts), or replay one")
     dead.add_argument("--limit", type=_positive_int, default=100, metavar="N",

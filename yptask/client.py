@@ -135,6 +135,10 @@ class Client:
         """The node's status: per task, workers, state and counters."""
         return _expect(self.request("status"), dict, "status")
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's members as the node sees them, itself first."""
+        return _expect(self.request("nodes"), list, "nodes")
+
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters, at most `limit`."""
         return _expect(self.request("dead.list", {"limit": limit}), list, "dead.list")

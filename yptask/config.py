@@ -257,9 +257,23 @@ class NodeConfig:
     max_payload_bytes: int = 1024 * 1024  # one message's encoded payload cap
     dedupe_window_s: float = 24 * 3600.0  # how long a done message's id is remembered
     log_dir: Path | None = None  # workers' stdout/stderr; None: data_dir / "logs"
+    # The cluster (see yptask/cluster.py). Nodes join when they share the cluster name
+    # and the cookie; a node with neither set keeps a random cookie in its data dir.
+    cluster: str = "yptask"
+    cookie: str | None = None  # the shared secret itself ...
+    cookie_file: Path | None = None  # ... or a file holding it (like ~/.erlang.cookie)
+    link_host: str = "127.0.0.1"  # inter-node links; mDNS speaks on this interface only
+    link_port: int = 8702  # 0: any free port
+    join: tuple[str, ...] = ()  # static seeds, HOST:PORT of other nodes' link ports
+    mdns: bool = True
+    mdns_type: str = "_yptask._tcp.local."
+    heartbeat_s: float = 0.5
+    down_after_s: float = 3.0  # silent this long: declared down (suspect at half)
 
     def __post_init__(self) -> None:
-        for key in ("data_dir", "tasks_file", "log_dir"):  # accept str paths from code too
+        if isinstance(self.join, list):
+            object.__setattr__(self, "join", tuple(self.join))
+        for key in ("data_dir", "tasks_file", "log_dir", "cookie_file"):  # str paths too
             value = getattr(self, key)
             if isinstance(value, str):
                 object.__setattr__(self, key, Path(value))
@@ -283,7 +297,7 @@ class NodeConfig:
         config = cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}})
         # Relative paths in a config file are relative to the file, not to the cwd.
         return replace(config, **{
-            key: base / value for key in ("data_dir", "tasks_file", "log_dir")
+            key: base / value for key in ("data_dir", "tasks_file", "log_dir", "cookie_file")
             if key in data and key not in overrides and (value := getattr(config, key)) is not None
             and not value.is_absolute()})
 
@@ -298,6 +312,16 @@ def _path(value: Any) -> Path:
     if not isinstance(value, (str, Path)) or not str(value):
         raise ConfigError(f"must be a path, got {value!r}")
     return Path(value)
+
+
+def _seeds(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError("must be a list of HOST:PORT link addresses")
+    for seed in value:
+        host, sep, port = seed.rpartition(":") if isinstance(seed, str) else ("", "", "")
+        if not (host and sep and port.isdigit() and 0 < int(port) <= 65535):
+            raise ConfigError(f"{seed!r} is not HOST:PORT (a node's link address)")
+    return tuple(value)
 
 
 def _sync_level(value: Any) -> str:
@@ -320,4 +344,16 @@ _NODE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_payload_bytes": _number(64, integer=True),
     "dedupe_window_s": _number(0),
     "log_dir": _path,
+    "cluster": _string(re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"),
+                       "letters, digits, '_', '.', '-'; at most 64 characters"),
+    "cookie": _string(re.compile(r"\S{8,1024}"), "8 to 1024 characters, no spaces"),
+    "cookie_file": _path,
+    "link_host": _string(),
+    "link_port": _port,
+    "join": _seeds,
+    "mdns": _boolean,
+    "mdns_type": _string(re.compile(r"_[a-z0-9-]{1,14}\._tcp\.local\."),
+                         "like '_yptask._tcp.local.' (a label of at most 15 bytes)"),
+    "heartbeat_s": _number(0.05),
+    "down_after_s": _number(0.2),
 }

@@ -50,7 +50,7 @@ MAX_LINK_FRAME = 64 * 1024 * 1024
 MAC_BYTES = 32
 NONCE_BYTES = 32
 
-Handler = Callable[[str, list[Any]], Awaitable[Any]]
+Handler = Callable[["Link", str, list[Any]], Awaitable[Any]]  # (link, kind, args) -> answer
 
 
 class LinkRefused(LinkError):
@@ -153,7 +153,7 @@ class Link:
 
     async def _answer(self, request_id: Any, kind: str, args: list[Any]) -> None:
         try:
-            packet: Reply | ErrorReply = Reply(await self._handler(kind, args))
+            packet: Reply | ErrorReply = Reply(await self._handler(self, kind, args))
         except Exception as exc:
             if not isinstance(exc, YPTaskError):
                 log.exception("link request %s from %s failed", kind, self.peer.name)

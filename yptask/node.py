@@ -30,8 +30,9 @@ from typing import Any
 
 import pykka
 
-from yptask import codec
+from yptask import __version__, codec
 from yptask.bert_endpoint import BertEndpoint
+from yptask.cluster import Cluster, ClusterSettings
 from yptask.config import NodeConfig, TaskDef, load_tasks, validate_message_name
 from yptask.dispatch import TaskPool
 from yptask.errors import (
@@ -40,14 +41,16 @@ from yptask.errors import (
     EncodeError,
     NodeStopping,
     NoSubscriber,
+    ProtocolError,
     UnknownTask,
 )
 from yptask.group_commit import JournalThread
 from yptask.journal import Envelope, Journal
+from yptask.membership import Change
+from yptask.replicated import Entry, HybridClock, ReplicatedStore
 from yptask.supervision import ChildSpec, Registry, Supervisor, SupervisorFlags
 from yptask.supervisors.task import NodePlace, TaskSupervisor
 from yptask.supervisors.worker import ProcessGone, WorkerHooks
-from yptask.task_store import TaskStore
 
 __all__ = ["Node"]
 
@@ -56,7 +59,9 @@ log = logging.getLogger(__name__)
 ASK_TIMEOUT_S = 120.0  # an admin operation waits at most this for the actors
 NODE_FLAGS = SupervisorFlags(intensity=10, period_s=60.0)
 PRUNE_EVERY_S = 60.0
+LINK_GRACE_S = 2.0  # a call sent to another node waits this much longer than its timeout
 MAX_CACHED_NAMES = 10_000  # message names whose subscribers are remembered
+TASK_KEY = "task:"  # task definitions in the replicated config map
 
 
 class Node:
@@ -77,7 +82,10 @@ class Node:
         self._bert: BertEndpoint | None = None
         self._pruner: asyncio.Task[None] | None = None
         self.started_at = time.time()
-        self._store: TaskStore | None = None
+        self._store: ReplicatedStore | None = None
+        self.cluster: Cluster | None = None
+        self.boot = os.urandom(8).hex()  # this run of this node: peers see a restart by it
+        self._config_lock = asyncio.Lock()
         self._journal: JournalThread | None = None
         self._tree: pykka.ActorProxy[Supervisor] | None = None
         self._registry: Registry | None = None
@@ -104,15 +112,21 @@ class Node:
 
     async def _start(self, seed: list[TaskDef] | None) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._store = TaskStore(self.data_dir / "tasks.db")
+        self._store = ReplicatedStore(self.data_dir / "config.db", HybridClock(self.name))
         if seed is None:
             seed = await asyncio.to_thread(load_tasks, self._seed_file())
-        await asyncio.to_thread(self._store.seed_once, seed)
+        await asyncio.to_thread(self._store.seed_once,
+                                {TASK_KEY + task.name: task.to_dict() for task in seed})
         journal = await asyncio.to_thread(Journal, self.data_dir / "journal.db",
                                           synchronous=self.config.journal_sync)
         self._journal = JournalThread(journal, name=f"journal {self.name}")
         self._bind_http()
-        for task in await asyncio.to_thread(self._store.all):
+        for name, value in (await asyncio.to_thread(self._store.values, TASK_KEY)).items():
+            try:
+                task = TaskDef.from_dict(value)
+            except ConfigError as exc:
+                log.error("stored task %s is invalid here, not started: %s", name, exc)
+                continue
             self.tasks[task.name] = task
             self.pools[task.name] = self._pool(task)
         specs = [self._task_child(task) for task in self.tasks.values()]
@@ -127,7 +141,38 @@ class Node:
         self._bert = BertEndpoint(self)
         await self._bert.start(self.config.bert_host, self.config.bert_port)
         self.bert_address = self._bert.address
-        log.info("node %s ready: %s, BERT-RPC %s", self.name, self.http_url, self.bert_address)
+        self.cluster = Cluster(self._cluster_settings(), self, self._store, self.boot)
+        await self.cluster.start()
+        log.info("node %s ready: %s, BERT-RPC %s, link %s", self.name, self.http_url,
+                 self.bert_address, self.cluster.link_address)
+
+    def _cluster_settings(self) -> ClusterSettings:
+        c = self.config
+        seeds = tuple((host, int(port)) for host, _, port in (s.rpartition(":") for s in c.join))
+        return ClusterSettings(
+            cluster=c.cluster, name=self.name, cookie=self._cookie(), link_host=c.link_host,
+            link_port=c.link_port, http_url=self.http_url, seeds=seeds, mdns=c.mdns,
+            service_type=c.mdns_type, heartbeat_s=c.heartbeat_s,
+            suspect_after_s=c.down_after_s / 2, down_after_s=c.down_after_s,
+            version=__version__)
+
+    def _cookie(self) -> bytes:
+        """The cluster cookie: from the config, its file, or a random one kept in the data dir."""
+        if self.config.cookie is not None:
+            return self.config.cookie.encode()
+        path = self.config.cookie_file or self.data_dir / "cookie"
+        if self.config.cookie_file is None and not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(24).hex() + "\n")
+        try:
+            cookie = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the cluster cookie file {path}: "
+                              f"{exc.strerror}") from None
+        if len(cookie) < 8:
+            raise ConfigError(f"the cluster cookie in {path} is shorter than 8 characters")
+        return cookie.encode()
 
     async def _prune_forever(self) -> None:
         """Forget done messages once their ids are past the dedupe window, so the journal
@@ -167,6 +212,8 @@ class Node:
         if self.stopping:
             return
         self.stopping = True
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self._pruner is not None:
             self._pruner.cancel()
         if self._bert is not None:
@@ -206,8 +253,13 @@ class Node:
                 self.pools[task].notify()
         return {"id": envelope.id, "tasks": subscribed, "duplicate": not added}
 
-    async def call(self, name: str, msg: Any, *, timeout_s: float = 30.0) -> Any:
-        """Have one worker of a subscribed task handle `msg` now; return its result."""
+    async def call(self, name: str, msg: Any, *, timeout_s: float = 30.0,
+                   here_only: bool = False) -> Any:
+        """Have one worker of a subscribed task handle `msg` now; return its result.
+
+        A task with workers here is preferred; otherwise the call goes to a live node
+        that runs one (unless `here_only`: it came from another node already).
+        """
         self._check_running()
         self._check_message(name, msg)
         subscribed = [self.tasks[task] for task in self._subscribers(name)]
@@ -215,8 +267,13 @@ class Node:
             raise NoSubscriber(f"no task subscribes to {name!r}")
         local = [t for t in subscribed if t.workers_on(self.name) > 0]
         if not local:
-            raise NoSubscriber(f"task(s) {', '.join(t.name for t in subscribed)} subscribe to "
-                               f"{name!r} but run no worker on node {self.name}")
+            peer = None if here_only else self._peer_running(subscribed)
+            if peer is None:
+                raise NoSubscriber(f"task(s) {', '.join(t.name for t in subscribed)} subscribe "
+                                   f"to {name!r} but run no worker on a live node")
+            assert self.cluster is not None
+            return await self.cluster.request(peer, "call", [name, msg, timeout_s],
+                                              timeout_s + LINK_GRACE_S)
         task = max(local, key=lambda t: self.pools[t.name].free_workers)
         meta = {"id": self._new_id(), "attempt": 1, "published_at": time.time(), "priority": 0}
         try:
@@ -238,6 +295,17 @@ class Node:
             subscribed = sorted(t.name for t in self.tasks.values() if t.subscribes_to(name))
             self._subscriptions[name] = subscribed
         return subscribed
+
+    def _peer_running(self, tasks: list[TaskDef]) -> str | None:
+        """A live peer that runs a worker of one of `tasks` (the least loaded), or None."""
+        if self.cluster is None:
+            return None
+        runners = [m for m in self.cluster.up()
+                   if any(t.workers_on(m.name) > 0 for t in tasks)]
+        if not runners:
+            return None
+        return min(runners, key=lambda m: sum(
+            int(m.load.get(t.name, {}).get("in_flight", 0)) for t in tasks)).name
 
     def _check_running(self) -> None:
         if self.stopping:
@@ -263,56 +331,90 @@ class Node:
         return self._task(name).to_dict()
 
     async def put_task(self, definition: dict[str, Any]) -> dict[str, Any]:
-        """Create or replace a task definition; its workers follow at once."""
+        """Create or replace a task definition, on every node; its workers follow at once."""
         self._check_running()
         task = TaskDef.from_dict(definition)
         old = self.tasks.get(task.name)
         if old is not None:
             task = replace(task, restart_generation=max(task.restart_generation,
                                                         old.restart_generation))
-        assert self._store is not None and self._tree is not None
-        await asyncio.to_thread(self._store.put, task)
-        self.tasks[task.name] = task
-        self._subscriptions.clear()
-        if old is None:  # the supervisor first, so the pool finds it when it needs workers
-            pool = self._pool(task)
-            self.pools[task.name] = pool
-            await asyncio.to_thread(self._ask, self._tree.start_child(self._task_child(task)))
-            pool.start()
-        else:
-            self.pools[task.name].task = task
-            supervisor = self._task_supervisor(task.name)
-            if replace(old, nodes=task.nodes) == task:  # only the worker counts changed
-                await asyncio.to_thread(self._ask, supervisor.resize(task.workers_on(self.name)))
-            else:  # anything else takes new workers
-                await asyncio.to_thread(self._ask, supervisor.rolling_restart(task))
-        log.info("task %s %s", task.name, "created" if old is None else "updated")
+        await self._write_task(task.name, task)
         return task.to_dict()
 
     async def delete_task(self, name: str) -> None:
-        """Delete a task: its workers finish their current message and stop."""
+        """Delete a task, on every node: its workers finish their current message and stop."""
         self._check_running()
         self._task(name)
-        assert self._store is not None and self._tree is not None
-        await asyncio.to_thread(self._store.delete, name)
-        del self.tasks[name]
-        self._subscriptions.clear()
-        await asyncio.to_thread(self._ask, self._tree.terminate_child(name))
-        await self.pools.pop(name).close()
-        log.info("task %s deleted", name)
+        await self._write_task(name, None)
 
     async def restart_task(self, name: str) -> dict[str, Any]:
-        """Rolling restart: each worker is replaced by one running the code now on disk."""
+        """Rolling restart, on every node: each worker is replaced by one running the code
+        now on disk (a new restart generation in the replicated definition)."""
         self._check_running()
         task = self._task(name)
         task = replace(task, restart_generation=task.restart_generation + 1)
-        assert self._store is not None
-        await asyncio.to_thread(self._store.put, task)
-        self.tasks[name] = self.pools[name].task = task
-        replaced = await asyncio.to_thread(self._ask,
-                                           self._task_supervisor(name).rolling_restart(task))
+        replaced = await self._write_task(name, task)
         return {"task": name, "generation": task.restart_generation, "replaced": replaced,
                 "workers": task.workers_on(self.name)}
+
+    async def _write_task(self, name: str, task: TaskDef | None) -> int:
+        """Store a definition (None: delete) in the replicated map, apply it here, push it
+        to the peers; return how many local workers were replaced."""
+        assert self._store is not None
+        value = None if task is None else task.to_dict()
+        entry = await asyncio.to_thread(self._store.put, TASK_KEY + name, value)
+        replaced = await self._apply_task(name, task)
+        if self.cluster is not None:
+            self.cluster.publish([entry])
+        return replaced
+
+    async def apply_config(self, changed: list[Entry]) -> None:
+        """Apply definitions written on other nodes (the cluster calls this)."""
+        for entry in changed:
+            if not entry.key.startswith(TASK_KEY):
+                continue
+            name = entry.key[len(TASK_KEY):]
+            try:
+                task = None if entry.value is None else TaskDef.from_dict(entry.value)
+            except ConfigError as exc:
+                log.error("task %s from node %s is invalid here, left as it was: %s", name,
+                          entry.version.node, exc)
+                continue
+            await self._apply_task(name, task)
+
+    async def _apply_task(self, name: str, task: TaskDef | None) -> int:
+        """Make this node run `task` as defined (None: not at all); return workers replaced."""
+        async with self._config_lock:  # one change at a time, in the order they came
+            old = self.tasks.get(name)
+            assert self._tree is not None
+            if task is None:
+                if old is None:
+                    return 0
+                del self.tasks[name]
+                self._subscriptions.clear()
+                await asyncio.to_thread(self._ask, self._tree.terminate_child(name))
+                await self.pools.pop(name).close()
+                log.info("task %s deleted", name)
+                return 0
+            self.tasks[name] = task
+            self._subscriptions.clear()
+            replaced = 0
+            if old is None:  # the supervisor first, so the pool finds it when it needs workers
+                pool = self._pool(task)
+                self.pools[name] = pool
+                await asyncio.to_thread(self._ask, self._tree.start_child(self._task_child(task)))
+                pool.start()
+            else:
+                self.pools[name].task = task
+                supervisor = self._task_supervisor(name)
+                if replace(old, nodes=task.nodes) == task:  # only the worker counts changed
+                    await asyncio.to_thread(self._ask,
+                                            supervisor.resize(task.workers_on(self.name)))
+                else:  # anything else takes new workers
+                    replaced = await asyncio.to_thread(self._ask,
+                                                       supervisor.rolling_restart(task))
+            log.info("task %s %s", name, "created" if old is None else "updated")
+            return int(replaced)
 
     def _pool(self, task: TaskDef) -> TaskPool:
         assert self._journal is not None
@@ -388,6 +490,27 @@ class Node:
                 if letter["task"] in self.pools:
                     self.pools[letter["task"]].notify()
         return replayed
+
+    # ------------------------------------------------------------------ cluster hooks
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's members as this node sees them, itself first."""
+        return [] if self.cluster is None else self.cluster.members()
+
+    def load(self) -> dict[str, Any]:
+        """What this node's heartbeats say about its tasks."""
+        return {name: {"workers": pool.live_workers, "in_flight": pool.in_flight}
+                for name, pool in self.pools.items()}
+
+    async def link_request(self, peer: str, kind: str, args: list[Any]) -> Any:
+        """Answer a request another node sent over its link."""
+        if kind == "call" and len(args) == 3 and isinstance(args[0], str) \
+                and isinstance(args[2], (int, float)):
+            return await self.call(args[0], args[1], timeout_s=float(args[2]), here_only=True)
+        raise ProtocolError(f"node {peer} sent a malformed {kind} request")
+
+    def member_changed(self, change: Change) -> None:
+        """A peer joined, restarted, went down or came back."""
 
     # ------------------------------------------------------------------ worker hooks
 

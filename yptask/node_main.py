@@ -53,6 +53,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="JSON-RPC (POST /rpc) and console (/) address")
     parser.add_argument("--bert", type=_host_port, metavar="HOST:PORT",
                         help="BERT-RPC TCP endpoint address")
+    parser.add_argument("--link", type=_host_port, metavar="HOST:PORT",
+                        help="inter-node link address; mDNS speaks on this interface only")
+    parser.add_argument("--join", action="append", metavar="HOST:PORT",
+                        help="another node's link address, a static seed (repeatable)")
+    parser.add_argument("--cluster", help="cluster name: nodes join only their own cluster")
+    parser.add_argument("--cookie-file", type=Path,
+                        help="file holding the cluster cookie (the secret every node shares)")
+    parser.add_argument("--no-mdns", dest="mdns", action="store_false", default=None,
+                        help="find peers only through --join seeds")
     parser.add_argument("--tasks", type=Path, help="task definitions seeding a new node (TOML)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -69,6 +78,10 @@ def main(argv: list[str]) -> int:
         overrides["http_host"], overrides["http_port"] = args.http
     if args.bert:
         overrides["bert_host"], overrides["bert_port"] = args.bert
+    if args.link:
+        overrides["link_host"], overrides["link_port"] = args.link
+    overrides.update(join=args.join, cluster=args.cluster, cookie_file=args.cookie_file,
+                     mdns=args.mdns)
     path = args.config or Path(str(resources.files("yptask.conf") / "yptask.toml"))
     try:
         config = NodeConfig.load(path, **overrides)
@@ -101,6 +114,7 @@ async def _run(config: Any) -> int:
     print(f"yptask node {node.name} ready\n"
           f"  JSON-RPC  {node.http_url}/rpc\n"
           f"  BERT-RPC  {node.bert_address}\n"
+          f"  link      {node.cluster.link_address if node.cluster else '-'}\n"
           f"  data      {node.data_dir}", flush=True)
     await stop.wait()
     print(f"yptask node {node.name} stopping: running messages finish first", flush=True)

@@ -49,6 +49,7 @@ class Sample(BaseTask):
         assert self.message is not None
         return {"id": self.message.id, "attempt": self.message.attempt,
                 "name": self.message.name, "settings": self.settings,
+                "node": os.environ.get("YPTASK_NODE"),
                 "modules": sorted(sys.modules)}
 
     def handle_record(self, msg: Any) -> str:

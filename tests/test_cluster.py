@@ -1,0 +1,135 @@
+"""The cluster with real node processes: mDNS discovery, the cookie, replicated config,
+calls across nodes, failure detection and rejoining.
+
+Every node is a `yptask node` subprocess on loopback. mDNS speaks on 127.0.0.1
+only, under a service type unique to the test, so concurrent runs never meet.
+"""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+from support import TEST_WORKERS, NodeProcess, wait_for
+
+TASKS = f"""
+[[task]]
+name = "everywhere"
+worker_class = "sample:Sample"
+messages = ["all.*"]
+env = {{ PYTHONPATH = "{TEST_WORKERS}" }}
+nodes = {{ "*" = 1 }}
+
+[[task]]
+name = "only_c"
+worker_class = "sample:Sample"
+messages = ["c.*"]
+env = {{ PYTHONPATH = "{TEST_WORKERS}" }}
+nodes = {{ "c" = 1 }}
+"""
+
+
+class ClusterNode(NodeProcess):
+    """A node of the test's cluster: its cookie, its mDNS service type."""
+
+    def __init__(self, tmp: Path, name: str, service_type: str, cookie: str = "cookie-abc-123",
+                 join: str | None = None) -> None:
+        folder = tmp / name
+        folder.mkdir(exist_ok=True)
+        (folder / "node.toml").write_text(
+            f'[node]\ncluster = "test"\ncookie = "{cookie}"\nmdns_type = "{service_type}"\n'
+            'heartbeat_s = 0.25\ndown_after_s = 2.0\n')
+        args = ["--config", str(folder / "node.toml"), *(["--join", join] if join else [])]
+        super().__init__(folder, TASKS, name, cluster=args)
+
+    def members(self) -> dict[str, str]:
+        return {m["name"]: m["state"] for m in self.rpc("nodes")}
+
+    def log(self) -> str:
+        return (self.tmp / "node.log").read_text()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Start nodes with `cluster(name, ...)`; all are stopped (by PID) at the end."""
+    service_type = f"_ypt-{uuid.uuid4().hex[:8]}._tcp.local."
+    nodes: list[ClusterNode] = []
+
+    def start(name: str, **kwargs) -> ClusterNode:
+        node = ClusterNode(tmp_path, name, service_type, **kwargs)
+        nodes.append(node)
+        node.start()
+        return node
+
+    yield start
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+
+
+def test_nodes_find_each_other_share_config_and_call_across(cluster):
+    # Given three nodes started separately, knowing nothing of each other
+    a, b, c = (cluster(name) for name in "abc")
+    # Then each finds the other two over mDNS, and all are alive
+    for node in (a, b, c):
+        wait_for(lambda n=node: n.members() == {"a": "alive", "b": "alive", "c": "alive"},
+                 timeout_s=15, what=f"node {node.name} to see the cluster")
+    # And a call on a reaches the task whose only worker runs on c
+    answer = a.rpc("call", "c.whoami", {}, 10)
+    assert answer["node"] == "c"
+    # When a task is edited on a
+    task = a.rpc("tasks.get", "everywhere")
+    a.rpc("tasks.put", {**task, "messages": ["all.*", "extra.*"], "settings": {"v": 2}})
+    # Then b and c run it with the new definition
+    for node in (b, c):
+        wait_for(lambda n=node: n.rpc("tasks.get", "everywhere")["settings"] == {"v": 2},
+                 timeout_s=2, what=f"the edit to reach {node.name}")
+        # (its workers are replaced one by one: poll until a new one answers)
+        wait_for(lambda n=node: n.rpc("call", "extra.whoami", {}, 10)["settings"] == {"v": 2},
+                 timeout_s=10, what=f"{node.name} to run the new definition")
+    # And a task created on c, then deleted on b, is gone everywhere
+    c.rpc("tasks.put", {**task, "name": "fresh", "messages": ["fresh.*"]})
+    wait_for(lambda: any(t["name"] == "fresh" for t in b.rpc("tasks.list")), timeout_s=5,
+             what="the new task on b")
+    b.rpc("tasks.delete", "fresh")
+    for node in (a, c):
+        wait_for(lambda n=node: all(t["name"] != "fresh" for t in n.rpc("tasks.list")),
+                 timeout_s=5, what=f"the delete to reach {node.name}")
+
+
+def test_a_node_with_the_wrong_cookie_never_joins(cluster):
+    a = cluster("a")
+    stranger = cluster("x", cookie="another-cookie-1")
+    wait_for(lambda: "cookie mismatch" in stranger.log() and "cookie mismatch" in a.log(),
+             timeout_s=15, what="both sides to log the refused link")
+    assert set(a.members()) == {"a"} and set(stranger.members()) == {"x"}
+
+
+def test_a_killed_node_is_declared_down_and_rejoins_when_restarted(cluster):
+    a = cluster("a")
+    c = cluster("c", join=None)
+    wait_for(lambda: a.members().get("c") == "alive", timeout_s=15, what="c to join")
+    boot = next(m["boot"] for m in a.rpc("nodes") if m["name"] == "c")
+    c.signal(signal.SIGKILL)
+    wait_for(lambda: a.members().get("c") == "down", timeout_s=5, what="c declared down")
+    c.start()  # same name and data; a new boot id
+    wait_for(lambda: a.members().get("c") == "alive", timeout_s=15, what="c to rejoin")
+    assert next(m["boot"] for m in a.rpc("nodes") if m["name"] == "c") != boot
+
+
+def test_a_static_seed_is_enough_without_mdns(tmp_path, cluster):
+    a = cluster("a")
+    # b has no mDNS (its own service type) but joins through a's link address
+    b = ClusterNode(tmp_path, "b", "_ypt-other._tcp.local.", join=a.link)
+    b.argv.append("--no-mdns")
+    try:
+        b.start()
+        wait_for(lambda: b.members() == {"a": "alive", "b": "alive"}, timeout_s=10,
+                 what="b to join through its seed")
+        wait_for(lambda: a.members() == {"a": "alive", "b": "alive"}, timeout_s=10,
+                 what="a to see b")
+    finally:
+        b.stop()

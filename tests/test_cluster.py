@@ -12,8 +12,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import TEST_WORKERS, NodeProcess, wait_for
+from support import TEST_WORKERS, NodeProcess, read_records, wait_for
 
+RECORDS = "@RECORDS@"  # replaced per test: the folder the record handlers write in
 TASKS = f"""
 [[task]]
 name = "everywhere"
@@ -27,7 +28,16 @@ name = "only_c"
 worker_class = "sample:Sample"
 messages = ["c.*"]
 env = {{ PYTHONPATH = "{TEST_WORKERS}" }}
+settings = {{ record_path = "{RECORDS}/only_c.jsonl" }}
 nodes = {{ "c" = 1 }}
+
+[[task]]
+name = "b_and_c"
+worker_class = "sample:Sample"
+messages = ["bc.*"]
+env = {{ PYTHONPATH = "{TEST_WORKERS}" }}
+settings = {{ record_path = "{RECORDS}/b_and_c.jsonl" }}
+nodes = {{ "b" = 1, "c" = 1 }}
 """
 
 
@@ -42,7 +52,7 @@ class ClusterNode(NodeProcess):
             f'[node]\ncluster = "test"\ncookie = "{cookie}"\nmdns_type = "{service_type}"\n'
             'heartbeat_s = 0.25\ndown_after_s = 2.0\n')
         args = ["--config", str(folder / "node.toml"), *(["--join", join] if join else [])]
-        super().__init__(folder, TASKS, name, cluster=args)
+        super().__init__(folder, TASKS.replace(RECORDS, str(tmp)), name, cluster=args)
 
     def members(self) -> dict[str, str]:
         return {m["name"]: m["state"] for m in self.rpc("nodes")}
@@ -133,3 +143,28 @@ def test_a_static_seed_is_enough_without_mdns(tmp_path, cluster):
                  what="a to see b")
     finally:
         b.stop()
+
+
+def test_casts_reach_tasks_wherever_they_run_and_survive_a_node_killed_mid_stream(
+        tmp_path, cluster):
+    a, b, c = (cluster(name) for name in "abc")
+    for node in (a, b, c):
+        wait_for(lambda n=node: n.members() == {"a": "alive", "b": "alive", "c": "alive"},
+                 timeout_s=15, what=f"node {node.name} to see the cluster")
+    # A cast on a reaches the task whose only worker runs on c
+    sent = a.rpc("cast", "c.record", {"n": 0})
+    (record,) = wait_for(lambda: read_records(tmp_path / "only_c.jsonl"), timeout_s=10,
+                         what="the cast to reach c")
+    assert record["id"] == sent["id"]
+    # When casts for a task on b and c enter on a, and c is killed mid-stream
+    ids = a.cast_batch("bc.record", [{"n": i} for i in range(150)])
+    c.signal(signal.SIGKILL)
+    ids += a.cast_batch("bc.record", [{"n": i} for i in range(150, 300)])
+    wait_for(lambda: a.members().get("c") == "down", timeout_s=5, what="c declared down")
+    # Then b takes what a had not handed to c; what c had journaled waits for it
+    records = tmp_path / "b_and_c.jsonl"
+    wait_for(lambda: {r["id"] for r in read_records(records)} >= set(ids[150:]), timeout_s=20,
+             what="b to handle the casts sent after c died")
+    c.start()
+    wait_for(lambda: {r["id"] for r in read_records(records)} == set(ids), timeout_s=20,
+             what="every cast handled once c is back")

@@ -250,7 +250,9 @@ class TaskPool:
         while not self._closing:  # besides the cancel: see the wait below
             self._work_queued.clear()  # whatever set it is looked at below
             self._claim_asked = False
-            if len(self._backlog) < self._low_water():
+            if self.task.workers_on(self.node_name) == 0:  # its deliveries go elsewhere
+                await self._release_backlog()
+            elif len(self._backlog) < self._low_water():
                 limit = min(MAX_CLAIM, 2 * self._low_water() - len(self._backlog))
                 self._backlog.extend(await self.journal.run(partial(Journal.claim, task=task,
                                                                     limit=limit)))
@@ -265,6 +267,15 @@ class TaskPool:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IDLE_POLL_S):
                     await self._work_queued.wait()
+
+    async def _release_backlog(self) -> None:
+        """Put back what was claimed for workers this node no longer runs."""
+        released = []
+        while self._backlog:
+            delivery = self._backlog.popleft()
+            released.append((delivery.message.id, delivery.task))
+        if released:
+            await self.journal.run(partial(Journal.release_many, deliveries=released))
 
     def _low_water(self) -> int:
         """Below this many claimed deliveries, claim more (up to twice as many)."""

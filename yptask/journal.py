@@ -53,6 +53,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_ready
     ON deliveries (task, state, priority DESC, seq);
+CREATE TABLE IF NOT EXISTS received (   -- deliveries forwarded here by other nodes
+    message_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    PRIMARY KEY (message_id, task)
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     message_id TEXT NOT NULL,
     task TEXT NOT NULL,
@@ -146,6 +151,32 @@ class Journal:
                         self._mark_done([envelope.id])
         return added
 
+    def accept_forwarded(self, envelopes: Iterable[Envelope], task: str) -> int:
+        """Store deliveries another node forwarded for `task`, in ONE transaction.
+
+        Each (message, task) is taken once: a sender that resends after losing our
+        answer gets no second delivery, for as long as the message is remembered.
+        Returns how many were new.
+        """
+        new = 0
+        with self._transaction():
+            for envelope in envelopes:
+                if not self._db.execute("INSERT OR IGNORE INTO received VALUES (?, ?)",
+                                        (envelope.id, task)).rowcount:
+                    continue
+                new += 1
+                self._db.execute(
+                    "INSERT OR IGNORE INTO messages (id, name, payload, published_at, priority,"
+                    " deadline) VALUES (?, ?, ?, ?, ?, ?)",
+                    (envelope.id, envelope.name, json.dumps(envelope.payload),
+                     envelope.published_at, envelope.priority, envelope.deadline))
+                self._db.execute("UPDATE messages SET done_at = NULL WHERE id = ?",
+                                 (envelope.id,))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO deliveries (message_id, task, priority)"
+                    " VALUES (?, ?, ?)", (envelope.id, task, envelope.priority))
+        return new
+
     def claim(self, task: str, limit: int = 1, now: float | None = None) -> list[Delivery]:
         """Take up to `limit` ready deliveries of `task` (highest priority, then oldest)."""
         now = time.time() if now is None else now
@@ -204,10 +235,14 @@ class Journal:
 
     def release(self, message_id: str, task: str) -> None:
         """Put back a claimed delivery that no worker started: its attempt is not spent."""
+        self.release_many([(message_id, task)])
+
+    def release_many(self, deliveries: list[tuple[str, str]]) -> None:
+        """Put back claimed deliveries, (message id, task) pairs, none of them started."""
         with self._transaction():
-            self._db.execute(
+            self._db.executemany(
                 "UPDATE deliveries SET state = 'queued', attempt = MAX(0, attempt - 1)"
-                " WHERE message_id = ? AND task = ? AND state = 'inflight'", (message_id, task))
+                " WHERE message_id = ? AND task = ? AND state = 'inflight'", deliveries)
 
     def replay(self, message_id: str, task: str) -> bool:
         """Move a dead letter back to the queue with a fresh attempt count."""
@@ -232,9 +267,13 @@ class Journal:
         """Forget done messages (and so their ids) older than the dedupe window."""
         now = time.time() if now is None else now
         with self._transaction():
-            return self._db.execute(
+            pruned = self._db.execute(
                 "DELETE FROM messages WHERE done_at IS NOT NULL AND done_at < ? AND id NOT IN"
                 " (SELECT message_id FROM dead_letters)", (now - older_than_s,)).rowcount
+            if pruned:
+                self._db.execute("DELETE FROM received WHERE message_id NOT IN"
+                                 " (SELECT id FROM messages)")
+            return pruned
 
     # ------------------------------------------------------------------ read
 

@@ -44,6 +44,7 @@ from yptask.errors import (
     ProtocolError,
     UnknownTask,
 )
+from yptask.forwarding import Forwarder
 from yptask.group_commit import JournalThread
 from yptask.journal import Envelope, Journal
 from yptask.membership import Change
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 ASK_TIMEOUT_S = 120.0  # an admin operation waits at most this for the actors
 NODE_FLAGS = SupervisorFlags(intensity=10, period_s=60.0)
 PRUNE_EVERY_S = 60.0
+LOAD_EVERY_S = 1.0
 LINK_GRACE_S = 2.0  # a call sent to another node waits this much longer than its timeout
 MAX_CACHED_NAMES = 10_000  # message names whose subscribers are remembered
 TASK_KEY = "task:"  # task definitions in the replicated config map
@@ -84,6 +86,9 @@ class Node:
         self.started_at = time.time()
         self._store: ReplicatedStore | None = None
         self.cluster: Cluster | None = None
+        self.forwarders: dict[str, Forwarder] = {}
+        self._loads: asyncio.Task[None] | None = None
+        self._queued: dict[str, int] = {}  # task -> deliveries waiting here, for heartbeats
         self.boot = os.urandom(8).hex()  # this run of this node: peers see a restart by it
         self._config_lock = asyncio.Lock()
         self._journal: JournalThread | None = None
@@ -143,6 +148,9 @@ class Node:
         self.bert_address = self._bert.address
         self.cluster = Cluster(self._cluster_settings(), self, self._store, self.boot)
         await self.cluster.start()
+        for task in self.tasks.values():
+            self._start_forwarder(task)
+        self._loads = self.loop.create_task(self._measure_load_forever(), name="measure load")
         log.info("node %s ready: %s, BERT-RPC %s, link %s", self.name, self.http_url,
                  self.bert_address, self.cluster.link_address)
 
@@ -212,10 +220,13 @@ class Node:
         if self.stopping:
             return
         self.stopping = True
+        for background in (self._pruner, self._loads):
+            if background is not None:
+                background.cancel()
+        for forwarder in self.forwarders.values():
+            await forwarder.close()
         if self.cluster is not None:
             await self.cluster.stop()
-        if self._pruner is not None:
-            self._pruner.cancel()
         if self._bert is not None:
             await self._bert.stop()
         if self._runner is not None:
@@ -251,6 +262,8 @@ class Node:
         if added:
             for task in subscribed:
                 self.pools[task].notify()
+                if task in self.forwarders:
+                    self.forwarders[task].notify()
         return {"id": envelope.id, "tasks": subscribed, "duplicate": not added}
 
     async def call(self, name: str, msg: Any, *, timeout_s: float = 30.0,
@@ -394,6 +407,8 @@ class Node:
                 self._subscriptions.clear()
                 await asyncio.to_thread(self._ask, self._tree.terminate_child(name))
                 await self.pools.pop(name).close()
+                if name in self.forwarders:
+                    await self.forwarders.pop(name).close()
                 log.info("task %s deleted", name)
                 return 0
             self.tasks[name] = task
@@ -404,8 +419,12 @@ class Node:
                 self.pools[name] = pool
                 await asyncio.to_thread(self._ask, self._tree.start_child(self._task_child(task)))
                 pool.start()
+                self._start_forwarder(task)
             else:
                 self.pools[name].task = task
+                if name in self.forwarders:
+                    self.forwarders[name].task = task
+                    self.forwarders[name].notify()
                 supervisor = self._task_supervisor(name)
                 if replace(old, nodes=task.nodes) == task:  # only the worker counts changed
                     await asyncio.to_thread(self._ask,
@@ -499,18 +518,56 @@ class Node:
 
     def load(self) -> dict[str, Any]:
         """What this node's heartbeats say about its tasks."""
-        return {name: {"workers": pool.live_workers, "in_flight": pool.in_flight}
+        return {name: {"workers": pool.live_workers, "in_flight": pool.in_flight,
+                       "queued": self._queued.get(name, 0)}
                 for name, pool in self.pools.items()}
 
     async def link_request(self, peer: str, kind: str, args: list[Any]) -> Any:
         """Answer a request another node sent over its link."""
+        if kind == "deliver":
+            return await self._accept_forwarded(peer, args)
         if kind == "call" and len(args) == 3 and isinstance(args[0], str) \
                 and isinstance(args[2], (int, float)):
             return await self.call(args[0], args[1], timeout_s=float(args[2]), here_only=True)
         raise ProtocolError(f"node {peer} sent a malformed {kind} request")
 
     def member_changed(self, change: Change) -> None:
-        """A peer joined, restarted, went down or came back."""
+        """A peer joined, restarted, went down or came back: forward to whoever runs what."""
+        for forwarder in self.forwarders.values():
+            forwarder.notify()
+
+    def _start_forwarder(self, task: TaskDef) -> None:
+        if self.cluster is None or self._journal is None:
+            return  # the cluster starts them once it runs
+        cluster = self.cluster
+        forwarder = Forwarder(task, self.name, self._journal, cluster.up, cluster.request)
+        self.forwarders[task.name] = forwarder
+        forwarder.start()
+
+    async def _measure_load_forever(self) -> None:
+        """Keep each task's queue depth fresh for the heartbeats (peers pick by it)."""
+        assert self._journal is not None
+        while True:
+            for name in list(self.pools):
+                queued, _ = await self._journal.run(partial(Journal.depth, task=name))
+                self._queued[name] = queued
+            await asyncio.sleep(LOAD_EVERY_S)
+
+    async def _accept_forwarded(self, peer: str, args: list[Any]) -> int:
+        """Journal deliveries a peer forwards for one of our tasks; answer once committed."""
+        if not (len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], list)):
+            raise ProtocolError(f"node {peer} sent a malformed deliver request")
+        task, terms = args
+        pool = self.pools.get(task)
+        if pool is None:
+            raise UnknownTask(f"node {self.name} has no task {task!r} (yet)")
+        envelopes = [_envelope(term, peer) for term in terms]
+        assert self._journal is not None
+        new = await self._journal.run(partial(Journal.accept_forwarded, envelopes=envelopes,
+                                              task=task))
+        if new:
+            pool.notify()
+        return int(new)
 
     # ------------------------------------------------------------------ worker hooks
 
@@ -550,6 +607,17 @@ class Node:
     @staticmethod
     def _ask(future: pykka.Future[Any]) -> Any:
         return future.get(timeout=ASK_TIMEOUT_S)
+
+
+def _envelope(term: Any, peer: str) -> Envelope:
+    """A forwarded message, as `yptask.forwarding.delivery_terms` wrote it."""
+    if not (isinstance(term, list) and len(term) == 6 and isinstance(term[0], str)
+            and isinstance(term[1], str) and isinstance(term[3], (int, float))
+            and isinstance(term[4], int)
+            and (term[5] is None or isinstance(term[5], (int, float)))):
+        raise ProtocolError(f"node {peer} forwarded a malformed message {term!r:.80}")
+    return Envelope(term[0], term[1], term[2], float(term[3]), term[4],
+                    None if term[5] is None else float(term[5]))
 
 
 def _tell(ref: Any, message: Any) -> None:

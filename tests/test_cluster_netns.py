@@ -1,0 +1,175 @@
+"""A cluster across network namespaces: cut one node off, see it declared down, restore
+its link, see config and queues catch up.
+
+Each node runs in its own namespace, wired by a veth pair into a bridge in a
+fourth one; addresses are in 198.18.0.0/24 (reserved for benchmarking) and
+exist only inside those namespaces. Needs root and `ip netns`; every namespace
+is deleted at the end, pass or fail. The test talks to the nodes through
+`ip netns exec ... yptask`, since their addresses are unreachable from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import TEST_WORKERS, read_records, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _netns_available() -> str | None:
+    """Why namespaces cannot be used here, or None if they can."""
+    if os.geteuid() != 0:
+        return "needs root"
+    if shutil.which("ip") is None:
+        return "needs iproute2 (ip)"
+    probe = f"ypt-probe-{os.getpid()}"
+    if subprocess.run(["ip", "netns", "add", probe], check=False,
+                      capture_output=True).returncode != 0:
+        return "`ip netns add` is refused here"
+    subprocess.run(["ip", "netns", "del", probe], check=False, capture_output=True)
+    return None
+
+
+@pytest.fixture(scope="module")
+def netns_ok() -> None:
+    why = _netns_available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the network-namespace test: {why}")
+        pytest.skip(f"network namespaces unavailable: {why}")
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+class Lab:
+    """A bridge namespace and one namespace per node, each with a veth into the bridge."""
+
+    def __init__(self, nodes: int) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.bridge = f"ypt{tag}br"
+        self.spaces = [f"ypt{tag}n{i}" for i in range(1, nodes + 1)]
+        self.addresses = [f"198.18.0.{10 + i}" for i in range(1, nodes + 1)]
+
+    def __enter__(self) -> Lab:
+        try:
+            ip("netns", "add", self.bridge)
+            ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
+            ip("-n", self.bridge, "link", "set", "br0", "up")
+            for i, (space, address) in enumerate(zip(self.spaces, self.addresses, strict=True)):
+                ip("netns", "add", space)
+                ip("-n", self.bridge, "link", "add", f"p{i}", "type", "veth", "peer", "name",
+                   "eth0", "netns", space)
+                ip("-n", self.bridge, "link", "set", f"p{i}", "master", "br0", "up")
+                ip("-n", space, "addr", "add", f"{address}/24", "dev", "eth0")
+                ip("-n", space, "link", "set", "eth0", "up")
+                ip("-n", space, "link", "set", "lo", "up")
+        except BaseException:
+            self.__exit__()
+            raise
+        time.sleep(1.5)  # the bridge ports take a moment to forward
+        return self
+
+    def cut(self, index: int, up: bool) -> None:
+        ip("-n", self.bridge, "link", "set", f"p{index}", "up" if up else "down")
+
+    def __exit__(self, *_: object) -> None:
+        for space in [*self.spaces, self.bridge]:  # deleting a namespace removes its links
+            subprocess.run(["ip", "netns", "del", space], check=False, capture_output=True)
+
+
+TASKS = f"""
+[[task]]
+name = "on_n3"
+worker_class = "sample:Sample"
+messages = ["n3.*"]
+env = {{ PYTHONPATH = "{TEST_WORKERS}" }}
+settings = {{ record_path = "@RECORDS@/on_n3.jsonl" }}
+nodes = {{ "n3" = 1 }}
+"""
+
+
+class NamespacedNode:
+    """A `yptask node` inside a namespace, bound to that namespace's address."""
+
+    def __init__(self, tmp: Path, space: str, name: str, address: str) -> None:
+        self.space, self.name, self.url = space, name, ""
+        folder = tmp / name
+        folder.mkdir()
+        (folder / "node.toml").write_text(
+            '[node]\ncluster = "lab"\ncookie = "lab-cookie-42"\n'
+            'heartbeat_s = 0.25\ndown_after_s = 2.0\n')
+        (folder / "tasks.toml").write_text(TASKS.replace("@RECORDS@", str(tmp)))
+        self.log = folder / "node.log"
+        argv = ["ip", "netns", "exec", space, "yptask", "node", "--name", name,
+                "--config", str(folder / "node.toml"), "--data-dir", str(folder / "data"),
+                "--tasks", str(folder / "tasks.toml"), "--http", f"{address}:0",
+                "--bert", f"{address}:0", "--link", f"{address}:0"]
+        with open(self.log, "a") as log:
+            # `ip netns exec` execs the node, so this PID is the node's
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True,
+                                         cwd=folder)
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "JSON-RPC" in line:
+                self.url = line.split()[-1]
+                return
+        raise AssertionError(f"node {name} did not start: {self.log.read_text()[-2000:]}")
+
+    def yptask(self, *args: str) -> Any:
+        done = subprocess.run(["ip", "netns", "exec", self.space, "yptask", *args, "--json",
+                               "--url", self.url], check=False, capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def members(self) -> dict[str, str]:
+        return {m["name"]: m["state"] for m in self.yptask("nodes")}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_a_node_cut_off_is_declared_down_and_catches_up_when_its_link_returns(
+        netns_ok, tmp_path):
+    with Lab(3) as lab:
+        nodes: list[NamespacedNode] = []
+        try:
+            for i, (space, address) in enumerate(zip(lab.spaces, lab.addresses, strict=True)):
+                nodes.append(NamespacedNode(tmp_path, space, f"n{i + 1}", address))
+            n1, _, n3 = nodes
+            everyone = {"n1": "alive", "n2": "alive", "n3": "alive"}
+            for node in nodes:
+                wait_for(lambda n=node: n.members() == everyone, timeout_s=20,
+                         what=f"{node.name} to find the others over mDNS")
+            # When n3's cable is pulled
+            lab.cut(2, up=False)
+            wait_for(lambda: n1.members()["n3"] == "down", timeout_s=10, what="n3 down")
+            # and, meanwhile, its task is edited and casts for it arrive at n1
+            edited = TASKS.replace("@RECORDS@", str(tmp_path)).replace(
+                "settings = {", "settings = { edition = 2,")
+            (tmp_path / "edit.toml").write_text(edited)
+            n1.yptask("task", "apply", str(tmp_path / "edit.toml"))
+            ids = [n1.yptask("cast", "n3.record", json.dumps({"n": i}))["id"] for i in range(5)]
+            # Then, once the cable is back, n3 is alive again, has the edit, handles the casts
+            lab.cut(2, up=True)
+            wait_for(lambda: n1.members()["n3"] == "alive", timeout_s=20, what="n3 back")
+            wait_for(lambda: n3.yptask("task", "show", "on_n3")["settings"].get("edition") == 2,
+                     timeout_s=10, what="the edit to reach n3")
+            wait_for(lambda: {r["id"] for r in read_records(tmp_path / "on_n3.jsonl")}
+                     >= set(ids), timeout_s=20, what="the queued casts to reach n3")
+        finally:
+            for node in nodes:
+                node.stop()

@@ -28,7 +28,7 @@ name = "noop"
 worker_class = "yptask.tasks.echo:Echo"
 messages = ["bench.echo"]
 max_idle_s = {max_idle_s}
-nodes = {{ "*" = {workers} }}
+nodes = {{ "{runs_on}" = {workers} }}
 """
 
 
@@ -36,34 +36,48 @@ class BenchNode:
     """A `yptask node` subprocess with a no-op task; use as a context manager."""
 
     def __init__(self, workers: int = 2, journal_sync: str = "NORMAL",
-                 max_idle_s: float = 0) -> None:
+                 max_idle_s: float = 0, *, name: str = "bench", cluster: str = "",
+                 runs_on: str = "*") -> None:
+        """`cluster`: extra [node] settings (TOML lines) for a node that joins others, which
+        then runs the no-op task only where `runs_on` says; default: alone, no mDNS."""
         self.workers = workers
         self.max_idle_s = max_idle_s
         self.journal_sync = journal_sync
+        self.name = name
+        self.cluster = cluster
+        self.runs_on = runs_on
         self.url = ""
+        self.link = ""
         self._tmp = tempfile.TemporaryDirectory(prefix="yptask-bench-")
         self._proc: subprocess.Popen[str] | None = None
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
     def __enter__(self) -> BenchNode:
         tmp = Path(self._tmp.name)
-        (tmp / "tasks.toml").write_text(TASKS.format(workers=self.workers,
+        (tmp / "tasks.toml").write_text(TASKS.format(workers=self.workers, runs_on=self.runs_on,
                                                      max_idle_s=self.max_idle_s))
-        (tmp / "node.toml").write_text(f'[node]\njournal_sync = "{self.journal_sync}"\n')
-        argv = [sys.executable, "-P", "-m", "yptask", "node", "--name", "bench",
+        (tmp / "node.toml").write_text(f'[node]\njournal_sync = "{self.journal_sync}"\n'
+                                       + (self.cluster or "mdns = false\n"))
+        argv = [sys.executable, "-P", "-m", "yptask", "node", "--name", self.name,
                 "--config", str(tmp / "node.toml"), "--data-dir", str(tmp / "data"),
                 "--tasks", str(tmp / "tasks.toml"), "--http", "127.0.0.1:0",
-                "--bert", "127.0.0.1:0", "--log-level", "WARNING"]
+                "--bert", "127.0.0.1:0", "--link", "127.0.0.1:0", "--log-level", "WARNING"]
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=tmp)
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
-            found = re.search(r"JSON-RPC\s+(\S+)", line)
-            if found:
+            if found := re.search(r"JSON-RPC\s+(\S+)", line):
                 self.url = found.group(1)
+            elif found := re.search(r"link\s+(\S+)", line):
+                self.link = found.group(1)
                 return self
         raise RuntimeError("the node exited before it was ready")
 
     def __exit__(self, *_: object) -> None:
-        if self._proc is not None:
+        if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
             try:
                 self._proc.wait(timeout=60)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,28 @@ def test_casts_reach_tasks_wherever_they_run_and_survive_a_node_killed_mid_strea
     c.start()
     wait_for(lambda: {r["id"] for r in read_records(records)} == set(ids), timeout_s=20,
              what="every cast handled once c is back")
+
+
+def test_five_nodes_converge_on_every_edit_even_concurrent_ones(cluster):
+    nodes = [cluster(f"n{i}") for i in range(1, 6)]
+    names = {node.name for node in nodes}
+    for node in nodes:
+        wait_for(lambda n=node: set(n.members()) == names and
+                 set(n.members().values()) == {"alive"}, timeout_s=20,
+                 what=f"{node.name} to see all five")
+    task = nodes[0].rpc("tasks.get", "everywhere")
+    # An edit on one node reaches all five
+    nodes[2].rpc("tasks.put", {**task, "settings": {"edit": "one"}})
+    for node in nodes:
+        wait_for(lambda n=node: n.rpc("tasks.get", "everywhere")["settings"] == {"edit": "one"},
+                 timeout_s=10, what=f"the edit to reach {node.name}")
+    # Two edits of one task at once, on two nodes, end as the same value everywhere
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda pair: pair[0].rpc("tasks.put", {**task, "settings": pair[1]}),
+                      [(nodes[0], {"edit": "from n1"}), (nodes[4], {"edit": "from n5"})]))
+
+    def settled() -> bool:
+        seen = [n.rpc("tasks.get", "everywhere")["settings"] for n in nodes]
+        return all(s == seen[0] for s in seen) and seen[0]["edit"] in ("from n1", "from n5")
+
+    wait_for(settled, timeout_s=10, what="the two concurrent edits to converge")

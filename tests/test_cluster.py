@@ -101,6 +101,14 @@ def test_nodes_find_each_other_share_config_and_call_across(cluster):
         # (its workers are replaced one by one: poll until a new one answers)
         wait_for(lambda n=node: n.rpc("call", "extra.whoami", {}, 10)["settings"] == {"v": 2},
                  timeout_s=10, what=f"{node.name} to run the new definition")
+    # And a restart issued on a rolls the task's workers on b too
+    wait_for(lambda: b.rpc("status")["tasks"]["everywhere"]["pids"], timeout_s=10,
+             what="a worker on b")
+    before = set(b.rpc("status")["tasks"]["everywhere"]["pids"])
+    a.rpc("tasks.restart", "everywhere")
+    wait_for(lambda: (pids := set(b.rpc("status")["tasks"]["everywhere"]["pids"]))
+             and not pids & before, timeout_s=10, what="b's workers replaced")
+    assert b.rpc("status")["tasks"]["everywhere"]["workers"] == {"a": 1, "b": 1, "c": 1}
     # And a task created on c, then deleted on b, is gone everywhere
     c.rpc("tasks.put", {**task, "name": "fresh", "messages": ["fresh.*"]})
     wait_for(lambda: any(t["name"] == "fresh" for t in b.rpc("tasks.list")), timeout_s=5,

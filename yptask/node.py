@@ -470,12 +470,24 @@ class Node:
         for name, pool in self.pools.items():
             queued, inflight = await self._journal.run(partial(Journal.depth, task=name))
             state = await asyncio.to_thread(self._supervisor_state, name)
-            tasks[name] = {"workers": {self.name: state["workers"]}, "state": state["state"],
+            workers = {self.name: state["workers"], **self._workers_elsewhere(name)}
+            tasks[name] = {"workers": workers, "state": state["state"],
                            "queued": queued, "in_flight": inflight, "handled": pool.handled,
                            "failed": pool.failed,
                            "pids": sorted(p for p, t in self._worker_pids.items() if t == name)}
         return {"node": self.name, "uptime_s": round(time.time() - self.started_at, 1),
                 "tasks": tasks}
+
+    def _workers_elsewhere(self, task: str) -> dict[str, int]:
+        """Workers of `task` on the other live nodes, as their last heartbeats said."""
+        if self.cluster is None:
+            return {}
+        counts = {}
+        for member in self.cluster.up():
+            load = member.load.get(task)
+            if isinstance(load, dict) and isinstance(load.get("workers"), int):
+                counts[member.name] = load["workers"]
+        return counts
 
     def _supervisor_state(self, name: str) -> dict[str, Any]:
         try:

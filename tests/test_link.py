@@ -118,6 +118,17 @@ async def test_garbage_instead_of_a_handshake_is_refused_and_the_port_serves_on(
         await link.close()
 
 
+async def test_an_unauthenticated_peer_cannot_make_the_node_buffer_a_big_frame():
+    async with Server(Identity("c1", "alpha", "a"), COOKIE) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(struct.pack(">I", 50_000_000))  # announces 50 MB, sends nothing more
+        await writer.drain()
+        assert await reader.read() == b""  # refused at once, not after a timeout
+        writer.close()
+        await wait_until(lambda: server.refusals)
+        assert "over the cap" in server.refusals[0]
+
+
 async def test_a_forged_frame_breaks_the_link(caplog):
     caplog.set_level(logging.WARNING)
     async with Server(Identity("c1", "alpha", "a"), COOKIE) as server:

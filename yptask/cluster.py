@@ -245,10 +245,7 @@ class Cluster:
         try:
             link = await accept(reader, writer, me=self.me, cookie=self.settings.cookie,
                                 handler=self._handle)
-        except LinkRefused as exc:
-            log.warning("refused a link: %s", exc)
-            return
-        except (LinkError, ProtocolError) as exc:
+        except YPTaskError as exc:  # LinkRefused, and anything else a stranger may cause
             log.warning("refused a link: %s", exc)
             return
         self._in.add(link)

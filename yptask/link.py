@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 HANDSHAKE_TIMEOUT_S = 5.0
 MAX_LINK_FRAME = 64 * 1024 * 1024
+MAX_HANDSHAKE_FRAME = 4096  # before the peer is authenticated, it gets no big buffers
 MAC_BYTES = 32
 NONCE_BYTES = 32
 
@@ -224,6 +225,8 @@ async def dial(host: str, port: int, *, me: Identity, cookie: bytes, handler: Ha
         if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
             raise LinkRefused(f"{host}:{port} closed the connection during the "
                               "handshake") from None
+        if isinstance(exc, YPTaskError) and not isinstance(exc, LinkRefused):
+            raise LinkRefused(f"{host}:{port} is not a yptask node: {exc}") from None
         raise
 
 
@@ -233,7 +236,7 @@ async def _dial_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     nonce = os.urandom(NONCE_BYTES).hex()
     _write_plain(writer, (codec.Atom("yptask_hello"), PROTOCOL_VERSION, me.cluster, me.name,
                           me.boot, nonce))
-    answer = codec.decode(await _read_frame(reader))
+    answer = await _read_handshake(reader)
     if _is(answer, "yptask_refused", 2):
         raise LinkRefused(f"{where} refused this node: {answer[1]}")
     if not (_is(answer, "yptask_challenge", 6) and _all_str(answer[1:6])):
@@ -246,7 +249,7 @@ async def _dial_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWr
         raise LinkRefused(f"node {peer.name} at {where}: {why}")
     _write_plain(writer, (codec.Atom("yptask_auth"), _proof(cookie, "dialer", nonce,
                                                             their_nonce)))
-    welcome = codec.decode(await _read_frame(reader))
+    welcome = await _read_handshake(reader)
     if _is(welcome, "yptask_refused", 2):
         raise LinkRefused(f"node {peer.name} at {where} refused this node: {welcome[1]}")
     if not _is(welcome, "yptask_welcome", 1):
@@ -271,7 +274,7 @@ async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
             raise LinkRefused(f"{where} did not finish the handshake in time") from None
         if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
             raise LinkRefused(f"{where} closed the connection during the handshake") from None
-        if isinstance(exc, ProtocolError) and not isinstance(exc, LinkError):
+        if isinstance(exc, YPTaskError) and not isinstance(exc, LinkRefused):
             raise LinkRefused(f"{where} is not a yptask node: {exc}") from None
         raise
 
@@ -279,7 +282,7 @@ async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
 async def _accept_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                             side: _Side, where: str) -> Link:
     me, cookie = side.me, side.cookie
-    hello = codec.decode(await _read_frame(reader))
+    hello = await _read_handshake(reader)
     if not (_is(hello, "yptask_hello", 6) and isinstance(hello[1], int)
             and _all_str(hello[2:6])):
         raise LinkRefused(f"{where} is not a yptask node (it sent {_describe(hello)})")
@@ -293,7 +296,7 @@ async def _accept_handshake(reader: asyncio.StreamReader, writer: asyncio.Stream
     nonce = os.urandom(NONCE_BYTES).hex()
     _write_plain(writer, (codec.Atom("yptask_challenge"), me.cluster, me.name, me.boot, nonce,
                           _proof(cookie, "acceptor", their_nonce, nonce)))
-    auth = codec.decode(await _read_frame(reader))
+    auth = await _read_handshake(reader)
     if _is(auth, "yptask_refused", 2):
         raise LinkRefused(f"node {peer.name} at {where} refused this node: {auth[1]}")
     if not (_is(auth, "yptask_auth", 2) and isinstance(auth[1], str) and hmac.compare_digest(
@@ -326,12 +329,16 @@ def _mac(key: bytes, direction: bytes, counter: int, body: bytes) -> bytes:
     return hmac.digest(key, direction + counter.to_bytes(8, "big") + body, hashlib.sha256)
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+async def _read_frame(reader: asyncio.StreamReader, cap: int = MAX_LINK_FRAME) -> bytes:
     header = await reader.readexactly(4)
     (length,) = struct.unpack(">I", header)
-    if length > MAX_LINK_FRAME:
-        raise LinkError(f"a link frame of {length} bytes is over the cap of {MAX_LINK_FRAME}")
+    if length > cap:
+        raise LinkError(f"a link frame of {length} bytes is over the cap of {cap}")
     return await reader.readexactly(length)
+
+
+async def _read_handshake(reader: asyncio.StreamReader) -> Any:
+    return codec.decode(await _read_frame(reader, MAX_HANDSHAKE_FRAME))
 
 
 def _write_plain(writer: asyncio.StreamWriter, term: Any) -> None:

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from yptask.discovery import DEFAULT_SERVICE_TYPE, Discovery, Sighting
@@ -84,7 +84,6 @@ class _Target:
     backoff_s: float = 0.1
     next_try: float = 0.0
     dialing: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Cluster:
@@ -322,10 +321,6 @@ class Cluster:
         log.log(level, "node %s %s (%s, boot %s)", change.member.name, change.what,
                 change.member.link, change.member.boot)
         self.node.member_changed(change)
-
-    def load_of(self, name: str) -> dict[str, Any]:
-        member = self.membership.members.get(name)
-        return member.load if member is not None else {}
 
     # ------------------------------------------------------------------ config
 

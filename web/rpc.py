@@ -74,6 +74,14 @@ class PublisherNode(Protocol):
 
     async def nodes(self) -> Any: ...
 
+    async def list_timers(self) -> Any: ...
+
+    async def get_timer(self, name: str, /) -> Any: ...
+
+    async def put_timer(self, definition: dict[str, Any], /) -> Any: ...
+
+    async def delete_timer(self, name: str, /) -> Any: ...
+
     async def dead_letters(self, limit: int, /) -> Any: ...
 
     async def replay(self, id: str, task: str | None, /) -> Any: ...
@@ -172,6 +180,24 @@ async def _tasks_restart(node: PublisherNode, /, name: Any) -> Any:
     return await node.restart_task(_string("tasks.restart", "name", name))
 
 
+async def _timers_list(node: PublisherNode, /) -> Any:
+    return await node.list_timers()
+
+
+async def _timers_get(node: PublisherNode, /, name: Any) -> Any:
+    return await node.get_timer(_string("timers.get", "name", name))
+
+
+async def _timers_put(node: PublisherNode, /, definition: Any) -> Any:
+    if not isinstance(definition, dict):
+        raise _bad("timers.put", "definition", "an object (a timer definition)", definition)
+    return await node.put_timer(definition)
+
+
+async def _timers_delete(node: PublisherNode, /, name: Any) -> Any:
+    return await node.delete_timer(_string("timers.delete", "name", name))
+
+
 async def _nodes(node: PublisherNode, /) -> Any:
     return await node.nodes()
 
@@ -262,6 +288,10 @@ _IMPLEMENTATIONS: dict[str, Method] = {
     "tasks.restart": _tasks_restart,
     "status": _status,
     "nodes": _nodes,
+    "timers.list": _timers_list,
+    "timers.get": _timers_get,
+    "timers.put": _timers_put,
+    "timers.delete": _timers_delete,
     "dead.list": _dead_list,
     "dead.replay": _dead_replay,
 }

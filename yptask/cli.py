@@ -42,6 +42,8 @@ ADMIN_COMMANDS = {
     "restart": "rolling restart of a task's workers",
     "tasks": "list the tasks with their workers and state",
     "task": "show, apply (from TOML) or delete task definitions",
+    "timers": "list the cron timers with their last and next fire",
+    "timer": "show, apply (from TOML) or delete timer definitions",
     "status": "per task: workers, queued, in flight, handled, failed",
     "nodes": "the cluster's members: state, addresses, boot time, last heard",
     "dead": "list dead letters, or replay one",

@@ -1,4 +1,4 @@
-"""`yptask cast|call|restart|tasks|task|status|nodes|dead`: the admin commands, over JSON-RPC.
+"""`yptask cast|call|restart|tasks|task|timers|timer|status|nodes|dead`: admin commands.
 
 Each command sends a few JSON-RPC requests to one node with `yptask.client.Client`
 (standard library only) and prints a table, or the raw JSON answer with `--json`.
@@ -175,13 +175,13 @@ def _toml_key(key: Any) -> str:
     return key if _BARE_KEY.fullmatch(key) else _toml_value(key)
 
 
-def to_toml(definition: Mapping[str, Any]) -> str:
-    """A task definition as a `[[task]]` table that `yptask task apply` reads back.
+def to_toml(definition: Mapping[str, Any], table: str = "task") -> str:
+    """A definition as a `[[task]]` (or `[[timer]]`) table that `apply` reads back.
 
     Raises ValueError if a value has no TOML form (a null in the settings).
     """
-    return "\n".join(["[[task]]"] + [f"{_toml_key(key)} = {_toml_value(value)}"
-                                     for key, value in definition.items()])
+    return "\n".join([f"[[{table}]]"] + [f"{_toml_key(key)} = {_toml_value(value)}"
+                                         for key, value in definition.items()])
 
 
 class ProgressBar:
@@ -409,6 +409,67 @@ def _task_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _timers(args: argparse.Namespace) -> int:
+    rows = _client(args).timers()
+    if args.json:
+        print(_dump(rows))
+        return EXIT_OK
+    if not rows:
+        print("no timers; `yptask timer apply FILE` adds some")
+        return EXIT_OK
+    print(f"fired by node {rows[0].get('leader')}")
+    print(_table(["NAME", "CRON", "ZONE", "MESSAGE", "LAST FIRE", "NEXT FIRE", "LAST ERROR"],
+                 [[r.get("name"), r.get("cron"), r.get("timezone"), r.get("message"),
+                   _clock(r.get("last_fire")),
+                   _clock(r.get("next_fire")) if r.get("enabled", True) else "disabled",
+                   r.get("last_error") or "-"] for r in rows]))
+    return EXIT_OK
+
+
+_TIMER_STATE = ("last_fire", "next_fire", "last_error", "last_error_at", "leader")
+
+
+def _timer_show(args: argparse.Namespace) -> int:
+    row = _client(args).timer(args.name)
+    if args.json:
+        print(_dump(row))
+        return EXIT_OK
+    definition = {k: v for k, v in row.items() if k not in _TIMER_STATE}
+    try:
+        print(to_toml(definition, "timer"))
+    except ValueError as exc:
+        print(f"yptask: showing {args.name} as JSON: {exc}", file=sys.stderr)
+        print(_dump(definition))
+    return EXIT_OK
+
+
+def _timer_apply(args: argparse.Namespace) -> int:
+    from yptask.schedule import load_timers
+
+    path = str(args.file)
+    try:
+        timers = load_timers(path)
+    except ConfigError as exc:
+        message = str(exc)
+        raise _InputError(message if path in message else f"{path}: {message}") from None
+    if not timers:
+        raise _InputError(f"{path}: no [[timer]] tables, nothing to apply")
+    client = _client(args)
+    stored = [client.put_timer(timer.to_dict()) for timer in timers]
+    if args.json:
+        print(_dump(stored))
+    else:
+        for row in stored:
+            print(f"timer {row.get('name')} saved; next fire {_clock(row.get('next_fire'))}")
+    return EXIT_OK
+
+
+def _timer_delete(args: argparse.Namespace) -> int:
+    _client(args).delete_timer(args.name)
+    print(_dump({"deleted": args.name}) if args.json else f"timer {args.name} deleted")
+    return EXIT_OK
+
+
 def _status(args: argparse.Namespace) -> int:
     status = _client(args).status()
     if args.json:
@@ -532,6 +593,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("status", _status, "per task: workers per node, queued, in flight, handled, failed, "
                            "state")
+
+    add("timers", _timers, "list the timers: schedule, last fire, next fire, last error")
+    timer = commands.add_parser("timer", help="show, apply or delete timer definitions",
+                                description="show, apply or delete timer definitions")
+    timer_actions = timer.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add("show", _timer_show, "print a timer's definition as a [[timer]] TOML table",
+        timer_actions).add_argument("name", metavar="NAME")
+    add("apply", _timer_apply, "create or update the [[timer]] tables of a TOML file",
+        timer_actions).add_argument("file", metavar="FILE")
+    add("delete", _timer_delete, "delete a timer, on every node",
+        timer_actions).add_argument("name", metavar="NAME")
 
     add("nodes", _nodes, "the cluster's members: state, link and HTTP address, boot time, "
                          "last heard")

@@ -135,6 +135,21 @@ class Client:
         """The node's status: per task, workers, state and counters."""
         return _expect(self.request("status"), dict, "status")
 
+    def timers(self) -> list[dict[str, Any]]:
+        """Every timer with its last fire, next fire, last error and the leader firing it."""
+        return _expect(self.request("timers.list"), list, "timers.list")
+
+    def timer(self, name: str) -> dict[str, Any]:
+        return _expect(self.request("timers.get", {"name": name}), dict, "timers.get")
+
+    def put_timer(self, definition: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace a timer, on every node of the cluster."""
+        return _expect(self.request("timers.put", {"definition": definition}), dict,
+                       "timers.put")
+
+    def delete_timer(self, name: str) -> Any:
+        return self.request("timers.delete", {"name": name})
+
     def nodes(self) -> list[dict[str, Any]]:
         """The cluster's members as the node sees them, itself first."""
         return _expect(self.request("nodes"), list, "nodes")

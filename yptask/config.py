@@ -23,7 +23,8 @@ from typing import Any
 
 from yptask.errors import ConfigError
 
-__all__ = ["NodeConfig", "TaskDef", "load_tasks", "topic_matches", "validate_message_name"]
+__all__ = ["NodeConfig", "TaskDef", "load_tasks", "read_toml", "topic_matches",
+           "validate_message_name"]
 
 _SEGMENT = r"[A-Za-z0-9_-]+"
 _MESSAGE_NAME = re.compile(rf"{_SEGMENT}(\.{_SEGMENT})*")
@@ -224,15 +225,20 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def load_tasks(path: str | Path) -> list[TaskDef]:
-    """Read task definitions (`[[task]]` tables) from a TOML file."""
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a TOML file; raise ConfigError saying which `what` file failed and why."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as exc:
-        raise ConfigError(f"cannot read task file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_tasks(path: str | Path) -> list[TaskDef]:
+    """Read task definitions (`[[task]]` tables) from a TOML file."""
+    data = read_toml(path, "task")
     tasks = [TaskDef.from_dict(entry) for entry in data.get("task", [])]
     names = [t.name for t in tasks]
     duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -35,6 +35,7 @@ __all__ = [
     "RestartIntensityExceeded",
     "SupervisionError",
     "UnknownTask",
+    "UnknownTimer",
     "WireCode",
     "WorkerExited",
     "YPTaskError",
@@ -122,6 +123,10 @@ class UnknownTask(ConfigError):
     """Raised when an operation names a task that is not defined."""
 
 
+class UnknownTimer(ConfigError):
+    """Raised when an operation names a timer that is not defined."""
+
+
 class Overloaded(YPTaskError):
     """Raised when a cast is refused because a queue or the journal is over its limit."""
 
@@ -169,6 +174,7 @@ WIRE_CODES: dict[type[BaseException], WireCode] = {
     NoSuchHandler: WireCode("server", 100, -32001),
     EncodeError: WireCode("server", 101, -32002),
     UnknownTask: WireCode("server", 105, -32005),
+    UnknownTimer: WireCode("server", 109, -32009),
     ConfigError: WireCode("server", 102, -32602),
     NoSubscriber: WireCode("server", 106, -32006),
     Overloaded: WireCode("server", 107, -32007),

@@ -43,15 +43,18 @@ from yptask.errors import (
     NoSubscriber,
     ProtocolError,
     UnknownTask,
+    UnknownTimer,
 )
 from yptask.forwarding import Forwarder
 from yptask.group_commit import JournalThread
 from yptask.journal import Envelope, Journal
 from yptask.membership import Change
 from yptask.replicated import Entry, HybridClock, ReplicatedStore
+from yptask.schedule import TimerDef
 from yptask.supervision import ChildSpec, Registry, Supervisor, SupervisorFlags
 from yptask.supervisors.task import NodePlace, TaskSupervisor
 from yptask.supervisors.worker import ProcessGone, WorkerHooks
+from yptask.timer_runner import TIMER_KEY, TIMER_STATE_KEY, TimerRunner, timer_rows
 
 __all__ = ["Node"]
 
@@ -87,6 +90,7 @@ class Node:
         self._store: ReplicatedStore | None = None
         self.cluster: Cluster | None = None
         self.forwarders: dict[str, Forwarder] = {}
+        self.timers: TimerRunner | None = None
         self._loads: asyncio.Task[None] | None = None
         self._queued: dict[str, int] = {}  # task -> deliveries waiting here, for heartbeats
         self.boot = os.urandom(8).hex()  # this run of this node: peers see a restart by it
@@ -151,6 +155,11 @@ class Node:
         for task in self.tasks.values():
             self._start_forwarder(task)
         self._loads = self.loop.create_task(self._measure_load_forever(), name="measure load")
+        cluster = self.cluster
+        self.timers = TimerRunner(self.name, self._store, cast=self._cast_tick,
+                                  peers=lambda: [m.name for m in cluster.up()],
+                                  publish=cluster.publish)
+        self.timers.start()
         log.info("node %s ready: %s, BERT-RPC %s, link %s", self.name, self.http_url,
                  self.bert_address, self.cluster.link_address)
 
@@ -223,6 +232,8 @@ class Node:
         for background in (self._pruner, self._loads):
             if background is not None:
                 background.cancel()
+        if self.timers is not None:
+            await self.timers.stop()
         for forwarder in self.forwarders.values():
             await forwarder.close()
         if self.cluster is not None:
@@ -359,6 +370,56 @@ class Node:
         self._check_running()
         self._task(name)
         await self._write_task(name, None)
+
+    # ------------------------------------------------------------------ timers
+
+    async def list_timers(self) -> list[dict[str, Any]]:
+        """Every timer with its last fire, next fire, last error and the leader firing it."""
+        assert self._store is not None
+        leader = self.timers.leader() if self.timers is not None else self.name
+        return await asyncio.to_thread(timer_rows, self._store, leader)
+
+    async def get_timer(self, name: str) -> dict[str, Any]:
+        for row in await self.list_timers():
+            if row["name"] == name:
+                return row
+        raise UnknownTimer(f"no timer named {name!r}; `yptask timers` lists them")
+
+    async def put_timer(self, definition: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace a timer, on every node; the leader fires it from the next tick."""
+        self._check_running()
+        timer = TimerDef.from_dict(definition)
+        assert self._store is not None
+        store = self._store
+
+        def write() -> list[Entry]:
+            entries = [store.put(TIMER_KEY + timer.name, timer.to_dict())]
+            state = store.get(TIMER_STATE_KEY + timer.name)
+            if state is None or state.value is None:  # new: its ticks count from now
+                entries.append(store.put(TIMER_STATE_KEY + timer.name,
+                                         {"last_fire": time.time()}))
+            return entries
+
+        entries = await asyncio.to_thread(write)
+        if self.cluster is not None:
+            self.cluster.publish(entries)
+        log.info("timer %s saved", timer.name)
+        return await self.get_timer(timer.name)
+
+    async def delete_timer(self, name: str) -> None:
+        """Delete a timer, on every node."""
+        self._check_running()
+        await self.get_timer(name)
+        assert self._store is not None
+        store = self._store
+        entries = await asyncio.to_thread(lambda: [store.put(TIMER_KEY + name, None),
+                                                   store.put(TIMER_STATE_KEY + name, None)])
+        if self.cluster is not None:
+            self.cluster.publish(entries)
+        log.info("timer %s deleted", name)
+
+    async def _cast_tick(self, name: str, payload: Any, message_id: str) -> None:
+        await self.cast(name, payload, id=message_id)
 
     async def restart_task(self, name: str) -> dict[str, Any]:
         """Rolling restart, on every node: each worker is replaced by one running the code

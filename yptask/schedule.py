@@ -25,15 +25,17 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from yptask.config import validate_message_name
+from yptask.config import read_toml, validate_message_name
 from yptask.errors import ConfigError
 
-__all__ = ["MISFIRE_POLICIES", "ON_TIME_S", "TimerDef", "due_fires", "fire_id", "next_fire"]
+__all__ = ["MISFIRE_POLICIES", "ON_TIME_S", "TimerDef", "due_fires", "fire_id", "load_timers",
+           "next_fire"]
 
 MISFIRE_POLICIES = ("skip", "fire_once", "fire_all")
 ON_TIME_S = 2.0  # a tick this late is still on time, not missed
@@ -85,6 +87,16 @@ class TimerDef:
         return timer
 
 
+def load_timers(path: str | Path) -> list[TimerDef]:
+    """Read timer definitions (`[[timer]]` tables) from a TOML file."""
+    timers = [TimerDef.from_dict(entry) for entry in read_toml(path, "timer").get("timer", [])]
+    names = [t.name for t in timers]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: timer(s) defined twice: {', '.join(duplicates)}")
+    return timers
+
+
 def fire_id(timer: str, scheduled: float) -> str:
     """The message id of one tick: the same on every node, so a repeat is dropped."""
     return f"timer:{timer}:{scheduled:.3f}"
@@ -102,8 +114,9 @@ def next_fire(timer: TimerDef, after: float) -> float:
         # The repeated hour after clocks go back: this wall-clock time has had its fire.
 
 
-def due_fires(timer: TimerDef, last: float, now: float) -> list[float]:
-    """The ticks to fire now, oldest first, given the last tick fired (or accounted for)."""
+def due_fires(timer: TimerDef, last: float, now: float) -> tuple[list[float], float]:
+    """The ticks to fire now, oldest first, given the last tick fired (or accounted for);
+    and the tick accounted for once they are fired (missed ones included)."""
     # After a long outage only the latest ticks matter: start just before them, rather
     # than walk a day of one-second ticks.
     keep = timer.max_catchup if timer.misfire == "fire_all" else 1
@@ -115,13 +128,13 @@ def due_fires(timer: TimerDef, last: float, now: float) -> list[float]:
             ticks.pop(0)  # fire_all keeps the latest ones only
         tick = next_fire(timer, tick)
     if not ticks:
-        return []
-    if timer.misfire == "fire_all":
-        return ticks
+        return [], last
     latest = ticks[-1]
+    if timer.misfire == "fire_all":
+        return ticks, latest
     if timer.misfire == "fire_once" or now - latest <= ON_TIME_S:
-        return [latest]
-    return []  # skip: the latest tick is missed too
+        return [latest], latest
+    return [], latest  # skip: the latest tick is missed too
 
 
 def _before_latest(timer: TimerDef, now: float, count: int) -> float:

@@ -1,0 +1,92 @@
+"""Timers on a node: saved and fired, edited live, deleted, failures shown; in one process.
+
+The cluster behaviour (one firing node, failover) is in test_cluster_timers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from support import ALONE, TEST_WORKERS
+
+from yptask.config import NodeConfig, TaskDef
+from yptask.errors import ConfigError, UnknownTimer
+from yptask.node import Node
+
+
+@pytest.fixture
+async def node(tmp_path):
+    task = TaskDef.from_dict({"name": "rec", "messages": ["tick.*"],
+                              "worker_class": "sample:Sample",
+                              "env": {"PYTHONPATH": str(TEST_WORKERS)},
+                              "settings": {"record_path": str(tmp_path / "rec.jsonl")}})
+    started = await Node.start(NodeConfig(name="solo", data_dir=tmp_path / "data",
+                                          max_payload_bytes=256, **ALONE), tasks=[task])
+    yield started
+    await started.stop()
+
+
+def records(tmp_path) -> list[dict]:
+    path = tmp_path / "rec.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def until(predicate, timeout_s: float = 15.0, what: str = "it"):
+    """Poll a predicate (plain, or returning an awaitable) until truthy; fail at the deadline."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                value = predicate()
+                if asyncio.iscoroutine(value):
+                    value = await value
+                if value:
+                    return value
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+EVERY_SECOND = {"name": "beat", "cron": "* * * * * *", "message": "tick.record",
+                "payload": {"v": 1}, "misfire": "fire_all"}
+
+
+async def test_a_timer_fires_each_tick_once_and_follows_edits_and_deletes(node, tmp_path):
+    saved = await node.put_timer(EVERY_SECOND)
+    assert saved["next_fire"] > saved["last_fire"] and saved["leader"] == "solo"
+    await until(lambda: len(records(tmp_path)) >= 2, what="two ticks")
+    ids = [r["id"] for r in records(tmp_path)]
+    assert all(i.startswith("timer:beat:") for i in ids) and len(set(ids)) == len(ids)
+    row = await node.get_timer("beat")
+    assert row["last_fire"] is not None and row["next_fire"] > row["last_fire"]
+    # An edit takes effect on the next tick, without a restart
+    await node.put_timer({**EVERY_SECOND, "payload": {"v": 2}})
+    await until(lambda: records(tmp_path)[-1]["payload"] == {"v": 2}, what="the new payload")
+    # A delete stops it
+    await node.delete_timer("beat")
+    with pytest.raises(UnknownTimer):
+        await node.get_timer("beat")
+    await asyncio.sleep(1.5)  # let a tick in flight land
+    count = len(records(tmp_path))
+    await asyncio.sleep(1.5)
+    assert len(records(tmp_path)) == count
+    ticks = sorted(float(r["id"].rsplit(":", 1)[1]) for r in records(tmp_path))
+    assert len(set(ticks)) == len(ticks)  # no tick twice
+
+
+async def test_a_tick_that_cannot_be_cast_shows_as_the_last_error_and_is_retried(node):
+    await node.put_timer({**EVERY_SECOND, "payload": {"blob": "x" * 400}})  # over 256 bytes
+    row = await until(lambda: _with_error(node), what="the error")
+    assert "over the node's limit" in row["last_error"]
+
+
+async def _with_error(node: Node):
+    row = await node.get_timer("beat")
+    return row if row["last_error"] else None
+
+
+async def test_impossible_timers_are_refused_at_save(node):
+    with pytest.raises(ConfigError, match="'cron'"):
+        await node.put_timer({**EVERY_SECOND, "cron": "0 0 31 2 *"})
+    assert await node.list_timers() == []

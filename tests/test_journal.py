@@ -136,3 +136,15 @@ def test_kill_9_loses_nothing_committed_and_requeues_what_was_in_flight(tmp_path
         assert delivered["m2"] == 1
     finally:
         journal.close()
+
+
+def test_a_delivery_forwarded_after_it_was_cast_here_is_not_taken_again(tmp_path):
+    journal = Journal(tmp_path / "j.db")
+    message = Envelope("tick-1", "a.b", {}, 1.0)
+    journal.append([(message, ["t"])])
+    (delivery,) = journal.claim("t")
+    journal.ack(delivery.message.id, "t")
+    assert journal.accept_forwarded([message], "t") == 0  # handled here already
+    assert journal.accept_forwarded([message], "other") == 1  # another task's is new
+    assert journal.accept_forwarded([message], "other") == 0
+    assert [d.task for d in journal.claim("t") + journal.claim("other")] == ["other"]

@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_ready
     ON deliveries (task, state, priority DESC, seq);
-CREATE TABLE IF NOT EXISTS received (   -- deliveries forwarded here by other nodes
+CREATE TABLE IF NOT EXISTS received (   -- every delivery this journal took, cast or forwarded
     message_id TEXT NOT NULL,
     task TEXT NOT NULL,
     PRIMARY KEY (message_id, task)
@@ -147,6 +147,9 @@ class Journal:
                     self._db.executemany(
                         "INSERT INTO deliveries (message_id, task, priority) VALUES (?, ?, ?)",
                         rows)
+                    # so that the same message forwarded here later is not taken again
+                    self._db.executemany("INSERT OR IGNORE INTO received VALUES (?, ?)",
+                                         [row[:2] for row in rows])
                     if not rows:
                         self._mark_done([envelope.id])
         return added
@@ -154,8 +157,9 @@ class Journal:
     def accept_forwarded(self, envelopes: Iterable[Envelope], task: str) -> int:
         """Store deliveries another node forwarded for `task`, in ONE transaction.
 
-        Each (message, task) is taken once: a sender that resends after losing our
-        answer gets no second delivery, for as long as the message is remembered.
+        Each (message, task) is taken once, whether it was cast here or forwarded: a
+        sender that resends after losing our answer, or a tick two timer leaders both
+        fired, gets no second delivery, for as long as the message is remembered.
         Returns how many were new.
         """
         new = 0

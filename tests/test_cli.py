@@ -185,6 +185,30 @@ def test_a_task_applied_from_a_file_is_listed_shown_and_deleted(node: Node) -> N
     assert node.run("task", "show", "extra").returncode == 1
 
 
+def test_timers_are_applied_listed_shown_and_deleted(node: Node) -> None:
+    # An impossible schedule is refused at apply, naming the field
+    path = node.tmp / "timers.toml"
+    path.write_text('[[timer]]\nname = "nightly"\ncron = "0 0 31 2 *"\nmessage = "x.record"\n')
+    refused = node.run("timer", "apply", str(path))
+    assert refused.returncode == 65 and "'cron'" in refused.stderr
+    # A good one is saved; `timers` shows its next fire and who fires it
+    path.write_text('[[timer]]\nname = "nightly"\ncron = "30 2 * * *"\n'
+                    'timezone = "Europe/Berlin"\nmessage = "x.record"\n')
+    applied = node.run("timer", "apply", str(path))
+    assert applied.returncode == 0 and "timer nightly saved; next fire" in applied.stdout
+    listed = node.run("timers")
+    assert "fired by node c1" in listed.stdout
+    assert "nightly" in listed.stdout and "Europe/Berlin" in listed.stdout
+    (row,) = json.loads(node.run("timers", "--json").stdout)
+    assert row["next_fire"] > row["last_fire"] and row["last_error"] is None
+    # `timer show` prints TOML that `timer apply` reads back
+    shown = node.run("timer", "show", "nightly")
+    (definition,) = tomllib.loads(shown.stdout)["timer"]
+    assert definition["cron"] == "30 2 * * *" and "next_fire" not in definition
+    assert node.run("timer", "delete", "nightly").stdout.strip() == "timer nightly deleted"
+    assert json.loads(node.run("timers", "--json").stdout) == []
+
+
 def test_restart_replaces_the_workers_with_a_new_generation(node: Node) -> None:
     # Given the echo task's current generation
     before = json.loads(node.run("task", "show", "echo", "--json").stdout)["restart_generation"]

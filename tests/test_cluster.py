@@ -227,8 +227,11 @@ def test_one_node_fires_each_timer_tick_once_across_a_leader_kill(tmp_path, clus
     # a comes back (and leads again); its journal still held ticks it had fired
     a.start()
     wait_for(lambda: c.rpc("timers.list")[0]["leader"] == "a", timeout_s=15, what="a back")
-    seen = len(read_records(records))
-    wait_for(lambda: len(read_records(records)) >= seen + 2, timeout_s=10, what="ticks by a")
+    # An edit saved on c takes effect on the leader, a, without a restart
+    c.rpc("timers.put", {"name": "beat", "cron": "* * * * * *", "message": "c.record",
+                         "misfire": "fire_all", "payload": {"edition": 2}})
+    wait_for(lambda: read_records(records)[-1]["payload"] == {"edition": 2}, timeout_s=10,
+             what="ticks with the edited payload")
     c.rpc("timers.delete", "beat")
     time.sleep(2)  # ticks in flight land
     # Then over the whole run every scheduled second was delivered exactly once

@@ -7,9 +7,10 @@ test process. Blocking work never runs on the loop: SQLite goes through the
 journal thread or `asyncio.to_thread`, and asks to actors run in threads.
 
 Start order: store and journal, then the supervision tree (task supervisors,
-each starting its workers), then the delivery loops, then HTTP. Stop is the
-reverse, gracefully: no new requests, no new claims, workers finish their
-current message (its outcome is still acked), then the journal closes.
+each starting its workers), then the delivery loops, then HTTP and BERT-RPC,
+then the cluster (links, forwarding, timers). Stop is the reverse, gracefully:
+no new requests, no new claims, workers finish their current message (its
+outcome is still acked), then the journal closes.
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ class Node:
         await web.SockSite(self._runner, self._http_socket).start()
 
     async def stop(self) -> None:
-        """Stop gracefully: HTTP first, then claims, then workers (finishing), then the journal."""
+        """Stop gracefully: timers, forwarding and links, then HTTP, then claims, then workers
+        (finishing), then the journal. What waits to be forwarded stays journaled here."""
         if self.stopping:
             return
         self.stopping = True

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -77,7 +76,6 @@ class Lab:
         except BaseException:
             self.__exit__()
             raise
-        time.sleep(1.5)  # the bridge ports take a moment to forward
         return self
 
     def cut(self, index: int, up: bool) -> None:

@@ -32,7 +32,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from yptask.client import DEFAULT_URL, Client
 from yptask.errors import ConfigError, HandlerError, RPCError, YPTaskError
@@ -50,6 +50,7 @@ __all__ = [
     "to_toml",
 ]
 
+T = TypeVar("T")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -368,29 +369,38 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _task_show(args: argparse.Namespace) -> int:
-    definition = _client(args).task(args.name)
+    return _show(args, _client(args).task(args.name), "task")
+
+
+def _show(args: argparse.Namespace, definition: Mapping[str, Any], table: str) -> int:
+    """Print a definition as a TOML table (as JSON with --json, or if TOML cannot hold it)."""
     if args.json:
         print(_dump(definition))
         return EXIT_OK
     try:
-        print(to_toml(definition))
+        print(to_toml(definition, table))
     except ValueError as exc:
         print(f"yptask: showing {args.name} as JSON: {exc}", file=sys.stderr)
         print(_dump(definition))
     return EXIT_OK
 
 
-def _task_apply(args: argparse.Namespace) -> int:
-    from yptask.config import load_tasks
-
-    path = str(args.file)
+def _read_file(path: str, load: Callable[[str], list[T]], table: str) -> list[T]:
+    """The definitions of a TOML file; an _InputError naming the file if it has none."""
     try:
-        tasks = load_tasks(path)
+        items = load(path)
     except ConfigError as exc:
         message = str(exc)
         raise _InputError(message if path in message else f"{path}: {message}") from None
-    if not tasks:
-        raise _InputError(f"{path}: no [[task]] tables, nothing to apply")
+    if not items:
+        raise _InputError(f"{path}: no [[{table}]] tables, nothing to apply")
+    return items
+
+
+def _task_apply(args: argparse.Namespace) -> int:
+    from yptask.config import load_tasks
+
+    tasks = _read_file(str(args.file), load_tasks, "task")
     client = _client(args)
     existing = {task.get("name") for task in client.tasks()}
     stored = []
@@ -432,28 +442,14 @@ _TIMER_STATE = ("last_fire", "next_fire", "last_error", "last_error_at", "leader
 def _timer_show(args: argparse.Namespace) -> int:
     row = _client(args).timer(args.name)
     if args.json:
-        print(_dump(row))
-        return EXIT_OK
-    definition = {k: v for k, v in row.items() if k not in _TIMER_STATE}
-    try:
-        print(to_toml(definition, "timer"))
-    except ValueError as exc:
-        print(f"yptask: showing {args.name} as JSON: {exc}", file=sys.stderr)
-        print(_dump(definition))
-    return EXIT_OK
+        return _show(args, row, "timer")
+    return _show(args, {k: v for k, v in row.items() if k not in _TIMER_STATE}, "timer")
 
 
 def _timer_apply(args: argparse.Namespace) -> int:
     from yptask.schedule import load_timers
 
-    path = str(args.file)
-    try:
-        timers = load_timers(path)
-    except ConfigError as exc:
-        message = str(exc)
-        raise _InputError(message if path in message else f"{path}: {message}") from None
-    if not timers:
-        raise _InputError(f"{path}: no [[timer]] tables, nothing to apply")
+    timers = _read_file(str(args.file), load_timers, "timer")
     client = _client(args)
     stored = [client.put_timer(timer.to_dict()) for timer in timers]
     if args.json:

@@ -16,6 +16,7 @@ crashes on purpose: its supervisor starts a fresh worker.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class Outcome:
     error: YPTaskError | None = None
     worker_lost: bool = False
     started: bool = True  # False: the worker never read it, so no attempt was spent
+    duration_s: float | None = None  # how long the handler took, when it answered
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class WorkerActor(Supervised):
         self.hooks = hooks
         self.conn: WorkerConnection | None = None
         self.handled = 0
+        self._busy_since = 0.0  # when the worker started on the oldest unanswered job
 
     def init(self) -> None:
         self.conn = WorkerConnection(self.config.spec)
@@ -136,6 +139,8 @@ class WorkerActor(Supervised):
                     held = self.hooks.pull(self.task, self.actor_ref)
                     if held is None:
                         break
+                if not window:  # the worker starts on it now
+                    self._busy_since = time.monotonic()
                 if not self._send(held, window):
                     break
                 held = None
@@ -165,13 +170,20 @@ class WorkerActor(Supervised):
             _lose(window, exc, held)
             raise  # crash on purpose: the supervisor starts a fresh worker
         except YPTaskError as exc:  # the handler raised, or has no handler for the name
-            window.popleft().done(Outcome(error=exc))
+            window.popleft().done(Outcome(error=exc, duration_s=self._took()))
         except BaseException as exc:  # a bug here: the jobs must still be settled
             _lose(window, WorkerExited(f"worker actor failed: {exc!r}"), held)
             raise
         else:
-            window.popleft().done(Outcome(result=result))
+            window.popleft().done(Outcome(result=result, duration_s=self._took()))
         self.handled += 1
+
+    def _took(self) -> float:
+        """How long the answered job ran: since it was sent, or since the answer before it
+        (the worker takes the next job waiting in its pipe at once)."""
+        now = time.monotonic()
+        took, self._busy_since = now - self._busy_since, now
+        return took
 
     def terminate(self, reason: ExitReason) -> None:
         if self.conn is None:

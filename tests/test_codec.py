@@ -39,7 +39,11 @@ def _types(value):
     return type(value)
 
 
-@given(st.recursive(st.integers() | st.text() | st.builds(Atom, st.text(max_size=50)),
+# (the atoms true and false decode to bools, as Erlang code writes them: not round trips)
+ATOMS = st.builds(Atom, st.text(max_size=50).filter(lambda t: t not in ("true", "false")))
+
+
+@given(st.recursive(st.integers() | st.text() | ATOMS,
                     lambda children: st.tuples(children, children) | st.lists(children),
                     max_leaves=20))
 def test_tuples_atoms_and_lists_round_trip(value):

@@ -95,6 +95,10 @@ async def test_cast_call_and_status(start_node, tmp_path):
     status = await node.status()
     assert status["tasks"]["a"]["workers"] == {"n1": 2}
     assert status["tasks"]["a"]["handled"] >= 20
+    assert status["tasks"]["a"]["handled_per_s"] > 0
+    assert status["tasks"]["a"]["latency_ms"]["p50"] > 0
+    series = (await node.metrics(10, 60))["a"]
+    assert sum(point["handled_per_s"] for point in series) * 10 >= 20
 
 
 async def test_a_handler_can_cast_and_call_through_its_node(start_node, tmp_path):
@@ -168,6 +172,12 @@ async def test_failing_messages_are_dead_lettered_with_their_error_and_can_be_re
                                          max_attempts=2)])
     cast = await node.cast("upai.fail", {"reason": "bad input"})
     (letter,) = await until(node.dead_letters, what="a dead letter")
+    # each failed attempt is listed too, newest first, with its traceback
+    failures = await node.failures()
+    assert [f["attempt"] for f in failures] == [2, 1]
+    assert {f["id"] for f in failures} == {cast["id"]}
+    assert failures[0]["error_class"] == "ValueError" and "Traceback" in failures[0]["traceback"]
+    assert (await node.status())["tasks"]["a"]["failed_per_s"] > 0
     assert (letter["id"], letter["task"], letter["attempt"]) == (cast["id"], "a", 2)
     assert letter["error_class"] == "ValueError" and letter["error"] == "bad input"
     assert "handle_fail" in letter["traceback"]

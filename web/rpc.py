@@ -74,6 +74,10 @@ class PublisherNode(Protocol):
 
     async def nodes(self) -> Any: ...
 
+    async def failures(self, limit: int, /) -> Any: ...
+
+    async def metrics(self, step_s: int, span_s: int, /) -> Any: ...
+
     async def list_timers(self) -> Any: ...
 
     async def get_timer(self, name: str, /) -> Any: ...
@@ -198,6 +202,16 @@ async def _timers_delete(node: PublisherNode, /, name: Any) -> Any:
     return await node.delete_timer(_string("timers.delete", "name", name))
 
 
+async def _failures_list(node: PublisherNode, /, limit: Any = 100) -> Any:
+    return await node.failures(_integer("failures.list", "limit", limit, minimum=1,
+                                        maximum=MAX_DEAD_LETTERS))
+
+
+async def _metrics(node: PublisherNode, /, step: Any = 10, span: Any = 600) -> Any:
+    return await node.metrics(_integer("metrics", "step", step, minimum=1, maximum=600),
+                              _integer("metrics", "span", span, minimum=1, maximum=600))
+
+
 async def _nodes(node: PublisherNode, /) -> Any:
     return await node.nodes()
 
@@ -288,6 +302,8 @@ _IMPLEMENTATIONS: dict[str, Method] = {
     "tasks.restart": _tasks_restart,
     "status": _status,
     "nodes": _nodes,
+    "failures.list": _failures_list,
+    "metrics": _metrics,
     "timers.list": _timers_list,
     "timers.get": _timers_get,
     "timers.put": _timers_put,

@@ -33,6 +33,7 @@ from yptask.config import TaskDef
 from yptask.errors import CallTimeout, HandlerError, WorkerExited, YPTaskError
 from yptask.group_commit import JournalThread
 from yptask.journal import Delivery, Journal
+from yptask.metrics import Failure, TaskMetrics
 from yptask.supervisors.worker import Job, Outcome
 
 __all__ = ["TaskPool"]
@@ -78,6 +79,7 @@ class TaskPool:
         self.handled = 0
         self.failed = 0
         self.in_flight = 0
+        self.metrics = TaskMetrics()
 
     # -------------------------------------------------------------- from actor threads
 
@@ -228,6 +230,7 @@ class TaskPool:
                     self.handled += 1
                 else:
                     self.failed += 1
+            self.metrics.record(ok=outcome.error is None, latency_s=outcome.duration_s)
             self.loop.call_soon_threadsafe(_settle, future, outcome)
 
         with self._counts:
@@ -318,6 +321,14 @@ class TaskPool:
                 self.handled += 1
             elif outcome.started:
                 self.failed += 1
+        if outcome.error is None or outcome.started:
+            self.metrics.record(ok=outcome.error is None, latency_s=outcome.duration_s)
+        if outcome.error is not None and outcome.started:
+            error_class, detail, backtrace = describe(outcome.error)
+            message = delivery.message
+            self.metrics.failed(Failure(message.id, delivery.task, message.name,
+                                        delivery.attempt, error_class, detail, backtrace,
+                                        time.time()))
         if outcome.error is None:
             self.journal.ack_nowait(delivery.message.id, delivery.task)
         elif not outcome.started:
@@ -329,11 +340,16 @@ class TaskPool:
                                             task=self.task))
 
 
+def describe(error: YPTaskError) -> tuple[str, str, str]:
+    """An attempt's error as (class, message, traceback): the handler's own, or ours."""
+    if isinstance(error, HandlerError):
+        return error.error_class, error.detail, "\n".join(error.backtrace)
+    return type(error).__name__, str(error), ""
+
+
 def _fail(journal: Journal, delivery: Delivery, error: YPTaskError, task: TaskDef) -> bool:
     """Record a failed attempt (in the journal thread); return True if it was dead-lettered."""
-    backtrace = "\n".join(error.backtrace) if isinstance(error, HandlerError) else ""
-    error_class = error.error_class if isinstance(error, HandlerError) else type(error).__name__
-    detail = error.detail if isinstance(error, HandlerError) else str(error)
+    error_class, detail, backtrace = describe(error)
     # Exponential backoff between attempts: 1x, 2x, 4x ... the task's retry backoff.
     retry_after = task.retry_backoff_s * 2 ** max(0, delivery.attempt - 1)
     dead = journal.fail(delivery.message.id, delivery.task, max_attempts=task.max_attempts,

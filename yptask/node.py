@@ -534,7 +534,7 @@ class Node:
             queued, inflight = await self._journal.run(partial(Journal.depth, task=name))
             state = await asyncio.to_thread(self._supervisor_state, name)
             workers = {self.name: state["workers"], **self._workers_elsewhere(name)}
-            tasks[name] = {"workers": workers, "state": state["state"],
+            tasks[name] = {**pool.metrics.summary(), "workers": workers, "state": state["state"],
                            "queued": queued, "in_flight": inflight, "handled": pool.handled,
                            "failed": pool.failed,
                            "pids": sorted(p for p, t in self._worker_pids.items() if t == name)}
@@ -562,6 +562,15 @@ class Node:
         if state.phase.value == "backoff":
             return {"state": "backoff", "workers": workers}
         return {"state": "running" if workers else "idle", "workers": workers}
+
+    async def failures(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent failed attempts on this node, newest first, with tracebacks."""
+        rows = [f for pool in self.pools.values() for f in pool.metrics.recent_failures()]
+        return sorted(rows, key=lambda f: f["at"], reverse=True)[:limit]
+
+    async def metrics(self, step_s: int = 10, span_s: int = 600) -> dict[str, Any]:
+        """Per task, points every `step_s` over the last `span_s`: rates and latency."""
+        return {name: pool.metrics.series(step_s, span_s) for name, pool in self.pools.items()}
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         assert self._journal is not None

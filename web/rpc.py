@@ -33,9 +33,11 @@ from yptask.errors import (
     HandlerError,
     NoSuchFunction,
     ProtocolError,
+    Unauthorized,
     YPTaskError,
     wire_code,
 )
+from yptask.web.auth import Guard
 
 __all__ = ["METHODS", "PublisherNode", "RPCEndpoint", "error_data", "request_problem"]
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 _REQUEST_MEMBERS = frozenset({"jsonrpc", "method", "params", "id"})
 _NO_ID = object()  # a notification's id: the request had no "id" member
 MAX_DEAD_LETTERS = 1_000_000  # the largest `limit` dead.list accepts
+PUBLIC_METHODS = frozenset({"cast", "call"})  # the rest need the console password, if set
 
 
 class PublisherNode(Protocol):
@@ -373,8 +376,9 @@ def _no_validation(request: Any) -> Any:
 class RPCEndpoint:
     """The `POST /rpc` handler of one node."""
 
-    def __init__(self, node: PublisherNode) -> None:
+    def __init__(self, node: PublisherNode, guard: Guard | None = None) -> None:
         self.node = node
+        self.guard = guard
         self.max_body_bytes = node.config.max_body_bytes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -386,8 +390,10 @@ class RPCEndpoint:
                 " bytes (max_body_bytes); send smaller messages or split the batch")
             return web.Response(status=413, text=_response(_error_object(too_big), None),
                                 content_type="application/json")
+        guard = self.guard
         try:
-            answer = await self.dispatch(body)
+            answer = await self.dispatch(
+                body, admin_ok=None if guard is None else lambda: guard.may_administer(request))
         except Exception as exc:
             answer = _response(_internal_error(exc, "request"), None)
         if answer is None:
@@ -408,26 +414,33 @@ class RPCEndpoint:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def dispatch(self, body: bytes) -> str | None:
-        """Answer a request body with JSON text, or None when nothing is to be answered."""
+    async def dispatch(self, body: bytes,
+                       admin_ok: Callable[[], Awaitable[bool]] | None = None) -> str | None:
+        """Answer a request body with JSON text, or None when nothing is to be answered.
+
+        `await admin_ok()` says whether the request may use the admin methods (asked
+        only if it names one); None: it may."""
         try:
             data = _parse(body)
         except DecodeError as exc:
             return _response(_error_object(exc), None)
         if not isinstance(data, list):
-            return (await self._answer([data]))[0]
+            return (await self._answer([data], admin_ok))[0]
         if not data:
             empty = ProtocolError("Invalid request: an empty batch; send at least one request")
             return _response(_error_object(empty), None)
-        parts = [answer for answer in await self._answer(data) if answer is not None]
+        parts = [answer for answer in await self._answer(data, admin_ok) if answer is not None]
         return f"[{','.join(parts)}]" if parts else None
 
-    async def _answer(self, requests: list[Any]) -> list[str | None]:
+    async def _answer(self, requests: list[Any],
+                      admin_ok: Callable[[], Awaitable[bool]] | None) -> list[str | None]:
         """Answer each request object (JSON text, or None for a notification), in order.
 
-        Requests that are malformed or name no method are answered here, each on its
-        own; the rest go to jsonrpcserver together, which runs them concurrently.
+        Requests that are malformed, name no method, or an admin method without the
+        right to it, are answered here, each on its own; the rest go to jsonrpcserver
+        together, which runs them concurrently.
         """
+        allowed: bool | None = None if admin_ok is not None else True  # asked once, if needed
         answers: list[str | None] = [None] * len(requests)
         runnable: list[tuple[int, dict[str, Any]]] = []
         for index, request in enumerate(requests):
@@ -442,6 +455,13 @@ class RPCEndpoint:
                     missing = NoSuchFunction(f"Method not found: {request['method']!r}; "
                                              f"methods: {', '.join(sorted(METHODS))}")
                     answers[index] = _response(_error_object(missing), request["id"])
+            elif request["method"] not in PUBLIC_METHODS and not (
+                    allowed := await admin_ok() if allowed is None and admin_ok else allowed):
+                if "id" in request:
+                    refused = Unauthorized(
+                        f"{request['method']} needs the console password: log in to the "
+                        "console, or send it as HTTP Basic auth (YPTASK_PASSWORD for the CLI)")
+                    answers[index] = _response(_error_object(refused), request["id"])
             else:
                 runnable.append((index, request))
         if not runnable:

@@ -46,6 +46,7 @@ ADMIN_COMMANDS = {
     "timer": "show, apply (from TOML) or delete timer definitions",
     "status": "per task: workers, queued, in flight, handled, failed",
     "nodes": "the cluster's members: state, addresses, boot time, last heard",
+    "hash-password": "print a console password hash for the node config",
     "dead": "list dead letters, or replay one",
 }
 

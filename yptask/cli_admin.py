@@ -3,7 +3,8 @@
 Each command sends a few JSON-RPC requests to one node with `yptask.client.Client`
 (standard library only) and prints a table, or the raw JSON answer with `--json`.
 The node is `--url URL`, else `$YPTASK_URL`, else http://127.0.0.1:8700/rpc; a
-bare `HOST:PORT` is completed to `http://HOST:PORT/rpc`.
+bare `HOST:PORT` is completed to `http://HOST:PORT/rpc`. A node with a console
+password wants it for its admin commands: `$YPTASK_PASSWORD`.
 
 Errors are one line on stderr, `yptask: ...`, never a traceback. Exit codes:
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
 import math
 import os
@@ -275,7 +277,25 @@ class _RestartWatch(threading.Thread):
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.url, timeout_s=REQUEST_TIMEOUT_S)
+    return Client(args.url, timeout_s=REQUEST_TIMEOUT_S,
+                  password=os.environ.get("YPTASK_PASSWORD"))
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    """Print a hash for `console_password_hash`, of a password typed (or piped) in."""
+    from yptask.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("console password: ")
+        if getpass.getpass("again: ") != password:
+            raise _InputError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    try:
+        print(hash_password(password))
+    except ConfigError as exc:
+        raise _InputError(str(exc)) from None
+    return EXIT_OK
 
 
 def _cast(args: argparse.Namespace) -> int:
@@ -600,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
         timer_actions).add_argument("file", metavar="FILE")
     add("delete", _timer_delete, "delete a timer, on every node",
         timer_actions).add_argument("name", metavar="NAME")
+
+    add("hash-password", _hash_password, "print a console_password_hash for the node config "
+                                         "(reads the password from the terminal or stdin)")
 
     add("nodes", _nodes, "the cluster's members: state, link and HTTP address, boot time, "
                          "last heard")

@@ -18,6 +18,7 @@ use it to cast and call from inside a handler.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import itertools
 import json
@@ -88,9 +89,15 @@ def error_from_jsonrpc(error: Mapping[str, Any]) -> YPTaskError:
 class Client:
     """Speaks JSON-RPC to one node. Thread-safe; every request is its own HTTP exchange."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, *,
+                 password: str | None = None) -> None:
+        """`password`: the node's console password, for its admin methods (HTTP Basic)."""
         self.url = url
         self.timeout_s = timeout_s
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if password:
+            token = base64.b64encode(f"yptask:{password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
         self._ids = itertools.count(1)
         # No proxies from the environment: a node is reached directly.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -197,9 +204,8 @@ class Client:
         return answer["result"]
 
     def _post(self, body: bytes, timeout_s: float) -> tuple[int, bytes]:
-        request = urllib.request.Request(
-            self.url, data=body, method="POST",
-            headers={"Content-Type": "application/json", "Accept": "application/json"})
+        request = urllib.request.Request(self.url, data=body, method="POST",
+                                         headers=self._headers)
         try:
             with self._opener.open(request, timeout=timeout_s) as response:
                 return int(response.status), bytes(response.read())

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from yptask.errors import ConfigError
+from yptask.passwords import check_hash
 
 __all__ = ["NodeConfig", "TaskDef", "load_tasks", "read_toml", "topic_matches",
            "validate_message_name"]
@@ -275,6 +276,8 @@ class NodeConfig:
     mdns_type: str = "_yptask._tcp.local."
     heartbeat_s: float = 0.5
     down_after_s: float = 3.0  # silent this long: declared down (suspect at half)
+    # The console's password, hashed (`yptask hash-password`); also guards the admin API.
+    console_password_hash: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.join, list):
@@ -330,6 +333,12 @@ def _seeds(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _password_hash(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError("must be a string made by `yptask hash-password`")
+    return check_hash(value)
+
+
 def _sync_level(value: Any) -> str:
     if not isinstance(value, str) or value.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"must be OFF, NORMAL, FULL or EXTRA, got {value!r}")
@@ -362,4 +371,5 @@ _NODE_CHECKS: dict[str, Callable[[Any], Any]] = {
                          "like '_yptask._tcp.local.' (a label of at most 15 bytes)"),
     "heartbeat_s": _number(0.05),
     "down_after_s": _number(0.2),
+    "console_password_hash": _password_hash,
 }

@@ -34,6 +34,7 @@ __all__ = [
     "RemoteError",
     "RestartIntensityExceeded",
     "SupervisionError",
+    "Unauthorized",
     "UnknownTask",
     "UnknownTimer",
     "WireCode",
@@ -135,6 +136,10 @@ class NodeStopping(YPTaskError):
     """Raised when a request reaches a node that is shutting down."""
 
 
+class Unauthorized(YPTaskError):
+    """Raised when a request needs the console password (or a session) and has neither."""
+
+
 class LinkError(YPTaskError):
     """Raised when a link to another node cannot be opened, fails its checks, or breaks."""
 
@@ -186,6 +191,7 @@ WIRE_CODES: dict[type[BaseException], WireCode] = {
     RestartIntensityExceeded: WireCode("server", 113, -32013),
     SupervisionError: WireCode("server", 110, -32010),
     LinkError: WireCode("server", 114, -32014),
+    Unauthorized: WireCode("server", 115, -32015),
     HandlerError: WireCode("user", 100, -32000),
     YPTaskError: WireCode("server", 0, -32603),
     BaseException: WireCode("server", 0, -32603),

@@ -1,0 +1,411 @@
+// The yptask console: one page over the node's JSON-RPC API.
+// Every text that comes from the node is put in with textContent, never as HTML.
+"use strict";
+
+const state = { csrf: "", node: "", tasks: [], selected: null, members: [], view: "tasks" };
+const REFRESH_MS = 2000;
+
+// ---------------------------------------------------------------- helpers
+
+async function rpc(method, params) {
+  const response = await fetch("/rpc", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": state.csrf },
+    body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params: params || {} }),
+  });
+  const body = await response.json();
+  if (body.error) {
+    const error = new Error(body.error.message);
+    error.rpc = body.error;
+    throw error;
+  }
+  return body.result;
+}
+
+function el(tag, attributes, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes || {})) {
+    if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function clock(epoch) {
+  return typeof epoch === "number" && epoch > 0 ? new Date(epoch * 1000).toLocaleString() : "-";
+}
+
+function fmt(value) {
+  return value === null || value === undefined ? "-" : String(value);
+}
+
+function notice(text, isError) {
+  const box = document.getElementById("notice");
+  box.textContent = text;
+  box.className = isError ? "notice error" : "notice";
+  box.hidden = !text;
+}
+
+function fillRows(tbody, rows) {
+  tbody.replaceChildren(...rows.map((cells) => el("tr", {}, ...cells.map((c) =>
+    c instanceof Node ? el("td", {}, c) : el("td", { text: fmt(c) })))));
+}
+
+// ---------------------------------------------------------------- views
+
+function show(view) {
+  state.view = view;
+  for (const section of document.querySelectorAll(".view")) {
+    section.hidden = section.id !== `view-${view}`;
+  }
+  for (const button of document.querySelectorAll("nav button")) {
+    button.classList.toggle("active", button.dataset.view === view);
+  }
+  refresh();
+}
+
+async function refresh() {
+  try {
+    if (state.view === "tasks") await loadTasks();
+    else if (state.view === "status") await loadStatus();
+    else if (state.view === "nodes") await loadNodes();
+    else if (state.view === "timers") await loadTimers();
+    else if (state.view === "errors") await loadErrors();
+  } catch (error) {
+    notice(`The node did not answer: ${error.message}`, true);
+  }
+}
+
+// ---------------------------------------------------------------- tasks
+
+async function loadTasks() {
+  const [tasks, members] = await Promise.all([rpc("tasks.list"), rpc("nodes")]);
+  state.tasks = tasks;
+  state.members = members.map((m) => m.name);
+  document.getElementById("member-names").replaceChildren(
+    ...["*", ...state.members].map((name) => el("option", { value: name })));
+  const groups = new Map();
+  for (const task of tasks) {
+    if (!groups.has(task.group)) groups.set(task.group, []);
+    groups.get(task.group).push(task);
+  }
+  const list = document.getElementById("task-list");
+  list.replaceChildren(...[...groups.keys()].sort().map((group) => el("div", { class: "group" },
+    el("h3", { text: group }),
+    ...groups.get(group).map((task) => el("button", {
+      class: task.name === state.selected ? "task selected" : "task",
+      "data-task": task.name, text: task.name, onclick: () => select(task.name),
+    })))));
+}
+
+function select(name) {
+  state.selected = name;
+  const task = state.tasks.find((t) => t.name === name);
+  fillForm(task || null);
+  loadTasks();
+}
+
+function addRow(kind, values) {
+  const rows = document.getElementById(`rows-${kind}`);
+  const remove = el("button", { type: "button", class: "remove-row", text: "−" });
+  let row;
+  if (kind === "messages") {
+    row = el("div", { class: "row" }, el("input", { class: "value", placeholder: "upai.photos.*" }), remove);
+  } else if (kind === "nodes") {
+    row = el("div", { class: "row" },
+      el("input", { class: "key", placeholder: "node (* = any)", list: "member-names" }),
+      el("input", { class: "value", type: "number", min: "0", placeholder: "workers" }), remove);
+  } else {
+    row = el("div", { class: "row" }, el("input", { class: "key", placeholder: "name" }),
+      el("input", { class: "value", placeholder: kind === "settings" ? "value (JSON or text)" : "value" }), remove);
+  }
+  remove.addEventListener("click", () => row.remove());
+  const inputs = row.querySelectorAll("input");
+  (values || []).forEach((v, i) => { inputs[i].value = v; });
+  rows.append(row);
+}
+
+function fillForm(task) {
+  const form = document.getElementById("task-form");
+  form.hidden = false;
+  clearErrors();
+  const t = task || { name: "", group: "default", worker_class: "", command: [], use_stdio: false,
+    stdout: "", stderr: "", debug: false, max_idle_s: 300, messages: [], env: {}, settings: {},
+    nodes: { "*": 1 }, max_attempts: 5, retry_backoff_s: 1, message_timeout_s: 60,
+    shutdown_timeout_s: 10 };
+  document.getElementById("form-title").textContent = task ? `Task ${task.name}` : "New task";
+  for (const key of ["name", "group", "worker_class", "stdout", "stderr", "max_idle_s",
+    "max_attempts", "retry_backoff_s", "message_timeout_s", "shutdown_timeout_s"]) {
+    form.elements[key].value = t[key] ?? "";
+  }
+  form.elements.name.readOnly = Boolean(task);
+  form.elements.command.value = (t.command || []).join(" ");
+  form.elements.use_stdio.value = t.use_stdio ? "yes" : "no";
+  form.elements.debug.checked = Boolean(t.debug);
+  for (const kind of ["messages", "env", "settings", "nodes"]) {
+    document.getElementById(`rows-${kind}`).replaceChildren();
+  }
+  t.messages.forEach((m) => addRow("messages", [m]));
+  Object.entries(t.env).forEach(([k, v]) => addRow("env", [k, v]));
+  Object.entries(t.settings).forEach(([k, v]) =>
+    addRow("settings", [k, typeof v === "string" ? v : JSON.stringify(v)]));
+  Object.entries(t.nodes).forEach(([k, v]) => addRow("nodes", [k, v]));
+  for (const id of ["restart", "delete"]) document.getElementById(id).hidden = !task;
+}
+
+function rowsOf(kind) {
+  return [...document.querySelectorAll(`#rows-${kind} .row`)].map((row) =>
+    [...row.querySelectorAll("input")].map((input) => input.value.trim()));
+}
+
+function readForm() {
+  const form = document.getElementById("task-form");
+  const number = (key) => (form.elements[key].value === "" ? undefined : Number(form.elements[key].value));
+  const settings = {};
+  for (const [key, value] of rowsOf("settings")) {
+    if (!key) continue;
+    try { settings[key] = JSON.parse(value); } catch { settings[key] = value; }
+  }
+  const task = {
+    name: form.elements.name.value.trim(),
+    group: form.elements.group.value.trim() || "default",
+    use_stdio: form.elements.use_stdio.value === "yes",
+    stdout: form.elements.stdout.value.trim(),
+    stderr: form.elements.stderr.value.trim(),
+    debug: form.elements.debug.checked,
+    messages: rowsOf("messages").map(([m]) => m).filter(Boolean),
+    env: Object.fromEntries(rowsOf("env").filter(([k]) => k)),
+    settings,
+    nodes: Object.fromEntries(rowsOf("nodes").filter(([k]) => k).map(([k, v]) => [k, Number(v)])),
+  };
+  const workerClass = form.elements.worker_class.value.trim();
+  const command = form.elements.command.value.trim();
+  if (workerClass) task.worker_class = workerClass;
+  if (command) task.command = command.split(/\s+/);
+  for (const key of ["max_idle_s", "max_attempts", "retry_backoff_s", "message_timeout_s",
+    "shutdown_timeout_s"]) {
+    const value = number(key);
+    if (value !== undefined) task[key] = value;
+  }
+  const existing = state.tasks.find((t) => t.name === task.name);
+  if (existing) task.restart_generation = existing.restart_generation;
+  return task;
+}
+
+function clearErrors() {
+  for (const span of document.querySelectorAll("#task-form [data-error]")) span.textContent = "";
+}
+
+function showError(error) {
+  // The node names the bad field: "task 'x': field 'max_idle_s': must be ..."
+  const message = error.message;
+  const field = /field '([a-z_]+)'/.exec(message);
+  const target = document.querySelector(`#task-form [data-error="${field ? field[1] : "_form"}"]`)
+    || document.querySelector('#task-form [data-error="_form"]');
+  target.textContent = message;
+}
+
+async function save(event) {
+  event.preventDefault();
+  clearErrors();
+  try {
+    const saved = await rpc("tasks.put", { definition: readForm() });
+    state.selected = saved.name;
+    notice(`Task ${saved.name} saved on every node.`);
+    await loadTasks();
+    fillForm(state.tasks.find((t) => t.name === saved.name));
+  } catch (error) {
+    showError(error);
+  }
+}
+
+async function restartTask() {
+  try {
+    const answer = await rpc("tasks.restart", { name: state.selected });
+    notice(`Task ${answer.task}: generation ${answer.generation}, ${answer.replaced} worker(s) replaced here; the other nodes follow.`);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+async function deleteTask() {
+  if (!window.confirm(`Delete task ${state.selected} on every node?`)) return;
+  try {
+    await rpc("tasks.delete", { name: state.selected });
+    notice(`Task ${state.selected} deleted.`);
+    state.selected = null;
+    document.getElementById("task-form").hidden = true;
+    await loadTasks();
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// ---------------------------------------------------------------- status and plots
+
+async function loadStatus() {
+  const [status, metrics] = await Promise.all([rpc("status"), rpc("metrics", { step: 10, span: 600 })]);
+  const names = Object.keys(status.tasks).sort();
+  fillRows(document.querySelector("#status-table tbody"), names.map((name) => {
+    const t = status.tasks[name];
+    const workers = Object.entries(t.workers).map(([n, c]) => `${n}:${c}`).join(" ");
+    return [name, workers, t.state, t.queued, t.in_flight, t.handled_per_s, t.failed_per_s,
+      t.latency_ms.p50, t.latency_ms.p90, t.latency_ms.p99];
+  }));
+  const plots = document.getElementById("plots");
+  plots.replaceChildren(...names.map((name) => {
+    const rates = el("canvas", { width: "420", height: "110", "data-plot": `${name}-rates` });
+    const latency = el("canvas", { width: "420", height: "110", "data-plot": `${name}-latency` });
+    drawPlot(rates, metrics[name] || [], [["handled_per_s", "#2a7ae2", "handled/s"],
+      ["failed_per_s", "#d33", "failed/s"]]);
+    drawPlot(latency, metrics[name] || [], [["p50_ms", "#2a2", "p50 ms"], ["p99_ms", "#a52", "p99 ms"]]);
+    return el("div", { class: "plot" }, el("h3", { text: name }), rates, latency);
+  }));
+}
+
+function drawPlot(canvas, points, series) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width;
+  const h = canvas.height;
+  const pad = 22;
+  const values = points.flatMap((p) => series.map(([key]) => p[key] || 0));
+  const top = Math.max(1e-9, ...values);
+  ctx.clearRect(0, 0, w, h);
+  ctx.strokeStyle = "#ccc";
+  ctx.strokeRect(pad, 4, w - pad - 4, h - pad);
+  ctx.fillStyle = "#555";
+  ctx.font = "10px sans-serif";
+  ctx.fillText(top.toPrecision(3), 2, 12);
+  ctx.fillText("0", 10, h - pad + 4);
+  series.forEach(([key, color, label], index) => {
+    ctx.strokeStyle = color;
+    ctx.beginPath();
+    points.forEach((p, i) => {
+      const x = pad + ((w - pad - 4) * i) / Math.max(1, points.length - 1);
+      const y = 4 + (h - pad) * (1 - (p[key] || 0) / top);
+      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+    ctx.fillStyle = color;
+    ctx.fillText(label, pad + 4 + index * 80, h - 6);
+  });
+}
+
+// ---------------------------------------------------------------- nodes and timers
+
+async function loadNodes() {
+  const members = await rpc("nodes");
+  fillRows(document.querySelector("#nodes-table tbody"), members.map((m) => [
+    m.self ? `${m.name} (this node)` : m.name, m.state, m.link, m.http, clock(m.started_at),
+    m.self ? "-" : `${m.last_heard_s} s ago`]));
+}
+
+async function loadTimers() {
+  const timers = await rpc("timers.list");
+  document.getElementById("timer-leader").textContent =
+    timers.length ? `Fired by node ${timers[0].leader}.` : "No timers.";
+  fillRows(document.querySelector("#timers-table tbody"), timers.map((t) => [
+    t.name, t.cron, t.timezone, t.message, clock(t.last_fire),
+    t.enabled ? clock(t.next_fire) : "disabled", t.last_error || "-"]));
+}
+
+// ---------------------------------------------------------------- errors and replay
+
+async function loadErrors() {
+  const [failures, dead] = await Promise.all([rpc("failures.list", { limit: 50 }),
+    rpc("dead.list", { limit: 100 })]);
+  document.getElementById("failures").replaceChildren(...(failures.length ? failures.map((f) =>
+    el("details", { class: "failure" },
+      el("summary", { text: `${clock(f.at)}  ${f.task}  ${f.name}  attempt ${f.attempt}  ${f.error_class}: ${f.error}` }),
+      el("p", { text: `message ${f.id}` }),
+      el("pre", { text: f.traceback || "(no traceback)" }))) : [el("p", { text: "No failures." })]));
+  document.getElementById("dead-letters").replaceChildren(...(dead.length ? dead.map((d) =>
+    el("details", { class: "dead-letter", "data-id": d.id },
+      el("summary", {}, el("span", { text: `${d.id}  ${d.task}  ${d.name}  ${d.error_class}: ${d.error}  ` }),
+        el("button", { class: "replay", text: "Replay", onclick: () => replay(d.id, d.task) })),
+      el("p", { text: `attempts ${d.attempt}, died ${clock(d.died_at)}` }),
+      el("h4", { text: "Payload" }), el("pre", { text: JSON.stringify(d.payload, null, 2) }),
+      el("h4", { text: "Traceback" }), el("pre", { text: d.traceback || "(none)" })))
+    : [el("p", { text: "No dead letters." })]));
+}
+
+async function replay(id, task) {
+  const count = await rpc("dead.replay", { id, task });
+  notice(`Replayed ${count} delivery(ies) of ${id}.`);
+  await loadErrors();
+}
+
+async function replayAll() {
+  const dead = await rpc("dead.list", { limit: 1000 });
+  for (const d of dead) await rpc("dead.replay", { id: d.id, task: d.task });
+  notice(`Replayed ${dead.length} dead letter(s).`);
+  await loadErrors();
+}
+
+// ---------------------------------------------------------------- send
+
+async function send(event) {
+  event.preventDefault();
+  const reply = document.getElementById("send-reply");
+  let payload;
+  try {
+    payload = JSON.parse(document.getElementById("s-payload").value);
+  } catch (error) {
+    reply.textContent = `The payload is not JSON: ${error.message}`;
+    return;
+  }
+  const name = document.getElementById("s-name").value.trim();
+  const mode = document.getElementById("s-mode").value;
+  try {
+    const result = mode === "call"
+      ? await rpc("call", { name, msg: payload, timeout: Number(document.getElementById("s-timeout").value) })
+      : await rpc("cast", { name, msg: payload });
+    reply.textContent = JSON.stringify(result, null, 2);
+    reply.className = "";
+  } catch (error) {
+    reply.textContent = `${error.message}\n${JSON.stringify(error.rpc && error.rpc.data, null, 2)}`;
+    reply.className = "error";
+  }
+}
+
+// ---------------------------------------------------------------- start
+
+async function start() {
+  const session = await fetch("/session");
+  if (session.status === 401) {
+    location.href = "/login";
+    return;
+  }
+  const info = await session.json();
+  state.csrf = info.csrf;
+  state.node = info.node;
+  document.getElementById("node-name").textContent = `node ${info.node}`;
+  const logout = document.getElementById("logout");
+  logout.hidden = !info.login;
+  logout.addEventListener("click", async () => {
+    await fetch("/logout", { method: "POST", headers: { "X-CSRF-Token": state.csrf } });
+    location.href = "/login";
+  });
+  for (const button of document.querySelectorAll("nav button")) {
+    button.addEventListener("click", () => show(button.dataset.view));
+  }
+  for (const button of document.querySelectorAll(".add-row")) {
+    button.addEventListener("click", () => addRow(button.dataset.rows));
+  }
+  document.getElementById("add-task").addEventListener("click", () => {
+    state.selected = null;
+    fillForm(null);
+  });
+  document.getElementById("task-form").addEventListener("submit", save);
+  document.getElementById("restart").addEventListener("click", restartTask);
+  document.getElementById("delete").addEventListener("click", deleteTask);
+  document.getElementById("replay-all").addEventListener("click", replayAll);
+  document.getElementById("send-form").addEventListener("submit", send);
+  await refresh();
+  // Live views refresh by themselves; the task editor only when asked (edits stay put).
+  setInterval(() => { if (state.view !== "tasks" && state.view !== "send") refresh(); }, REFRESH_MS);
+}
+
+start();

@@ -57,6 +57,7 @@ function fillRows(tbody, rows) {
 
 function show(view) {
   state.view = view;
+  notice("");
   for (const section of document.querySelectorAll(".view")) {
     section.hidden = section.id !== `view-${view}`;
   }

@@ -1,0 +1,206 @@
+"""The console in a real headless browser (Debian's chromium, driven by Playwright).
+
+One `yptask node` subprocess with a console password serves the module; one
+browser page logs in and works through the console as an admin would: create
+a task with every kind of row, edit and restart it, see a validation error
+beside its field, send a message, see a failure with its traceback and replay
+its dead letter, delete the task. No page may log a console error. Screenshots
+of the main pages go to $YPTASK_SCREENSHOTS (default: a temporary folder).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import TEST_WORKERS, NodeProcess, wait_for
+
+from yptask.client import Client
+from yptask.passwords import hash_password
+
+pytestmark = pytest.mark.timeout(300)
+
+PASSWORD = "console-test-password"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TASKS = """
+[[task]]
+name = "echo"
+worker_class = "yptask.tasks.echo:Echo"
+messages = ["*.echo"]
+"""
+
+
+def _require_browser() -> None:
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        why = "playwright is not installed (pip install playwright)"
+    else:
+        why = "" if Path(CHROMIUM).exists() else "no chromium (apt-get install chromium)"
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the browser tests: {why}")
+        pytest.skip(why)
+
+
+class ConsoleNode(NodeProcess):
+    def __init__(self, tmp: Path) -> None:
+        (tmp / "node.toml").write_text(
+            f'[node]\nconsole_password_hash = "{hash_password(PASSWORD)}"\n')
+        super().__init__(tmp, TASKS, "console1",
+                         cluster=["--config", str(tmp / "node.toml"), "--no-mdns"])
+
+    @property
+    def base(self) -> str:
+        return self.url.removesuffix("/rpc")
+
+    def client(self) -> Client:
+        return Client(self.url, password=PASSWORD)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory) -> Iterator[ConsoleNode]:
+    _require_browser()
+    started = ConsoleNode(tmp_path_factory.mktemp("console"))
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def page(node):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox"])
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.console_errors = []  # type: ignore[attr-defined]
+        page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+        page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+        page.on("dialog", lambda dialog: dialog.accept())  # the DELETE confirmation
+        yield page
+        context.close()
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("YPTASK_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def fill_row(page, kind: str, values: list[str]) -> None:
+    page.click(f'button.add-row[data-rows="{kind}"]')
+    row = page.locator(f"#rows-{kind} .row").last
+    for i, value in enumerate(values):
+        row.locator("input").nth(i).fill(value)
+
+
+def test_log_in(page, node, shots):
+    page.goto(node.base + "/")
+    assert page.url.endswith("/login")
+    page.fill("#password", "wrong")
+    page.click("#login")
+    page.wait_for_selector("#failed:not([hidden])")
+    page.screenshot(path=str(shots / "login.png"))
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+    page.wait_for_selector("#task-list button[data-task=echo]")
+    assert page.text_content("#node-name") == "node console1"
+
+
+def test_create_a_task_with_every_kind_of_row(page, node, shots):
+    page.click("#add-task")
+    page.fill("#f-name", "resizer")
+    page.fill("#f-group", "<img src=x onerror=alert(1)> photos")
+    page.fill("#f-worker_class", "sample:Sample")
+    page.fill("#f-max_idle_s", "120")
+    page.check("#f-debug")
+    fill_row(page, "messages", ["upai.photos.resize"])
+    fill_row(page, "messages", ["upai.fail"])
+    fill_row(page, "env", ["PYTHONPATH", str(TEST_WORKERS)])
+    fill_row(page, "settings", ["quality", "85"])
+    page.locator("#rows-nodes .row .remove-row").first.click()  # the default "*" row
+    fill_row(page, "nodes", ["*", "1"])
+    fill_row(page, "nodes", ["console1", "2"])
+    page.click("#save")
+    page.wait_for_selector("#task-list button[data-task=resizer]")
+    # the group is text, never markup
+    assert page.locator("#task-list h3", has_text="<img src=x").count() == 1
+    page.screenshot(path=str(shots / "tasks.png"), full_page=True)
+    saved = node.client().task("resizer")
+    assert saved["messages"] == ["upai.photos.resize", "upai.fail"]
+    assert saved["env"] == {"PYTHONPATH": str(TEST_WORKERS)}
+    assert saved["settings"] == {"quality": 85} and saved["debug"] is True
+    assert saved["nodes"] == {"*": 1, "console1": 2} and saved["max_idle_s"] == 120
+
+
+def test_edit_restart_and_see_a_validation_error_beside_its_field(page, node):
+    page.click("#task-list button[data-task=resizer]")
+    page.fill("#f-group", "photos")
+    page.click("#save")
+    wait_for(lambda: node.client().task("resizer")["group"] == "photos", timeout_s=10,
+             what="the edit")
+    generation = node.client().task("resizer")["restart_generation"]
+    page.click("#restart")
+    page.wait_for_selector("#notice:has-text('generation')")
+    assert node.client().task("resizer")["restart_generation"] == generation + 1
+    # a bad value is refused, named beside its field, and nothing is saved
+    page.fill("#f-max_idle_s", "-5")
+    page.click("#save")
+    page.wait_for_selector('[data-error="max_idle_s"]:has-text("at least 0")')
+    assert node.client().task("resizer")["max_idle_s"] == 120
+
+
+def test_send_a_test_message_and_see_the_reply(page, node, shots):
+    page.click("nav button[data-view=send]")
+    page.fill("#s-name", "upai.echo")
+    page.fill("#s-payload", '{"hello": "console"}')
+    page.select_option("#s-mode", "call")
+    page.click("#send")
+    page.wait_for_selector('#send-reply:has-text("console")')
+    page.screenshot(path=str(shots / "send.png"))
+
+
+def test_see_a_failure_with_its_traceback_and_replay_its_dead_letter(page, node, shots):
+    node.client().put_task({**node.client().task("resizer"), "max_attempts": 1})
+    node.client().cast("upai.fail", {"reason": "corrupt jpeg"})
+    wait_for(lambda: node.client().dead_letters(), timeout_s=20, what="a dead letter")
+    page.click("nav button[data-view=errors]")
+    failure = page.locator("#failures details").first
+    failure.wait_for()
+    assert "ValueError: corrupt jpeg" in failure.text_content()
+    failure.locator("summary").click()
+    assert "Traceback" in failure.locator("pre").text_content()
+    page.screenshot(path=str(shots / "errors.png"), full_page=True)
+    page.locator("#dead-letters button.replay").first.click()
+    page.wait_for_selector("#notice:has-text('Replayed 1')")
+
+
+def test_live_pages_show_status_nodes_and_timers(page, node, shots):
+    node.client().put_timer({"name": "hourly", "cron": "0 * * * *", "message": "upai.echo"})
+    page.click("nav button[data-view=status]")
+    page.wait_for_selector("#status-table tbody tr td:has-text('resizer')")
+    page.wait_for_selector("canvas[data-plot='resizer-rates']")
+    page.screenshot(path=str(shots / "status.png"), full_page=True)
+    page.click("nav button[data-view=nodes]")
+    page.wait_for_selector("#nodes-table tbody td:has-text('console1 (this node)')")
+    page.click("nav button[data-view=timers]")
+    page.wait_for_selector("#timers-table tbody td:has-text('hourly')")
+    page.screenshot(path=str(shots / "timers.png"))
+
+
+def test_delete_the_task_and_no_page_logged_an_error(page, node):
+    page.click("nav button[data-view=tasks]")
+    page.click("#task-list button[data-task=resizer]")
+    page.click("#delete")
+    page.wait_for_selector("#notice:has-text('deleted')")
+    assert "resizer" not in {t["name"] for t in node.client().tasks()}
+    assert page.locator("#task-list button[data-task=resizer]").count() == 0
+    assert page.console_errors == []

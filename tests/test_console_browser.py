@@ -165,6 +165,13 @@ def test_send_a_test_message_and_see_the_reply(page, node, shots):
     page.select_option("#s-mode", "call")
     page.click("#send")
     page.wait_for_selector('#send-reply:has-text("console")')
+    # and a cast, journaled and then handled
+    handled = node.client().status()["tasks"]["echo"]["handled"]
+    page.select_option("#s-mode", "cast")
+    page.click("#send")
+    page.wait_for_selector('#send-reply:has-text("duplicate")')
+    wait_for(lambda: node.client().status()["tasks"]["echo"]["handled"] > handled,
+             timeout_s=10, what="the cast to be handled")
     page.screenshot(path=str(shots / "send.png"))
 
 

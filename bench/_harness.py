@@ -37,7 +37,7 @@ class BenchNode:
 
     def __init__(self, workers: int = 2, journal_sync: str = "NORMAL",
                  max_idle_s: float = 0, *, name: str = "bench", cluster: str = "",
-                 runs_on: str = "*") -> None:
+                 runs_on: str = "*", tasks: str | None = None) -> None:
         """`cluster`: extra [node] settings (TOML lines) for a node that joins others, which
         then runs the no-op task only where `runs_on` says; default: alone, no mDNS."""
         self.workers = workers
@@ -46,6 +46,7 @@ class BenchNode:
         self.name = name
         self.cluster = cluster
         self.runs_on = runs_on
+        self.tasks = tasks  # task definitions (TOML) in place of the no-op task
         self.url = ""
         self.link = ""
         self._tmp = tempfile.TemporaryDirectory(prefix="yptask-bench-")
@@ -58,8 +59,8 @@ class BenchNode:
 
     def __enter__(self) -> BenchNode:
         tmp = Path(self._tmp.name)
-        (tmp / "tasks.toml").write_text(TASKS.format(workers=self.workers, runs_on=self.runs_on,
-                                                     max_idle_s=self.max_idle_s))
+        (tmp / "tasks.toml").write_text(self.tasks or TASKS.format(
+            workers=self.workers, runs_on=self.runs_on, max_idle_s=self.max_idle_s))
         (tmp / "node.toml").write_text(f'[node]\njournal_sync = "{self.journal_sync}"\n'
                                        + (self.cluster or "mdns = false\n"))
         argv = [sys.executable, "-P", "-m", "yptask", "node", "--name", self.name,

@@ -21,6 +21,7 @@ from yptask.errors import (
     EncodeError,
     HandlerError,
     NoSubscriber,
+    Overloaded,
     UnknownTask,
 )
 from yptask.node import Node
@@ -274,6 +275,46 @@ async def test_invalid_requests_get_clear_errors(start_node, tmp_path):
         await node.put_task({**(await node.get_task("a")), "max_attempts": 0})
     with pytest.raises(CallTimeout):
         await node.call("upai.sleep", {"seconds": 2}, timeout_s=0.05)
+
+
+async def test_a_full_queue_refuses_casts_and_takes_them_again_once_drained(start_node,
+                                                                          tmp_path):
+    # Given a task that runs nowhere (its messages wait) and may queue three
+    node = await start_node([sample_task("a", ["*.record"], tmp_path, max_queue=3,
+                                         nodes={"*": 0})])
+    accepted = [await node.cast("upai.record", {"n": i}) for i in range(3)]
+    # Then the fourth is refused, saying why, and nothing of it is stored
+    with pytest.raises(Overloaded, match="max_queue"):
+        await node.cast("upai.record", {"n": 3})
+    assert (await node.status())["tasks"]["a"]["queued"] == 3
+    # When workers start and drain the queue, casts are taken again
+    await node.put_task({**(await node.get_task("a")), "nodes": {"*": 1}})
+    await until(lambda: len(recorded(tmp_path, "a")) == 3, what="the queue drained")
+    await until(_accepts(node), what="casts accepted again")
+    assert {r["id"] for r in recorded(tmp_path, "a")} >= {a["id"] for a in accepted}
+
+
+def _accepts(node: Node):
+    async def check() -> bool:
+        try:
+            await node.cast("upai.record", {"n": "again"})
+        except Overloaded:
+            return False
+        return True
+    return check
+
+
+async def test_a_journal_over_its_size_limit_refuses_casts(start_node, tmp_path):
+    # A new journal already takes more than 10 kB on disk
+    node = await start_node([sample_task("a", ["*.record"], tmp_path)], max_journal_mb=0.01)
+    accepts = _accepts(node)
+
+    async def refused() -> bool:
+        return not await accepts()
+
+    await until(refused, timeout_s=10, what="a refusal, once the size is measured")
+    with pytest.raises(Overloaded, match="max_journal_mb"):
+        await node.cast("upai.record", {})
 
 
 async def test_edits_survive_a_restart_and_the_seed_is_applied_once(start_node, tmp_path):

@@ -80,6 +80,7 @@ class TaskDef:
     message_timeout_s: float = 60.0
     shutdown_timeout_s: float = 10.0
     restart_generation: int = 0
+    max_queue: int = 100_000  # messages waiting here for this task; past it, casts are refused
 
     def subscribes_to(self, message_name: str) -> bool:
         """Return True if any of this task's patterns matches `message_name`."""
@@ -223,6 +224,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "message_timeout_s": _number(0.001),
     "shutdown_timeout_s": _number(0),
     "restart_generation": _number(0, integer=True),
+    "max_queue": _number(1, integer=True),
 }
 
 
@@ -263,6 +265,7 @@ class NodeConfig:
     max_body_bytes: int = 1024 * 1024  # JSON-RPC request body cap
     max_payload_bytes: int = 1024 * 1024  # one message's encoded payload cap
     dedupe_window_s: float = 24 * 3600.0  # how long a done message's id is remembered
+    max_journal_mb: float = 4096.0  # past this journal size on disk, casts are refused
     log_dir: Path | None = None  # workers' stdout/stderr; None: data_dir / "logs"
     # The cluster (see yptask/cluster.py). Nodes join when they share the cluster name
     # and the cookie; a node with neither set keeps a random cookie in its data dir.
@@ -357,6 +360,7 @@ _NODE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "journal_sync": _sync_level,
     "max_body_bytes": _number(1024, integer=True),
     "max_payload_bytes": _number(64, integer=True),
+    "max_journal_mb": _number(0.01),
     "dedupe_window_s": _number(0),
     "log_dir": _path,
     "cluster": _string(re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"),

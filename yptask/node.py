@@ -42,6 +42,7 @@ from yptask.errors import (
     EncodeError,
     NodeStopping,
     NoSubscriber,
+    Overloaded,
     ProtocolError,
     UnknownTask,
     UnknownTimer,
@@ -94,6 +95,7 @@ class Node:
         self.timers: TimerRunner | None = None
         self._loads: asyncio.Task[None] | None = None
         self._queued: dict[str, int] = {}  # task -> deliveries waiting here, for heartbeats
+        self._journal_bytes = 0  # the journal's size on disk, measured with the queues
         self.boot = os.urandom(8).hex()  # this run of this node: peers see a restart by it
         self._config_lock = asyncio.Lock()
         self._journal: JournalThread | None = None
@@ -269,11 +271,13 @@ class Node:
         if id is not None and (not isinstance(id, str) or not 0 < len(id) <= 128):
             raise ConfigError("a message id must be a string of 1 to 128 characters")
         subscribed = self._subscribers(name)
+        self._check_room(subscribed)
         envelope = Envelope(id or self._new_id(), name, msg, time.time(), priority)
         assert self._journal is not None
         added = await self._journal.append(envelope, subscribed)
         if added:
             for task in subscribed:
+                self._queued[task] = self._queued.get(task, 0) + 1  # until the next measure
                 self.pools[task].notify()
                 if task in self.forwarders:
                     self.forwarders[task].notify()
@@ -332,6 +336,18 @@ class Node:
             return None
         return min(runners, key=lambda m: sum(
             int(m.load.get(t.name, {}).get("in_flight", 0)) for t in tasks)).name
+
+    def _check_room(self, tasks: list[str]) -> None:
+        """Back-pressure: refuse a cast rather than let a queue or the journal grow unbounded."""
+        limit_mb = self.config.max_journal_mb
+        if self._journal_bytes > limit_mb * 1024 * 1024:
+            raise Overloaded(f"node {self.name}: its journal is {self._journal_bytes >> 20} MB, "
+                             f"over max_journal_mb ({limit_mb:g}); retry later or elsewhere")
+        for task in tasks:
+            waiting, limit = self._queued.get(task, 0), self.tasks[task].max_queue
+            if waiting >= limit:
+                raise Overloaded(f"task {task} has {waiting} messages waiting on node "
+                                 f"{self.name}, at its max_queue ({limit}); retry later")
 
     def _check_running(self) -> None:
         if self.stopping:
@@ -629,12 +645,15 @@ class Node:
         forwarder.start()
 
     async def _measure_load_forever(self) -> None:
-        """Keep each task's queue depth fresh for the heartbeats (peers pick by it)."""
+        """Keep each task's queue depth fresh for the heartbeats (peers pick by it) and for
+        back-pressure, with the journal's size on disk."""
         assert self._journal is not None
+        files = [self.data_dir / name for name in ("journal.db", "journal.db-wal")]
         while True:
             for name in list(self.pools):
                 queued, _ = await self._journal.run(partial(Journal.depth, task=name))
                 self._queued[name] = queued
+            self._journal_bytes = sum(f.stat().st_size for f in files if f.exists())
             await asyncio.sleep(LOAD_EVERY_S)
 
     async def _accept_forwarded(self, peer: str, args: list[Any]) -> int:
@@ -645,6 +664,7 @@ class Node:
         pool = self.pools.get(task)
         if pool is None:
             raise UnknownTask(f"node {self.name} has no task {task!r} (yet)")
+        self._check_room([task])  # the sender keeps them, and tries again later
         envelopes = [_envelope(term, peer) for term in terms]
         assert self._journal is not None
         new = await self._journal.run(partial(Journal.accept_forwarded, envelopes=envelopes,

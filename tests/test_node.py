@@ -317,6 +317,38 @@ async def test_a_journal_over_its_size_limit_refuses_casts(start_node, tmp_path)
         await node.cast("upai.record", {})
 
 
+async def test_a_worker_that_dies_leaving_a_child_has_its_child_killed(start_node,
+                                                                       tmp_path):
+    node = await start_node([sample_task("a", ["*.orphan", "*.echo"], tmp_path,
+                                         max_attempts=1)])
+    pid_file = tmp_path / "child.pid"
+    await node.cast("upai.orphan", {"pid_file": str(pid_file)})
+    child = int(await until(lambda: pid_file.exists() and pid_file.read_text(),
+                            what="the leaked child"))
+    # Its whole process group is killed with it
+    await until(lambda: not _running(child), what="the leaked child gone")
+    assert await node.call("upai.echo", 1) == 1  # and a fresh worker serves
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie is dead, waiting for its new parent to reap it
+
+
+async def test_a_worker_writing_garbage_on_its_pipe_is_killed_and_the_node_serves_on(
+        start_node, tmp_path):
+    node = await start_node([sample_task("a", ["*.garbage", "*.echo"], tmp_path,
+                                         max_attempts=2)])
+    cast = await node.cast("upai.garbage", {})
+    (letter,) = await until(node.dead_letters, what="the message dead after two attempts")
+    assert (letter["id"], letter["attempt"]) == (cast["id"], 2)
+    assert letter["error_class"] == "ProtocolError" and "broke the protocol" in letter["error"]
+    assert await node.call("upai.echo", "fine") == "fine"
+
+
 async def test_edits_survive_a_restart_and_the_seed_is_applied_once(start_node, tmp_path):
     node = await start_node([sample_task("a", ["*.echo"], tmp_path)])
     await node.put_task(sample_task("b", ["*.b"], tmp_path).to_dict())

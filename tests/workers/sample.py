@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -71,6 +72,18 @@ class Sample(BaseTask):
     def handle_record_slowly(self, msg: dict[str, Any]) -> str:
         time.sleep(float(msg["seconds"]))
         return self.handle_record(msg)
+
+    def handle_orphan(self, msg: dict[str, Any]) -> None:
+        """Start a child that would outlive us, say its pid, then die."""
+        child = subprocess.Popen(["sleep", "300"])
+        with open(msg["pid_file"], "w") as f:
+            f.write(str(child.pid))
+        os._exit(3)
+
+    def handle_garbage(self, msg: Any) -> None:
+        """Write bytes that are no frame on the protocol pipe, then wait to be killed."""
+        os.write(4, b"\x00\x00\x00\x05hello, this is no term")
+        time.sleep(300)
 
     def handle_relay(self, msg: dict[str, Any]) -> Any:
         """Call `msg["to"]` through the node and cast `msg["cast"]`, from inside a handler."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -37,14 +38,16 @@ _PAGE_HEADERS = {**_NO_STORE, "X-Frame-Options": "DENY", "X-Content-Type-Options
 def make_app(node: PublisherNode) -> web.Application:
     """Build the node's HTTP application; `app[NODE]` is the node, `app[GUARD]` its rules."""
     config = node.config
-    guard = Guard(config.console_password_hash, config.http_host)
+    guard = Guard(config.console_password_hash, config.http_host, tokens=config.api_tokens,
+                  allow_from=config.allow_from)
     if guard.console_refusal():
         log.warning("%s", guard.console_refusal())
-    if not guard.required and not is_loopback(config.http_host):
-        log.warning("this node listens on %s with no console password: anyone who reaches "
-                    "it may edit its tasks, and task commands run anything on every node",
-                    config.http_host)
-    app = web.Application(client_max_size=config.max_body_bytes + _HEADROOM_BYTES)
+    if not (guard.required or guard.tokens) and not is_loopback(config.http_host):
+        log.warning("SECURITY: this node listens on %s with no auth at all (no console "
+                    "password, no API tokens): anyone who reaches it may edit its tasks, and "
+                    "task commands run anything on every node", config.http_host)
+    app = web.Application(client_max_size=config.max_body_bytes + _HEADROOM_BYTES,
+                          middlewares=[_allow_list])
     app[NODE] = node
     app[GUARD] = guard
     app.router.add_post("/rpc", RPCEndpoint(node, guard).handle)
@@ -56,6 +59,15 @@ def make_app(node: PublisherNode) -> web.Application:
     app.router.add_get("/session", _session)
     app.router.add_static("/console/", CONSOLE, append_version=True)
     return app
+
+
+@web.middleware
+async def _allow_list(request: web.Request, handler: Any) -> web.StreamResponse:
+    if not request.app[GUARD].address_allowed(request.remote):
+        log.warning("refused HTTP from %s: not in allow_from", request.remote)
+        return web.Response(status=403, text="this address may not use this node\n")
+    response: web.StreamResponse = await handler(request)
+    return response
 
 
 async def _healthz(request: web.Request) -> web.Response:

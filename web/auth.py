@@ -15,6 +15,12 @@ Without a password hash, everyone who reaches the node may use the admin API
 (a node bound beyond loopback says so loudly at start), and the console is
 served only on loopback: a node bound elsewhere refuses it, saying why.
 Passwords are hashed with scrypt (`yptask.passwords`), compared in constant time.
+
+Publishers may be given tokens, one per application (`api_tokens`): then
+`cast` and `call` need `Authorization: Bearer TOKEN` (or, over BERT-RPC, an
+`{info, auth, [Token]}` packet first on the connection), and with no console
+password the admin methods need a token too. An allow-list of networks
+(`allow_from`) closes every surface to other addresses.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import hmac
 import ipaddress
 import secrets
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -58,15 +65,45 @@ class _Session:
 class Guard:
     """The node's access rules, applied to console pages and admin methods."""
 
-    def __init__(self, password_hash: str | None, http_host: str) -> None:
+    def __init__(self, password_hash: str | None, http_host: str, *,
+                 tokens: Mapping[str, str] | None = None,
+                 allow_from: Sequence[str] = ()) -> None:
         self.password_hash = password_hash
         self.loopback = is_loopback(http_host)
+        self.tokens = dict(tokens or {})  # application -> its publisher API token
+        self.networks = [ipaddress.ip_network(net, strict=False) for net in allow_from]
         self._sessions: dict[str, _Session] = {}
         self._good_passwords: set[str] = set()  # digests of passwords already verified
 
     @property
     def required(self) -> bool:
         return self.password_hash is not None
+
+    def address_allowed(self, remote: str | None) -> bool:
+        """Is a peer at `remote` on the allow-list (when there is one)?"""
+        if not self.networks:
+            return True
+        try:
+            address = ipaddress.ip_address(remote or "")
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def application(self, token: str) -> str | None:
+        """The application a publisher token belongs to, or None."""
+        for name, known in self.tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                return name
+        return None
+
+    async def may_publish(self, request: web.Request) -> bool:
+        """cast and call: open, unless tokens are configured (then a token, or admin rights)."""
+        if not self.tokens:
+            return True
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and self.application(token.strip()) is not None:
+            return True
+        return self.required and await self.may_administer(request)
 
     def console_refusal(self) -> str | None:
         """Why the console is off, or None if it is served."""
@@ -102,9 +139,12 @@ class Guard:
         return not self.required or self.session_csrf(request) is not None
 
     async def may_administer(self, request: web.Request) -> bool:
-        """A change or an admin read: a session with its CSRF token, or the password."""
+        """A change or an admin read: a session with its CSRF token, or the password.
+
+        Without a console password, a publisher token when tokens are configured,
+        else anyone (a node beyond loopback with no auth at all warns at start)."""
         if not self.required:
-            return True  # (a node beyond loopback without a password warns at start)
+            return not self.tokens or await self.may_publish(request)
         csrf = self.session_csrf(request)
         if csrf is not None and hmac.compare_digest(csrf, request.headers.get(CSRF_HEADER, "")):
             return True

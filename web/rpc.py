@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 _REQUEST_MEMBERS = frozenset({"jsonrpc", "method", "params", "id"})
 _NO_ID = object()  # a notification's id: the request had no "id" member
 MAX_DEAD_LETTERS = 1_000_000  # the largest `limit` dead.list accepts
-PUBLIC_METHODS = frozenset({"cast", "call"})  # the rest need the console password, if set
+PUBLIC_METHODS = frozenset({"cast", "call"})  # publishing; the rest is administration
 
 
 class PublisherNode(Protocol):
@@ -390,10 +390,9 @@ class RPCEndpoint:
                 " bytes (max_body_bytes); send smaller messages or split the batch")
             return web.Response(status=413, text=_response(_error_object(too_big), None),
                                 content_type="application/json")
-        guard = self.guard
         try:
             answer = await self.dispatch(
-                body, admin_ok=None if guard is None else lambda: guard.may_administer(request))
+                body, None if self.guard is None else Access(self.guard, request))
         except Exception as exc:
             answer = _response(_internal_error(exc, "request"), None)
         if answer is None:
@@ -414,33 +413,29 @@ class RPCEndpoint:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def dispatch(self, body: bytes,
-                       admin_ok: Callable[[], Awaitable[bool]] | None = None) -> str | None:
+    async def dispatch(self, body: bytes, access: Access | None = None) -> str | None:
         """Answer a request body with JSON text, or None when nothing is to be answered.
 
-        `await admin_ok()` says whether the request may use the admin methods (asked
-        only if it names one); None: it may."""
+        `access` says what the request may call (None: anything)."""
         try:
             data = _parse(body)
         except DecodeError as exc:
             return _response(_error_object(exc), None)
         if not isinstance(data, list):
-            return (await self._answer([data], admin_ok))[0]
+            return (await self._answer([data], access))[0]
         if not data:
             empty = ProtocolError("Invalid request: an empty batch; send at least one request")
             return _response(_error_object(empty), None)
-        parts = [answer for answer in await self._answer(data, admin_ok) if answer is not None]
+        parts = [answer for answer in await self._answer(data, access) if answer is not None]
         return f"[{','.join(parts)}]" if parts else None
 
-    async def _answer(self, requests: list[Any],
-                      admin_ok: Callable[[], Awaitable[bool]] | None) -> list[str | None]:
+    async def _answer(self, requests: list[Any], access: Access | None) -> list[str | None]:
         """Answer each request object (JSON text, or None for a notification), in order.
 
         Requests that are malformed, name no method, or an admin method without the
         right to it, are answered here, each on its own; the rest go to jsonrpcserver
         together, which runs them concurrently.
         """
-        allowed: bool | None = None if admin_ok is not None else True  # asked once, if needed
         answers: list[str | None] = [None] * len(requests)
         runnable: list[tuple[int, dict[str, Any]]] = []
         for index, request in enumerate(requests):
@@ -455,12 +450,9 @@ class RPCEndpoint:
                     missing = NoSuchFunction(f"Method not found: {request['method']!r}; "
                                              f"methods: {', '.join(sorted(METHODS))}")
                     answers[index] = _response(_error_object(missing), request["id"])
-            elif request["method"] not in PUBLIC_METHODS and not (
-                    allowed := await admin_ok() if allowed is None and admin_ok else allowed):
+            elif access is not None and not await access.allows(request["method"]):
                 if "id" in request:
-                    refused = Unauthorized(
-                        f"{request['method']} needs the console password: log in to the "
-                        "console, or send it as HTTP Basic auth (YPTASK_PASSWORD for the CLI)")
+                    refused = Unauthorized(access.why(request["method"]))
                     answers[index] = _response(_error_object(refused), request["id"])
             else:
                 runnable.append((index, request))
@@ -480,6 +472,31 @@ class RPCEndpoint:
         for (index, request), response in zip(expecting, responses or (), strict=True):
             answers[index] = _serialize(response, request["method"])
         return answers
+
+
+class Access:
+    """What one HTTP request may call, asked of the node's Guard at most once per kind."""
+
+    def __init__(self, guard: Guard, request: web.Request) -> None:
+        self.guard = guard
+        self.request = request
+        self._answers: dict[bool, bool] = {}  # public method? -> allowed
+
+    async def allows(self, method: str) -> bool:
+        public = method in PUBLIC_METHODS
+        if public not in self._answers:
+            self._answers[public] = await (self.guard.may_publish(self.request) if public
+                                           else self.guard.may_administer(self.request))
+        return self._answers[public]
+
+    def why(self, method: str) -> str:
+        if method in PUBLIC_METHODS:
+            return (f"{method} needs a publisher token: send Authorization: Bearer TOKEN "
+                    "(YPTASK_TOKEN for the CLI)")
+        if self.guard.required:
+            return (f"{method} needs the console password: log in to the console, or send "
+                    "it as HTTP Basic auth (YPTASK_PASSWORD for the CLI)")
+        return f"{method} needs a publisher token (YPTASK_TOKEN for the CLI)"
 
 
 def _serialize(response: Any, method: str) -> str:

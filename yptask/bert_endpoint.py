@@ -6,13 +6,16 @@ Serves module `yptask`, one packet at a time per connection:
     {call, yptask, cast, [Name, Msg, Opts]}      Opts: #{id => Binary, priority => Int}
     {call, yptask, call, [Name, Msg, Timeout]}   -> {reply, Result}   (Timeout in seconds)
     {cast, yptask, cast, [Name, Msg | _]}        -> {noreply} once the message is journaled
+    {info, auth, [Token]}                        a publisher token for what follows,
+                                                 on a node with `api_tokens`; never answered
     {info, ...}                                  tolerated, never answered
 
 Errors are `{error, {Type, Code, Class, Detail, Backtrace}}` coded by the one
 table in `yptask.errors`. A frame that is no term gets a protocol error and the
 connection serves on; a frame header over the cap, or input ending inside a
 frame, gets a protocol error and the connection is closed. Nothing a client
-sends takes the node down.
+sends takes the node down. The node's `allow_from` list closes the endpoint to
+other addresses.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from yptask.bertrpc import (
@@ -42,8 +46,10 @@ from yptask.errors import (
     NoSuchFunction,
     NoSuchModule,
     ProtocolError,
+    Unauthorized,
     YPTaskError,
 )
+from yptask.web.auth import Guard
 
 if TYPE_CHECKING:
     from yptask.node import Node
@@ -59,6 +65,9 @@ class BertEndpoint:
     def __init__(self, node: Node, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.node = node
         self.max_frame = max_frame
+        config = node.config
+        self.guard = Guard(config.console_password_hash, config.bert_host,
+                           tokens=config.api_tokens, allow_from=config.allow_from)
         self._server: asyncio.Server | None = None
         self.address = ""
 
@@ -74,7 +83,13 @@ class BertEndpoint:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        connection = _Connection(authorized=not self.guard.tokens)
         try:
+            if not self.guard.address_allowed(peer[0] if peer else None):
+                log.warning("refused BERT-RPC from %s: not in allow_from", peer)
+                await self._send(writer, error_reply(Unauthorized(
+                    "this address may not use this node")))
+                return
             while True:
                 try:
                     body = await self._read_frame(reader)
@@ -84,7 +99,7 @@ class BertEndpoint:
                     return
                 if body is None:
                     return
-                answer = await self._answer(body)
+                answer = await self._answer(body, connection)
                 if answer is not None:
                     await self._send(writer, answer)
         except ConnectionError:
@@ -106,13 +121,21 @@ class BertEndpoint:
         except asyncio.IncompleteReadError:
             raise FrameError("input ended inside a frame") from None
 
-    async def _answer(self, body: bytes) -> Reply | NoReply | ErrorReply | None:
+    async def _answer(self, body: bytes, connection: _Connection
+                      ) -> Reply | NoReply | ErrorReply | None:
         try:
             packet = decode_packet(body)
         except ProtocolError as exc:
             return error_reply(exc)
         if isinstance(packet, Info):
+            if packet.command == "auth":  # {info, auth, [Token]}: for the calls that follow
+                token = packet.options[0] if packet.options else None
+                connection.authorized = connection.authorized or (
+                    isinstance(token, str) and self.guard.application(token) is not None)
             return None
+        if not connection.authorized:
+            return error_reply(Unauthorized(
+                "this node wants a publisher token: send {info, auth, [Token]} first"))
         if not isinstance(packet, Call):
             return error_reply(ProtocolError(
                 f"the endpoint serves calls and casts; it got a {type(packet).__name__}"))
@@ -154,6 +177,13 @@ class BertEndpoint:
             data = frame(error_reply(EncodeError(f"the result has no BERT term: {exc}")))
         writer.write(data)
         await writer.drain()
+
+
+@dataclass
+class _Connection:
+    """One publisher's connection: has it shown a token (or is none needed)?"""
+
+    authorized: bool
 
 
 def _name(value: Any) -> str:

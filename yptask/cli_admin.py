@@ -4,7 +4,8 @@ Each command sends a few JSON-RPC requests to one node with `yptask.client.Clien
 (standard library only) and prints a table, or the raw JSON answer with `--json`.
 The node is `--url URL`, else `$YPTASK_URL`, else http://127.0.0.1:8700/rpc; a
 bare `HOST:PORT` is completed to `http://HOST:PORT/rpc`. A node with a console
-password wants it for its admin commands: `$YPTASK_PASSWORD`.
+password wants it for its admin commands: `$YPTASK_PASSWORD`; one with publisher
+tokens wants one: `$YPTASK_TOKEN`.
 
 Errors are one line on stderr, `yptask: ...`, never a traceback. Exit codes:
 
@@ -278,7 +279,8 @@ class _RestartWatch(threading.Thread):
 
 def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, timeout_s=REQUEST_TIMEOUT_S,
-                  password=os.environ.get("YPTASK_PASSWORD"))
+                  password=os.environ.get("YPTASK_PASSWORD"),
+                  token=os.environ.get("YPTASK_TOKEN"))
 
 
 def _hash_password(args: argparse.Namespace) -> int:

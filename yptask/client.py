@@ -90,14 +90,17 @@ class Client:
     """Speaks JSON-RPC to one node. Thread-safe; every request is its own HTTP exchange."""
 
     def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, *,
-                 password: str | None = None) -> None:
-        """`password`: the node's console password, for its admin methods (HTTP Basic)."""
+                 password: str | None = None, token: str | None = None) -> None:
+        """`password`: the node's console password, for its admin methods (HTTP Basic);
+        `token`: a publisher token (Bearer), for a node that wants one."""
         self.url = url
         self.timeout_s = timeout_s
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if password:
-            token = base64.b64encode(f"yptask:{password}".encode()).decode()
-            self._headers["Authorization"] = f"Basic {token}"
+            basic = base64.b64encode(f"yptask:{password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {basic}"
+        elif token:
+            self._headers["Authorization"] = f"Bearer {token}"
         self._ids = itertools.count(1)
         # No proxies from the environment: a node is reached directly.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -12,6 +12,7 @@ of segments, zero included (AMQP topic rules).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import socket
@@ -281,10 +282,14 @@ class NodeConfig:
     down_after_s: float = 3.0  # silent this long: declared down (suspect at half)
     # The console's password, hashed (`yptask hash-password`); also guards the admin API.
     console_password_hash: str | None = None
+    # Publisher tokens, application name -> token: when set, cast and call need one.
+    api_tokens: Mapping[str, str] = field(default_factory=dict)
+    allow_from: tuple[str, ...] = ()  # networks (CIDR) that may connect; empty: any
 
     def __post_init__(self) -> None:
-        if isinstance(self.join, list):
-            object.__setattr__(self, "join", tuple(self.join))
+        for key in ("join", "allow_from"):  # lists from code too
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
         for key in ("data_dir", "tasks_file", "log_dir", "cookie_file"):  # str paths too
             value = getattr(self, key)
             if isinstance(value, str):
@@ -336,6 +341,27 @@ def _seeds(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _tokens(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table of application name = token")
+    for name, token in value.items():
+        if not isinstance(token, str) or len(token) < 16 or not token.isprintable():
+            raise ConfigError(f"the token of {name!r} must be a string of at least 16 "
+                              "printable characters")
+    return dict(value)
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError("must be a list of networks, e.g. [\"10.0.0.0/8\", \"127.0.0.1\"]")
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{network!r} is not a network (CIDR) or an address") from None
+    return tuple(value)
+
+
 def _password_hash(value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError("must be a string made by `yptask hash-password`")
@@ -376,4 +402,6 @@ _NODE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "heartbeat_s": _number(0.05),
     "down_after_s": _number(0.2),
     "console_password_hash": _password_hash,
+    "api_tokens": _tokens,
+    "allow_from": _networks,
 }

@@ -349,6 +349,16 @@ async def test_a_worker_writing_garbage_on_its_pipe_is_killed_and_the_node_serve
     assert await node.call("upai.echo", "fine") == "fine"
 
 
+async def test_a_worker_flooding_its_output_fills_its_log_files_not_the_node(start_node,
+                                                                          tmp_path):
+    node = await start_node([sample_task("a", ["*.flood", "*.echo"], tmp_path)])
+    assert await node.call("upai.flood", {"megabytes": 8}) == "flooded"
+    # the output went to the task's log files, straight from the worker
+    assert (node.log_dir / "a.stdout.log").stat().st_size >= 8 * 1024 * 1024
+    assert (node.log_dir / "a.stderr.log").stat().st_size >= 8 * 1024 * 1024
+    assert await node.call("upai.echo", "fine") == "fine"
+
+
 async def test_edits_survive_a_restart_and_the_seed_is_applied_once(start_node, tmp_path):
     node = await start_node([sample_task("a", ["*.echo"], tmp_path)])
     await node.put_task(sample_task("b", ["*.b"], tmp_path).to_dict())

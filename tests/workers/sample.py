@@ -43,6 +43,15 @@ class Sample(BaseTask):
         sys.stdout.flush()
         return "printed"
 
+    def handle_flood(self, msg: dict[str, Any]) -> str:
+        """Write megabytes to stdout (and stderr) as fast as possible."""
+        line = "x" * 1023 + "\n"
+        for _ in range(int(msg["megabytes"]) * 1024):
+            sys.stdout.write(line)
+            sys.stderr.write(line)
+        sys.stdout.flush()
+        return "flooded"
+
     def handle_unencodable(self, msg: Any) -> Any:
         return {1, 2, 3}
 
@@ -57,7 +66,8 @@ class Sample(BaseTask):
         """Append this delivery to the file named by the `record_path` setting."""
         assert self.message is not None
         line = {"id": self.message.id, "attempt": self.message.attempt,
-                "name": self.message.name, "payload": msg, "pid": os.getpid()}
+                "name": self.message.name, "payload": msg, "pid": os.getpid(),
+                "at": time.time()}
         with open(self.settings["record_path"], "a") as f:
             f.write(json.dumps(line) + "\n")
         return "recorded"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -61,6 +62,22 @@ def wait_for(predicate: Callable[[], T], timeout_s: float = 60.0, what: str = "i
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(POLL_INTERVAL_S)
     return value
+
+
+async def until(predicate: Callable[[], Any], timeout_s: float = 30.0,
+                what: str = "condition") -> Any:
+    """Poll a predicate (plain, or returning a coroutine) on the event loop until it is
+    truthy; return its value, or fail after the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(POLL_INTERVAL_S)
 
 
 class NodeProcess:

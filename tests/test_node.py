@@ -6,13 +6,12 @@ its own data folder and always stops it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
 
 import pytest
-from support import ALONE, TEST_WORKERS
+from support import ALONE, TEST_WORKERS, until
 
 from yptask.config import NodeConfig, TaskDef
 from yptask.errors import (
@@ -41,20 +40,6 @@ def recorded(tmp_path: Path, task: str) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-async def until(predicate, timeout_s: float = 30.0, what: str = "condition"):
-    """Poll an (async or plain) predicate until it is truthy; fail after the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import asyncio
 import json
 
 import pytest
-from support import ALONE, TEST_WORKERS
+from support import ALONE, TEST_WORKERS, until
 
 from yptask.config import NodeConfig, TaskDef
 from yptask.errors import ConfigError, UnknownTimer
@@ -31,21 +31,6 @@ async def node(tmp_path):
 def records(tmp_path) -> list[dict]:
     path = tmp_path / "rec.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-async def until(predicate, timeout_s: float = 15.0, what: str = "it"):
-    """Poll a predicate (plain, or returning an awaitable) until truthy; fail at the deadline."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                value = predicate()
-                if asyncio.iscoroutine(value):
-                    value = await value
-                if value:
-                    return value
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 EVERY_SECOND = {"name": "beat", "cron": "* * * * * *", "message": "tick.record",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -93,7 +94,7 @@ class Sample(BaseTask):
     def handle_garbage(self, msg: Any) -> None:
         """Write bytes that are no frame on the protocol pipe, then wait to be killed."""
         os.write(4, b"\x00\x00\x00\x05hello, this is no term")
-        time.sleep(300)
+        signal.pause()  # until the node kills us
 
     def handle_relay(self, msg: dict[str, Any]) -> Any:
         """Call `msg["to"]` through the node and cast `msg["cast"]`, from inside a handler."""

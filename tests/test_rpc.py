@@ -195,6 +195,28 @@ async def test_a_batch_is_answered_per_element_in_request_order(node, http):
     assert again["result"]["duplicate"] is True
 
 
+async def test_the_casts_of_a_batch_are_answered_each_in_its_place(node, http):
+    batch = [
+        request("cast", ["upai.echo", {"n": 1}, "batch-1"], id=1),
+        request("cast", ["not a valid name!", {}], id=2),  # the node refuses this one only
+        request("cast", {"name": "upai.echo", "msg": {"n": 2}, "id": "batch-1"}, id=3),
+        request("tasks.get", ["echo"], id=4),
+        request("cast", ["upai.echo", {"n": 3}, None, "high"], id=5),  # bad priority
+        request("cast", ["upai.echo", {"n": 4}], id=6),
+    ]
+    status, answer = await post(http, node, batch)
+    assert status == 200
+    assert [a["id"] for a in answer] == [1, 2, 3, 4, 5, 6]
+    assert answer[0]["result"] == {"id": "batch-1", "tasks": ["echo"], "duplicate": False}
+    assert answer[1]["error"]["code"] == INVALID_PARAMS
+    assert answer[2]["result"] == {"id": "batch-1", "tasks": ["echo"], "duplicate": True}
+    assert answer[3]["result"]["name"] == "echo"
+    assert answer[4]["error"]["code"] == INVALID_PARAMS
+    assert "'priority'" in answer[4]["error"]["message"]
+    assert answer[5]["result"]["duplicate"] is False
+    assert answer[5]["result"]["id"] != "batch-1"
+
+
 async def test_an_empty_batch_is_one_invalid_request(node, http):
     status, answer = await post(http, node, [])
     assert status == 200

@@ -8,13 +8,17 @@ exception into a JSON-RPC error through the one table in `yptask.errors`.
 
 jsonrpcserver's jsonschema validation is replaced by `request_problem()`, a
 hand-written check of the same rules (it was two thirds of the cost per
-request); jsonrpcserver still looks up, calls and shapes each request. Results
-are serialised here, so a result that is not JSON becomes a -32603 error and
-never an HTTP 500.
+request). The publishing methods are the hot path and are answered here
+directly: the casts of a body go to the journal together, in one group commit,
+and a call runs as it comes; for them jsonrpcserver's task per request and
+signature binding cost more than all the rest of a cast. The administration
+methods go through jsonrpcserver. Results are serialised here, so a result
+that is not JSON becomes a -32603 error and never an HTTP 500.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -60,6 +64,8 @@ class PublisherNode(Protocol):
 
     async def cast(self, name: str, msg: Any, /, *, id: str | None = None,
                    priority: int = 0) -> Any: ...
+
+    async def cast_many(self, casts: list[tuple[str, Any, str | None, int]], /) -> list[Any]: ...
 
     async def call(self, name: str, msg: Any, /, *, timeout_s: float) -> Any: ...
 
@@ -153,11 +159,16 @@ def _positive_number(method: str, param: str, value: Any) -> float:
 # ---------------------------------------------------------------- the methods
 
 
+def _cast_args(name: Any, msg: Any, id: Any = None,
+               priority: Any = 0) -> tuple[str, Any, str | None, int]:
+    return (_string("cast", "name", name), msg, _string("cast", "id", id, optional=True),
+            _integer("cast", "priority", priority))
+
+
 async def _cast(node: PublisherNode, /, name: Any, msg: Any, id: Any = None,
                 priority: Any = 0) -> Any:
-    return await node.cast(_string("cast", "name", name), msg,
-                           id=_string("cast", "id", id, optional=True),
-                           priority=_integer("cast", "priority", priority))
+    name, msg, id, priority = _cast_args(name, msg, id, priority)
+    return await node.cast(name, msg, id=id, priority=priority)
 
 
 async def _call(node: PublisherNode, /, name: Any, msg: Any, timeout: Any = 30) -> Any:
@@ -264,29 +275,59 @@ def _describe_param(param: inspect.Parameter) -> str:
     return param.name if param.default is param.empty else f"{param.name}={param.default!r}"
 
 
-def _method(name: str, fn: Method) -> Method:
-    """Wrap `fn(node, *params)` as a jsonrpcserver method that answers every failure itself.
+class _Signature:
+    """Binds a request's params to a method's parameters, quickly, with a clear error."""
 
-    The wrapper binds the params to `fn`'s signature (so an arity error names the
-    method and its parameters), returns `Success(result)`, and turns exceptions into
-    `Error(...)`: yptask errors by the wire table, anything else as a logged -32603.
-    """
-    signature = inspect.signature(fn)
-    params = list(signature.parameters.values())[1:]
-    usage = f"{name}({', '.join(_describe_param(p) for p in params)})"
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        self.name = name
+        self.signature = inspect.signature(fn)
+        params = list(self.signature.parameters.values())[1:]  # after the node
+        self.names = [p.name for p in params]
+        self.known = frozenset(self.names)
+        self.defaults = [p.default for p in params]
+        self.required = sum(1 for p in params if p.default is p.empty)
+        self.usage = f"{name}({', '.join(_describe_param(p) for p in params)})"
+
+    def bind(self, params: list[Any] | dict[str, Any]) -> list[Any]:
+        """The arguments in parameter order, defaults filled in; ConfigError if they do
+        not fit (-32602, naming the method and its parameters)."""
+        if isinstance(params, list):
+            if self.required <= len(params) <= len(self.names):
+                return [*params, *self.defaults[len(params):]]
+        elif params.keys() <= self.known and all(
+                name in params for name in self.names[:self.required]):
+            return [params.get(name, default)
+                    for name, default in zip(self.names, self.defaults, strict=True)]
+        try:  # only to word the error as Python would
+            if isinstance(params, list):
+                self.signature.bind(None, *params)
+            else:
+                self.signature.bind(None, **params)
+            problem = "they do not fit"
+        except TypeError as exc:
+            problem = str(exc)
+        raise ConfigError(f"invalid params for {self.name}: {problem}; it takes {self.usage}")
+
+
+async def _invoke(name: str, fn: Method, signature: _Signature, node: PublisherNode,
+                  params: list[Any] | dict[str, Any]) -> tuple[bool, Any]:
+    """Run one method: (True, result), or (False, error object) for any failure:
+    yptask errors by the wire table, anything else as a logged -32603."""
+    try:
+        return True, await fn(node, *signature.bind(params))
+    except YPTaskError as exc:
+        return False, _error_object(exc)
+    except Exception as exc:
+        return False, _internal_error(exc, f"method {name}")
+
+
+def _method(name: str, fn: Method) -> Method:
+    """Wrap `fn(node, *params)` as a jsonrpcserver method that answers every failure itself."""
+    signature = _Signature(name, fn)
 
     async def method(node: PublisherNode, /, *args: Any, **kwargs: Any) -> Any:
-        try:
-            bound = signature.bind(node, *args, **kwargs)
-        except TypeError as exc:
-            bad = ConfigError(f"invalid params for {name}: {exc}; it takes {usage}")
-            return Error(**_error_object(bad))
-        try:
-            return Success(await fn(*bound.args, **bound.kwargs))
-        except YPTaskError as exc:
-            return Error(**_error_object(exc))
-        except Exception as exc:
-            return Error(**_internal_error(exc, f"method {name}"))
+        ok, value = await _invoke(name, fn, signature, node, kwargs if kwargs else list(args))
+        return Success(value) if ok else Error(**value)
 
     method.__name__ = method.__qualname__ = f"rpc_{name.replace('.', '_')}"
     # jsonrpcserver checks every call against inspect.signature(method), which is slow to
@@ -317,6 +358,8 @@ _IMPLEMENTATIONS: dict[str, Method] = {
 
 # The method table, passed to jsonrpcserver as `methods=` (never its global registry).
 METHODS: dict[str, Method] = {name: _method(name, fn) for name, fn in _IMPLEMENTATIONS.items()}
+_CAST = _Signature("cast", _cast)
+_CALL = _Signature("call", _call)
 
 
 # ---------------------------------------------------------------- requests and responses
@@ -433,10 +476,13 @@ class RPCEndpoint:
         """Answer each request object (JSON text, or None for a notification), in order.
 
         Requests that are malformed, name no method, or an admin method without the
-        right to it, are answered here, each on its own; the rest go to jsonrpcserver
-        together, which runs them concurrently.
+        right to it, are answered here, each on its own. The casts of a body are
+        journaled together in one group commit and calls run directly; the rest
+        go to jsonrpcserver together, which runs them concurrently.
         """
         answers: list[str | None] = [None] * len(requests)
+        casts: list[tuple[int, dict[str, Any]]] = []
+        calls: list[tuple[int, dict[str, Any]]] = []
         runnable: list[tuple[int, dict[str, Any]]] = []
         for index, request in enumerate(requests):
             problem = request_problem(request)
@@ -445,19 +491,65 @@ class RPCEndpoint:
                 invalid = ProtocolError(f"Invalid request: {problem}")
                 answers[index] = _response(_error_object(invalid),
                                            request_id if _valid_id(request_id) else None)
-            elif request["method"] not in METHODS:
+            elif (method := request["method"]) not in METHODS:
                 if "id" in request:
-                    missing = NoSuchFunction(f"Method not found: {request['method']!r}; "
+                    missing = NoSuchFunction(f"Method not found: {method!r}; "
                                              f"methods: {', '.join(sorted(METHODS))}")
                     answers[index] = _response(_error_object(missing), request["id"])
-            elif access is not None and not await access.allows(request["method"]):
+            elif access is not None and not await access.allows(method):
                 if "id" in request:
-                    refused = Unauthorized(access.why(request["method"]))
+                    refused = Unauthorized(access.why(method))
                     answers[index] = _response(_error_object(refused), request["id"])
             else:
-                runnable.append((index, request))
-        if not runnable:
-            return answers
+                (casts if method == "cast" else calls if method == "call"
+                 else runnable).append((index, request))
+        work = [part for part in (casts and self._casts(casts, answers),
+                                  *(self._call(index, request, answers)
+                                    for index, request in calls),
+                                  runnable and self._library(runnable, answers)) if part]
+        if len(work) == 1:
+            await work[0]
+        elif work:
+            await asyncio.gather(*work)
+        return answers
+
+    async def _casts(self, casts: list[tuple[int, dict[str, Any]]],
+                     answers: list[str | None]) -> None:
+        """Journal the casts of a body in one group commit; answer each in its place."""
+        valid: list[tuple[int, dict[str, Any]]] = []
+        arguments = []
+        for index, request in casts:
+            try:
+                arguments.append(_cast_args(*_CAST.bind(request.get("params", []))))
+            except YPTaskError as exc:
+                _settle_answer(answers, index, request, False, _error_object(exc))
+            else:
+                valid.append((index, request))
+        if not valid:
+            return
+        try:
+            results = await self.node.cast_many(arguments)
+        except YPTaskError as exc:  # the node refuses them all (it is stopping)
+            results = [exc] * len(valid)
+        except Exception as exc:
+            failed = _internal_error(exc, "cast")
+            for index, request in valid:
+                _settle_answer(answers, index, request, False, failed)
+            return
+        for (index, request), result in zip(valid, results, strict=True):
+            if isinstance(result, YPTaskError):
+                _settle_answer(answers, index, request, False, _error_object(result))
+            else:
+                _settle_answer(answers, index, request, True, result)
+
+    async def _call(self, index: int, request: dict[str, Any],
+                    answers: list[str | None]) -> None:
+        ok, value = await _invoke("call", _call, _CALL, self.node, request.get("params", []))
+        _settle_answer(answers, index, request, ok, value)
+
+    async def _library(self, runnable: list[tuple[int, dict[str, Any]]],
+                       answers: list[str | None]) -> None:
+        """Run requests through jsonrpcserver, which runs them concurrently."""
         try:
             responses = await async_dispatch_to_serializable(
                 "", methods=METHODS, context=self.node,
@@ -471,7 +563,16 @@ class RPCEndpoint:
         expecting = ((index, request) for index, request in runnable if "id" in request)
         for (index, request), response in zip(expecting, responses or (), strict=True):
             answers[index] = _serialize(response, request["method"])
-        return answers
+
+
+def _settle_answer(answers: list[str | None], index: int, request: dict[str, Any], ok: bool,
+                   value: Any) -> None:
+    """Put the JSON text answering `request` at `index`; a notification gets none."""
+    if "id" not in request:
+        return
+    response = ({"jsonrpc": "2.0", "result": value, "id": request["id"]} if ok
+                else {"jsonrpc": "2.0", "error": value, "id": request["id"]})
+    answers[index] = _serialize(response, request["method"])
 
 
 class Access:

@@ -34,7 +34,8 @@ class _Op:
     loop: asyncio.AbstractEventLoop | None  # None: fire and forget, from any thread
     future: asyncio.Future[Any] | None
     kind: str  # "append" or "ack": batched with neighbours of its kind; "call": run alone
-    item: Any = None  # an append's (envelope, tasks), an ack's (message id, task)
+    # an append's [(envelope, tasks), ...] (one request's messages), an ack's (message id, task)
+    item: Any = None
     call: Callable[[Journal], Any] | None = None
 
 
@@ -50,7 +51,13 @@ class JournalThread:
 
     async def append(self, envelope: Envelope, tasks: list[str]) -> bool:
         """Store a message for its tasks; True once committed, False if its id was known."""
-        return bool(await self._submit("append", (envelope, tasks)))
+        return (await self.append_many([(envelope, tasks)]))[0]
+
+    async def append_many(self, messages: list[tuple[Envelope, list[str]]]) -> list[bool]:
+        """Store messages for their tasks, committed together with whatever else is
+        waiting; per message, True if new, False if its id was known."""
+        added: list[bool] = await self._submit("append", messages)
+        return added
 
     async def ack(self, message_id: str, task: str) -> None:
         """Forget a handled delivery; acks waiting together share one transaction."""
@@ -111,13 +118,14 @@ class JournalThread:
         self.journal.close()
 
     def _commit(self, batch: list[_Op]) -> None:
-        items = [op.item for op in batch]
         try:
             if batch[0].kind == "append":
-                results: list[Any] = self.journal.append(items)
+                added = iter(self.journal.append(
+                    [message for op in batch for message in op.item]))
+                results: list[Any] = [[next(added) for _ in op.item] for op in batch]
                 self.commits += 1
             else:
-                self.journal.ack_many(items)
+                self.journal.ack_many([op.item for op in batch])
                 results = [None] * len(batch)
         except Exception as exc:
             log.exception("journal %s of %d item(s) failed", batch[0].kind, len(batch))

@@ -46,6 +46,7 @@ from yptask.errors import (
     ProtocolError,
     UnknownTask,
     UnknownTimer,
+    YPTaskError,
 )
 from yptask.forwarding import Forwarder
 from yptask.group_commit import JournalThread
@@ -267,21 +268,50 @@ class Node:
                    priority: int = 0) -> dict[str, Any]:
         """Journal a message for every subscribed task; return once it is committed."""
         self._check_running()
-        self._check_message(name, msg)
-        if id is not None and (not isinstance(id, str) or not 0 < len(id) <= 128):
-            raise ConfigError("a message id must be a string of 1 to 128 characters")
-        subscribed = self._subscribers(name)
-        self._check_room(subscribed)
-        envelope = Envelope(id or self._new_id(), name, msg, time.time(), priority)
+        result = (await self.cast_many([(name, msg, id, priority)]))[0]
+        if isinstance(result, YPTaskError):
+            raise result
+        return result
+
+    async def cast_many(self, casts: list[tuple[str, Any, str | None, int]]
+                        ) -> list[dict[str, Any] | YPTaskError]:
+        """Journal many casts, (name, msg, id, priority) each, in one group commit.
+
+        Answers each in order: its result as `cast` gives it, or the error that
+        refused it (a refused cast stores nothing; the others are not affected).
+        """
+        self._check_running()
+        answers: list[dict[str, Any] | YPTaskError] = []
+        accepted: list[tuple[Envelope, list[str]]] = []
+        for name, msg, id, priority in casts:
+            try:
+                self._check_message(name, msg)
+                if id is not None and (not isinstance(id, str) or not 0 < len(id) <= 128):
+                    raise ConfigError("a message id must be a string of 1 to 128 characters")
+                subscribed = self._subscribers(name)
+                self._check_room(subscribed)
+            except YPTaskError as exc:
+                answers.append(exc)
+                continue
+            envelope = Envelope(id or self._new_id(), name, msg, time.time(), priority)
+            accepted.append((envelope, subscribed))
+            answers.append({"id": envelope.id, "tasks": subscribed})
         assert self._journal is not None
-        added = await self._journal.append(envelope, subscribed)
-        if added:
+        added = await self._journal.append_many(accepted) if accepted else []
+        notified: set[str] = set()
+        for (_, subscribed), new, answer in zip(
+                accepted, added, (a for a in answers if isinstance(a, dict)), strict=True):
+            answer["duplicate"] = not new
+            if not new:
+                continue
             for task in subscribed:
                 self._queued[task] = self._queued.get(task, 0) + 1  # until the next measure
-                self.pools[task].notify()
-                if task in self.forwarders:
-                    self.forwarders[task].notify()
-        return {"id": envelope.id, "tasks": subscribed, "duplicate": not added}
+                notified.add(task)
+        for task in notified:
+            self.pools[task].notify()
+            if task in self.forwarders:
+                self.forwarders[task].notify()
+        return answers
 
     async def call(self, name: str, msg: Any, *, timeout_s: float = 30.0,
                    here_only: bool = False) -> Any:

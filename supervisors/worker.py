@@ -31,9 +31,11 @@ __all__ = ["Job", "Outcome", "ProcessGone", "WorkerActor", "WorkerConfig", "Work
 
 log = logging.getLogger(__name__)
 
-# Jobs written into a worker's pipe ahead of the answer being read. More than one hides
-# the wake-up of this thread between two messages; a few are enough.
-PIPELINE_DEPTH = 4
+# Jobs written into a worker's pipe ahead of the answer being read. While the node's event
+# loop is busy, this thread can wait milliseconds for the GIL after each read: the pipe must
+# hold enough work to keep the worker busy meanwhile (4 left the workers idle 80% of the
+# time under load; 16 doubled the throughput). Its answers are then read several at a time.
+PIPELINE_DEPTH = 16
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,11 @@ JOB_GRACE_S = 10.0
 # With nothing claimable, look again this often (retries come due without a signal).
 IDLE_POLL_S = 0.5
 SPAWN_TIMEOUT_S = 60.0
-# Claimed ahead per worker: enough that workers pulling in their own threads rarely find
-# the backlog empty, few enough that a new high-priority message waits behind little.
-BACKLOG_PER_WORKER = 8
-MAX_CLAIM = 64
+# Claimed ahead per worker: enough to refill a worker's pipeline (see PIPELINE_DEPTH) twice,
+# so that workers pulling in their own threads rarely find the backlog empty; a new
+# high-priority message waits behind at most this many, plus a pipeline, per worker.
+BACKLOG_PER_WORKER = 32
+MAX_CLAIM = 128
 
 
 class TaskPool:

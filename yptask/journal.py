@@ -22,7 +22,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,11 @@ class Envelope:
     published_at: float
     priority: int = 0
     deadline: float | None = None
+    # the payload as JSON, when the caller has it already (it is not encoded twice)
+    payload_json: str | None = field(default=None, compare=False, repr=False)
+
+    def payload_text(self) -> str:
+        return json.dumps(self.payload) if self.payload_json is None else self.payload_json
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,7 @@ class Journal:
                 cursor = self._db.execute(
                     "INSERT OR IGNORE INTO messages (id, name, payload, published_at, priority,"
                     " deadline) VALUES (?, ?, ?, ?, ?, ?)",
-                    (envelope.id, envelope.name, json.dumps(envelope.payload),
+                    (envelope.id, envelope.name, envelope.payload_text(),
                      envelope.published_at, envelope.priority, envelope.deadline))
                 is_new = cursor.rowcount == 1
                 added.append(is_new)
@@ -172,7 +177,7 @@ class Journal:
                 self._db.execute(
                     "INSERT OR IGNORE INTO messages (id, name, payload, published_at, priority,"
                     " deadline) VALUES (?, ?, ?, ?, ?, ?)",
-                    (envelope.id, envelope.name, json.dumps(envelope.payload),
+                    (envelope.id, envelope.name, envelope.payload_text(),
                      envelope.published_at, envelope.priority, envelope.deadline))
                 self._db.execute("UPDATE messages SET done_at = NULL WHERE id = ?",
                                  (envelope.id,))
@@ -206,8 +211,7 @@ class Journal:
         with self._transaction():
             self._db.executemany("DELETE FROM deliveries WHERE message_id = ? AND task = ?",
                                  deliveries)
-            for message_id in dict.fromkeys(mid for mid, _ in deliveries):
-                self._finish_if_done(message_id)
+            self._finish_if_done(dict.fromkeys(mid for mid, _ in deliveries))
 
     def fail(self, message_id: str, task: str, *, max_attempts: int, retry_after_s: float,
              error_class: str, error: str, traceback: str = "",
@@ -234,7 +238,7 @@ class Journal:
                 (message_id, task, row[0], error_class, error, traceback, now))
             self._db.execute("DELETE FROM deliveries WHERE message_id = ? AND task = ?",
                              (message_id, task))
-            self._finish_if_done(message_id)
+            self._finish_if_done([message_id])
             return True
 
     def release(self, message_id: str, task: str) -> None:
@@ -300,11 +304,13 @@ class Journal:
 
     # ------------------------------------------------------------------ helpers
 
-    def _finish_if_done(self, message_id: str) -> None:
-        left = self._db.execute("SELECT 1 FROM deliveries WHERE message_id = ? LIMIT 1",
-                                (message_id,)).fetchone()
-        if left is None:
-            self._mark_done([message_id])
+    def _finish_if_done(self, message_ids: Iterable[str]) -> None:
+        """Mark done those of the messages that have no delivery left."""
+        now = time.time()
+        self._db.executemany(
+            "UPDATE messages SET done_at = ?1 WHERE id = ?2 AND NOT EXISTS"
+            " (SELECT 1 FROM deliveries WHERE message_id = ?2)",
+            [(now, message_id) for message_id in message_ids])
 
     def _mark_done(self, message_ids: list[str]) -> None:
         self._db.executemany("UPDATE messages SET done_at = ? WHERE id = ?",

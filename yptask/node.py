@@ -285,7 +285,7 @@ class Node:
         accepted: list[tuple[Envelope, list[str]]] = []
         for name, msg, id, priority in casts:
             try:
-                self._check_message(name, msg)
+                payload_json = self._check_message(name, msg)
                 if id is not None and (not isinstance(id, str) or not 0 < len(id) <= 128):
                     raise ConfigError("a message id must be a string of 1 to 128 characters")
                 subscribed = self._subscribers(name)
@@ -293,7 +293,8 @@ class Node:
             except YPTaskError as exc:
                 answers.append(exc)
                 continue
-            envelope = Envelope(id or self._new_id(), name, msg, time.time(), priority)
+            envelope = Envelope(id or self._new_id(), name, msg, time.time(), priority,
+                                payload_json=payload_json)
             accepted.append((envelope, subscribed))
             answers.append({"id": envelope.id, "tasks": subscribed})
         assert self._journal is not None
@@ -383,16 +384,18 @@ class Node:
         if self.stopping:
             raise NodeStopping(f"node {self.name} is stopping; send to another node or retry")
 
-    def _check_message(self, name: str, msg: Any) -> None:
+    def _check_message(self, name: str, msg: Any) -> str:
+        """Refuse a message that cannot be journaled or reach a worker; return its JSON."""
         validate_message_name(name)
         try:
             size = len(codec.encode(msg))
-            json.dumps(msg, allow_nan=False)  # the journal keeps payloads as JSON
+            text = json.dumps(msg, allow_nan=False)  # the journal keeps payloads as JSON
         except (EncodeError, TypeError, ValueError) as exc:
             raise EncodeError(f"message payload cannot travel to a worker: {exc}") from None
         if size > self.config.max_payload_bytes:
             raise ConfigError(f"message payload is {size} bytes encoded, over the node's limit "
                               f"of {self.config.max_payload_bytes}")
+        return text
 
     # ------------------------------------------------------------------ tasks
 

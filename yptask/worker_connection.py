@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # 64 KiB of a Linux pipe, so writing them never blocks: a write that blocked while the
 # worker blocks writing a long answer (which nobody reads meanwhile) would deadlock.
 PIPE_ROOM = 32 * 1024
+READ_SIZE = 64 * 1024  # the most read from a worker's output at once
 
 
 class WorkerConnection:
@@ -50,6 +51,8 @@ class WorkerConnection:
         self.pid, self._to_worker, self._from_worker = spawn_process(spec)
         self.returncode: int | None = None
         self._unanswered: deque[int] = deque()  # the frame size of each call not yet answered
+        self._outgoing: list[bytes] = []  # calls sent and not yet written: one write for all
+        self._incoming = bytearray()  # read from the worker, not yet taken as answers
         log.info("worker started: pid %d %s", self.pid, " ".join(spec.argv))
 
     def call(self, module: str, function: str, args: list[Any],
@@ -64,33 +67,43 @@ class WorkerConnection:
         return self.receive(timeout_s)
 
     def send(self, module: str, function: str, args: list[Any]) -> bool:
-        """Write a call without waiting for its answer; False if it must wait for answers.
+        """Queue a call without waiting for its answer; False if it must wait for answers.
 
         Sending the next message before the answer to the current one keeps the worker
         busy instead of asleep between messages; answers come back in order. A call is
-        written behind unanswered ones only while they all fit in PIPE_ROOM; otherwise
-        it is not written and False is returned: read the answers first, then send it.
+        queued behind unanswered ones only while they all fit in PIPE_ROOM; otherwise
+        it is not and False is returned: read the answers first, then send it. Queued
+        calls are written together, in one write, by `receive` (or `flush`).
         """
         if self._to_worker < 0:
             raise WorkerExited(f"worker {self.pid} is stopped")
         data = frame(Call(module, function, args))
         if self._unanswered and sum(self._unanswered) + len(data) > PIPE_ROOM:
             return False
+        self._outgoing.append(data)
+        self._unanswered.append(len(data))
+        return True
+
+    def flush(self) -> None:
+        """Write the queued calls into the worker's pipe."""
+        if not self._outgoing:
+            return
+        data = self._outgoing[0] if len(self._outgoing) == 1 else b"".join(self._outgoing)
+        self._outgoing.clear()
         try:
             write_frame(self._to_worker, data)
         except BrokenPipeError:
             raise WorkerExited(f"worker {self.pid} closed its input") from None
-        self._unanswered.append(len(data))
-        return True
 
     def receive(self, timeout_s: float | None = None) -> Any:
         """Read the answer to the oldest call sent; raise as `call` does."""
+        self.flush()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if self._unanswered:
             self._unanswered.popleft()
         try:
-            header = self._read(4, deadline)
-            body = self._read(check_length(header, self.spec.max_frame), deadline)
+            header = self._take(4, deadline)
+            body = self._take(check_length(header, self.spec.max_frame), deadline)
             answer = decode_packet(body)
         except TimeoutError:
             self.kill()
@@ -104,22 +117,23 @@ class WorkerConnection:
         self.kill()
         raise ProtocolError(f"worker {self.pid} answered a {type(answer).__name__}; killed")
 
-    def _read(self, n: int, deadline: float | None) -> bytes:
-        chunks = []
-        left = n
-        while left:
+    def _take(self, n: int, deadline: float | None) -> bytes:
+        """The next `n` bytes from the worker: what is buffered, then reads of what has
+        arrived (several answers at once when they wait in the pipe)."""
+        while len(self._incoming) < n:
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not select.select([self._from_worker], [], [], remaining)[0]:
                     raise TimeoutError
-            chunk = os.read(self._from_worker, left)
+            chunk = os.read(self._from_worker, max(READ_SIZE, n - len(self._incoming)))
             if not chunk:
-                if left != n:
+                if self._incoming:
                     raise FrameError("worker output ended inside a frame")
                 raise WorkerExited(f"worker {self.pid} exited (its output closed)")
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+            self._incoming += chunk
+        taken = bytes(self._incoming[:n])
+        del self._incoming[:n]
+        return taken
 
     def stop(self, timeout_s: float) -> int:
         """SIGTERM the worker and close its input; SIGKILL after `timeout_s`. Return its status."""

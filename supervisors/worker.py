@@ -71,7 +71,9 @@ class ProcessGone:
 class WorkerHooks:
     """How a worker actor reaches the node: thread-safe callbacks, supplied by the node."""
 
-    ready: Callable[[str, Any], None]  # (task, actor ref): the worker is free for a job
+    # (task, actor ref, connection): the worker is free for a job; while it is idle the
+    # pool may run a call on its connection itself, holding the connection's lock
+    ready: Callable[[str, Any, WorkerConnection], None]
     watch: Callable[[str, int, Any], None]  # (task, pid, ref): tell ProcessGone when it exits
     # (task, actor ref): hand this worker no more jobs; returns once the pool knows
     retire: Callable[[str, Any], None]
@@ -114,15 +116,18 @@ class WorkerActor(Supervised):
             self.conn.kill()
             self.conn.wait()
             raise
-        self.hooks.ready(self.task, self.actor_ref)
+        self.hooks.ready(self.task, self.actor_ref, self.conn)
 
     def on_receive(self, message: Any) -> Any:
+        assert self.conn is not None
         if isinstance(message, Job):
-            self._run_jobs(message)
-            self.hooks.ready(self.task, self.actor_ref)
-        elif (isinstance(message, ProcessGone) and self.conn is not None
-              and self.conn.pid == message.pid):
-            raise WorkerExited(f"worker {message.pid} of task {self.task} exited while idle")
+            with self.conn.lock:
+                self._run_jobs(message)
+            self.hooks.ready(self.task, self.actor_ref, self.conn)
+        elif isinstance(message, ProcessGone) and self.conn.pid == message.pid:
+            with self.conn.lock:  # a call the pool runs on it ends first (the pipe closed)
+                raise WorkerExited(f"worker {message.pid} of task {self.task} exited while "
+                                   "idle")
         return None
 
     def _run_jobs(self, first: Job) -> None:
@@ -190,11 +195,12 @@ class WorkerActor(Supervised):
     def terminate(self, reason: ExitReason) -> None:
         if self.conn is None:
             return
-        if reason is ExitReason.NORMAL:
-            self.conn.stop(self.config.shutdown_timeout_s)
-        else:
-            self.conn.kill()
-            self.conn.wait()
+        with self.conn.lock:  # a call the pool is running on this idle worker ends first
+            if reason is ExitReason.NORMAL:
+                self.conn.stop(self.config.shutdown_timeout_s)
+            else:
+                self.conn.kill()
+                self.conn.wait()
 
 
 def _lose(window: deque[Job], error: YPTaskError, held: Job | None) -> None:

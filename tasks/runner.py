@@ -34,13 +34,13 @@ from yptask.bertrpc import (
     Call,
     Cast,
     ErrorReply,
+    FrameReader,
     Info,
     NoReply,
     Reply,
     decode_packet,
     error_reply,
     frame,
-    read_frame,
     write_frame,
 )
 from yptask.codec import Atom
@@ -106,21 +106,22 @@ class Runner:
         self.stopping = True
 
     def _loop(self, wake_fd: int) -> int:
+        frames = FrameReader(self.in_fd)
         while not self.stopping:
-            ready, _, _ = select.select([self.in_fd, wake_fd], [], [])
-            if self.in_fd not in ready or self.stopping:
-                continue
             try:
-                body = read_frame(self.in_fd)
+                body = frames.buffered()
+                if body is None:  # wait for input (or a stop signal), then read all there is
+                    ready, _, _ = select.select([self.in_fd, wake_fd], [], [])
+                    if self.in_fd in ready and not self.stopping and not frames.fill():
+                        log.info("worker input ended; exiting")
+                        return EXIT_OK
+                    continue
             except FrameError as exc:
                 # The stream cannot be re-synchronised after a bad header: say why and go.
                 log.error("worker input is not framed: %s", exc)
                 with contextlib.suppress(_NodeGone):
                     self._send(error_reply(exc))
                 return EXIT_PROTOCOL
-            if body is None:
-                log.info("worker input ended; exiting")
-                return EXIT_OK
             try:
                 if not self._serve_one(body):
                     return EXIT_SETUP_FAILED

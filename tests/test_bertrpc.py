@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 
 import pytest
 
@@ -12,13 +13,13 @@ from yptask.bertrpc import (
     Call,
     Cast,
     ErrorReply,
+    FrameReader,
     Info,
     NoReply,
     Reply,
     decode_packet,
     error_reply,
     frame,
-    read_frame,
 )
 from yptask.codec import Atom
 from yptask.errors import (
@@ -106,22 +107,36 @@ def _pipe_with(data: bytes) -> int:
     return r
 
 
-def test_read_frame_reads_frames_then_none_at_end():
+def test_a_frame_reader_reads_frames_then_none_at_end():
     fd = _pipe_with(frame(Reply(1)) + frame(Reply(2)))
-    assert decode_packet(read_frame(fd)) == Reply(1)
-    assert decode_packet(read_frame(fd)) == Reply(2)
-    assert read_frame(fd) is None
+    frames = FrameReader(fd)
+    assert decode_packet(frames.read_frame()) == Reply(1)
+    assert decode_packet(frames.buffered()) == Reply(2)  # it came with the first read
+    assert frames.read_frame() is None
     os.close(fd)
 
 
+def test_a_frame_reader_takes_a_frame_larger_than_one_read():
+    body = frame(Reply("x" * 300_000))
+    r, w = os.pipe()
+    writer = threading.Thread(target=os.write, args=(w, body))
+    writer.start()
+    frames = FrameReader(r)
+    assert decode_packet(frames.read_frame()) == Reply("x" * 300_000)
+    writer.join()
+    os.close(w)
+    assert frames.read_frame() is None
+    os.close(r)
+
+
 @pytest.mark.parametrize(("data", "match"), [
-    (b"\x00\x00", "short"),
-    (b"\x00\x00\x00\x09\x83a", "short"),
+    (b"\x00\x00", "inside a frame"),
+    (b"\x00\x00\x00\x09\x83a", "inside a frame"),
     (b"\x7f\xff\xff\xff", "over the cap"),
     (b"\x00\x00\x00\x00", "empty frame"),
 ])
 def test_bad_frames_raise_frame_error(data, match):
     fd = _pipe_with(data)
     with pytest.raises(FrameError, match=match):
-        read_frame(fd, max_frame=1024)
+        FrameReader(fd, max_frame=1024).read_frame()
     os.close(fd)

@@ -21,7 +21,9 @@ from yptask.errors import (
     HandlerError,
     NoSubscriber,
     Overloaded,
+    ProtocolError,
     UnknownTask,
+    WorkerExited,
 )
 from yptask.node import Node
 
@@ -95,6 +97,39 @@ async def test_a_handler_can_cast_and_call_through_its_node(start_node, tmp_path
     assert answer["answer"] == {"x": 1} and answer["cast"]["tasks"] == ["echo"]
     (record,) = await until(lambda: recorded(tmp_path, "echo"), what="the relayed cast")
     assert record["payload"] == {"from": "relay"}
+
+
+async def test_a_call_its_caller_gave_up_on_still_ends_and_frees_its_worker(start_node,
+                                                                           tmp_path):
+    node = await start_node([sample_task("a", ["*.sleep", "*.echo"], tmp_path,
+                                         nodes={"*": 1})])
+    assert await node.call("upai.echo", "warm") == "warm"  # the one worker, idle
+    # When a caller stops waiting before the handler returns
+    with pytest.raises(CallTimeout):
+        await node.call("upai.sleep", {"seconds": 0.5}, timeout_s=0.1)
+    # Then the worker finishes that message (not killed), and the next call gets its own
+    # answer from it, not the one the first caller left
+    assert await node.call("upai.echo", "mine", timeout_s=10) == "mine"
+    assert node.pools["a"].live_workers == 1
+    status = (await node.status())["tasks"]["a"]
+    assert status["workers"] == {"n1": 1} and status["in_flight"] == 0
+
+
+@pytest.mark.parametrize(("name", "msg", "error"), [
+    ("upai.crash", {}, WorkerExited),  # the worker dies during a call
+    ("upai.sleep", {"seconds": 30}, CallTimeout),  # past the task's message timeout
+    ("upai.garbage", {}, ProtocolError),  # its answer is no frame
+])
+async def test_a_call_that_loses_its_worker_fails_and_the_worker_is_replaced(
+        start_node, tmp_path, name, msg, error):
+    node = await start_node([sample_task("a", ["*.crash", "*.sleep", "*.garbage", "*.echo"],
+                                         tmp_path, nodes={"*": 1}, message_timeout_s=1)])
+    assert await node.call("upai.echo", 1) == 1
+    with pytest.raises(error):
+        await node.call(name, msg, timeout_s=20)
+    # A fresh worker takes the next call
+    assert await until(lambda: node.pools["a"].live_workers == 1, what="a new worker")
+    assert await node.call("upai.echo", 2, timeout_s=20) == 2
 
 
 async def test_a_repeated_id_is_delivered_once(start_node, tmp_path):

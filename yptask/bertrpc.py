@@ -45,6 +45,7 @@ __all__ = [
     "Call",
     "Cast",
     "ErrorReply",
+    "FrameReader",
     "Info",
     "NoReply",
     "Reply",
@@ -54,11 +55,11 @@ __all__ = [
     "error_reply",
     "frame",
     "parse_packet",
-    "read_frame",
     "write_frame",
 ]
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+READ_SIZE = 64 * 1024  # the most a FrameReader reads at once
 _HEADER = struct.Struct(">I")
 
 CALL, CAST, REPLY, NOREPLY, ERROR, INFO = (
@@ -237,30 +238,45 @@ def check_length(header: bytes, max_frame: int) -> int:
     return length
 
 
-def read_exactly(fd: int, n: int) -> bytes:
-    """Read exactly `n` bytes from a blocking fd; b"" at a clean end of input; else FrameError."""
-    chunks = []
-    left = n
-    while left:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            if left == n:
-                return b""
-            raise FrameError(f"input ended {left} bytes short of a {n}-byte read")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+class FrameReader:
+    """The frames arriving on a blocking fd, read in chunks of up to READ_SIZE bytes:
+    frames that wait together (pipelined calls, or their answers) cost one read."""
 
+    def __init__(self, fd: int, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.fd = fd
+        self.max_frame = max_frame
+        self._buffer = bytearray()
 
-def read_frame(fd: int, max_frame: int = DEFAULT_MAX_FRAME) -> bytes | None:
-    """Return the next frame's body from a blocking fd, or None at a clean end of input."""
-    header = read_exactly(fd, 4)
-    if not header:
-        return None
-    body = read_exactly(fd, check_length(header, max_frame))
-    if not body:
-        raise FrameError("input ended inside a frame")
-    return body
+    def buffered(self) -> bytes | None:
+        """The next frame's body if all of it has been read, else None; `FrameError` if
+        its header is bad (the stream cannot be re-synchronised after that)."""
+        if len(self._buffer) < 4:
+            return None
+        end = 4 + check_length(bytes(self._buffer[:4]), self.max_frame)
+        if len(self._buffer) < end:
+            return None
+        body = bytes(self._buffer[4:end])
+        del self._buffer[:end]
+        return body
+
+    def fill(self) -> bool:
+        """Read what has arrived, blocking until something has. False at the end of
+        input; `FrameError` if the input ends inside a frame."""
+        chunk = os.read(self.fd, READ_SIZE)
+        if chunk:
+            self._buffer += chunk
+            return True
+        if self._buffer:
+            raise FrameError(f"input ended inside a frame ({len(self._buffer)} bytes of it "
+                             "read)")
+        return False
+
+    def read_frame(self) -> bytes | None:
+        """The next frame's body, waiting for it; None at a clean end of input."""
+        while (body := self.buffered()) is None:
+            if not self.fill():
+                return None
+        return body
 
 
 def write_frame(fd: int, data: bytes) -> None:

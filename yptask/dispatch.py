@@ -30,11 +30,12 @@ from typing import Any
 import pykka
 
 from yptask.config import TaskDef
-from yptask.errors import CallTimeout, HandlerError, WorkerExited, YPTaskError
+from yptask.errors import CallTimeout, HandlerError, ProtocolError, WorkerExited, YPTaskError
 from yptask.group_commit import JournalThread
 from yptask.journal import Delivery, Journal
 from yptask.metrics import Failure, TaskMetrics
 from yptask.supervisors.worker import Job, Outcome
+from yptask.worker_connection import WorkerConnection
 
 __all__ = ["TaskPool"]
 
@@ -65,6 +66,7 @@ class TaskPool:
         self._supervisor = supervisor  # returns a proxy of this task's supervisor (thread-safe)
         self._free: deque[Any] = deque()
         self._workers: dict[str, Any] = {}  # urn -> ref of every worker that offered itself
+        self._connections: dict[str, WorkerConnection] = {}  # urn -> its worker's connection
         self._free_since: dict[str, float] = {}
         self._spawning = False
         self._spawn_task: asyncio.Task[None] | None = None
@@ -84,9 +86,9 @@ class TaskPool:
 
     # -------------------------------------------------------------- from actor threads
 
-    def worker_ready(self, ref: Any) -> None:
-        """A worker actor is free. Thread-safe."""
-        self.loop.call_soon_threadsafe(self._add_free, ref)
+    def worker_ready(self, ref: Any, conn: WorkerConnection) -> None:
+        """A worker actor is free; `conn` is its connection. Thread-safe."""
+        self.loop.call_soon_threadsafe(self._add_free, ref, conn)
 
     def pull(self, ref: Any) -> Job | None:
         """The next claimed delivery as a job for `ref`, or None. Called in the worker's thread."""
@@ -144,12 +146,16 @@ class TaskPool:
     async def run(self, name: str, payload: Any, meta: dict[str, Any],
                   timeout_s: float) -> Outcome:
         """Run one message on a free worker of this task and return the outcome."""
-        ref = await self._acquire()
-        return await self._run_on(ref, name, payload, meta, timeout_s)
+        while True:
+            outcome = await self._run_on(await self._acquire(), name, payload, meta, timeout_s)
+            if outcome.started or not outcome.worker_lost:
+                return outcome
+            # the worker stopped (a restart, a reap) before it could take the call: next one
 
-    def _add_free(self, ref: Any) -> None:
+    def _add_free(self, ref: Any, conn: WorkerConnection) -> None:
         if ref.actor_urn not in self._retired:
             self._workers[ref.actor_urn] = ref
+            self._connections[ref.actor_urn] = conn
             self._free.append(ref)
             self._free_since[ref.actor_urn] = self.loop.time()
             self._worker_freed.set()
@@ -159,6 +165,7 @@ class TaskPool:
     async def _retire(self, urn: str) -> None:
         self._retired.add(urn)
         self._workers.pop(urn, None)
+        self._connections.pop(urn, None)
         self._free_since.pop(urn, None)
         self._free = deque(r for r in self._free if r.actor_urn != urn)
 
@@ -177,6 +184,7 @@ class TaskPool:
         """Workers of this task that are running (idle or busy), as this pool knows them."""
         for urn in [urn for urn, ref in self._workers.items() if not ref.is_alive()]:
             del self._workers[urn]
+            self._connections.pop(urn, None)
         return len(self._workers)
 
     def _request_workers(self) -> None:
@@ -214,6 +222,7 @@ class TaskPool:
                 self._free.remove(ref)  # no job can reach it from now on
                 urn = ref.actor_urn
                 self._workers.pop(urn, None)
+                self._connections.pop(urn, None)
                 self._free_since.pop(urn, None)
                 await asyncio.to_thread(self._reap, urn)
 
@@ -222,32 +231,89 @@ class TaskPool:
 
     async def _run_on(self, ref: Any, name: str, payload: Any, meta: dict[str, Any],
                       timeout_s: float) -> Outcome:
-        """Run a call on `ref` (calls are counted in handled/failed like casts)."""
+        """Run a call on the idle worker `ref` (calls are counted in handled/failed like casts).
+
+        The loop speaks on the worker's pipes itself when it can take the connection's
+        lock (the usual case: the actor thread waits for jobs and does not touch them),
+        which spares two thread wake-ups; otherwise the job goes to the actor.
+        """
+        conn = self._connections.get(ref.actor_urn)
+        if conn is not None and conn.lock.acquire(blocking=False):
+            exchange = self.loop.create_task(
+                self._exchange(ref, conn, name=name, payload=payload, meta=meta,
+                               timeout_s=timeout_s))
+            return await asyncio.shield(exchange)
+        return await self._tell_job(ref, name, payload, meta, timeout_s)
+
+    async def _exchange(self, ref: Any, conn: WorkerConnection, *, name: str, payload: Any,
+                        meta: dict[str, Any], timeout_s: float) -> Outcome:
+        """A call on an idle worker's pipes, run by the loop with its connection's lock held.
+
+        A task of its own: a caller who stops waiting leaves the worker to answer, and
+        the worker is free again once it has.
+        """
+        self._started()
+        start = time.monotonic()
+        try:
+            if conn.stopped:
+                raise _NotStarted
+            result = await conn.call_on_loop("yptask", "handle", [name, payload, meta], timeout_s)
+            outcome = Outcome(result=result, duration_s=time.monotonic() - start)
+        except _NotStarted:
+            outcome = Outcome(error=WorkerExited("the worker stopped before taking the call"),
+                              worker_lost=True, started=False)
+        except (WorkerExited, CallTimeout, ProtocolError) as exc:
+            # The worker is gone or killed: its actor learns it from the process's exit.
+            outcome = Outcome(error=exc, worker_lost=True)
+        except YPTaskError as exc:  # the handler raised, or has no handler for the name
+            outcome = Outcome(error=exc, duration_s=time.monotonic() - start)
+        finally:
+            conn.lock.release()
+        if not outcome.worker_lost:
+            self._add_free(ref, conn)  # its actor never knew: the worker is free again
+        self._ended(outcome)
+        return outcome
+
+    async def _tell_job(self, ref: Any, name: str, payload: Any, meta: dict[str, Any],
+                        timeout_s: float) -> Outcome:
+        """Have the worker's actor run the call in its thread."""
         future: asyncio.Future[Outcome] = self.loop.create_future()
+        settled = threading.Lock()
 
-        def done(outcome: Outcome) -> None:  # in the worker's thread
-            with self._counts:
-                if outcome.error is None:
-                    self.handled += 1
-                else:
-                    self.failed += 1
-            self.metrics.record(ok=outcome.error is None, latency_s=outcome.duration_s)
-            self.loop.call_soon_threadsafe(_settle, future, outcome)
+        def done(outcome: Outcome) -> None:  # in the worker's thread, or here
+            if settled.acquire(blocking=False):  # the first outcome wins
+                self._ended(outcome)
+                self.loop.call_soon_threadsafe(_settle, future, outcome)
 
-        with self._counts:
-            self.in_flight += 1
+        self._started()
         try:
             ref.tell(Job(name, payload, meta, timeout_s, done))
-            return await asyncio.wait_for(future, timeout_s + JOB_GRACE_S)
         except pykka.ActorDeadError:
-            return Outcome(error=WorkerExited("the worker stopped before taking the job"),
-                           worker_lost=True)
+            done(Outcome(error=WorkerExited("the worker stopped before taking the job"),
+                         worker_lost=True, started=False))
+        try:
+            async with asyncio.timeout(timeout_s + JOB_GRACE_S):
+                return await future
         except TimeoutError:
-            return Outcome(error=CallTimeout(f"no outcome within {timeout_s} s"),
+            lost = Outcome(error=CallTimeout(f"no outcome within {timeout_s} s"),
                            worker_lost=True)
-        finally:
-            with self._counts:
-                self.in_flight -= 1
+            done(lost)
+            return lost
+
+    def _started(self) -> None:
+        with self._counts:
+            self.in_flight += 1
+
+    def _ended(self, outcome: Outcome) -> None:
+        """Count a call's outcome. Any thread."""
+        with self._counts:
+            self.in_flight -= 1
+            if outcome.error is None:
+                self.handled += 1
+            elif outcome.started:
+                self.failed += 1
+        if outcome.started:
+            self.metrics.record(ok=outcome.error is None, latency_s=outcome.duration_s)
 
     async def _deliver_forever(self) -> None:
         task = self.task.name
@@ -339,6 +405,10 @@ class TaskPool:
         else:
             self.journal.run_nowait(partial(_fail, delivery=delivery, error=outcome.error,
                                             task=self.task))
+
+
+class _NotStarted(Exception):
+    """The worker was stopped before a call could be written to it."""
 
 
 def describe(error: YPTaskError) -> tuple[str, str, str]:

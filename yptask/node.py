@@ -338,8 +338,9 @@ class Node:
         task = max(local, key=lambda t: self.pools[t.name].free_workers)
         meta = {"id": self._new_id(), "attempt": 1, "published_at": time.time(), "priority": 0}
         try:
-            outcome = await asyncio.wait_for(
-                self.pools[task.name].run(name, msg, meta, task.message_timeout_s), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: no task per call
+                outcome = await self.pools[task.name].run(name, msg, meta,
+                                                          task.message_timeout_s)
         except TimeoutError:
             raise CallTimeout(f"no answer to {name!r} from task {task.name} within "
                               f"{timeout_s} s") from None
@@ -708,10 +709,10 @@ class Node:
 
     # ------------------------------------------------------------------ worker hooks
 
-    def _worker_ready(self, task: str, ref: Any) -> None:  # any thread
+    def _worker_ready(self, task: str, ref: Any, conn: Any) -> None:  # any thread
         pool = self.pools.get(task)
         if pool is not None:
-            pool.worker_ready(ref)
+            pool.worker_ready(ref, conn)
 
     def _pull_job(self, task: str, ref: Any) -> Any:  # actor thread
         pool = self.pools.get(task)

@@ -1,20 +1,25 @@
-"""A blocking connection to one worker process, for the actor thread that owns it.
+"""A connection to one worker process: blocking for its actor's thread, or asyncio for one call.
 
-The node's Worker actors each own one of these: the actor's thread writes a
-call, waits for the answer with a deadline (`select`), and so handles one
-message at a time, as the worker does. Spawning is shared with the asyncio
-variant (`yptask.worker_process.spawn_process`). A call that times out, or a
-worker that breaks the protocol, gets the worker's process group killed: its
-state is unknown.
+The node's Worker actors each own one of these: the actor's thread writes
+calls, waits for each answer with a deadline (`select`), and so handles one
+message at a time, as the worker does. While the worker is idle, the node's
+event loop may run one call on it itself (`call_on_loop`), which spares two
+thread wake-ups per call; `lock` is held by whichever side is speaking on the
+pipes. Spawning is shared with the asyncio variant
+(`yptask.worker_process.spawn_process`). A call that times out, or a worker
+that breaks the protocol, gets the worker's process group killed: its state
+is unknown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import select
 import signal
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -22,14 +27,14 @@ from typing import Any
 from yptask.bertrpc import (
     Call,
     ErrorReply,
+    FrameReader,
     Reply,
     answer_result,
-    check_length,
     decode_packet,
     frame,
     write_frame,
 )
-from yptask.errors import CallTimeout, FrameError, ProtocolError, WorkerExited
+from yptask.errors import CallTimeout, ProtocolError, WorkerExited
 from yptask.worker_process import WorkerSpec, spawn_process
 
 __all__ = ["WorkerConnection"]
@@ -40,7 +45,6 @@ log = logging.getLogger(__name__)
 # 64 KiB of a Linux pipe, so writing them never blocks: a write that blocked while the
 # worker blocks writing a long answer (which nobody reads meanwhile) would deadlock.
 PIPE_ROOM = 32 * 1024
-READ_SIZE = 64 * 1024  # the most read from a worker's output at once
 
 
 class WorkerConnection:
@@ -52,8 +56,16 @@ class WorkerConnection:
         self.returncode: int | None = None
         self._unanswered: deque[int] = deque()  # the frame size of each call not yet answered
         self._outgoing: list[bytes] = []  # calls sent and not yet written: one write for all
-        self._incoming = bytearray()  # read from the worker, not yet taken as answers
+        self._incoming = FrameReader(self._from_worker, spec.max_frame)
+        # Held while speaking on the pipes: by the actor's thread while it runs jobs, by the
+        # event loop during `call_on_loop`, and around stopping the process.
+        self.lock = threading.Lock()
         log.info("worker started: pid %d %s", self.pid, " ".join(spec.argv))
+
+    @property
+    def stopped(self) -> bool:
+        """True once the worker's input is closed: it takes no more calls."""
+        return self._to_worker < 0
 
     def call(self, module: str, function: str, args: list[Any],
              timeout_s: float | None = None) -> Any:
@@ -75,7 +87,7 @@ class WorkerConnection:
         it is not and False is returned: read the answers first, then send it. Queued
         calls are written together, in one write, by `receive` (or `flush`).
         """
-        if self._to_worker < 0:
+        if self.stopped:
             raise WorkerExited(f"worker {self.pid} is stopped")
         data = frame(Call(module, function, args))
         if self._unanswered and sum(self._unanswered) + len(data) > PIPE_ROOM:
@@ -102,13 +114,63 @@ class WorkerConnection:
         if self._unanswered:
             self._unanswered.popleft()
         try:
-            header = self._take(4, deadline)
-            body = self._take(check_length(header, self.spec.max_frame), deadline)
-            answer = decode_packet(body)
+            body = self._next_frame(deadline)
         except TimeoutError:
             self.kill()
             raise CallTimeout(f"worker {self.pid} gave no answer within {timeout_s} s; "
                               "killed") from None
+        except ProtocolError as exc:
+            self.kill()
+            raise ProtocolError(f"worker {self.pid} broke the protocol ({exc}); killed") from None
+        return self._answer(body)
+
+    async def call_on_loop(self, module: str, function: str, args: list[Any],
+                           timeout_s: float) -> Any:
+        """`call`, run by the event loop: for an idle worker, with `lock` held, whose
+        pipes are empty. Raises as `call` does."""
+        sent = self.send(module, function, args)
+        assert sent and len(self._unanswered) == 1, "call_on_loop() is for an idle worker"
+        if self._unanswered.popleft() <= PIPE_ROOM:
+            self.flush()  # into an empty pipe, with room for it: this write does not block
+        else:  # the worker reads it as it is written; the loop does not wait for that
+            await asyncio.to_thread(self.flush)
+        loop = asyncio.get_running_loop()
+        arrived: asyncio.Future[bytes] = loop.create_future()
+
+        def readable() -> None:
+            try:
+                body = self._incoming.buffered()
+                if body is None:
+                    if not self._incoming.fill():  # readable: this read does not block
+                        raise WorkerExited(f"worker {self.pid} exited (its output closed)")
+                    body = self._incoming.buffered()
+            except BaseException as exc:
+                if not arrived.done():
+                    arrived.set_exception(exc)
+                return
+            if body is not None and not arrived.done():
+                arrived.set_result(body)
+
+        loop.add_reader(self._from_worker, readable)
+        try:
+            async with asyncio.timeout(timeout_s):
+                body = await arrived
+        except TimeoutError:
+            self.kill()
+            raise CallTimeout(f"worker {self.pid} gave no answer within {timeout_s} s; "
+                              "killed") from None
+        except ProtocolError as exc:
+            self.kill()
+            raise ProtocolError(f"worker {self.pid} broke the protocol ({exc}); killed") from None
+        finally:
+            loop.remove_reader(self._from_worker)
+        return self._answer(body)
+
+    def _answer(self, body: bytes) -> Any:
+        """The result an answer frame carries; raise its error, or kill a worker that
+        broke the protocol and raise `ProtocolError`."""
+        try:
+            answer = decode_packet(body)
         except ProtocolError as exc:
             self.kill()
             raise ProtocolError(f"worker {self.pid} broke the protocol ({exc}); killed") from None
@@ -117,23 +179,16 @@ class WorkerConnection:
         self.kill()
         raise ProtocolError(f"worker {self.pid} answered a {type(answer).__name__}; killed")
 
-    def _take(self, n: int, deadline: float | None) -> bytes:
-        """The next `n` bytes from the worker: what is buffered, then reads of what has
-        arrived (several answers at once when they wait in the pipe)."""
-        while len(self._incoming) < n:
+    def _next_frame(self, deadline: float | None) -> bytes:
+        """The next frame from the worker: buffered already, or read when it arrives."""
+        while (body := self._incoming.buffered()) is None:
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not select.select([self._from_worker], [], [], remaining)[0]:
                     raise TimeoutError
-            chunk = os.read(self._from_worker, max(READ_SIZE, n - len(self._incoming)))
-            if not chunk:
-                if self._incoming:
-                    raise FrameError("worker output ended inside a frame")
+            if not self._incoming.fill():
                 raise WorkerExited(f"worker {self.pid} exited (its output closed)")
-            self._incoming += chunk
-        taken = bytes(self._incoming[:n])
-        del self._incoming[:n]
-        return taken
+        return body
 
     def stop(self, timeout_s: float) -> int:
         """SIGTERM the worker and close its input; SIGKILL after `timeout_s`. Return its status."""

@@ -1,8 +1,9 @@
 """Call round trips: 2 000 sequential `call`s over JSON-RPC to a node, p50 and p99.
 
-Each call goes HTTP -> node -> a worker process over its pipes -> back, on
-one keep-alive connection. Where the peers are installed, Celery's
-request/reply (`apply_async().get()`, Redis backend) runs in the same run.
+Each call goes from the Python client (`yptask.client.Client`, one keep-alive
+connection) over HTTP to the node, to a worker process over its pipes, and
+back. Where the peers are installed, Celery's request/reply
+(`apply_async().get()` from its own client, Redis backend) runs in the same run.
 
     python bench/call_latency.py [--n 2000] [--rounds 3]
 """
@@ -10,24 +11,21 @@ request/reply (`apply_async().get()`, Redis backend) runs in the same run.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import time
 
-import aiohttp
 from _harness import BenchNode, peers_note, run_peer, summary
 
+from yptask.client import Client
 
-async def calls(url: str, n: int) -> list[float]:
+
+def calls(url: str, n: int) -> list[float]:
+    client = Client(url, timeout_s=30)
     samples = []
-    async with aiohttp.ClientSession() as session:
-        for i in range(n):
-            body = json.dumps({"jsonrpc": "2.0", "id": i, "method": "call",
-                               "params": ["bench.echo", {"i": i}]})
-            start = time.perf_counter()
-            async with session.post(url, data=body) as response:
-                assert (await response.json())["result"] == {"i": i}
-            samples.append((time.perf_counter() - start) * 1e3)
+    for i in range(n):
+        start = time.perf_counter()
+        assert client.call("bench.echo", {"i": i}) == {"i": i}
+        samples.append((time.perf_counter() - start) * 1e3)
+    client.close()
     return sorted(samples)
 
 
@@ -37,8 +35,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with BenchNode(workers=2) as node:
-        asyncio.run(calls(node.url, 200))  # warm up
-        rounds = [asyncio.run(calls(node.url, args.n)) for _ in range(args.rounds)]
+        calls(node.url, 200)  # warm up
+        rounds = [calls(node.url, args.n) for _ in range(args.rounds)]
     p50 = [r[len(r) // 2] for r in rounds]
     p99 = [r[int(len(r) * 0.99)] for r in rounds]
     print(f"yptask call round trip over JSON-RPC, {args.n} sequential calls x {args.rounds}: "

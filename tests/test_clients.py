@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -108,6 +109,53 @@ async def test_python_url_that_is_not_the_rpc_endpoint_says_so(node):
     wrong = Client(node.http_url + "/nope", timeout_s=5)
     with pytest.raises(RPCError, match="HTTP 404"):
         await asyncio.to_thread(wrong.status)
+
+
+def _serve_jsonrpc(listener: socket.socket, connections: list[int],
+                   close_after_each: bool) -> None:
+    """A bare HTTP server for 3 requests: each answered with its id as result; with
+    `close_after_each`, the connection is then closed without a word, as an idle
+    keep-alive connection is."""
+    served = 0
+    while served < 3:
+        conn, _ = listener.accept()
+        connections.append(1)
+        with conn, conn.makefile("rb") as reader:
+            while served < 3:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = reader.readline()
+                    if not line:
+                        break
+                    head += line
+                if not head:
+                    break
+                length = int(next(h.split(b":")[1] for h in head.split(b"\r\n")
+                                  if h.lower().startswith(b"content-length")))
+                request = json.loads(reader.read(length))
+                body = json.dumps({"jsonrpc": "2.0", "result": request["id"],
+                                   "id": request["id"]}).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                served += 1
+                if close_after_each:
+                    break
+
+
+@pytest.mark.parametrize("close_after_each", [False, True])
+def test_python_client_keeps_its_connection_and_reopens_one_the_node_closed(
+        close_after_each):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        connections: list[int] = []
+        server = threading.Thread(target=_serve_jsonrpc,
+                                  args=(listener, connections, close_after_each))
+        server.start()
+        client = Client(f"http://127.0.0.1:{listener.getsockname()[1]}/rpc", timeout_s=10)
+        answers = [client.request("status") for _ in range(3)]
+        server.join(10)
+        client.close()
+    assert answers == [1, 2, 3]
+    assert len(connections) == (3 if close_after_each else 1)
 
 
 def test_python_client_does_not_import_aiohttp():

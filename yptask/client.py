@@ -1,12 +1,13 @@
 """A Python client for a node's JSON-RPC publisher API, on the standard library alone.
 
 It owns the publisher's side of `POST /rpc`: `Client.cast`, `Client.call` and the
-admin methods each send one JSON-RPC 2.0 request over urllib and return its
-result. An error answer is raised as the yptask exception it stands for, found
-by its JSON-RPC code in `yptask.errors.WIRE_CODES` (and, among classes sharing
-a code, by the `error_class` in its data; only classes of that table are ever
-rebuilt). `HandlerError` comes back with the handler's class, detail and
-traceback; a code the table does not know raises `RemoteError`.
+admin methods each send one JSON-RPC 2.0 request and return its result, over
+an HTTP connection each thread keeps open (`http.client`, keep-alive). An error
+answer is raised as the yptask exception it stands for, found by its JSON-RPC
+code in `yptask.errors.WIRE_CODES` (and, among classes sharing a code, by the
+`error_class` in its data; only classes of that table are ever rebuilt).
+`HandlerError` comes back with the handler's class, detail and traceback; a
+code the table does not know raises `RemoteError`.
 
 It imports neither aiohttp nor anything of the node, so a worker process can
 use it to cast and call from inside a handler.
@@ -22,8 +23,8 @@ import base64
 import http.client
 import itertools
 import json
-import urllib.error
-import urllib.request
+import threading
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -87,7 +88,7 @@ def error_from_jsonrpc(error: Mapping[str, Any]) -> YPTaskError:
 
 
 class Client:
-    """Speaks JSON-RPC to one node. Thread-safe; every request is its own HTTP exchange."""
+    """Speaks JSON-RPC to one node. Thread-safe: each thread keeps its own connection open."""
 
     def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, *,
                  password: str | None = None, token: str | None = None) -> None:
@@ -102,8 +103,13 @@ class Client:
         elif token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._ids = itertools.count(1)
-        # No proxies from the environment: a node is reached directly.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RPCError(f"a node's URL is http(s)://HOST:PORT/rpc, got {url!r}")
+        self._https = parts.scheme == "https"
+        self._address = (parts.hostname, parts.port)
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._local = threading.local()  # this thread's open connection, if any
 
     # ------------------------------------------------------------------ publishing
 
@@ -207,22 +213,44 @@ class Client:
         return answer["result"]
 
     def _post(self, body: bytes, timeout_s: float) -> tuple[int, bytes]:
-        request = urllib.request.Request(self.url, data=body, method="POST",
-                                         headers=self._headers)
-        try:
-            with self._opener.open(request, timeout=timeout_s) as response:
-                return int(response.status), bytes(response.read())
-        except urllib.error.HTTPError as exc:  # 413 and friends may still carry JSON-RPC
-            with exc:
-                return exc.code, exc.read()
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
+        """POST on this thread's open connection (a node is reached directly, never
+        through a proxy). A connection the node closed while it was idle is opened
+        again once: the request never reached the node."""
+        for attempt in (1, 2):
+            conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+            reused = conn is not None
+            if conn is None:
+                kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+                conn = self._local.conn = kind(*self._address, timeout=timeout_s)
+            try:
+                conn.timeout = timeout_s
+                if conn.sock is not None:
+                    conn.sock.settimeout(timeout_s)
+                conn.request("POST", self._path, body, self._headers)
+                response = conn.getresponse()
+                return response.status, response.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._drop()
+                if reused and attempt == 1:
+                    continue
+                raise self._unreachable(exc) from None
+            except TimeoutError:
+                self._drop()
                 raise self._timeout(timeout_s) from None
-            raise self._unreachable(exc.reason) from None
-        except TimeoutError:
-            raise self._timeout(timeout_s) from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(exc) from None
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop()
+                raise self._unreachable(exc) from None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread's Client goes)."""
+        self._drop()
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
 
     def _timeout(self, timeout_s: float) -> CallTimeout:
         return CallTimeout(f"no answer from the yptask node at {self.url} within {timeout_s} s; "

@@ -440,13 +440,18 @@ class RPCEndpoint:
             answer = _response(_internal_error(exc, "request"), None)
         if answer is None:
             return web.Response(status=204)
-        return web.Response(text=answer, content_type="application/json")
+        return web.Response(body=answer.encode(), content_type="application/json")
 
     async def _read_body(self, request: web.Request) -> bytes | None:
         """Read the body, or return None as soon as it is over the limit."""
         limit = self.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return None
+        if request.content_length:
+            if request.content_length > limit:
+                return None
+            try:  # one read of the announced length
+                return await request.content.readexactly(request.content_length)
+            except asyncio.IncompleteReadError as exc:  # the client went away mid-body
+                return exc.partial
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_any():

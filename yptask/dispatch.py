@@ -10,9 +10,10 @@ A task's claimer keeps a backlog of claimed deliveries (a few per worker, so a
 busy worker never runs dry between two claims). A worker that finishes a
 message takes the next one from the backlog itself, in its own thread, and its
 ack or failure goes straight to the journal thread: the event loop is not
-involved per message, only once per claim. Idle
-workers are handed work by the loop. Calls (request/reply) go to free workers
-through the loop, without the journal.
+involved per message, only once per claim. Idle workers are handed work by
+the loop. A call (request/reply) goes to a free worker without the journal:
+the loop writes it on the worker's pipe and reads the answer itself, holding
+the connection's lock (the idle actor does not touch its pipes meanwhile).
 """
 
 from __future__ import annotations
@@ -253,20 +254,8 @@ class TaskPool:
         the worker is free again once it has.
         """
         self._started()
-        start = time.monotonic()
         try:
-            if conn.stopped:
-                raise _NotStarted
-            result = await conn.call_on_loop("yptask", "handle", [name, payload, meta], timeout_s)
-            outcome = Outcome(result=result, duration_s=time.monotonic() - start)
-        except _NotStarted:
-            outcome = Outcome(error=WorkerExited("the worker stopped before taking the call"),
-                              worker_lost=True, started=False)
-        except (WorkerExited, CallTimeout, ProtocolError) as exc:
-            # The worker is gone or killed: its actor learns it from the process's exit.
-            outcome = Outcome(error=exc, worker_lost=True)
-        except YPTaskError as exc:  # the handler raised, or has no handler for the name
-            outcome = Outcome(error=exc, duration_s=time.monotonic() - start)
+            outcome = await _call_on_loop(conn, [name, payload, meta], timeout_s)
         finally:
             conn.lock.release()
         if not outcome.worker_lost:
@@ -407,8 +396,20 @@ class TaskPool:
                                             task=self.task))
 
 
-class _NotStarted(Exception):
-    """The worker was stopped before a call could be written to it."""
+async def _call_on_loop(conn: WorkerConnection, args: list[Any], timeout_s: float) -> Outcome:
+    """Run `handle(Name, Payload, Meta)` on an idle worker's connection, from the loop."""
+    if conn.stopped:
+        return Outcome(error=WorkerExited("the worker stopped before taking the call"),
+                       worker_lost=True, started=False)
+    start = time.monotonic()
+    try:
+        result = await conn.call_on_loop("yptask", "handle", args, timeout_s)
+    except (WorkerExited, CallTimeout, ProtocolError) as exc:
+        # The worker is gone or killed: its actor learns it from the process's exit.
+        return Outcome(error=exc, worker_lost=True)
+    except YPTaskError as exc:  # the handler raised, or has no handler for the name
+        return Outcome(error=exc, duration_s=time.monotonic() - start)
+    return Outcome(result=result, duration_s=time.monotonic() - start)
 
 
 def describe(error: YPTaskError) -> tuple[str, str, str]:

@@ -31,11 +31,16 @@ __all__ = ["Job", "Outcome", "ProcessGone", "WorkerActor", "WorkerConfig", "Work
 
 log = logging.getLogger(__name__)
 
-# Jobs written into a worker's pipe ahead of the answer being read. While the node's event
-# loop is busy, this thread can wait milliseconds for the GIL after each read: the pipe must
-# hold enough work to keep the worker busy meanwhile (4 left the workers idle 80% of the
-# time under load; 16 doubled the throughput). Its answers are then read several at a time.
-PIPELINE_DEPTH = 16
+# Jobs written into a worker's pipe ahead of the answer being read, at most. While the
+# node's event loop is busy, this thread can wait milliseconds for the GIL after each read:
+# the pipe must hold enough work to keep the worker busy meanwhile (with 4 jobs the workers
+# of a no-op task sat idle 80% of the time under load). The depth adapts per worker: it
+# doubles when an answer was already waiting to be read (the worker ran ahead of us), and
+# halves when the worker kept us waiting longer than SLOW_ANSWER_S, so slow messages stay
+# with the pool, for whichever worker is free first, rather than queue behind a busy one.
+PIPELINE_DEPTH = 32
+SLOW_ANSWER_S = 0.005  # the interpreter's GIL switch interval: about the longest GIL wait
+ANSWER_WAITING_S = 50e-6  # an answer read within this had arrived before we asked
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ class WorkerActor(Supervised):
         self.conn: WorkerConnection | None = None
         self.handled = 0
         self._busy_since = 0.0  # when the worker started on the oldest unanswered job
+        self._depth = 1  # jobs this worker's pipe may hold now (see PIPELINE_DEPTH)
 
     def init(self) -> None:
         self.conn = WorkerConnection(self.config.spec)
@@ -133,15 +139,15 @@ class WorkerActor(Supervised):
     def _run_jobs(self, first: Job) -> None:
         """Run `first`, then claimed deliveries for as long as there are any.
 
-        Up to PIPELINE_DEPTH jobs are written ahead into the worker's pipe before the
-        oldest answer is read: the worker finds its next message waiting and never
+        Jobs are written ahead into the worker's pipe before the oldest answer is
+        read (see PIPELINE_DEPTH): the worker finds its next message waiting and never
         sleeps between messages (it still handles them one at a time, in order). A
         job too big to wait in the pipe is held until the answers ahead of it are read.
         """
         window: deque[Job] = deque()  # written, not yet answered, oldest first
         held: Job | None = first  # taken from the pool, not yet written
         while True:
-            while len(window) < PIPELINE_DEPTH:
+            while len(window) < self._depth:
                 if held is None:
                     held = self.hooks.pull(self.task, self.actor_ref)
                     if held is None:
@@ -171,6 +177,7 @@ class WorkerActor(Supervised):
     def _finish(self, window: deque[Job], held: Job | None) -> None:
         """Read the oldest job's answer and settle it; `held` is not written yet."""
         assert self.conn is not None
+        asked = time.monotonic()
         try:
             result = self.conn.receive(window[0].timeout_s)
         except (WorkerExited, CallTimeout, ProtocolError) as exc:
@@ -183,6 +190,7 @@ class WorkerActor(Supervised):
             raise
         else:
             window.popleft().done(Outcome(result=result, duration_s=self._took()))
+        self._adapt(waited_s=time.monotonic() - asked, written=len(window) + 1)
         self.handled += 1
 
     def _took(self) -> float:
@@ -191,6 +199,14 @@ class WorkerActor(Supervised):
         now = time.monotonic()
         took, self._busy_since = now - self._busy_since, now
         return took
+
+    def _adapt(self, *, waited_s: float, written: int) -> None:
+        """Deepen or shallow the pipeline after waiting `waited_s` for an answer, with
+        `written` jobs in the pipe."""
+        if waited_s > SLOW_ANSWER_S:
+            self._depth = max(1, self._depth // 2)
+        elif waited_s < ANSWER_WAITING_S and written >= self._depth:
+            self._depth = min(PIPELINE_DEPTH, self._depth * 2)
 
     def terminate(self, reason: ExitReason) -> None:
         if self.conn is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,25 @@ async def test_a_message_queued_behind_a_crash_keeps_its_attempt(start_node, tmp
                           what="all three")
     attempts = {r["id"]: r["attempt"] for r in records}
     assert attempts == {crash["id"]: 2, behind[0]["id"]: 1, behind[1]["id"]: 1}
+
+
+async def test_slow_messages_are_shared_by_the_workers_not_queued_behind_one(start_node,
+                                                                            tmp_path):
+    # Given two workers, warmed up with quick messages (their pipelines deepen)
+    node = await start_node([sample_task("a", ["*.record", "*.record_slowly"], tmp_path,
+                                         nodes={"*": 2})])
+    for i in range(200):
+        await node.cast("upai.record", {"n": i})
+    await until(lambda: len(recorded(tmp_path, "a")) == 200, what="the quick ones")
+    # When slow messages arrive together
+    for i in range(8):
+        await node.cast("upai.record_slowly", {"n": i, "seconds": 0.3})
+    slow = await until(lambda: (done := [r for r in recorded(tmp_path, "a")
+                                         if "seconds" in r["payload"]]) and len(done) == 8
+                       and done, what="the slow ones")
+    # Then both workers take their share
+    by_worker = Counter(r["pid"] for r in slow)
+    assert len(by_worker) == 2 and min(by_worker.values()) >= 3, by_worker
 
 
 async def test_big_messages_and_answers_do_not_jam_a_worker_pipe(start_node, tmp_path):

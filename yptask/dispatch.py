@@ -51,8 +51,8 @@ SPAWN_TIMEOUT_S = 60.0
 # Claimed ahead per worker: enough to refill a worker's pipeline (see PIPELINE_DEPTH) twice,
 # so that workers pulling in their own threads rarely find the backlog empty; a new
 # high-priority message waits behind at most this many, plus a pipeline, per worker.
-BACKLOG_PER_WORKER = 32
-MAX_CLAIM = 128
+BACKLOG_PER_WORKER = 64
+MAX_CLAIM = 256
 
 
 class TaskPool:

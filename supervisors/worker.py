@@ -4,10 +4,12 @@ Started by its task's supervisor. `init()` spawns the process and calls its
 `setup`; then the actor offers itself to its task's pool (the asyncio side)
 and runs the `Job`s the pool hands it, in its own thread, with the blocking
 `WorkerConnection`. After each job it takes the next claimed one from the
-pool itself, and writes up to a few of them into the worker's pipe ahead of
-reading the oldest answer, so the worker never waits between messages (it
-still handles them one at a time). Each job's outcome goes back through
-`Job.done`. When the process dies, hangs past the message timeout or breaks
+pool itself, and writes some into the worker's pipe ahead of reading the
+oldest answer (as many as keep a fast worker busy, see PIPELINE_DEPTH), so
+the worker never waits between messages (it still handles them one at a
+time). Each job's outcome goes back through `Job.done`. While the actor is
+idle, the pool may run a call on its pipes from the event loop, holding the
+connection's lock, which the actor takes before touching them again. When the process dies, hangs past the message timeout or breaks
 the protocol, the oldest unanswered job is reported as lost (so it is
 redelivered), the ones queued behind it as never started, and the actor
 crashes on purpose: its supervisor starts a fresh worker.

@@ -309,7 +309,7 @@ class _Signature:
         raise ConfigError(f"invalid params for {self.name}: {problem}; it takes {self.usage}")
 
 
-async def _invoke(name: str, fn: Method, signature: _Signature, node: PublisherNode,
+async def _invoke(fn: Method, signature: _Signature, node: PublisherNode,
                   params: list[Any] | dict[str, Any]) -> tuple[bool, Any]:
     """Run one method: (True, result), or (False, error object) for any failure:
     yptask errors by the wire table, anything else as a logged -32603."""
@@ -318,7 +318,7 @@ async def _invoke(name: str, fn: Method, signature: _Signature, node: PublisherN
     except YPTaskError as exc:
         return False, _error_object(exc)
     except Exception as exc:
-        return False, _internal_error(exc, f"method {name}")
+        return False, _internal_error(exc, f"method {signature.name}")
 
 
 def _method(name: str, fn: Method) -> Method:
@@ -326,7 +326,7 @@ def _method(name: str, fn: Method) -> Method:
     signature = _Signature(name, fn)
 
     async def method(node: PublisherNode, /, *args: Any, **kwargs: Any) -> Any:
-        ok, value = await _invoke(name, fn, signature, node, kwargs if kwargs else list(args))
+        ok, value = await _invoke(fn, signature, node, kwargs if kwargs else list(args))
         return Success(value) if ok else Error(**value)
 
     method.__name__ = method.__qualname__ = f"rpc_{name.replace('.', '_')}"
@@ -549,7 +549,7 @@ class RPCEndpoint:
 
     async def _call(self, index: int, request: dict[str, Any],
                     answers: list[str | None]) -> None:
-        ok, value = await _invoke("call", _call, _CALL, self.node, request.get("params", []))
+        ok, value = await _invoke(_call, _CALL, self.node, request.get("params", []))
         _settle_answer(answers, index, request, ok, value)
 
     async def _library(self, runnable: list[tuple[int, dict[str, Any]]],

@@ -294,7 +294,7 @@ class TaskPool:
             self.in_flight += 1
 
     def _ended(self, outcome: Outcome) -> None:
-        """Count a call's outcome. Any thread."""
+        """Count the outcome of a call or a delivery. Any thread."""
         with self._counts:
             self.in_flight -= 1
             if outcome.error is None:
@@ -371,14 +371,7 @@ class TaskPool:
 
     def _settle_delivery(self, delivery: Delivery, outcome: Outcome) -> None:
         """Ack a handled delivery or record its failure; runs in a worker's thread (or the loop)."""
-        with self._counts:
-            self.in_flight -= 1
-            if outcome.error is None:
-                self.handled += 1
-            elif outcome.started:
-                self.failed += 1
-        if outcome.error is None or outcome.started:
-            self.metrics.record(ok=outcome.error is None, latency_s=outcome.duration_s)
+        self._ended(outcome)
         if outcome.error is not None and outcome.started:
             error_class, detail, backtrace = describe(outcome.error)
             message = delivery.message

@@ -115,13 +115,8 @@ class WorkerConnection:
             self._unanswered.popleft()
         try:
             body = self._next_frame(deadline)
-        except TimeoutError:
-            self.kill()
-            raise CallTimeout(f"worker {self.pid} gave no answer within {timeout_s} s; "
-                              "killed") from None
-        except ProtocolError as exc:
-            self.kill()
-            raise ProtocolError(f"worker {self.pid} broke the protocol ({exc}); killed") from None
+        except (TimeoutError, ProtocolError) as exc:
+            raise self._killed(exc, timeout_s) from None
         return self._answer(body)
 
     async def call_on_loop(self, module: str, function: str, args: list[Any],
@@ -155,16 +150,18 @@ class WorkerConnection:
         try:
             async with asyncio.timeout(timeout_s):
                 body = await arrived
-        except TimeoutError:
-            self.kill()
-            raise CallTimeout(f"worker {self.pid} gave no answer within {timeout_s} s; "
-                              "killed") from None
-        except ProtocolError as exc:
-            self.kill()
-            raise ProtocolError(f"worker {self.pid} broke the protocol ({exc}); killed") from None
+        except (TimeoutError, ProtocolError) as exc:
+            raise self._killed(exc, timeout_s) from None
         finally:
             loop.remove_reader(self._from_worker)
         return self._answer(body)
+
+    def _killed(self, exc: Exception, timeout_s: float | None) -> CallTimeout | ProtocolError:
+        """Kill a worker that gave no proper answer; return the error saying why."""
+        self.kill()
+        if isinstance(exc, TimeoutError):
+            return CallTimeout(f"worker {self.pid} gave no answer within {timeout_s} s; killed")
+        return ProtocolError(f"worker {self.pid} broke the protocol ({exc}); killed")
 
     def _answer(self, body: bytes) -> Any:
         """The result an answer frame carries; raise its error, or kill a worker that
@@ -172,8 +169,7 @@ class WorkerConnection:
         try:
             answer = decode_packet(body)
         except ProtocolError as exc:
-            self.kill()
-            raise ProtocolError(f"worker {self.pid} broke the protocol ({exc}); killed") from None
+            raise self._killed(exc, None) from None
         if isinstance(answer, (Reply, ErrorReply)):
             return answer_result(answer)
         self.kill()

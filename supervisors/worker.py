@@ -9,10 +9,11 @@ oldest answer (as many as keep a fast worker busy, see PIPELINE_DEPTH), so
 the worker never waits between messages (it still handles them one at a
 time). Each job's outcome goes back through `Job.done`. While the actor is
 idle, the pool may run a call on its pipes from the event loop, holding the
-connection's lock, which the actor takes before touching them again. When the process dies, hangs past the message timeout or breaks
-the protocol, the oldest unanswered job is reported as lost (so it is
-redelivered), the ones queued behind it as never started, and the actor
-crashes on purpose: its supervisor starts a fresh worker.
+connection's lock, which the actor takes before touching them again. When
+the process dies, hangs past the message timeout or breaks the protocol, the
+oldest unanswered job is reported as lost (so it is redelivered), the ones
+queued behind it as never started, and the actor crashes on purpose: its
+supervisor starts a fresh worker.
 """
 
 from __future__ import annotations

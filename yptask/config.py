@@ -105,7 +105,7 @@ class TaskDef:
             raise ConfigError(f"a task definition is a table/object, got {type(data).__name__}")
         name = data.get("name")
         label = f"task {name!r}" if isinstance(name, str) else "task"
-        values = _checked(data, _CHECKS, "task field", f"{label}: field")
+        values = checked_fields(data, _CHECKS, "task field", f"{label}: field")
         for required in ("name", "messages"):
             if required not in values:
                 raise ConfigError(f"{label}: field {required!r} is required")
@@ -115,8 +115,8 @@ class TaskDef:
         return cls(**values)
 
 
-def _checked(data: Mapping[str, Any], checks: Mapping[str, Callable[[Any], Any]], kind: str,
-             label: str) -> dict[str, Any]:
+def checked_fields(data: Mapping[str, Any], checks: Mapping[str, Callable[[Any], Any]],
+                   kind: str, label: str) -> dict[str, Any]:
     """Run each value through its key's check; refuse unknown keys, naming the bad one."""
     unknown = sorted(set(data) - set(checks))
     if unknown:
@@ -298,7 +298,7 @@ class NodeConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NodeConfig:
         """Build a checked node config from plain data (the [node] table of the TOML file)."""
-        return cls(**_checked(data, _NODE_CHECKS, "node setting", "node setting"))
+        return cls(**checked_fields(data, _NODE_CHECKS, "node setting", "node setting"))
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> NodeConfig:

@@ -214,19 +214,26 @@ async def dial(host: str, port: int, *, me: Identity, cookie: bytes, handler: Ha
             reader, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError) as exc:
         raise LinkError(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from None
+    where = f"{host}:{port}"
+    return await _handshake(_dial_handshake(reader, writer, _Side(me, cookie, handler), where),
+                            writer, where, timeout_s)
+
+
+async def _handshake(handshake: Awaitable[Link], writer: asyncio.StreamWriter, where: str,
+                     timeout_s: float) -> Link:
+    """Run one side of a handshake within `timeout_s`; on any failure close the
+    connection, and say why as LinkRefused when it is the peer's doing."""
     try:
         async with asyncio.timeout(timeout_s):
-            return await _dial_handshake(reader, writer, _Side(me, cookie, handler),
-                                         f"{host}:{port}")
+            return await handshake
     except BaseException as exc:
         writer.close()
         if isinstance(exc, TimeoutError):
-            raise LinkRefused(f"{host}:{port} did not finish the handshake in time") from None
+            raise LinkRefused(f"{where} did not finish the handshake in time") from None
         if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
-            raise LinkRefused(f"{host}:{port} closed the connection during the "
-                              "handshake") from None
+            raise LinkRefused(f"{where} closed the connection during the handshake") from None
         if isinstance(exc, YPTaskError) and not isinstance(exc, LinkRefused):
-            raise LinkRefused(f"{host}:{port} is not a yptask node: {exc}") from None
+            raise LinkRefused(f"{where} is not a yptask node: {exc}") from None
         raise
 
 
@@ -265,18 +272,8 @@ async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                  timeout_s: float = HANDSHAKE_TIMEOUT_S) -> Link:
     """Authenticate a connection a peer opened to our link port; raise LinkRefused."""
     where = "{}:{}".format(*writer.get_extra_info("peername")[:2])
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await _accept_handshake(reader, writer, _Side(me, cookie, handler), where)
-    except BaseException as exc:
-        writer.close()
-        if isinstance(exc, TimeoutError):
-            raise LinkRefused(f"{where} did not finish the handshake in time") from None
-        if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
-            raise LinkRefused(f"{where} closed the connection during the handshake") from None
-        if isinstance(exc, YPTaskError) and not isinstance(exc, LinkRefused):
-            raise LinkRefused(f"{where} is not a yptask node: {exc}") from None
-        raise
+    return await _handshake(_accept_handshake(reader, writer, _Side(me, cookie, handler), where),
+                            writer, where, timeout_s)
 
 
 async def _accept_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -111,51 +112,110 @@ async def test_python_url_that_is_not_the_rpc_endpoint_says_so(node):
         await asyncio.to_thread(wrong.status)
 
 
-def _serve_jsonrpc(listener: socket.socket, connections: list[int],
-                   close_after_each: bool) -> None:
-    """A bare HTTP server for 3 requests: each answered with its id as result; with
-    `close_after_each`, the connection is then closed without a word, as an idle
-    keep-alive connection is."""
-    served = 0
-    while served < 3:
-        conn, _ = listener.accept()
-        connections.append(1)
-        with conn, conn.makefile("rb") as reader:
-            while served < 3:
-                head = b""
-                while not head.endswith(b"\r\n\r\n"):
-                    line = reader.readline()
-                    if not line:
+def _answer_with_id(request: dict[str, Any], close: bool = False) -> tuple[bytes, bool]:
+    body = json.dumps({"jsonrpc": "2.0", "result": request["id"], "id": request["id"]})
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode())), close
+
+
+class BareServer:
+    """A bare HTTP server on 127.0.0.1 for as many requests as it has `answers`.
+
+    Each answer is a function of the request (its JSON body) that returns the raw bytes
+    to send back, and whether to close the connection then without a word, as a node
+    closes an idle keep-alive connection. It counts connections and records requests.
+    """
+
+    def __init__(self, answers: list[Callable[[dict[str, Any]], tuple[bytes, bool]]]) -> None:
+        self.answers = answers
+        self.connections = 0
+        self.requests: list[dict[str, Any]] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/rpc"
+        self.thread = threading.Thread(target=self._serve)
+
+    def __enter__(self) -> BareServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.thread.join(10)
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while len(self.requests) < len(self.answers):
+            conn, _ = self.listener.accept()
+            self.connections += 1
+            with conn, conn.makefile("rb") as reader:
+                while len(self.requests) < len(self.answers):
+                    head = b""
+                    while not head.endswith(b"\r\n\r\n"):
+                        line = reader.readline()
+                        if not line:
+                            break
+                        head += line
+                    if not head:
                         break
-                    head += line
-                if not head:
-                    break
-                length = int(next(h.split(b":")[1] for h in head.split(b"\r\n")
-                                  if h.lower().startswith(b"content-length")))
-                request = json.loads(reader.read(length))
-                body = json.dumps({"jsonrpc": "2.0", "result": request["id"],
-                                   "id": request["id"]}).encode()
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-                served += 1
-                if close_after_each:
-                    break
+                    length = int(next(h.split(b":")[1] for h in head.split(b"\r\n")
+                                      if h.lower().startswith(b"content-length")))
+                    request = json.loads(reader.read(length))
+                    raw, close = self.answers[len(self.requests)](request)
+                    self.requests.append(request)
+                    conn.sendall(raw)
+                    if close:
+                        break
 
 
 @pytest.mark.parametrize("close_after_each", [False, True])
 def test_python_client_keeps_its_connection_and_reopens_one_the_node_closed(
         close_after_each):
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        connections: list[int] = []
-        server = threading.Thread(target=_serve_jsonrpc,
-                                  args=(listener, connections, close_after_each))
-        server.start()
-        client = Client(f"http://127.0.0.1:{listener.getsockname()[1]}/rpc", timeout_s=10)
+    with BareServer([lambda r: _answer_with_id(r, close_after_each)] * 3) as server:
+        client = Client(server.url, timeout_s=10)
         answers = [client.request("status") for _ in range(3)]
-        server.join(10)
         client.close()
     assert answers == [1, 2, 3]
-    assert len(connections) == (3 if close_after_each else 1)
+    assert server.connections == (3 if close_after_each else 1)
+
+
+def _chunked(request: dict[str, Any]) -> tuple[bytes, bool]:
+    body = json.dumps({"jsonrpc": "2.0", "result": "chunked", "id": request["id"]}).encode()
+    return (b"HTTP/1.1 100 Continue\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"%x;ext=1\r\n%s\r\n%x\r\n%s\r\n0\r\nX-Trailer: 1\r\n\r\n"
+            % (5, body[:5], len(body) - 5, body[5:])), False
+
+
+def _until_close(request: dict[str, Any]) -> tuple[bytes, bool]:
+    body = json.dumps({"jsonrpc": "2.0", "result": "to the end", "id": request["id"]})
+    return b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body.encode(), True
+
+
+def test_python_client_reads_chunked_and_connection_delimited_answers():
+    with BareServer([_chunked, _chunked, _until_close, _answer_with_id]) as server:
+        client = Client(server.url, timeout_s=10)
+        answers = [client.request("status") for _ in range(4)]
+        client.close()
+    assert answers == ["chunked", "chunked", "to the end", 4]
+    assert server.connections == 2  # the answer that ran to the close ended the first
+
+
+@pytest.mark.parametrize("answer, error", [
+    (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "not HTTP"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"jsonrpc\"", "middle of its answer"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", "Content-Length of b'-5'"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk of size"),
+])
+def test_python_client_refuses_a_broken_answer_and_never_sends_twice(answer, error):
+    """A request the node may have received is not sent again: only a connection closed
+    before any answer is retried."""
+    with BareServer([lambda r: (answer, True), _answer_with_id]) as server:
+        client = Client(server.url, timeout_s=10)
+        with pytest.raises(ProtocolError, match=error):
+            client.request("status")
+        assert client.request("status") == 2  # on a new connection
+        client.close()
+    assert [r["id"] for r in server.requests] == [1, 2]
+    assert server.connections == 2
 
 
 def test_python_client_does_not_import_aiohttp():

@@ -2,7 +2,7 @@
 
 It owns the publisher's side of `POST /rpc`: `Client.cast`, `Client.call` and the
 admin methods each send one JSON-RPC 2.0 request and return its result, over
-an HTTP connection each thread keeps open (`http.client`, keep-alive). An error
+an HTTP connection each thread keeps open (`yptask.http_connection`). An error
 answer is raised as the yptask exception it stands for, found by its JSON-RPC
 code in `yptask.errors.WIRE_CODES` (and, among classes sharing a code, by the
 `error_class` in its data; only classes of that table are ever rebuilt).
@@ -20,9 +20,9 @@ use it to cast and call from inside a handler.
 from __future__ import annotations
 
 import base64
-import http.client
 import itertools
 import json
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Mapping
@@ -38,6 +38,7 @@ from yptask.errors import (
     RPCError,
     YPTaskError,
 )
+from yptask.http_connection import HTTPConnection
 
 __all__ = ["DEFAULT_URL", "Client", "error_from_jsonrpc"]
 
@@ -106,8 +107,8 @@ class Client:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RPCError(f"a node's URL is http(s)://HOST:PORT/rpc, got {url!r}")
-        self._https = parts.scheme == "https"
-        self._address = (parts.hostname, parts.port)
+        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._address = (parts.hostname, parts.port or (443 if self._tls else 80))
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._local = threading.local()  # this thread's open connection, if any
 
@@ -217,19 +218,15 @@ class Client:
         through a proxy). A connection the node closed while it was idle is opened
         again once: the request never reached the node."""
         for attempt in (1, 2):
-            conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-            reused = conn is not None
-            if conn is None:
-                kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-                conn = self._local.conn = kind(*self._address, timeout=timeout_s)
+            conn: HTTPConnection | None = getattr(self._local, "conn", None)
+            reused = conn is not None and conn.is_open
             try:
-                conn.timeout = timeout_s
-                if conn.sock is not None:
-                    conn.sock.settimeout(timeout_s)
-                conn.request("POST", self._path, body, self._headers)
-                response = conn.getresponse()
-                return response.status, response.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                if conn is None or not conn.is_open:
+                    conn = self._local.conn = HTTPConnection(
+                        *self._address, self._path, self._headers, timeout_s=timeout_s,
+                        tls=self._tls)
+                return conn.post(body, timeout_s)
+            except ConnectionError as exc:  # closed, reset, broken pipe
                 self._drop()
                 if reused and attempt == 1:
                     continue
@@ -237,7 +234,10 @@ class Client:
             except TimeoutError:
                 self._drop()
                 raise self._timeout(timeout_s) from None
-            except (OSError, http.client.HTTPException) as exc:
+            except ProtocolError:
+                self._drop()
+                raise
+            except OSError as exc:
                 self._drop()
                 raise self._unreachable(exc) from None
         raise AssertionError("unreachable")

@@ -285,7 +285,8 @@ class Node:
         accepted: list[tuple[Envelope, list[str]]] = []
         for name, msg, id, priority in casts:
             try:
-                payload_json = self._check_message(name, msg)
+                self._check_message(name, msg)
+                payload_json = _journal_text(msg)
                 if id is not None and (not isinstance(id, str) or not 0 < len(id) <= 128):
                     raise ConfigError("a message id must be a string of 1 to 128 characters")
                 subscribed = self._subscribers(name)
@@ -385,18 +386,16 @@ class Node:
         if self.stopping:
             raise NodeStopping(f"node {self.name} is stopping; send to another node or retry")
 
-    def _check_message(self, name: str, msg: Any) -> str:
-        """Refuse a message that cannot be journaled or reach a worker; return its JSON."""
+    def _check_message(self, name: str, msg: Any) -> None:
+        """Refuse a message that cannot reach a worker."""
         validate_message_name(name)
         try:
             size = len(codec.encode(msg))
-            text = json.dumps(msg, allow_nan=False)  # the journal keeps payloads as JSON
-        except (EncodeError, TypeError, ValueError) as exc:
+        except EncodeError as exc:
             raise EncodeError(f"message payload cannot travel to a worker: {exc}") from None
         if size > self.config.max_payload_bytes:
             raise ConfigError(f"message payload is {size} bytes encoded, over the node's limit "
                               f"of {self.config.max_payload_bytes}")
-        return text
 
     # ------------------------------------------------------------------ tasks
 
@@ -761,6 +760,14 @@ def _envelope(term: Any, peer: str) -> Envelope:
 def _tell(ref: Any, message: Any) -> None:
     with contextlib.suppress(pykka.ActorDeadError):
         ref.tell(message)
+
+
+def _journal_text(msg: Any) -> str:
+    """A cast's payload as the journal keeps it: JSON (a call's payload is never journaled)."""
+    try:
+        return json.dumps(msg, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise EncodeError(f"message payload cannot travel as JSON to the journal: {exc}") from None
 
 
 class _MessageIds:

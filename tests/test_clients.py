@@ -185,18 +185,29 @@ def _chunked(request: dict[str, Any]) -> tuple[bytes, bool]:
             % (5, body[:5], len(body) - 5, body[5:])), False
 
 
-def _until_close(request: dict[str, Any]) -> tuple[bytes, bool]:
-    body = json.dumps({"jsonrpc": "2.0", "result": "to the end", "id": request["id"]})
-    return b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body.encode(), True
+def _json_answer(request: dict[str, Any], result: str, head: bytes) -> tuple[bytes, bool]:
+    body = json.dumps({"jsonrpc": "2.0", "result": result, "id": request["id"]}).encode()
+    return head.replace(b"LENGTH", b"%d" % len(body)) + body, False
 
 
-def test_python_client_reads_chunked_and_connection_delimited_answers():
-    with BareServer([_chunked, _chunked, _until_close, _answer_with_id]) as server:
+def test_python_client_reads_every_framing_of_an_answer():
+    answers = [
+        _chunked,
+        lambda r: (b"HTTP/1.1 204 No Content\r\n\r\n", False),
+        lambda r: _json_answer(r, "1.0", b"HTTP/1.0 200 OK\r\nContent-Length: LENGTH\r\n\r\n"),
+        lambda r: (_json_answer(r, "to the end", b"HTTP/1.1 200 OK\r\n\r\n")[0], True),
+        _answer_with_id,
+    ]
+    with BareServer(answers) as server:
         client = Client(server.url, timeout_s=10)
-        answers = [client.request("status") for _ in range(4)]
+        assert client.request("status") == "chunked"
+        with pytest.raises(RPCError, match="HTTP 204"):
+            client.request("status")
+        assert client.request("status") == "1.0"  # HTTP/1.0: closed after it
+        assert client.request("status") == "to the end"  # no length: closed after it
+        assert client.request("status") == 5
         client.close()
-    assert answers == ["chunked", "chunked", "to the end", 4]
-    assert server.connections == 2  # the answer that ran to the close ended the first
+    assert server.connections == 3
 
 
 @pytest.mark.parametrize("answer, error", [

@@ -86,11 +86,12 @@ class HTTPConnection:
     # ------------------------------------------------------------------ the answer
 
     def _answer(self) -> tuple[int, bytes]:
-        status, headers = self._head_of_answer()
+        status, headers, keep_open = self._head_of_answer()
         while 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
-            status, headers = self._head_of_answer()
-        keep_open = headers.get(b"connection", b"").lower() != b"close"
-        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+            status, headers, keep_open = self._head_of_answer()
+        if status in (204, 304):  # never a body
+            body = b""
+        elif b"chunked" in headers.get(b"transfer-encoding", b"").lower():
             body = self._chunked_body()
         elif b"content-length" in headers:
             length = headers[b"content-length"]
@@ -104,7 +105,8 @@ class HTTPConnection:
             self.close()
         return status, body
 
-    def _head_of_answer(self) -> tuple[int, dict[bytes, bytes]]:
+    def _head_of_answer(self) -> tuple[int, dict[bytes, bytes], bool]:
+        """The status, the headers (names in lower case) and whether the connection stays open."""
         end = self._find(b"\r\n\r\n")
         lines = bytes(self._buffer[:end]).split(b"\r\n")
         del self._buffer[:end + 4]
@@ -117,7 +119,10 @@ class HTTPConnection:
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             headers[name.strip().lower()] = value.strip()
-        return int(code), headers
+        connection = headers.get(b"connection", b"").lower()
+        if version == b"HTTP/1.0":
+            return int(code), headers, connection == b"keep-alive"
+        return int(code), headers, connection != b"close"
 
     def _chunked_body(self) -> bytes:
         chunks: list[bytes] = []

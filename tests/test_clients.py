@@ -215,6 +215,7 @@ def test_python_client_reads_every_framing_of_an_answer():
     (b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"jsonrpc\"", "middle of its answer"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", "Content-Length of b'-5'"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk of size"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n", "chunk of size"),
 ])
 def test_python_client_refuses_a_broken_answer_and_never_sends_twice(answer, error):
     """A request the node may have received is not sent again: only a connection closed

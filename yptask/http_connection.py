@@ -26,6 +26,7 @@ __all__ = ["ConnectionClosed", "HTTPConnection"]
 
 _READ_BYTES = 64 * 1024
 _MAX_HEAD_BYTES = 64 * 1024  # an answer's status line and headers; more is not a node
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
 class ConnectionClosed(ConnectionError):
@@ -130,11 +131,9 @@ class HTTPConnection:
             end = self._find(b"\r\n")
             size_field = bytes(self._buffer[:end]).split(b";")[0].strip()
             del self._buffer[:end + 2]
-            try:
-                size = int(size_field, 16)
-            except ValueError:
-                raise ProtocolError(f"the node answered a chunk of size "
-                                    f"{size_field[:20]!r}") from None
+            if not size_field or size_field.strip(_HEX_DIGITS):  # int() would take "-1", "0x1"
+                raise ProtocolError(f"the node answered a chunk of size {size_field[:20]!r}")
+            size = int(size_field, 16)
             if size == 0:
                 while (end := self._find(b"\r\n")) > 0:  # trailers, up to an empty line
                     del self._buffer[:end + 2]

@@ -101,18 +101,26 @@ class TaskDef:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskDef:
         """Build a checked definition from plain data; raise ConfigError naming the bad field."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a task definition is a table/object, got {type(data).__name__}")
-        name = data.get("name")
-        label = f"task {name!r}" if isinstance(name, str) else "task"
-        values = checked_fields(data, _CHECKS, "task field", f"{label}: field")
-        for required in ("name", "messages"):
-            if required not in values:
-                raise ConfigError(f"{label}: field {required!r} is required")
+        label, values = checked_definition(data, _CHECKS, "task", ("name", "messages"))
         if bool(values.get("worker_class")) == bool(values.get("command")):
             raise ConfigError(f"{label}: give exactly one of 'worker_class' (MODULE:CLASS) "
                               "or 'command' (an argv list)")
         return cls(**values)
+
+
+def checked_definition(data: Any, checks: Mapping[str, Callable[[Any], Any]], kind: str,
+                       required: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """Check a definition (a task's, a timer's): a table of known, valid fields with the
+    `required` ones present. Return its label for errors ("task 'x'") and its values."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a {kind} definition is a table/object, got {type(data).__name__}")
+    name = data.get("name")
+    label = f"{kind} {name!r}" if isinstance(name, str) else kind
+    values = checked_fields(data, checks, f"{kind} field", f"{label}: field")
+    for field_name in required:
+        if field_name not in values:
+            raise ConfigError(f"{label}: field {field_name!r} is required")
+    return label, values
 
 
 def checked_fields(data: Mapping[str, Any], checks: Mapping[str, Callable[[Any], Any]],

@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from yptask.config import checked_fields, read_toml, validate_message_name
+from yptask.config import checked_definition, read_toml, validate_message_name
 from yptask.errors import ConfigError
 
 __all__ = ["MISFIRE_POLICIES", "ON_TIME_S", "TimerDef", "due_fires", "fire_id", "load_timers",
@@ -62,14 +62,7 @@ class TimerDef:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TimerDef:
         """Build a checked timer; raise ConfigError naming the bad field."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a timer definition is a table/object, got {type(data).__name__}")
-        name = data.get("name")
-        label = f"timer {name!r}" if isinstance(name, str) else "timer"
-        values = checked_fields(data, _FIELDS, "timer field", f"{label}: field")
-        for required in ("name", "cron", "message"):
-            if required not in values:
-                raise ConfigError(f"{label}: field {required!r} is required")
+        label, values = checked_definition(data, _FIELDS, "timer", ("name", "cron", "message"))
         timer = cls(**values)
         try:
             _check_schedule(timer.cron, timer.timezone)

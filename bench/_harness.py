@@ -53,6 +53,12 @@ class BenchNode:
         self._proc: subprocess.Popen[str] | None = None
 
     @property
+    def headers(self) -> dict[str, str]:
+        """What a JSON-RPC request to this node sends: its type, and the admin token."""
+        token = (Path(self._tmp.name) / "data" / "admin-token").read_text().strip()
+        return {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+
+    @property
     def pid(self) -> int:
         assert self._proc is not None
         return self._proc.pid

@@ -124,11 +124,15 @@ class ChaosNode:
 
     def rpc(self, method: str, *params: Any, timeout_s: float = 10) -> Any:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-        return json.loads(_post(self.url, body.encode(), timeout_s))["result"]
+        token = (self.folder / "data" / "admin-token").read_text().strip()
+        return json.loads(_post(self.url, body.encode(), timeout_s, token))["result"]
 
 
-def _post(url: str, body: bytes, timeout_s: float) -> bytes:
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+def _post(url: str, body: bytes, timeout_s: float, admin_token: str = "") -> bytes:
+    headers = {"Content-Type": "application/json"}
+    if admin_token:
+        headers["Authorization"] = f"Bearer {admin_token}"
+    request = urllib.request.Request(url, body, headers)
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return bytes(response.read())
 

@@ -34,7 +34,7 @@ POLL_S = 0.01
 
 def rpc(node: BenchNode, method: str, *params: Any) -> Any:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
-    request = urllib.request.Request(node.url, body, {"Content-Type": "application/json"})
+    request = urllib.request.Request(node.url, body, node.headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())["result"]
 
@@ -98,7 +98,7 @@ def cross_node_throughput(n: int, rounds: int) -> None:
                   timeout_s=600)
             figures.append(n / (time.perf_counter() - start))
     with BenchNode(workers=2) as alone:
-        single = [asyncio.run(throughput.round_trip(alone.url, "batch", n))[1]
+        single = [asyncio.run(throughput.round_trip(alone.url, "batch", n, alone.headers))[1]
                   for _ in range(rounds)]
     print(f"  casts entering on one node, workers on another: {summary(figures)}/s end to end; "
           f"one node alone, same run: {summary(single)}/s")
@@ -107,7 +107,7 @@ def cross_node_throughput(n: int, rounds: int) -> None:
 async def publish_batches(url: str, n: int) -> None:
     import aiohttp
 
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers={"Content-Type": "application/json"}) as session:
         await throughput.publish(session, url, "batch", n)
 
 

@@ -53,8 +53,7 @@ async def overload(node: BenchNode, seconds: float, rate: float) -> None:
             if sent > elapsed * rate:  # ahead of the rate: wait a little
                 await asyncio.sleep(0.005)
                 continue
-            async with session.post(node.url, data=body,
-                                    headers={"Content-Type": "application/json"}) as response:
+            async with session.post(node.url, data=body, headers=node.headers) as response:
                 for answer in await response.json():
                     if "result" in answer:
                         accepted += 1
@@ -65,7 +64,7 @@ async def overload(node: BenchNode, seconds: float, rate: float) -> None:
             sent += BATCH
             peak = max(peak, rss_mb(node.pid))
         status_body = {"jsonrpc": "2.0", "id": 1, "method": "status", "params": []}
-        async with session.post(node.url, json=status_body) as response:
+        async with session.post(node.url, json=status_body, headers=node.headers) as response:
             queued = (await response.json())["result"]["tasks"]["slow"]["queued"]
     print(f"  offered {sent} casts in {seconds:.0f} s ({rate:.0f}/s, about 10x what 2 workers "
           f"handle): accepted {accepted}, refused as overloaded {refused}")

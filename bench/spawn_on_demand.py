@@ -18,9 +18,9 @@ import urllib.request
 from _harness import BenchNode, summary
 
 
-def rpc(url: str, method: str, *params: object) -> object:
+def rpc(node: BenchNode, method: str, *params: object) -> object:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-    request = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})
+    request = urllib.request.Request(node.url, body.encode(), node.headers)
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())["result"]
 
@@ -33,11 +33,11 @@ def main() -> None:
     with BenchNode(workers=1, max_idle_s=0.5) as node:
         for i in range(args.rounds):
             deadline = time.monotonic() + 30
-            while rpc(node.url, "status")["tasks"]["noop"]["pids"]:  # type: ignore[index]
+            while rpc(node, "status")["tasks"]["noop"]["pids"]:  # type: ignore[index]
                 assert time.monotonic() < deadline, "the idle worker was never reaped"
                 time.sleep(0.05)
             start = time.perf_counter()
-            assert rpc(node.url, "call", "bench.echo", {"i": i}) == {"i": i}
+            assert rpc(node, "call", "bench.echo", {"i": i}) == {"i": i}
             samples.append((time.perf_counter() - start) * 1e3)
     print(f"call answered by a worker spawned on demand, {args.rounds} rounds: "
           f"{summary(samples, '{:.0f}')} ms (min / median / max)")

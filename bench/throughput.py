@@ -57,9 +57,11 @@ async def handled(session: aiohttp.ClientSession, url: str) -> int:
     return int(status["tasks"]["noop"]["handled"])  # type: ignore[index]
 
 
-async def round_trip(url: str, mode: str, n: int) -> tuple[float, float]:
+async def round_trip(url: str, mode: str, n: int, headers: dict[str, str]
+                     ) -> tuple[float, float]:
+    """`headers`: the node's (BenchNode.headers: JSON, and the admin token for status)."""
     connector = aiohttp.TCPConnector(limit=64)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         before = await handled(session, url)
         start = time.perf_counter()
         await publish(session, url, mode, n)
@@ -80,9 +82,10 @@ def main() -> None:
     ours: dict[str, float] = {}
     with BenchNode(workers=2) as node:
         rpc_url = node.url
-        asyncio.run(round_trip(rpc_url, "single", 500))  # warm up
+        asyncio.run(round_trip(rpc_url, "single", 500, node.headers))  # warm up
         for mode in ("single", "batch"):
-            rounds = [asyncio.run(round_trip(rpc_url, mode, args.n)) for _ in range(args.rounds)]
+            rounds = [asyncio.run(round_trip(rpc_url, mode, args.n, node.headers))
+                      for _ in range(args.rounds)]
             e2e = [r[1] for r in rounds]
             ours[mode] = sorted(e2e)[len(e2e) // 2]
             label = (f"single requests, {CONCURRENCY[mode]} connections" if mode == "single"

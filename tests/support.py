@@ -145,9 +145,14 @@ class NodeProcess:
             for i, p in enumerate(payloads)]))
         return [a["result"]["id"] for a in sorted(answers, key=lambda a: a["id"])]
 
+    @property
+    def admin_token(self) -> str:
+        """The node's admin token, which it keeps in its data dir."""
+        return (self.tmp / "data" / "admin-token").read_text().strip()
+
     def _post(self, body: str) -> Any:
-        request = urllib.request.Request(self.url, body.encode(),
-                                         {"Content-Type": "application/json"})
+        request = urllib.request.Request(self.url, body.encode(), {
+            "Content-Type": "application/json", "Authorization": f"Bearer {self.admin_token}"})
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())
 

@@ -47,8 +47,10 @@ class Node(NodeProcess):
         super().__init__(tmp, TASKS.format(workers=TEST_WORKERS, record=self.record), name="c1")
 
     def run(self, *args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
-        """`yptask ARGS` against this node ($YPTASK_URL), or against `url`."""
-        return yptask(*args, env={"YPTASK_URL": url or self.url}, cwd=self.tmp)
+        """`yptask ARGS` against this node ($YPTASK_URL, its data dir $YPTASK_DATA_DIR, where
+        the CLI finds the admin token), or against `url`."""
+        return yptask(*args, env={"YPTASK_URL": url or self.url,
+                                  "YPTASK_DATA_DIR": str(self.tmp / "data")}, cwd=self.tmp)
 
     def records(self) -> list[dict[str, Any]]:
         return read_records(self.record)
@@ -56,7 +58,7 @@ class Node(NodeProcess):
 
 def yptask(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
            **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "YPTASK_URL"}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("YPTASK_")}
     full_env.update(env or {})
     return subprocess.run(["yptask", *args], capture_output=True, text=True, timeout=60,
                           env=full_env, cwd=cwd, check=False, **kwargs)
@@ -330,14 +332,16 @@ def test_a_reader_that_goes_away_is_not_a_traceback(node: Node) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        done = subprocess.run(["yptask", "tasks", "--url", node.url], stdout=write_end,
+        done = subprocess.run(["yptask", "tasks", "--url", node.url, "--data-dir",
+                               str(node.tmp / "data")], stdout=write_end,
                               stderr=subprocess.PIPE, text=True, timeout=60, check=False)
     finally:
         os.close(write_end)
     # Then the command ends quietly, as a process killed by SIGPIPE would
     assert (done.returncode, done.stderr) == (141, "")
     # And in a shell pipeline the first line comes through, with nothing on stderr
-    piped = subprocess.run(f"yptask tasks --url {node.url} | head -1", shell=True,
+    piped = subprocess.run(f"yptask tasks --url {node.url} --data-dir {node.tmp / 'data'}"
+                           " | head -1", shell=True,
                            capture_output=True, text=True, timeout=60, check=False)
     assert piped.stdout.split() == ["NAME", "GROUP", "MESSAGES", "WORKERS", "STATE"]
     assert piped.stderr == ""
@@ -358,3 +362,22 @@ def test_task_show_toml_reads_back_as_the_same_definition() -> None:
     assert tomllib.loads(to_toml(definition))["task"] == [definition]
     with pytest.raises(ValueError, match="no TOML form"):
         to_toml({"settings": {"x": None}})
+
+
+def test_admin_commands_find_the_admin_token_in_the_data_dir(node: Node, tmp_path: Path
+                                                             ) -> None:
+    # Given no token at hand (another user, another folder): the admin command is refused
+    done = yptask("status", "--url", node.url, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "admin token" in one_line(done.stderr)
+    # When the data dir is named: the CLI reads the token there itself
+    done = yptask("status", "--url", node.url, "--data-dir", str(node.tmp / "data"),
+                  cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    # as it does in ./yptask-data, where the README's `yptask node` keeps it
+    (tmp_path / "yptask-data").mkdir()
+    (tmp_path / "yptask-data" / "admin-token").write_text(node.admin_token)
+    assert yptask("tasks", "--url", node.url, cwd=tmp_path).returncode == 0
+    # or from $YPTASK_ADMIN_TOKEN; but never sends a data dir's token off loopback
+    assert yptask("tasks", "--url", node.url, env={"YPTASK_ADMIN_TOKEN": node.admin_token}
+                  ).returncode == 0

@@ -35,7 +35,7 @@ from yptask.errors import (
 PHP_CLIENT = REPO / "clients" / "php" / "yptask.php"
 @pytest.fixture
 def client(node) -> Client:
-    return Client(node.http_url + "/rpc", timeout_s=30)
+    return Client(node.http_url + "/rpc", timeout_s=30, admin_token=node.admin_token)
 
 
 def closed_port_url() -> str:

@@ -102,7 +102,7 @@ class NamespacedNode:
 
     def __init__(self, tmp: Path, space: str, name: str, address: str) -> None:
         self.space, self.name, self.url = space, name, ""
-        folder = tmp / name
+        folder = self.folder = tmp / name
         folder.mkdir()
         (folder / "node.toml").write_text(
             '[node]\ncluster = "lab"\ncookie = "lab-cookie-42"\n'
@@ -127,7 +127,8 @@ class NamespacedNode:
     def yptask(self, *args: str) -> Any:
         done = subprocess.run(["ip", "netns", "exec", self.space, "yptask", *args, "--json",
                                "--url", self.url], check=False, capture_output=True, text=True,
-                              timeout=30)
+                              timeout=30, env={**os.environ, "YPTASK_ADMIN_TOKEN": (
+                                  self.folder / "data" / "admin-token").read_text().strip()})
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 

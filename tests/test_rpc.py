@@ -42,8 +42,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def post(http: aiohttp.ClientSession, node: Node, payload: Any) -> tuple[int, Any]:
     """POST a payload (bytes as they are, anything else as JSON); return (status, JSON or None)."""
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    async with http.post(node.http_url + "/rpc", data=data,
-                         headers={"Content-Type": "application/json"}) as response:
+    async with http.post(node.http_url + "/rpc", data=data, headers={
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {node.admin_token}"}) as response:
         body = await response.read()
         if body:
             assert response.content_type == "application/json", body[:200]
@@ -271,7 +272,8 @@ async def test_an_oversize_body_is_refused_with_a_json_rpc_error(node, http):
         for _ in range(limit // 4096 + 2):
             yield b" " * 4096
 
-    async with http.post(node.http_url + "/rpc", data=chunks()) as response:
+    async with http.post(node.http_url + "/rpc", data=chunks(),
+                         headers={"Content-Type": "application/json"}) as response:
         assert response.status == 413
         assert (await response.json())["error"]["code"] == INVALID_REQUEST
 

@@ -2,9 +2,14 @@
 
 - `POST /rpc`: the JSON-RPC API (`yptask.web.rpc`); admin methods pass `Guard`.
 - `GET /`: the console, a page of its own scripts and styles (`web/console/`,
-  no CDN), after `GET|POST /login`; `POST /logout`; `GET /session` tells the
-  page its node and CSRF token.
+  no CDN), after `POST /login` (the password or the admin token) or
+  `GET /login?token=ADMIN_TOKEN` (the URL a node prints at start); `POST /logout`;
+  `GET /session` tells the page its node and CSRF token.
 - `GET /healthz`.
+
+Every request first passes `OriginCheck` (its Host and Origin must be the
+node's own, and JSON-RPC must come as application/json: `yptask.web.origin`),
+then the allow-list when there is one.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from yptask.web.auth import SESSION_COOKIE, SESSION_TTL_S, Guard, is_loopback
+from yptask.web.origin import OriginCheck
 from yptask.web.rpc import PublisherNode, RPCEndpoint
 
 __all__ = ["GUARD", "NODE", "make_app"]
@@ -35,21 +41,26 @@ _PAGE_HEADERS = {**_NO_STORE, "X-Frame-Options": "DENY", "X-Content-Type-Options
                                             "frame-ancestors 'none'"}
 
 
-def make_app(node: PublisherNode) -> web.Application:
-    """Build the node's HTTP application; `app[NODE]` is the node, `app[GUARD]` its rules."""
+def make_app(node: PublisherNode, admin_token: str | None = None) -> web.Application:
+    """Build the node's HTTP application; `app[NODE]` is the node, `app[GUARD]` its rules.
+
+    `admin_token`: the node's admin token (`yptask.node_secrets`); without one, only
+    the console password administers it."""
     config = node.config
-    guard = Guard(config.console_password_hash, config.http_host, tokens=config.api_tokens,
-                  allow_from=config.allow_from)
+    guard = Guard(config.console_password_hash, config.http_host, admin_token=admin_token,
+                  tokens=config.api_tokens, allow_from=config.allow_from)
     if guard.console_refusal():
         log.warning("%s", guard.console_refusal())
-    if not (guard.required or guard.tokens) and not is_loopback(config.http_host):
-        log.warning("SECURITY: this node listens on %s with no auth at all (no console "
-                    "password, no API tokens): anyone who reaches it may edit its tasks, and "
-                    "task commands run anything on every node", config.http_host)
+    if not guard.tokens and not is_loopback(config.http_host):
+        log.warning("SECURITY: this node listens on %s with no publisher tokens: anyone who "
+                    "reaches it may cast and call", config.http_host)
+    origins = OriginCheck(config.http_host, allowed_hosts=config.http_allowed_hosts,
+                          allowed_origins=config.http_allowed_origins)
     # The allow-list check is a middleware only where there is a list: one less layer
-    # around every request otherwise.
+    # around every request otherwise. It comes first: a stranger learns nothing more.
     app = web.Application(client_max_size=config.max_body_bytes + _HEADROOM_BYTES,
-                          middlewares=[_allow_list] if guard.networks else [])
+                          middlewares=[*([_allow_list] if guard.networks else []),
+                                       origins.middleware])
     app[NODE] = node
     app[GUARD] = guard
     app.router.add_post("/rpc", RPCEndpoint(node, guard).handle)
@@ -92,24 +103,35 @@ async def _console(request: web.Request) -> web.StreamResponse:
 
 
 async def _login_page(request: web.Request) -> web.StreamResponse:
+    """The login form; with `?token=ADMIN_TOKEN` (the URL the node prints), a session."""
     refused = _refused(request.app[GUARD])
     if refused is not None:
         return refused
-    if not request.app[GUARD].required:
-        raise web.HTTPSeeOther("/")
+    if "token" in request.query:
+        return await _open_session(request, request.query["token"])
     return web.FileResponse(CONSOLE / "login.html", headers=_PAGE_HEADERS)
 
 
 async def _login(request: web.Request) -> web.StreamResponse:
-    guard = request.app[GUARD]
-    refused = _refused(guard)
+    refused = _refused(request.app[GUARD])
     if refused is not None:
         return refused
     form = await request.post()
     password = form.get("password")
-    session = await guard.login(password) if isinstance(password, str) else None
+    return await _open_session(request, password if isinstance(password, str) else "")
+
+
+async def _open_session(request: web.Request, secret: str) -> web.StreamResponse:
+    """Log in with the password or the admin token: a session cookie, then the console."""
+    guard = request.app[GUARD]
+    address = request.remote or ""
+    wait_s = guard.blocked_for_s(address)
+    if wait_s > 0:
+        log.warning("console: refused a login from %s: too many failures", address)
+        raise web.HTTPSeeOther(f"/login?failed=1&wait={int(wait_s) + 1}")
+    session = await guard.login(secret, address)
     if session is None:
-        log.warning("console: a failed login from %s", request.remote)
+        log.warning("console: a failed login from %s", address)
         raise web.HTTPSeeOther("/login?failed=1")
     response = web.HTTPSeeOther("/")
     response.set_cookie(SESSION_COOKIE, session[0], max_age=SESSION_TTL_S, httponly=True,
@@ -132,4 +154,4 @@ async def _session(request: web.Request) -> web.Response:
         return web.json_response({"error": "log in first"}, status=401, headers=_NO_STORE)
     node = request.app[NODE]
     return web.json_response({"node": node.name, "csrf": guard.session_csrf(request) or "",
-                              "login": guard.required}, headers=_NO_STORE)
+                              "login": True}, headers=_NO_STORE)

@@ -596,13 +596,18 @@ class Access:
         return self._answers[public]
 
     def why(self, method: str) -> str:
+        wait_s = self.guard.blocked_for_s(self.request.remote or "")
+        if wait_s > 0:
+            return (f"{method} is refused: too many failed password checks from this "
+                    f"address; wait {int(wait_s) + 1} s")
         if method in PUBLIC_METHODS:
             return (f"{method} needs a publisher token: send Authorization: Bearer TOKEN "
                     "(YPTASK_TOKEN for the CLI)")
-        if self.guard.required:
-            return (f"{method} needs the console password: log in to the console, or send "
-                    "it as HTTP Basic auth (YPTASK_PASSWORD for the CLI)")
-        return f"{method} needs a publisher token (YPTASK_TOKEN for the CLI)"
+        return (f"{method} needs the node's admin token or console password: send "
+                "Authorization: Bearer ADMIN_TOKEN (the file admin-token in the node's data "
+                "dir, which the CLI reads itself: --data-dir or YPTASK_DATA_DIR), or the "
+                "console password as HTTP Basic auth (YPTASK_PASSWORD), or log in to the "
+                "console")
 
 
 def _serialize(response: Any, method: str) -> str:

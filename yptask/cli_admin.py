@@ -3,9 +3,12 @@
 Each command sends a few JSON-RPC requests to one node with `yptask.client.Client`
 (standard library only) and prints a table, or the raw JSON answer with `--json`.
 The node is `--url URL`, else `$YPTASK_URL`, else http://127.0.0.1:8700/rpc; a
-bare `HOST:PORT` is completed to `http://HOST:PORT/rpc`. A node with a console
-password wants it for its admin commands: `$YPTASK_PASSWORD`; one with publisher
-tokens wants one: `$YPTASK_TOKEN`.
+bare `HOST:PORT` is completed to `http://HOST:PORT/rpc`. Admin commands need the
+node's admin token: for a node on this machine's loopback it is read from the
+node's data dir (`--data-dir`, else `$YPTASK_DATA_DIR`, else ./yptask-data, as for
+`yptask node`); `$YPTASK_ADMIN_TOKEN` gives it directly, `$YPTASK_PASSWORD` the
+console password instead. A node with publisher tokens wants one for cast and
+call (or the admin token): `$YPTASK_TOKEN`.
 
 Errors are one line on stderr, `yptask: ...`, never a traceback. Exit codes:
 
@@ -35,6 +38,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from yptask.client import DEFAULT_URL, Client
@@ -279,8 +283,21 @@ class _RestartWatch(threading.Thread):
 
 def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, timeout_s=REQUEST_TIMEOUT_S,
-                  password=os.environ.get("YPTASK_PASSWORD"),
+                  password=os.environ.get("YPTASK_PASSWORD"), admin_token=_admin_token(args),
                   token=os.environ.get("YPTASK_TOKEN"))
+
+
+def _admin_token(args: argparse.Namespace) -> str | None:
+    """$YPTASK_ADMIN_TOKEN, else the token in the data dir, but only for a node on
+    loopback: the token of a node here is never sent to another machine."""
+    from yptask.addresses import is_loopback
+    from yptask.node_secrets import read_admin_token
+
+    if os.environ.get("YPTASK_ADMIN_TOKEN"):
+        return os.environ["YPTASK_ADMIN_TOKEN"]
+    if not is_loopback(urllib.parse.urlsplit(args.url).hostname or ""):
+        return None
+    return read_admin_token(args.data_dir)
 
 
 def _hash_password(args: argparse.Namespace) -> int:
@@ -564,6 +581,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--url", type=_url, default=os.environ.get("YPTASK_URL") or DEFAULT_URL,
                         help=f"the node's JSON-RPC URL (default: $YPTASK_URL, else {DEFAULT_URL})")
     common.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    common.add_argument("--data-dir", type=Path,
+                        default=Path(os.environ.get("YPTASK_DATA_DIR") or "yptask-data"),
+                        help="the node's data dir, where its admin token is (default: "
+                             "$YPTASK_DATA_DIR, else ./yptask-data)")
     parser = argparse.ArgumentParser(prog="yptask", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

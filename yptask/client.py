@@ -92,16 +92,20 @@ class Client:
     """Speaks JSON-RPC to one node. Thread-safe: each thread keeps its own connection open."""
 
     def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, *,
-                 password: str | None = None, token: str | None = None) -> None:
-        """`password`: the node's console password, for its admin methods (HTTP Basic);
-        `token`: a publisher token (Bearer), for a node that wants one."""
+                 password: str | None = None, admin_token: str | None = None,
+                 token: str | None = None) -> None:
+        """Credentials, the first given is sent: `password`, the node's console password
+        (HTTP Basic), or `admin_token`, its admin token (the file admin-token in its data
+        dir), for its admin methods; `token`, a publisher token, for cast and call on a
+        node that wants one."""
         self.url = url
         self.timeout_s = timeout_s
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if password:
             basic = base64.b64encode(f"yptask:{password}".encode()).decode()
             self._headers["Authorization"] = f"Basic {basic}"
-        elif token:
+        elif admin_token or token:
+            token = admin_token or token
             self._headers["Authorization"] = f"Bearer {token}"
         self._ids = itertools.count(1)
         parts = urllib.parse.urlsplit(url)

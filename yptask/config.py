@@ -293,9 +293,14 @@ class NodeConfig:
     # Publisher tokens, application name -> token: when set, cast and call need one.
     api_tokens: Mapping[str, str] = field(default_factory=dict)
     allow_from: tuple[str, ...] = ()  # networks (CIDR) that may connect; empty: any
+    # Host names the HTTP API answers to besides localhost, its address and the machine's
+    # names (a request naming another host is refused: DNS rebinding), and the origins of
+    # web pages other than its own console that may call it from a browser.
+    http_allowed_hosts: tuple[str, ...] = ()
+    http_allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for key in ("join", "allow_from"):  # lists from code too
+        for key in ("join", "allow_from", "http_allowed_hosts", "http_allowed_origins"):
             if isinstance(getattr(self, key), list):
                 object.__setattr__(self, key, tuple(getattr(self, key)))
         for key in ("data_dir", "tasks_file", "log_dir", "cookie_file"):  # str paths too
@@ -370,6 +375,17 @@ def _networks(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _names(pattern: re.Pattern[str], what: str) -> Callable[[Any], tuple[str, ...]]:
+    def check(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"must be a list, each {what}")
+        for item in value:
+            if not isinstance(item, str) or not pattern.fullmatch(item):
+                raise ConfigError(f"{item!r} is not {what}")
+        return tuple(value)
+    return check
+
+
 def _password_hash(value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError("must be a string made by `yptask hash-password`")
@@ -412,4 +428,7 @@ _NODE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "console_password_hash": _password_hash,
     "api_tokens": _tokens,
     "allow_from": _networks,
+    "http_allowed_hosts": _names(re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}"), "a host name"),
+    "http_allowed_origins": _names(re.compile(r"https?://[A-Za-z0-9.:\[\]-]{1,255}"),
+                                   "an origin like 'https://admin.example.com'"),
 }

@@ -52,6 +52,7 @@ from yptask.forwarding import Forwarder
 from yptask.group_commit import JournalThread
 from yptask.journal import Envelope, Journal
 from yptask.membership import Change
+from yptask.node_secrets import ADMIN_TOKEN_FILE, COOKIE_FILE, read_or_make
 from yptask.replicated import Entry, HybridClock, ReplicatedStore
 from yptask.schedule import TimerDef
 from yptask.supervision import ChildSpec, Registry, Supervisor, SupervisorFlags
@@ -86,6 +87,7 @@ class Node:
         self.pools: dict[str, TaskPool] = {}
         self.stopping = False
         self.http_url = ""
+        self.admin_token = ""  # see yptask.node_secrets; read at start
         self.bert_address = ""
         self._bert: BertEndpoint | None = None
         self._pruner: asyncio.Task[None] | None = None
@@ -124,7 +126,8 @@ class Node:
         return node
 
     async def _start(self, seed: list[TaskDef] | None) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.admin_token = read_or_make(self.data_dir / ADMIN_TOKEN_FILE, "admin token")
         self._store = ReplicatedStore(self.data_dir / "config.db", HybridClock(self.name))
         if seed is None:
             seed = await asyncio.to_thread(load_tasks, self._seed_file())
@@ -181,19 +184,8 @@ class Node:
         """The cluster cookie: from the config, its file, or a random one kept in the data dir."""
         if self.config.cookie is not None:
             return self.config.cookie.encode()
-        path = self.config.cookie_file or self.data_dir / "cookie"
-        if self.config.cookie_file is None and not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(os.urandom(24).hex() + "\n")
-        try:
-            cookie = path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the cluster cookie file {path}: "
-                              f"{exc.strerror}") from None
-        if len(cookie) < 8:
-            raise ConfigError(f"the cluster cookie in {path} is shorter than 8 characters")
-        return cookie.encode()
+        path = self.config.cookie_file or self.data_dir / COOKIE_FILE
+        return read_or_make(path, "cluster cookie", make=self.config.cookie_file is None).encode()
 
     async def _prune_forever(self) -> None:
         """Forget done messages once their ids are past the dedupe window, so the journal
@@ -224,7 +216,7 @@ class Node:
         from yptask.web.app import make_app
 
         assert self._http_socket is not None
-        self._runner = web.AppRunner(make_app(self), access_log=None)
+        self._runner = web.AppRunner(make_app(self, self.admin_token), access_log=None)
         await self._runner.setup()
         await web.SockSite(self._runner, self._http_socket).start()
 

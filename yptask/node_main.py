@@ -120,7 +120,8 @@ async def _run(config: Any) -> int:
           f"  JSON-RPC  {node.http_url}/rpc\n"
           f"  BERT-RPC  {node.bert_address}\n"
           f"  link      {node.cluster.link_address if node.cluster else '-'}\n"
-          f"  data      {node.data_dir}", flush=True)
+          f"  data      {node.data_dir}\n"
+          f"  console   {node.http_url}/login?token={node.admin_token}", flush=True)
     await stop.wait()
     print(f"yptask node {node.name} stopping: running messages finish first", flush=True)
     await node.stop()

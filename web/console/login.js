@@ -1,5 +1,8 @@
 "use strict";
 // Say so after a failed login (the page stays free of inline scripts: see the CSP).
-if (new URLSearchParams(location.search).has("failed")) {
+const query = new URLSearchParams(location.search);
+if (query.has("wait")) {
+  document.getElementById("wait").hidden = false;
+} else if (query.has("failed")) {
   document.getElementById("failed").hidden = false;
 }

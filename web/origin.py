@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 JSON = "application/json"
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+_SEEN_LIMIT = 256
 
 
 def host_name(authority: str) -> str:
@@ -66,8 +67,17 @@ class OriginCheck:
         self.names = frozenset(names)
         self.bind_address = address_literal(bind_host)
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+        self._seen: dict[str, bool] = {}  # Host header -> allowed? (the same few, mostly)
 
     def host_allowed(self, authority: str) -> bool:
+        known = self._seen.get(authority)
+        if known is None:
+            if len(self._seen) >= _SEEN_LIMIT:  # strangers may send any number of names
+                self._seen.clear()
+            known = self._seen[authority] = self._host_allowed(authority)
+        return known
+
+    def _host_allowed(self, authority: str) -> bool:
         host = host_name(authority)
         if host in self.names:
             return True

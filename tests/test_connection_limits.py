@@ -106,6 +106,19 @@ def open_slow(address: tuple[str, int], count: int, into: list[socket.socket]) -
         sock.sendall(SLOW_HEAD[:1])
 
 
+def open_busy(address: tuple[str, int], count: int, into: list[socket.socket]) -> None:
+    """Open `count` connections each in the middle of a request: its head sent and seen
+    (the node said 100 Continue), its body never."""
+    head = (f"POST /rpc HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n"
+            "Expect: 100-continue\r\n\r\n").encode()
+    for _ in range(count):
+        sock = socket.create_connection(address, timeout=10)
+        into.append(sock)
+        sock.sendall(head)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue")
+
+
 def is_closed(sock: socket.socket) -> bool:
     """True once the node has closed `sock` (it reads EOF, or the reset)."""
     sock.settimeout(0)
@@ -225,13 +238,13 @@ def test_idle_keepalive_is_closed_after_the_keepalive_timeout(tmp_path):
 
 
 def test_past_the_cap_a_connection_gets_503_and_the_log_one_line(tmp_path):
-    # Given a node capped at 10 HTTP connections, all 10 busy sending their heads
+    # Given a node capped at 10 HTTP connections, all 10 busy in a request
     node = node_process(tmp_path, max_http_connections=10)
     socks: list[socket.socket] = []
     with running(node):
         try:
             address = http_address(node)
-            open_slow(address, 10, socks)
+            open_busy(address, 10, socks)
             # When 30 more connect
             refused = []
             for _ in range(30):
@@ -382,6 +395,7 @@ def test_limit_evicts_the_least_recently_active_idle_one():
     for conn in "abc":
         assert limit.admit(conn)
     limit.touch("a")  # now b is the idlest idle one
+    idle["d"] = False
     assert limit.admit("d") and evicted == ["b"]
     idle["a"] = False
     assert not limit.admit("e")  # a, c busy, d the newest: nothing to evict

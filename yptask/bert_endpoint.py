@@ -15,7 +15,8 @@ table in `yptask.errors`. A frame that is no term gets a protocol error and the
 connection serves on; a frame header over the cap, or input ending inside a
 frame, gets a protocol error and the connection is closed. Nothing a client
 sends takes the node down. The node's `allow_from` list closes the endpoint to
-other addresses.
+other addresses. A connection past `max_bert_connections` gets an `Overloaded`
+error and is closed; one with no whole frame for `bert_idle_timeout_s` is closed.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ from yptask.bertrpc import (
     error_reply,
     frame,
 )
+from yptask.connection_limits import ConnectionLimit, caps, guarded
 from yptask.errors import (
     ConfigError,
     EncodeError,
     FrameError,
     NoSuchFunction,
     NoSuchModule,
+    Overloaded,
     ProtocolError,
     Unauthorized,
     YPTaskError,
@@ -72,7 +75,10 @@ class BertEndpoint:
         self.address = ""
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port)
+        self.connections: ConnectionLimit[asyncio.StreamWriter] = ConnectionLimit(
+            "BERT-RPC", "max_bert_connections", caps(self.node.config).bert)
+        self._server = await asyncio.start_server(
+            guarded(self.connections, self._serve, self._refuse), host, port)
         sock_host, sock_port = self._server.sockets[0].getsockname()[:2]
         self.address = f"{sock_host}:{sock_port}"
 
@@ -80,6 +86,10 @@ class BertEndpoint:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    @staticmethod
+    def _refuse(writer: asyncio.StreamWriter, why: str) -> None:
+        writer.write(frame(error_reply(Overloaded(why))))  # one write; never waits on the peer
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -92,7 +102,13 @@ class BertEndpoint:
                 return
             while True:
                 try:
-                    body = await self._read_frame(reader)
+                    async with asyncio.timeout(self.node.config.bert_idle_timeout_s):
+                        body = await self._read_frame(reader)
+                except TimeoutError:  # idle, or a frame trickling in: either holds a place
+                    log.debug("BERT-RPC client %s: no whole frame in %.0f s "
+                              "(bert_idle_timeout_s); closing", peer,
+                              self.node.config.bert_idle_timeout_s)
+                    return
                 except FrameError as exc:
                     log.warning("BERT-RPC client %s sent a bad frame: %s; closing", peer, exc)
                     await self._send(writer, error_reply(exc))

@@ -27,9 +27,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from yptask.connection_limits import ConnectionLimit, guarded
 from yptask.discovery import DEFAULT_SERVICE_TYPE, Discovery, Sighting
 from yptask.errors import LinkError, NoSuchFunction, ProtocolError, YPTaskError
-from yptask.link import Identity, Link, LinkRefused, accept, dial
+from yptask.link import HANDSHAKE_TIMEOUT_S, Identity, Link, LinkRefused, accept, dial
 from yptask.membership import Change, Member, Membership, MemberState
 from yptask.replicated import Entry, ReplicatedStore, digest_from_term, digest_to_term
 
@@ -72,6 +73,8 @@ class ClusterSettings:
     down_after_s: float = 3.0
     sync_every_s: float = 2.0
     version: str = ""
+    max_connections: int = 256  # links accepted, authenticated or not
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S  # for a stranger to authenticate
 
 
 @dataclass
@@ -112,7 +115,13 @@ class Cluster:
 
     async def start(self) -> None:
         s = self.settings
-        self._server = await asyncio.start_server(self._on_connect, s.link_host, s.link_port)
+        self._accepted: ConnectionLimit[asyncio.StreamWriter] = ConnectionLimit(
+            "link", "max_link_connections", s.max_connections)
+        # Past the cap a stranger gets a plain close: it cannot be told why before it is
+        # known, and a peer redials with a backoff.
+        self._server = await asyncio.start_server(
+            guarded(self._accepted, self._on_connect, lambda writer, why: None),
+            s.link_host, s.link_port)
         host, port = self._server.sockets[0].getsockname()[:2]
         self.link_address = f"{host}:{port}"
         for seed in s.seeds:
@@ -243,7 +252,8 @@ class Cluster:
                           writer: asyncio.StreamWriter) -> None:
         try:
             link = await accept(reader, writer, me=self.me, cookie=self.settings.cookie,
-                                handler=self._handle)
+                                handler=self._handle,
+                                timeout_s=self.settings.handshake_timeout_s)
         except YPTaskError as exc:  # LinkRefused, and anything else a stranger may cause
             log.warning("refused a link: %s", exc)
             return

@@ -298,6 +298,14 @@ class NodeConfig:
     # web pages other than its own console that may call it from a browser.
     http_allowed_hosts: tuple[str, ...] = ()
     http_allowed_origins: tuple[str, ...] = ()
+    # Connections (see yptask/connection_limits.py); a cap of 0 is set from the open-file limit.
+    max_http_connections: int = 0
+    max_bert_connections: int = 0
+    max_link_connections: int = 0
+    http_head_timeout_s: float = 5.0  # a request head not complete this long after its start
+    http_keepalive_timeout_s: float = 30.0  # a connection idle between requests this long
+    bert_idle_timeout_s: float = 60.0  # a BERT-RPC connection with no whole frame this long
+    link_handshake_timeout_s: float = 5.0  # a link not authenticated this long after accept
 
     def __post_init__(self) -> None:
         for key in ("join", "allow_from", "http_allowed_hosts", "http_allowed_origins"):
@@ -431,4 +439,11 @@ _NODE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "http_allowed_hosts": _names(re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}"), "a host name"),
     "http_allowed_origins": _names(re.compile(r"https?://[A-Za-z0-9.:\[\]-]{1,255}"),
                                    "an origin like 'https://admin.example.com'"),
+    "max_http_connections": _number(0, integer=True),
+    "max_bert_connections": _number(0, integer=True),
+    "max_link_connections": _number(0, integer=True),
+    "http_head_timeout_s": _number(0.05),
+    "http_keepalive_timeout_s": _number(0.05),
+    "bert_idle_timeout_s": _number(0.05),
+    "link_handshake_timeout_s": _number(0.05),
 }

@@ -35,6 +35,7 @@ from yptask import __version__, codec
 from yptask.bert_endpoint import BertEndpoint
 from yptask.cluster import Cluster, ClusterSettings
 from yptask.config import NodeConfig, TaskDef, load_tasks, validate_message_name
+from yptask.connection_limits import caps
 from yptask.dispatch import TaskPool
 from yptask.errors import (
     CallTimeout,
@@ -107,7 +108,7 @@ class Node:
         self._proxies: dict[str, Any] = {}  # actor urn -> proxy
         self._worker_pids: dict[int, str] = {}  # live worker process -> its task
         self._new_id = _MessageIds()
-        self._runner: Any = None  # aiohttp AppRunner
+        self._runner: Any = None  # HTTPServer
         self._http_socket: socket.socket | None = None
         self._hooks = WorkerHooks(ready=self._worker_ready, watch=self._watch_worker,
                                   retire=self._retire_worker, pull=self._pull_job)
@@ -178,7 +179,8 @@ class Node:
             link_port=c.link_port, http_url=self.http_url, seeds=seeds, mdns=c.mdns,
             service_type=c.mdns_type, heartbeat_s=c.heartbeat_s,
             suspect_after_s=c.down_after_s / 2, down_after_s=c.down_after_s,
-            version=__version__)
+            version=__version__, max_connections=caps(c).link,
+            handshake_timeout_s=c.link_handshake_timeout_s)
 
     def _cookie(self) -> bytes:
         """The cluster cookie: from the config, its file, or a random one kept in the data dir."""
@@ -211,14 +213,15 @@ class Node:
         self.http_url = f"http://{host}:{port}"
 
     async def _start_http(self) -> None:
-        from aiohttp import web
-
+        from yptask.http_server import HTTPLimits, HTTPServer
         from yptask.web.app import make_app
 
         assert self._http_socket is not None
-        self._runner = web.AppRunner(make_app(self, self.admin_token), access_log=None)
-        await self._runner.setup()
-        await web.SockSite(self._runner, self._http_socket).start()
+        c = self.config
+        self._runner = HTTPServer(make_app(self, self.admin_token), HTTPLimits(
+            caps(c).http, head_timeout_s=c.http_head_timeout_s,
+            keepalive_timeout_s=c.http_keepalive_timeout_s))
+        await self._runner.start(self._http_socket)
 
     async def stop(self) -> None:
         """Stop gracefully: timers, forwarding and links, then HTTP, then claims, then workers

@@ -3,7 +3,8 @@
 Reads the node config (the packaged default unless `--config` names one),
 applies the command-line overrides, logs with the node name in every record,
 prints the node's addresses when it is ready, and stops gracefully on a
-signal: running messages finish, workers exit, the journal closes.
+signal: running messages finish, workers exit, the journal closes. It raises
+its soft open-file limit to the hard one first (`yptask.connection_limits`).
 
 The node's event loop is uvloop's: it takes about a sixth off the node's CPU
 per request, which is most of what a call or a cast costs it.
@@ -22,6 +23,7 @@ from typing import Any
 
 import uvloop
 
+from yptask.connection_limits import raise_fd_limit
 from yptask.errors import ConfigError
 
 __all__ = ["EXIT_CONFIG", "EXIT_UNAVAILABLE", "main"]
@@ -98,6 +100,8 @@ def main(argv: list[str]) -> int:
     handler.setFormatter(logging.Formatter(
         "%(asctime)s %(levelname)s [%(node)s] %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    # Before any socket: the connection caps are set under the limit this leaves.
+    raise_fd_limit()
     return uvloop.run(_run(config))
 
 

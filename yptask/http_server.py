@@ -85,7 +85,7 @@ class _Handler(web.RequestHandler):
     not complete a head are the start of one: they arm the head timer.
     """
 
-    __slots__ = ("_limit", "_head_timeout_s", "_head_timer", "_admitted", "_answered")
+    __slots__ = ("_admitted", "_answered", "_head_timeout_s", "_head_timer", "_limit")
 
     def __init__(self, manager: web.Server, limit: ConnectionLimit[_Handler],
                  head_timeout_s: float, **kwargs: Any) -> None:

@@ -1,8 +1,8 @@
 """How many connections a node holds: its open-file limit, each surface's cap, the refusals.
 
 A node raises its soft open-file limit to the hard one at start
-(`raise_fd_limit`): the usual soft limit of 1 024 is a few hundred idle
-connections from a stop of all service. Each surface (HTTP, BERT-RPC, link)
+(`raise_fd_limit`): under the usual soft limit of 1 024, a thousand idle
+connections stop all service. Each surface (HTTP, BERT-RPC, link)
 then caps its connections (`ConnectionLimit`), below the limit by default
 (`default_caps`), so that workers' pipes, the journal and the other surfaces
 always find a descriptor. A connection past a cap is refused with a clear
@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def raise_fd_limit() -> int:
     target = hard
     if hard == resource.RLIM_INFINITY:  # Linux refuses it for files: take the kernel's cap
         with contextlib.suppress(OSError, ValueError):
-            target = int(open("/proc/sys/fs/nr_open").read())  # noqa: SIM115
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
     if target in (resource.RLIM_INFINITY, soft):
         log.info("open files: soft limit %s (the hard limit)", soft)
         return soft

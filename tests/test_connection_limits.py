@@ -60,7 +60,7 @@ def node_process(tmp: Path, soft_fd_limit: int | None = None, **settings: object
     """A node process with these [node] settings, under this soft open-file limit."""
     node = NodeProcess(tmp, TASKS)
     if settings:
-        lines = [f"{key} = {value!r}".replace("'", '"') for key, value in settings.items()]
+        lines = [f"{key} = {value}" for key, value in settings.items()]  # numbers only
         (tmp / "node.toml").write_text("[node]\n" + "\n".join(lines) + "\n")
         node.argv += ["--config", str(tmp / "node.toml")]
     if soft_fd_limit is not None:  # as a node started from a login shell gets it
@@ -123,8 +123,8 @@ def is_closed(sock: socket.socket) -> bool:
     """True once the node has closed `sock` (it reads EOF, or the reset)."""
     sock.settimeout(0)
     try:
-        while data := sock.recv(65536):
-            del data
+        while sock.recv(65536):
+            pass
         return True
     except BlockingIOError:
         return False

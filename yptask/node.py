@@ -31,7 +31,7 @@ from typing import Any
 
 import pykka
 
-from yptask import __version__, codec
+from yptask import __version__
 from yptask.bert_endpoint import BertEndpoint
 from yptask.cluster import Cluster, ClusterSettings
 from yptask.config import NodeConfig, TaskDef, load_tasks, validate_message_name
@@ -58,6 +58,7 @@ from yptask.supervision import ChildSpec, Registry, Supervisor, SupervisorFlags
 from yptask.supervisors.task import NodePlace, TaskSupervisor
 from yptask.supervisors.worker import ProcessGone, WorkerHooks
 from yptask.timer_runner import TIMER_KEY, TIMER_STATE_KEY, TimerRunner, timer_rows
+from yptask.worker_process import payload_size
 
 __all__ = ["Node"]
 
@@ -390,7 +391,7 @@ class Node:
         """Refuse a message that cannot reach a worker."""
         validate_message_name(name)
         try:
-            size = len(codec.encode(msg))
+            size = payload_size(msg)  # as deep as the packet that delivers it puts it
         except EncodeError as exc:
             raise EncodeError(f"message payload cannot travel to a worker: {exc}") from None
         if size > self.config.max_payload_bytes:

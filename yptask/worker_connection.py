@@ -8,7 +8,8 @@ thread wake-ups per call; `lock` is held by whichever side is speaking on the
 pipes. Spawning is shared with the asyncio variant
 (`yptask.worker_process.spawn_process`). A call that times out, or a worker
 that breaks the protocol, gets the worker's process group killed: its state
-is unknown.
+is unknown. Whatever is left of the group once the worker has exited (children
+that ignored the SIGTERM of a stop) is killed too: the group dies with its worker.
 """
 
 from __future__ import annotations
@@ -74,11 +75,11 @@ class WorkerConnection:
         Raises `CallTimeout` (worker killed), `WorkerExited`, `ProtocolError`
         (worker killed), or the rebuilt error of an `{error, ...}` answer.
         """
-        sent = self.send(module, function, args)
+        sent = self.send(Call(module, function, args))
         assert sent, "call() is for a connection with no call waiting for its answer"
         return self.receive(timeout_s)
 
-    def send(self, module: str, function: str, args: list[Any]) -> bool:
+    def send(self, packet: Call) -> bool:
         """Queue a call without waiting for its answer; False if it must wait for answers.
 
         Sending the next message before the answer to the current one keeps the worker
@@ -89,7 +90,7 @@ class WorkerConnection:
         """
         if self.stopped:
             raise WorkerExited(f"worker {self.pid} is stopped")
-        data = frame(Call(module, function, args))
+        data = frame(packet)  # an EncodeError leaves nothing queued
         if self._unanswered and sum(self._unanswered) + len(data) > PIPE_ROOM:
             return False
         self._outgoing.append(data)
@@ -119,11 +120,10 @@ class WorkerConnection:
             raise self._killed(exc, timeout_s) from None
         return self._answer(body)
 
-    async def call_on_loop(self, module: str, function: str, args: list[Any],
-                           timeout_s: float) -> Any:
+    async def call_on_loop(self, packet: Call, timeout_s: float) -> Any:
         """`call`, run by the event loop: for an idle worker, with `lock` held, whose
         pipes are empty. Raises as `call` does."""
-        sent = self.send(module, function, args)
+        sent = self.send(packet)
         assert sent and len(self._unanswered) == 1, "call_on_loop() is for an idle worker"
         if self._unanswered.popleft() <= PIPE_ROOM:
             self.flush()  # into an empty pipe, with room for it: this write does not block

@@ -54,6 +54,10 @@ class WorkerConnection:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.pid, self._to_worker, self._from_worker = spawn_process(spec)
+        # The worker leads its own process group. The group outlives the worker while any
+        # member does, and can be signalled by this id until the last one is gone.
+        self.pgid = self.pid
+        self._group_killed = False
         self.returncode: int | None = None
         self._unanswered: deque[int] = deque()  # the frame size of each call not yet answered
         self._outgoing: list[bytes] = []  # calls sent and not yet written: one write for all
@@ -187,11 +191,11 @@ class WorkerConnection:
         return body
 
     def stop(self, timeout_s: float) -> int:
-        """SIGTERM the worker and close its input; SIGKILL after `timeout_s`. Return its status."""
+        """SIGTERM the worker's group and close its input; SIGKILL after `timeout_s`. Return
+        its status. What is left of the group once the worker has exited is killed."""
         # The signal goes first: after EOF a Python worker may already be finalizing,
         # when a SIGTERM would kill it with the default action instead of being handled.
-        with contextlib.suppress(OSError):
-            os.killpg(self.pid, signal.SIGTERM)
+        self._signal_group(signal.SIGTERM)
         self._close_input()
         deadline = time.monotonic() + timeout_s
         while self.poll() is None:
@@ -203,10 +207,8 @@ class WorkerConnection:
         return self.wait()
 
     def kill(self) -> None:
-        """SIGKILL the worker's process group. Never raises."""
-        if self.returncode is None:
-            with contextlib.suppress(OSError):
-                os.killpg(self.pid, signal.SIGKILL)
+        """SIGKILL the worker's process group, the worker itself exited or not. Never raises."""
+        self._signal_group(signal.SIGKILL)
         self._close_input()
 
     def poll(self) -> int | None:
@@ -230,7 +232,16 @@ class WorkerConnection:
         assert self.returncode is not None
         with contextlib.suppress(OSError):
             os.close(self._from_worker)
+        # Children the worker left in its group (that ignored a SIGTERM, or never got one)
+        # die with it. Once all are killed the id may be reused: never signal it again.
+        self._signal_group(signal.SIGKILL)
+        self._group_killed = True
         return self.returncode
+
+    def _signal_group(self, signum: int) -> None:
+        if not self._group_killed:
+            with contextlib.suppress(OSError):  # no member left
+                os.killpg(self.pgid, signum)
 
     def _exited(self, status: int) -> None:
         self.returncode = os.waitstatus_to_exitcode(status)

@@ -3,7 +3,8 @@
 A worker is started with `os.posix_spawn` (no fork of a threaded node, no
 `preexec_fn`): its protocol pipes land on fds 3 and 4, or on 0 and 1 when
 the task uses stdio; it runs in its own process group so a stop or a kill
-reaches any children it started. Its exit is seen through a pidfd on the
+reaches any children it started, and what is left of the group when the
+worker exits is killed. Its exit is seen through a pidfd on the
 event loop. Calls go one at a time, as a worker handles one message at a time.
 
 It owns the shape of the packet that delivers a message (`handle_call`), and so
@@ -303,6 +304,9 @@ def _watch_exit(loop: asyncio.AbstractEventLoop, pid: int) -> asyncio.Future[int
         loop.remove_reader(pidfd)
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
+        # What the worker left in its group dies with it (see WorkerConnection.wait).
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
         code = os.waitstatus_to_exitcode(status)
         log.info("worker exited: pid %d status %d", pid, code)
         if not exited.done():

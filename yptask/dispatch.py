@@ -416,6 +416,11 @@ async def _call_on_loop(conn: WorkerConnection, args: tuple[str, Any, dict[str, 
         return Outcome(error=exc, worker_lost=True)
     except YPTaskError as exc:  # the handler raised, or has no handler for the name
         return Outcome(error=exc, duration_s=time.monotonic() - start)
+    except Exception as exc:  # a bug on our side: the worker's protocol state is unknown
+        log.exception("a call on worker %d failed unexpectedly; killing it", conn.pid)
+        conn.kill()
+        return Outcome(error=WorkerExited(f"the call failed on the node ({exc!r}); its worker "
+                                          "was killed"), worker_lost=True)
     return Outcome(result=result, duration_s=time.monotonic() - start)
 
 

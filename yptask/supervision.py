@@ -344,12 +344,7 @@ class Supervisor(Supervised):
         """Start, in order, the children that wait for their first start. A child whose
         start fails is restarted (or backed off) like any child that exits."""
         for child in [c for c in self._children.values() if c.spec.id in self._starting]:
-            try:
-                self._spawn(child)
-            except Exception:
-                log.exception("child start failed: %s", child.spec.id)
-                child.ref, child.urn = None, f"start-failed:{uuid.uuid4()}"
-                self.actor_ref.tell(Exit(child.spec.id, child.urn, ExitReason.START_FAILED))
+            self._spawn_reporting(child)
 
     def terminate(self, reason: ExitReason) -> None:
         if self._timer is not None:
@@ -435,6 +430,17 @@ class Supervisor(Supervised):
             self._starting.discard(spec.id)
             self._changed()
 
+    def _spawn_reporting(self, child: _Child) -> bool:
+        """Start a child; True if it started. A failed start comes back as its Exit (an
+        exception from its start function too), to be restarted like any exit."""
+        try:
+            return self._spawn(child) is None
+        except Exception:
+            log.exception("child start failed: %s", child.spec.id)
+            child.ref, child.urn = None, f"start-failed:{uuid.uuid4()}"
+            self.actor_ref.tell(Exit(child.spec.id, child.urn, ExitReason.START_FAILED))
+            return False
+
     def _forget(self, child: _Child) -> None:
         self.registry.unregister(child.spec.id, child.urn)
         child.ref = child.urn = None
@@ -493,14 +499,7 @@ class Supervisor(Supervised):
         for child in [c for c in self._children.values() if c.spec.id in self._pending]:
             self._pending.discard(child.spec.id)
             child.restarts += 1
-            try:
-                error = self._spawn(child)
-            except Exception:
-                log.exception("child restart failed: %s", child.spec.id)
-                child.ref, child.urn = None, f"start-failed:{uuid.uuid4()}"
-                self.actor_ref.tell(Exit(child.spec.id, child.urn, ExitReason.START_FAILED))
-                continue
-            if error is None:
+            if self._spawn_reporting(child):
                 log.info("child restarted: %s", child.spec.id)
 
     def _enter_backoff(self, now: float) -> None:

@@ -65,9 +65,15 @@ def _levels_above(term: Any, target: object) -> int | None:
     return None
 
 
-_PAYLOAD = object()
-# The containers of the handle packet around a payload, found in the packet itself.
-PAYLOAD_LEVELS = _levels_above(handle_call("", _PAYLOAD, {}).to_term(), _PAYLOAD) or 0
+def _payload_levels() -> int:
+    """The containers of the handle packet around a payload, found in the packet itself."""
+    payload = object()
+    levels = _levels_above(handle_call("", payload, {}).to_term(), payload)
+    assert levels is not None, "the handle packet carries the payload"
+    return levels
+
+
+PAYLOAD_LEVELS = _payload_levels()
 # The containers a payload may nest, so that the packet stays within the codec's cap.
 MAX_PAYLOAD_DEPTH = codec.DEFAULT_MAX_DEPTH - PAYLOAD_LEVELS
 
@@ -111,7 +117,6 @@ def _deeper_than(value: Any, levels: int) -> bool:
     if not items:  # as deep as a number
         return False
     return levels == 0 or any(_deeper_than(item, levels - 1) for item in items)
-
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,18 @@ a visible backoff) whose children are `WorkerActor`s. It follows its task's
 definition live: `resize()` adds or drains workers, and `rolling_restart()`
 replaces them one at a time, new before old, so no message in flight is
 interrupted and capacity never drops to zero.
+
+A task created while the node runs starts its workers in the background (a
+worker whose setup is slow does not hold up the admin request); at the node's
+start they start before the node says it is ready. It publishes its state on
+every change, so the node's status never waits on it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +28,7 @@ from yptask.supervision import (
     Registry,
     Supervisor,
     SupervisorFlags,
+    SupervisorState,
 )
 from yptask.supervisors.worker import WorkerActor, WorkerConfig, WorkerHooks
 from yptask.tasks.runner import runner_argv
@@ -64,7 +71,8 @@ class TaskSupervisor(Supervisor):
     """Supervises the worker actors of one task on this node."""
 
     def __init__(self, task: TaskDef, node: NodePlace, hooks: WorkerHooks, *,
-                 link: ChildLink | None = None) -> None:
+                 link: ChildLink | None = None, start_in_background: bool = False,
+                 publish: Callable[[str, SupervisorState], None] | None = None) -> None:
         self.task = task
         self.node = node
         self.node_name = node.name
@@ -72,7 +80,7 @@ class TaskSupervisor(Supervisor):
         self._serial = 0
         children = [self._child_spec() for _ in range(task.workers_on(node.name))]
         super().__init__(children, TASK_FLAGS, name=f"task {task.name}", registry=Registry(),
-                         link=link)
+                         link=link, start_in_background=start_in_background, publish=publish)
 
     def _child_spec(self) -> ChildSpec:
         self._serial += 1

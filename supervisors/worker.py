@@ -13,7 +13,10 @@ connection's lock, which the actor takes before touching them again. When
 the process dies, hangs past the message timeout or breaks the protocol, the
 oldest unanswered job is reported as lost (so it is redelivered), the ones
 queued behind it as never started, and the actor crashes on purpose: its
-supervisor starts a fresh worker.
+supervisor starts a fresh worker. A job whose message cannot be encoded for
+the worker fails for good (it is dead-lettered) and the worker serves on; any
+other error while the actor holds jobs settles them all before it propagates,
+so no delivery is left in flight.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from yptask.errors import CallTimeout, ProtocolError, WorkerExited, YPTaskError
+from yptask.errors import CallTimeout, EncodeError, ProtocolError, WorkerExited, YPTaskError
 from yptask.supervision import ChildLink, ExitReason, Supervised
 from yptask.worker_connection import WorkerConnection
-from yptask.worker_process import WorkerSpec
+from yptask.worker_process import WorkerSpec, handle_call
 
 __all__ = ["Job", "Outcome", "ProcessGone", "WorkerActor", "WorkerConfig", "WorkerHooks"]
 
@@ -55,6 +58,7 @@ class Outcome:
     worker_lost: bool = False
     started: bool = True  # False: the worker never read it, so no attempt was spent
     duration_s: float | None = None  # how long the handler took, when it answered
+    permanent: bool = False  # the message itself cannot be delivered: no retry can help
 
 
 @dataclass(frozen=True)
@@ -149,30 +153,40 @@ class WorkerActor(Supervised):
         """
         window: deque[Job] = deque()  # written, not yet answered, oldest first
         held: Job | None = first  # taken from the pool, not yet written
-        while True:
-            while len(window) < self._depth:
-                if held is None:
-                    held = self.hooks.pull(self.task, self.actor_ref)
+        try:
+            while True:
+                while len(window) < self._depth:
                     if held is None:
+                        held = self.hooks.pull(self.task, self.actor_ref)
+                        if held is None:
+                            break
+                    if not window:  # the worker starts on it now
+                        self._busy_since = time.monotonic()
+                    if not self._send(held, window):
                         break
-                if not window:  # the worker starts on it now
-                    self._busy_since = time.monotonic()
-                if not self._send(held, window):
-                    break
-                held = None
-            if not window:  # an empty pipe takes any job, so nothing is held either
-                return
-            self._finish(window, held)
+                    held = None
+                if not window:  # an empty pipe takes any job, so nothing is held either
+                    return
+                self._finish(window, held)
+        except BaseException as exc:
+            # Whatever went wrong, no job this actor holds is left unsettled (a job
+            # settled already keeps its first outcome).
+            _lose(window, exc if isinstance(exc, YPTaskError) else
+                  WorkerExited(f"worker actor failed: {exc!r}"), held)
+            raise
 
     def _send(self, job: Job, window: deque[Job]) -> bool:
-        """Write a job's call behind the `window`; False if it must wait for answers.
-        On a dead worker settle every job as lost and crash."""
+        """Write a job's call behind the `window`, or fail a job that cannot be encoded;
+        False if it must wait for answers. On a dead worker raise (the caller settles)."""
         assert self.conn is not None
         try:
-            sent = self.conn.send("yptask", "handle", [job.name, job.payload, job.meta])
-        except WorkerExited as exc:
-            _lose(window, exc, job)
-            raise  # crash on purpose: the supervisor starts a fresh worker
+            sent = self.conn.send(handle_call(job.name, job.payload, job.meta))
+        except EncodeError as exc:  # nothing was written: the worker serves on
+            log.error("message %s cannot be sent to a worker of task %s: %s",
+                      job.meta.get("id"), self.task, exc)
+            job.done(Outcome(error=EncodeError(f"the message cannot be encoded for its "
+                                               f"worker: {exc}"), permanent=True))
+            return True
         if sent:
             window.append(job)
         return sent
@@ -183,14 +197,10 @@ class WorkerActor(Supervised):
         asked = time.monotonic()
         try:
             result = self.conn.receive(window[0].timeout_s)
-        except (WorkerExited, CallTimeout, ProtocolError) as exc:
-            _lose(window, exc, held)
-            raise  # crash on purpose: the supervisor starts a fresh worker
+        except (WorkerExited, CallTimeout, ProtocolError):
+            raise  # crash on purpose (the jobs are settled): a fresh worker is started
         except YPTaskError as exc:  # the handler raised, or has no handler for the name
             window.popleft().done(Outcome(error=exc, duration_s=self._took()))
-        except BaseException as exc:  # a bug here: the jobs must still be settled
-            _lose(window, WorkerExited(f"worker actor failed: {exc!r}"), held)
-            raise
         else:
             window.popleft().done(Outcome(result=result, duration_s=self._took()))
         self._adapt(waited_s=time.monotonic() - asked, written=len(window) + 1)

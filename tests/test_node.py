@@ -247,10 +247,12 @@ async def test_a_message_for_a_task_running_nowhere_waits_until_it_runs(start_no
 async def test_worker_count_follows_the_definition_live(start_node, tmp_path):
     node = await start_node([sample_task("a", ["*.record"], tmp_path)])
     definition = await node.get_task("a")
+    # (a put answers before its workers have started or stopped)
     await node.put_task({**definition, "nodes": {"*": 3}})
-    assert (await node.status())["tasks"]["a"]["workers"] == {"n1": 3}
+    await until(lambda: _task_status(node, "a", {"workers": {"n1": 3}, "state": "running"}),
+                what="three workers")
     await node.put_task({**definition, "nodes": {"*": 1}})
-    assert (await node.status())["tasks"]["a"]["workers"] == {"n1": 1}
+    await until(lambda: _task_status(node, "a", {"workers": {"n1": 1}}), what="one worker")
 
 
 async def test_idle_workers_are_reaped_and_spawned_again_on_demand(start_node, tmp_path):

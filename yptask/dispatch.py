@@ -31,12 +31,20 @@ from typing import Any
 import pykka
 
 from yptask.config import TaskDef
-from yptask.errors import CallTimeout, HandlerError, ProtocolError, WorkerExited, YPTaskError
+from yptask.errors import (
+    CallTimeout,
+    EncodeError,
+    HandlerError,
+    ProtocolError,
+    WorkerExited,
+    YPTaskError,
+)
 from yptask.group_commit import JournalThread
 from yptask.journal import Delivery, Journal
 from yptask.metrics import Failure, TaskMetrics
 from yptask.supervisors.worker import Job, Outcome
 from yptask.worker_connection import WorkerConnection
+from yptask.worker_process import handle_call
 
 __all__ = ["TaskPool"]
 
@@ -255,7 +263,7 @@ class TaskPool:
         """
         self._started()
         try:
-            outcome = await _call_on_loop(conn, [name, payload, meta], timeout_s)
+            outcome = await _call_on_loop(conn, (name, payload, meta), timeout_s)
         finally:
             conn.lock.release()
         if not outcome.worker_lost:
@@ -309,12 +317,15 @@ class TaskPool:
         while not self._closing:  # besides the cancel: see the wait below
             self._work_queued.clear()  # whatever set it is looked at below
             self._claim_asked = False
-            if self.task.workers_on(self.node_name) == 0:  # its deliveries go elsewhere
-                await self._release_backlog()
-            elif len(self._backlog) < self._low_water():
-                limit = min(MAX_CLAIM, 2 * self._low_water() - len(self._backlog))
-                self._backlog.extend(await self.journal.run(partial(Journal.claim, task=task,
-                                                                    limit=limit)))
+            try:
+                if self.task.workers_on(self.node_name) == 0:  # its deliveries go elsewhere
+                    await self._release_backlog()
+                elif len(self._backlog) < self._low_water():
+                    limit = min(MAX_CLAIM, 2 * self._low_water() - len(self._backlog))
+                    self._backlog.extend(await self.journal.run(
+                        partial(Journal.claim, task=task, limit=limit)))
+            except Exception:  # the journal failed: this loop carries on, and tries again
+                log.exception("task %s: claiming deliveries failed; trying again", task)
             while self._backlog and self._free:  # work for idle workers
                 ref = self._free.popleft()
                 if ref.is_alive() and ref.actor_urn not in self._retired:
@@ -386,22 +397,30 @@ class TaskPool:
             self.loop.call_soon_threadsafe(self._work_queued.set)
         else:
             self.journal.run_nowait(partial(_fail, delivery=delivery, error=outcome.error,
-                                            task=self.task))
+                                            task=self.task, permanent=outcome.permanent))
 
 
-async def _call_on_loop(conn: WorkerConnection, args: list[Any], timeout_s: float) -> Outcome:
+async def _call_on_loop(conn: WorkerConnection, args: tuple[str, Any, dict[str, Any]],
+                        timeout_s: float) -> Outcome:
     """Run `handle(Name, Payload, Meta)` on an idle worker's connection, from the loop."""
     if conn.stopped:
         return Outcome(error=WorkerExited("the worker stopped before taking the call"),
                        worker_lost=True, started=False)
     start = time.monotonic()
     try:
-        result = await conn.call_on_loop("yptask", "handle", args, timeout_s)
+        result = await conn.call_on_loop(handle_call(*args), timeout_s)
+    except EncodeError as exc:  # nothing was written: the worker is still free
+        return Outcome(error=exc)
     except (WorkerExited, CallTimeout, ProtocolError) as exc:
         # The worker is gone or killed: its actor learns it from the process's exit.
         return Outcome(error=exc, worker_lost=True)
     except YPTaskError as exc:  # the handler raised, or has no handler for the name
         return Outcome(error=exc, duration_s=time.monotonic() - start)
+    except Exception as exc:  # a bug on our side: the worker's protocol state is unknown
+        log.exception("a call on worker %d failed unexpectedly; killing it", conn.pid)
+        conn.kill()
+        return Outcome(error=WorkerExited(f"the call failed on the node ({exc!r}); its worker "
+                                          "was killed"), worker_lost=True)
     return Outcome(result=result, duration_s=time.monotonic() - start)
 
 
@@ -412,12 +431,17 @@ def describe(error: YPTaskError) -> tuple[str, str, str]:
     return type(error).__name__, str(error), ""
 
 
-def _fail(journal: Journal, delivery: Delivery, error: YPTaskError, task: TaskDef) -> bool:
-    """Record a failed attempt (in the journal thread); return True if it was dead-lettered."""
+def _fail(journal: Journal, delivery: Delivery, error: YPTaskError, task: TaskDef,
+          permanent: bool = False) -> bool:
+    """Record a failed attempt (in the journal thread); return True if it was dead-lettered.
+
+    A `permanent` failure (the message itself cannot be delivered) is dead-lettered at once.
+    """
     error_class, detail, backtrace = describe(error)
     # Exponential backoff between attempts: 1x, 2x, 4x ... the task's retry backoff.
     retry_after = task.retry_backoff_s * 2 ** max(0, delivery.attempt - 1)
-    dead = journal.fail(delivery.message.id, delivery.task, max_attempts=task.max_attempts,
+    max_attempts = 0 if permanent else task.max_attempts
+    dead = journal.fail(delivery.message.id, delivery.task, max_attempts=max_attempts,
                         retry_after_s=retry_after, error_class=error_class, error=detail,
                         traceback=backtrace, now=time.time())
     log.log(logging.ERROR if dead else logging.WARNING,

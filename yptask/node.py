@@ -5,6 +5,9 @@ event loop: `cast`, `call`, and the admin operations. The node passes its
 parts explicitly (no module-level state), so several nodes can run in one
 test process. Blocking work never runs on the loop: SQLite goes through the
 journal thread or `asyncio.to_thread`, and asks to actors run in threads.
+Admin requests never wait on a worker: a task's supervisor is told what to
+change and does it in the background, and `status` reads the state each
+supervisor publishes instead of asking it.
 
 Start order: store and journal, then the supervision tree (task supervisors,
 each starting its workers), then the delivery loops, then HTTP and BERT-RPC,
@@ -31,7 +34,7 @@ from typing import Any
 
 import pykka
 
-from yptask import __version__, codec
+from yptask import __version__
 from yptask.bert_endpoint import BertEndpoint
 from yptask.cluster import Cluster, ClusterSettings
 from yptask.config import NodeConfig, TaskDef, load_tasks, validate_message_name
@@ -56,10 +59,18 @@ from yptask.membership import Change
 from yptask.node_secrets import ADMIN_TOKEN_FILE, COOKIE_FILE, read_or_make
 from yptask.replicated import Entry, HybridClock, ReplicatedStore
 from yptask.schedule import TimerDef
-from yptask.supervision import ChildSpec, Registry, Supervisor, SupervisorFlags
+from yptask.supervision import (
+    ChildSpec,
+    Phase,
+    Registry,
+    Supervisor,
+    SupervisorFlags,
+    SupervisorState,
+)
 from yptask.supervisors.task import NodePlace, TaskSupervisor
 from yptask.supervisors.worker import ProcessGone, WorkerHooks
 from yptask.timer_runner import TIMER_KEY, TIMER_STATE_KEY, TimerRunner, timer_rows
+from yptask.worker_process import payload_size
 
 __all__ = ["Node"]
 
@@ -106,6 +117,9 @@ class Node:
         self._tree: pykka.ActorProxy[Supervisor] | None = None
         self._registry: Registry | None = None
         self._proxies: dict[str, Any] = {}  # actor urn -> proxy
+        # task -> (urn, state) its supervisor last published: status reads it, never asks
+        self._supervisor_states: dict[str, tuple[str, SupervisorState]] = {}
+        self._asks: set[asyncio.Task[None]] = set()  # asks to the actors nobody waits on
         self._worker_pids: dict[int, str] = {}  # live worker process -> its task
         self._new_id = _MessageIds()
         self._runner: Any = None  # HTTPServer
@@ -249,6 +263,7 @@ class Node:
         if self._tree is not None:
             tree = self._tree.actor_ref
             await asyncio.to_thread(lambda: tree.stop(block=True, timeout=ASK_TIMEOUT_S))
+        await asyncio.gather(*self._asks, return_exceptions=True)  # answered by now
         for pool in self.pools.values():
             await pool.close()
         if self._journal is not None:
@@ -385,7 +400,7 @@ class Node:
         """Refuse a message that cannot reach a worker."""
         validate_message_name(name)
         try:
-            size = len(codec.encode(msg))
+            size = payload_size(msg)  # as deep as the packet that delivers it puts it
         except EncodeError as exc:
             raise EncodeError(f"message payload cannot travel to a worker: {exc}") from None
         if size > self.config.max_payload_bytes:
@@ -401,7 +416,11 @@ class Node:
         return self._task(name).to_dict()
 
     async def put_task(self, definition: dict[str, Any]) -> dict[str, Any]:
-        """Create or replace a task definition, on every node; its workers follow at once."""
+        """Create or replace a task definition, on every node; its workers follow at once.
+
+        Answers once the definition is stored and the task's supervisor is told: the
+        workers start (or are replaced) in the background, as the task's status shows.
+        """
         self._check_running()
         task = TaskDef.from_dict(definition)
         old = self.tasks.get(task.name)
@@ -473,17 +492,18 @@ class Node:
         self._check_running()
         task = self._task(name)
         task = replace(task, restart_generation=task.restart_generation + 1)
-        replaced = await self._write_task(name, task)
+        replaced = await self._write_task(name, task, wait=True)
         return {"task": name, "generation": task.restart_generation, "replaced": replaced,
                 "workers": task.workers_on(self.name)}
 
-    async def _write_task(self, name: str, task: TaskDef | None) -> int:
+    async def _write_task(self, name: str, task: TaskDef | None, *, wait: bool = False) -> int:
         """Store a definition (None: delete) in the replicated map, apply it here, push it
-        to the peers; return how many local workers were replaced."""
+        to the peers; return how many local workers were replaced (with `wait`, see
+        `_apply_task`)."""
         assert self._store is not None
         value = None if task is None else task.to_dict()
         entry = await asyncio.to_thread(self._store.put, TASK_KEY + name, value)
-        replaced = await self._apply_task(name, task)
+        replaced = await self._apply_task(name, task, wait=wait)
         if self.cluster is not None:
             self.cluster.publish([entry])
         return replaced
@@ -502,8 +522,13 @@ class Node:
                 continue
             await self._apply_task(name, task)
 
-    async def _apply_task(self, name: str, task: TaskDef | None) -> int:
-        """Make this node run `task` as defined (None: not at all); return workers replaced."""
+    async def _apply_task(self, name: str, task: TaskDef | None, *, wait: bool = False) -> int:
+        """Make this node run `task` as defined (None: not at all).
+
+        The task's supervisor is told, and its workers start, stop or are replaced in
+        the background: no admin request waits on a slow worker. With `wait` (a
+        restart), return once the workers are replaced, with how many were.
+        """
         async with self._config_lock:  # one change at a time, in the order they came
             old = self.tasks.get(name)
             assert self._tree is not None
@@ -512,10 +537,11 @@ class Node:
                     return 0
                 del self.tasks[name]
                 self._subscriptions.clear()
-                await asyncio.to_thread(self._ask, self._tree.terminate_child(name))
                 await self.pools.pop(name).close()
                 if name in self.forwarders:
                     await self.forwarders.pop(name).close()
+                # its workers finish their current message and stop, its supervisor last
+                self._in_background(self._tree.terminate_child(name), f"deleting task {name}")
                 log.info("task %s deleted", name)
                 return 0
             self.tasks[name] = task
@@ -524,7 +550,8 @@ class Node:
             if old is None:  # the supervisor first, so the pool finds it when it needs workers
                 pool = self._pool(task)
                 self.pools[name] = pool
-                await asyncio.to_thread(self._ask, self._tree.start_child(self._task_child(task)))
+                await asyncio.to_thread(self._ask, self._tree.start_child(
+                    self._task_child(task, start_in_background=True)))
                 pool.start()
                 self._start_forwarder(task)
             else:
@@ -534,13 +561,27 @@ class Node:
                     self.forwarders[name].notify()
                 supervisor = self._task_supervisor(name)
                 if replace(old, nodes=task.nodes) == task:  # only the worker counts changed
-                    await asyncio.to_thread(self._ask,
-                                            supervisor.resize(task.workers_on(self.name)))
+                    change = supervisor.resize(task.workers_on(self.name))
                 else:  # anything else takes new workers
-                    replaced = await asyncio.to_thread(self._ask,
-                                                       supervisor.rolling_restart(task))
+                    change = supervisor.rolling_restart(task)
+                if wait:
+                    replaced = await asyncio.to_thread(self._ask, change)
+                else:
+                    self._in_background(change, f"applying task {name}")
             log.info("task %s %s", name, "created" if old is None else "updated")
             return int(replaced)
+
+    def _in_background(self, answer: pykka.Future[Any], what: str) -> None:
+        """Let an ask to the actors end without waiting for it; log it if it fails."""
+        async def wait() -> None:
+            try:
+                await asyncio.to_thread(self._ask, answer)
+            except Exception as exc:  # the supervisor restarts or backs off on its own
+                log.error("%s failed: %s", what, exc)
+
+        ask = self.loop.create_task(wait(), name=what)
+        self._asks.add(ask)
+        ask.add_done_callback(self._asks.discard)
 
     def _pool(self, task: TaskDef) -> TaskPool:
         assert self._journal is not None
@@ -553,10 +594,17 @@ class Node:
             raise UnknownTask(f"no task named {name!r}; `yptask tasks` lists them")
         return task
 
-    def _task_child(self, task: TaskDef) -> ChildSpec:
+    def _task_child(self, task: TaskDef, *, start_in_background: bool = False) -> ChildSpec:
+        """The spec of a task's supervisor: at the node's start its workers start before the
+        node is ready; a task created later answers its creator first."""
         place = NodePlace(self.name, self.data_dir, self.log_dir, self.http_url + "/rpc")
         return ChildSpec(id=task.name, start=TaskSupervisor, args=(task, place, self._hooks),
+                         kwargs={"publish": partial(self._supervisor_published, task.name),
+                                 "start_in_background": start_in_background},
                          shutdown_s=ASK_TIMEOUT_S, start_timeout_s=ASK_TIMEOUT_S)
+
+    def _supervisor_published(self, task: str, urn: str, state: SupervisorState) -> None:
+        self._supervisor_states[task] = (urn, state)  # any thread: one atomic store
 
     def _task_supervisor(self, name: str) -> pykka.ActorProxy[TaskSupervisor]:
         assert self._registry is not None
@@ -576,7 +624,7 @@ class Node:
         tasks = {}
         for name, pool in self.pools.items():
             queued, inflight = await self._journal.run(partial(Journal.depth, task=name))
-            state = await asyncio.to_thread(self._supervisor_state, name)
+            state = self._supervisor_state(name)
             workers = {self.name: state["workers"], **self._workers_elsewhere(name)}
             tasks[name] = {**pool.metrics.summary(), "workers": workers, "state": state["state"],
                            "queued": queued, "in_flight": inflight, "handled": pool.handled,
@@ -597,15 +645,20 @@ class Node:
         return counts
 
     def _supervisor_state(self, name: str) -> dict[str, Any]:
-        try:
-            supervisor = self._task_supervisor(name)
-            state = supervisor.state().get(timeout=ASK_TIMEOUT_S)
-            workers = len(supervisor.worker_ids().get(timeout=ASK_TIMEOUT_S))
-        except (UnknownTask, pykka.ActorDeadError):
+        """A task's state from what its supervisor last published: a supervisor busy
+        starting a slow worker is never asked."""
+        assert self._registry is not None
+        ref = self._registry.whereis(name)
+        if ref is None:
             return {"state": "stopped", "workers": 0}
-        if state.phase.value == "backoff":
-            return {"state": "backoff", "workers": workers}
-        return {"state": "running" if workers else "idle", "workers": workers}
+        urn, state = self._supervisor_states.get(name, ("", None))
+        if state is None or urn != ref.actor_urn:  # started, not yet published
+            return {"state": "starting", "workers": 0}
+        if state.phase is Phase.BACKOFF:
+            return {"state": "backoff", "workers": state.running}
+        if state.starting:
+            return {"state": "starting", "workers": state.running}
+        return {"state": "running" if state.running else "idle", "workers": state.running}
 
     async def failures(self, limit: int = 100) -> list[dict[str, Any]]:
         """The most recent failed attempts on this node, newest first, with tracebacks."""

@@ -10,6 +10,12 @@ ref, as refs die on restart); and the pure rules `should_restart`, `recent`,
 `within_intensity`, `backoff_delay` (no actors, no clock). More than `intensity`
 restarts within `period_s` puts a supervisor into a visible BACKOFF phase (exponential,
 capped) rather than crashing it, unless `escalate` is set. No module-level state.
+
+A supervisor may start its children in the background (`start_in_background`):
+its own start then returns at once and the children start from its inbox, with
+the same outcome as a start in `init()`. Callers who must not wait on a busy
+supervisor read the snapshot it publishes (`publish`) whenever its children or
+its phase change, instead of asking it.
 """
 
 from __future__ import annotations
@@ -167,6 +173,11 @@ class _Retry:
     token: int
 
 
+@dataclass(frozen=True)
+class _StartChildren:
+    """Start the children not started yet (a supervisor that starts them in the background)."""
+
+
 class ChildLink:
     """A child's tie to its supervisor: where to report exits, and whether init() is done."""
 
@@ -272,6 +283,8 @@ class SupervisorState:
     next_retry_at: float | None  # on the supervisor's clock
     retry_in_s: float | None
     pending: tuple[str, ...]  # child ids waiting for the retry
+    running: int = 0  # children alive now
+    starting: tuple[str, ...] = ()  # child ids being started, or waiting for their first start
 
 
 @dataclass
@@ -288,9 +301,14 @@ class Supervisor(Supervised):
     def __init__(self, children: Sequence[ChildSpec] = (), flags: SupervisorFlags | None = None,
                  *, name: str = "supervisor", registry: Registry | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 link: ChildLink | None = None) -> None:
+                 link: ChildLink | None = None, start_in_background: bool = False,
+                 publish: Callable[[str, SupervisorState], None] | None = None) -> None:
+        """`publish(actor urn, state)` is called in the supervisor's thread on every change."""
         super().__init__(link=link)
         self.name = name
+        self._background = start_in_background
+        self._publish = publish
+        self._starting: set[str] = set()
         self.flags = flags if flags is not None else SupervisorFlags()
         self.registry = registry if registry is not None else Registry()
         self._clock = clock
@@ -307,6 +325,11 @@ class Supervisor(Supervised):
         self._timer: threading.Timer | None = None  # pending backoff retry
 
     def init(self) -> None:
+        if self._background:
+            self._starting.update(self._children)
+            self._changed()
+            self.actor_ref.tell(_StartChildren())
+            return
         started: list[_Child] = []
         try:
             for child in self._children.values():
@@ -315,6 +338,13 @@ class Supervisor(Supervised):
         except Exception:
             self._stop_children(reversed(started))
             raise
+        self._changed()
+
+    def _start_children(self) -> None:
+        """Start, in order, the children that wait for their first start. A child whose
+        start fails is restarted (or backed off) like any child that exits."""
+        for child in [c for c in self._children.values() if c.spec.id in self._starting]:
+            self._spawn_reporting(child)
 
     def terminate(self, reason: ExitReason) -> None:
         if self._timer is not None:
@@ -326,6 +356,8 @@ class Supervisor(Supervised):
             return self._on_exit(message)
         if isinstance(message, _Retry):
             return self._on_retry(message.token)
+        if isinstance(message, _StartChildren):
+            return self._start_children()
         return super().on_receive(message)
 
     def start_child(self, spec: ChildSpec) -> ActorRef:
@@ -350,6 +382,7 @@ class Supervisor(Supervised):
         if child is None:
             raise NoSuchChild(f"{self.name}: no child {child_id!r}")
         self._pending.discard(child_id)
+        self._starting.discard(child_id)
         self._stop_children([child])
 
     def which_children(self) -> list[ChildInfo]:
@@ -364,29 +397,54 @@ class Supervisor(Supervised):
         return SupervisorState(
             self.name, self._phase, self._restarts, self._attempt, at,
             None if at is None else max(0.0, at - self._clock()),
-            tuple(i for i in self._children if i in self._pending))
+            tuple(i for i in self._children if i in self._pending),
+            sum(1 for c in self._children.values() if c.ref is not None and c.ref.is_alive()),
+            tuple(i for i in self._children if i in self._starting))
+
+    def _changed(self) -> None:
+        """Publish a snapshot of this supervisor's state, for readers who must not ask."""
+        if self._publish is not None:
+            self._publish(self.actor_urn, self.state())
 
     def _spawn(self, child: _Child) -> str | None:
         """Start a child and wait for a Supervised child's init(); return its init error."""
         spec = child.spec
-        link = ChildLink(self.actor_ref, spec.id)
-        start = spec.start
-        if isinstance(start, type) and issubclass(start, pykka.Actor):
-            start = start.start
-        ref = cast(StartFunc, start)(*spec.args, link=link, **spec.kwargs)
-        child.ref, child.urn = ref, ref.actor_urn
-        if issubclass(ref.actor_class, Supervised) and not link.started.wait(
-                spec.start_timeout_s):
-            log.warning("child start timed out: %s (%.1f s)", spec.id, spec.start_timeout_s)
-        if link.error is not None:  # its Exit is already in our inbox
-            return link.error
-        self.registry.register(spec.id, ref)
-        log.info("child started: %s", spec.id)
-        return None
+        self._starting.add(spec.id)
+        self._changed()
+        try:
+            link = ChildLink(self.actor_ref, spec.id)
+            start = spec.start
+            if isinstance(start, type) and issubclass(start, pykka.Actor):
+                start = start.start
+            ref = cast(StartFunc, start)(*spec.args, link=link, **spec.kwargs)
+            child.ref, child.urn = ref, ref.actor_urn
+            if issubclass(ref.actor_class, Supervised) and not link.started.wait(
+                    spec.start_timeout_s):
+                log.warning("child start timed out: %s (%.1f s)", spec.id, spec.start_timeout_s)
+            if link.error is not None:  # its Exit is already in our inbox
+                return link.error
+            self.registry.register(spec.id, ref)
+            log.info("child started: %s", spec.id)
+            return None
+        finally:
+            self._starting.discard(spec.id)
+            self._changed()
+
+    def _spawn_reporting(self, child: _Child) -> bool:
+        """Start a child; True if it started. A failed start comes back as its Exit (an
+        exception from its start function too), to be restarted like any exit."""
+        try:
+            return self._spawn(child) is None
+        except Exception:
+            log.exception("child start failed: %s", child.spec.id)
+            child.ref, child.urn = None, f"start-failed:{uuid.uuid4()}"
+            self.actor_ref.tell(Exit(child.spec.id, child.urn, ExitReason.START_FAILED))
+            return False
 
     def _forget(self, child: _Child) -> None:
         self.registry.unregister(child.spec.id, child.urn)
         child.ref = child.urn = None
+        self._changed()
 
     def _stop_children(self, children: Iterable[_Child]) -> None:
         for child in children:
@@ -441,14 +499,7 @@ class Supervisor(Supervised):
         for child in [c for c in self._children.values() if c.spec.id in self._pending]:
             self._pending.discard(child.spec.id)
             child.restarts += 1
-            try:
-                error = self._spawn(child)
-            except Exception:
-                log.exception("child restart failed: %s", child.spec.id)
-                child.ref, child.urn = None, f"start-failed:{uuid.uuid4()}"
-                self.actor_ref.tell(Exit(child.spec.id, child.urn, ExitReason.START_FAILED))
-                continue
-            if error is None:
+            if self._spawn_reporting(child):
                 log.info("child restarted: %s", child.spec.id)
 
     def _enter_backoff(self, now: float) -> None:
@@ -460,6 +511,7 @@ class Supervisor(Supervised):
         self._timer = threading.Timer(delay, self._wake, args=(self._token,))
         self._timer.daemon = True
         self._timer.start()
+        self._changed()
         log.warning("supervisor backoff: %s: more than %d restarts in %.1f s; "
                     "retry %d in %.2f s for %s", self.name, self.flags.intensity,
                     self.flags.period_s, self._attempt, delay, sorted(self._pending))
@@ -475,3 +527,4 @@ class Supervisor(Supervised):
         self._phase, self._next_retry_at, self._timer = Phase.RUNNING, None, None
         log.info("supervisor backoff over: %s; restarting %s", self.name, sorted(self._pending))
         self._restart_pending(self._clock())
+        self._changed()

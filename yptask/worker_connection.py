@@ -8,7 +8,8 @@ thread wake-ups per call; `lock` is held by whichever side is speaking on the
 pipes. Spawning is shared with the asyncio variant
 (`yptask.worker_process.spawn_process`). A call that times out, or a worker
 that breaks the protocol, gets the worker's process group killed: its state
-is unknown.
+is unknown. Whatever is left of the group once the worker has exited (children
+that ignored the SIGTERM of a stop) is killed too: the group dies with its worker.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class WorkerConnection:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.pid, self._to_worker, self._from_worker = spawn_process(spec)
+        # The worker leads its own process group. The group outlives the worker while any
+        # member does, and can be signalled by this id until the last one is gone.
+        self.pgid = self.pid
+        self._group_killed = False
         self.returncode: int | None = None
         self._unanswered: deque[int] = deque()  # the frame size of each call not yet answered
         self._outgoing: list[bytes] = []  # calls sent and not yet written: one write for all
@@ -74,11 +79,11 @@ class WorkerConnection:
         Raises `CallTimeout` (worker killed), `WorkerExited`, `ProtocolError`
         (worker killed), or the rebuilt error of an `{error, ...}` answer.
         """
-        sent = self.send(module, function, args)
+        sent = self.send(Call(module, function, args))
         assert sent, "call() is for a connection with no call waiting for its answer"
         return self.receive(timeout_s)
 
-    def send(self, module: str, function: str, args: list[Any]) -> bool:
+    def send(self, packet: Call) -> bool:
         """Queue a call without waiting for its answer; False if it must wait for answers.
 
         Sending the next message before the answer to the current one keeps the worker
@@ -89,7 +94,7 @@ class WorkerConnection:
         """
         if self.stopped:
             raise WorkerExited(f"worker {self.pid} is stopped")
-        data = frame(Call(module, function, args))
+        data = frame(packet)  # an EncodeError leaves nothing queued
         if self._unanswered and sum(self._unanswered) + len(data) > PIPE_ROOM:
             return False
         self._outgoing.append(data)
@@ -119,11 +124,10 @@ class WorkerConnection:
             raise self._killed(exc, timeout_s) from None
         return self._answer(body)
 
-    async def call_on_loop(self, module: str, function: str, args: list[Any],
-                           timeout_s: float) -> Any:
+    async def call_on_loop(self, packet: Call, timeout_s: float) -> Any:
         """`call`, run by the event loop: for an idle worker, with `lock` held, whose
         pipes are empty. Raises as `call` does."""
-        sent = self.send(module, function, args)
+        sent = self.send(packet)
         assert sent and len(self._unanswered) == 1, "call_on_loop() is for an idle worker"
         if self._unanswered.popleft() <= PIPE_ROOM:
             self.flush()  # into an empty pipe, with room for it: this write does not block
@@ -187,11 +191,11 @@ class WorkerConnection:
         return body
 
     def stop(self, timeout_s: float) -> int:
-        """SIGTERM the worker and close its input; SIGKILL after `timeout_s`. Return its status."""
+        """SIGTERM the worker's group and close its input; SIGKILL after `timeout_s`. Return
+        its status. What is left of the group once the worker has exited is killed."""
         # The signal goes first: after EOF a Python worker may already be finalizing,
         # when a SIGTERM would kill it with the default action instead of being handled.
-        with contextlib.suppress(OSError):
-            os.killpg(self.pid, signal.SIGTERM)
+        self._signal_group(signal.SIGTERM)
         self._close_input()
         deadline = time.monotonic() + timeout_s
         while self.poll() is None:
@@ -203,10 +207,8 @@ class WorkerConnection:
         return self.wait()
 
     def kill(self) -> None:
-        """SIGKILL the worker's process group. Never raises."""
-        if self.returncode is None:
-            with contextlib.suppress(OSError):
-                os.killpg(self.pid, signal.SIGKILL)
+        """SIGKILL the worker's process group, the worker itself exited or not. Never raises."""
+        self._signal_group(signal.SIGKILL)
         self._close_input()
 
     def poll(self) -> int | None:
@@ -230,7 +232,16 @@ class WorkerConnection:
         assert self.returncode is not None
         with contextlib.suppress(OSError):
             os.close(self._from_worker)
+        # Children the worker left in its group (that ignored a SIGTERM, or never got one)
+        # die with it. Once all are killed the id may be reused: never signal it again.
+        self._signal_group(signal.SIGKILL)
+        self._group_killed = True
         return self.returncode
+
+    def _signal_group(self, signum: int) -> None:
+        if not self._group_killed:
+            with contextlib.suppress(OSError):  # no member left
+                os.killpg(self.pgid, signum)
 
     def _exited(self, status: int) -> None:
         self.returncode = os.waitstatus_to_exitcode(status)

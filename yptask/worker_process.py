@@ -3,8 +3,13 @@
 A worker is started with `os.posix_spawn` (no fork of a threaded node, no
 `preexec_fn`): its protocol pipes land on fds 3 and 4, or on 0 and 1 when
 the task uses stdio; it runs in its own process group so a stop or a kill
-reaches any children it started. Its exit is seen through a pidfd on the
+reaches any children it started, and what is left of the group when the
+worker exits is killed. Its exit is seen through a pidfd on the
 event loop. Calls go one at a time, as a worker handles one message at a time.
+
+It owns the shape of the packet that delivers a message (`handle_call`), and so
+how deep a payload may nest: `payload_size` checks a payload at ingress exactly
+where that packet puts it.
 
 Everything here runs on the asyncio loop; nothing blocks it.
 """
@@ -20,6 +25,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
+from yptask import codec
 from yptask.bertrpc import (
     DEFAULT_MAX_FRAME,
     Call,
@@ -31,15 +37,86 @@ from yptask.bertrpc import (
     frame,
 )
 from yptask.codec import Atom
-from yptask.errors import CallTimeout, FrameError, ProtocolError, WorkerExited
+from yptask.errors import CallTimeout, EncodeError, FrameError, ProtocolError, WorkerExited
 
-__all__ = ["WorkerProcess", "WorkerSpec", "spawn_process"]
+__all__ = ["MAX_PAYLOAD_DEPTH", "WorkerProcess", "WorkerSpec", "handle_call", "payload_size",
+           "spawn_process"]
 
 log = logging.getLogger(__name__)
 
 _STDIO_FDS = (0, 1)
 _NOUSE_STDIO_FDS = (3, 4)
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+
+
+def handle_call(name: str, payload: Any, meta: dict[str, Any]) -> Call:
+    """The packet that has a worker handle one message."""
+    return Call("yptask", "handle", [name, payload, meta])
+
+
+def _levels_above(term: Any, target: object) -> int | None:
+    """How many containers deep `target` sits in `term` (None: not in it)."""
+    if term is target:
+        return 0
+    if isinstance(term, (list, tuple)):
+        for item in term:
+            if (level := _levels_above(item, target)) is not None:
+                return level + 1
+    return None
+
+
+def _payload_levels() -> int:
+    """The containers of the handle packet around a payload, found in the packet itself."""
+    payload = object()
+    levels = _levels_above(handle_call("", payload, {}).to_term(), payload)
+    assert levels is not None, "the handle packet carries the payload"
+    return levels
+
+
+PAYLOAD_LEVELS = _payload_levels()
+# The containers a payload may nest, so that the packet stays within the codec's cap.
+MAX_PAYLOAD_DEPTH = codec.DEFAULT_MAX_DEPTH - PAYLOAD_LEVELS
+
+
+def _at_payload_level(payload: Any) -> Any:
+    """`payload` inside one-item lists, one per container the packet puts around it."""
+    for _ in range(PAYLOAD_LEVELS):
+        payload = [payload]
+    return payload
+
+
+# What those lists add to the encoded size of a payload.
+_LEVELS_BYTES = len(codec.encode(_at_payload_level(None))) - len(codec.encode(None))
+
+
+def payload_size(payload: Any) -> int:
+    """The encoded size of a payload; raise `EncodeError` if it cannot be sent to a worker.
+
+    The payload is encoded as deep as the handle packet puts it, so a payload that
+    passes can always be delivered: it is neither too deep nor of a type with no term.
+    """
+    try:
+        return len(codec.encode(_at_payload_level(payload))) - _LEVELS_BYTES
+    except EncodeError:
+        if _deeper_than(payload, MAX_PAYLOAD_DEPTH):
+            raise EncodeError(
+                f"it nests lists and maps deeper than the {MAX_PAYLOAD_DEPTH} levels a worker "
+                f"takes (the packet around a payload adds {PAYLOAD_LEVELS} to the codec's cap "
+                f"of {codec.DEFAULT_MAX_DEPTH}); flatten it") from None
+        raise
+
+
+def _deeper_than(value: Any, levels: int) -> bool:
+    """True if `value` nests more than `levels` containers (looks no deeper than that)."""
+    if isinstance(value, dict):
+        items: Any = (*value.keys(), *value.values())
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return False
+    if not items:  # as deep as a number
+        return False
+    return levels == 0 or any(_deeper_than(item, levels - 1) for item in items)
 
 
 @dataclass(frozen=True)
@@ -108,7 +185,8 @@ class WorkerProcess:
     async def handle(self, name: str, payload: Any, meta: dict[str, Any] | None = None,
                      timeout: float | None = None) -> Any:
         """Have the worker handle one message; return the handler's result."""
-        return await self.call("yptask", "handle", [name, payload, meta or {}], timeout)
+        return answer_result(await self._roundtrip(handle_call(name, payload, meta or {}),
+                                                   timeout))
 
     async def ping(self, timeout: float | None = None) -> bool:
         """Return True if the worker answers `pong`."""
@@ -231,6 +309,9 @@ def _watch_exit(loop: asyncio.AbstractEventLoop, pid: int) -> asyncio.Future[int
         loop.remove_reader(pidfd)
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
+        # What the worker left in its group dies with it (see WorkerConnection.wait).
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
         code = os.waitstatus_to_exitcode(status)
         log.info("worker exited: pid %d status %d", pid, code)
         if not exited.done():

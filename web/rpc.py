@@ -60,7 +60,7 @@ PUBLIC_METHODS = frozenset({"cast", "call"})  # publishing; the rest is administ
 # it stays within the bound too. Results of calls and admin methods are the handler's
 # and may be any size: they are not bounded here.
 ANSWER_FACTOR = 4
-ANSWER_SLACK_BYTES = 64 * 1024
+ANSWER_SLACK_BYTES = 4096
 
 
 class PublisherNode(Protocol):

@@ -219,12 +219,14 @@ async def test_bad_casts_of_one_publisher_never_fail_the_good_casts_of_others(no
 # ------------------------------------------------------------------ isolation in the journal
 
 
-def poison(path: Path) -> None:
-    """Make SQLite refuse one message name, through a connection of its own."""
+def poison(path: Path, action: str = "ABORT") -> None:
+    """Make SQLite refuse one message name, through a connection of its own.
+
+    ABORT undoes the statement; ROLLBACK ends the whole transaction."""
     db = sqlite3.connect(path)
     try:
         db.execute("CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.name = 'poison.me'"
-                   " BEGIN SELECT RAISE(ABORT, 'poisoned by the test'); END")
+                   f" BEGIN SELECT RAISE({action}, 'poisoned by the test'); END")
         db.commit()
     finally:
         db.close()
@@ -234,12 +236,13 @@ def message(mid: str, name: str = "good.one") -> tuple[Envelope, list[str]]:
     return Envelope(mid, name, {"mid": mid}, 0.0), ["t"]
 
 
-async def test_a_failing_element_fails_alone_in_its_group_commit(tmp_path):
+@pytest.mark.parametrize("action", ["ABORT", "ROLLBACK"])
+async def test_a_failing_element_fails_alone_in_its_group_commit(tmp_path, action):
     # Given a journal that refuses one message name in SQLite itself
     path = tmp_path / "journal.db"
     thread = JournalThread(Journal(path))
     try:
-        poison(path)
+        poison(path, action)
         # And the journal thread held busy, so that what follows is one group commit
         release = threading.Event()
         busy = asyncio.ensure_future(thread.run(lambda _journal: release.wait(30)))

@@ -140,7 +140,6 @@ class JournalThread:
             return
         _answer_all(batch, results, _set_result)
 
-
     def _append(self, messages: list[tuple[Envelope, list[str]]]) -> list[bool | Exception]:
         """One transaction for every message; if it fails, one again with each message
         on its own savepoint, so only the message at fault gets the error."""

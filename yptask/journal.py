@@ -145,22 +145,34 @@ class Journal:
 
         Still one transaction: each message is written under a savepoint of its own,
         rolled back if SQLite (or binding its values) refuses it, so one bad message
-        never fails the others it was committed with. An error that ends the whole
-        transaction (the disk, the database) is raised, and nothing is stored.
+        never fails the others it is committed with. If an error ends the whole
+        transaction instead (SQLite rolls back on some), or the commit fails, each
+        message is written again in a transaction of its own.
         """
+        batch = list(batch)
         added: list[bool | Exception] = []
-        with self._transaction():
-            for envelope, tasks in batch:
-                self._db.execute("SAVEPOINT message")
-                try:
-                    added.append(self._insert(envelope, tasks))
-                except Exception as exc:
-                    if not self._db.in_transaction:
-                        raise
-                    self._db.execute("ROLLBACK TO message")
-                    added.append(exc)
-                self._db.execute("RELEASE message")
+        try:
+            with self._transaction():
+                for envelope, tasks in batch:
+                    self._db.execute("SAVEPOINT message")
+                    try:
+                        added.append(self._insert(envelope, tasks))
+                    except Exception as exc:
+                        if not self._db.in_transaction:
+                            raise  # SQLite has ended the whole transaction
+                        self._db.execute("ROLLBACK TO message")
+                        added.append(exc)
+                    self._db.execute("RELEASE message")
+        except Exception:
+            return [self._append_alone(envelope, tasks) for envelope, tasks in batch]
         return added
+
+    def _append_alone(self, envelope: Envelope, tasks: Iterable[str]) -> bool | Exception:
+        try:
+            with self._transaction():
+                return self._insert(envelope, tasks)
+        except Exception as exc:
+            return exc
 
     def _insert(self, envelope: Envelope, tasks: Iterable[str]) -> bool:
         """Write one message and its deliveries; False if its id was known (nothing written)."""

@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 from support import TEST_WORKERS, NodeProcess, read_records, until, wait_for
 
+from yptask import ingress
 from yptask.bertrpc import Call, ErrorReply, Reply, decode_packet, frame
 from yptask.errors import ConfigError, ProtocolError, wire_code
 from yptask.group_commit import JournalThread
@@ -214,6 +215,61 @@ async def test_bad_casts_of_one_publisher_never_fail_the_good_casts_of_others(no
                          for r in node_process.records()} >= wanted,
                 what="every good cast handled")
     assert not [r for r in node_process.records() if "bad" in r["payload"]]
+
+
+# ------------------------------------------------------------------ the rules, as a table
+
+
+@pytest.mark.parametrize(("check", "value", "refused"), [
+    (ingress.check_priority, 0, None),
+    (ingress.check_priority, 9, None),
+    (ingress.check_priority, 10, "'priority' must be an integer from 0 (lowest) to 9"),
+    (ingress.check_priority, True, "'priority'"),
+    (ingress.check_priority, 2**70, "'priority'"),
+    (ingress.check_id, None, None),
+    (ingress.check_id, "x" * 128, None),
+    (ingress.check_id, "x" * 129, "'id' must be null or a string of 1 to 128"),
+    (ingress.check_id, "", "'id'"),
+    (ingress.check_id, "\ud800", "'id'"),
+    (ingress.check_id, 7, "'id'"),
+    (ingress.check_timeout, 0.001, None),
+    (ingress.check_timeout, 86_400, None),
+    (ingress.check_timeout, 86_401, "'timeout' must be a number of seconds over 0"),
+    (ingress.check_timeout, 0, "'timeout'"),
+    (ingress.check_timeout, float("inf"), "'timeout'"),
+    (ingress.check_timeout, float("nan"), "'timeout'"),
+    (ingress.check_timeout, 10**400, "'timeout'"),
+    (ingress.check_name, "a" * 256, "'name' must be a message name of at most 255"),
+    (ingress.check_name, 5, "'name' must be a string"),
+])
+def test_field_rules(check, value, refused):
+    if refused is None:
+        check(value)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(refused)):
+            check(value)
+
+
+@pytest.mark.parametrize(("msg", "journaled", "refused"), [
+    ({"a": [1, 2.5, "é", None, True, {"b": -2**63}]}, True, None),
+    ({"a": [{"b": 2**63}]}, True, "msg.a[0].b is an integer 9223372036854775808, outside 64 bits"),
+    ({"a": 10**5000}, True, "msg.a is an integer of 16610 bits"),
+    ({"a": 10**5000}, False, None),  # a call is not journaled: the worker takes a bignum
+    ({"x y": float("nan")}, False, "msg['x y'] is nan"),
+    (["ok", "\udc80"], False, "msg[1] is a string with a lone surrogate"),
+    ({"\ud800": 1}, False, "msg has a key with a lone surrogate"),
+    ({1: "a"}, True, "msg has the key an integer 1; a journaled message's map keys are strings"),
+    ({1: "a"}, False, None),
+    ({"t": (1, 2)}, True, "msg.t is a tuple, which JSON does not have"),
+    ({"t": (1, 2)}, False, None),
+    ({"b": b"raw"}, True, "msg.b is bytes"),
+])
+def test_payload_rules(msg, journaled, refused):
+    if refused is None:
+        ingress.check_payload(msg, "cast", journaled=journaled)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(refused)):
+            ingress.check_payload(msg, "cast", journaled=journaled)
 
 
 # ------------------------------------------------------------------ isolation in the journal

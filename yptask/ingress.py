@@ -75,8 +75,10 @@ def json_type(value: Any) -> str:
         return "a number"
     if isinstance(value, str):
         return "a string"
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list):
         return "an array"
+    if isinstance(value, tuple):
+        return "a tuple"
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
@@ -85,7 +87,7 @@ def json_type(value: Any) -> str:
 def shown(value: Any) -> str:
     """A short description of a refused value: its type, and its start if it is a scalar."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        text = f"of {len(str(abs(value)))} digits"
+        text = f"of {value.bit_length()} bits"  # str() refuses past 4300 digits
     else:
         text = repr(value) if isinstance(value, (bool, int, float, str)) else ""
     if len(text) > MAX_SHOWN_CHARS:
@@ -110,13 +112,13 @@ def check_name(value: Any, method: str = "cast") -> str:
     return str(value)  # an Erlang atom is a str subclass
 
 
-def check_id(value: Any, method: str = "cast", param: str = "id") -> str | None:
+def check_id(value: Any, method: str = "cast") -> str | None:
     """A message id (None: the node picks one), or ConfigError."""
     if value is None:
         return None
     if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and valid_text(value):
         return str(value)
-    raise bad_param(method, param, f"null or a string of 1 to {MAX_ID_CHARS} characters, "
+    raise bad_param(method, "id", f"null or a string of 1 to {MAX_ID_CHARS} characters, "
                                    "valid Unicode", value)
 
 
@@ -129,7 +131,7 @@ def check_priority(value: Any, method: str = "cast") -> int:
                                         f"{MAX_PRIORITY} (highest)", value)
 
 
-def check_timeout(value: Any, method: str = "call", param: str = "timeout") -> float:
+def check_timeout(value: Any, method: str = "call") -> float:
     """A call's timeout in seconds, or ConfigError."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
@@ -138,7 +140,7 @@ def check_timeout(value: Any, method: str = "call", param: str = "timeout") -> f
             seconds = math.inf
         if 0 < seconds <= MAX_TIMEOUT_S:
             return seconds
-    raise bad_param(method, param, f"a number of seconds over 0 and at most {MAX_TIMEOUT_S:g}",
+    raise bad_param(method, "timeout", f"a number of seconds over 0 and at most {MAX_TIMEOUT_S:g}",
                     value)
 
 
@@ -205,7 +207,7 @@ def _path(where: _Where) -> str:
         elif isinstance(key, str) and key.isidentifier():
             parts.append(f".{key}")
         else:
-            parts.append(f"[{shown(key).partition(' ')[2] or json_type(key)}]")
+            parts.append(f"[{repr(key)[:MAX_SHOWN_CHARS]}]")
     path = "msg" + "".join(reversed(parts))
     if len(path) > MAX_PATH_CHARS:
         path = path[:MAX_PATH_CHARS - 3] + "..."

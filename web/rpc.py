@@ -30,11 +30,13 @@ from typing import Any, Protocol
 from aiohttp import web
 from jsonrpcserver import Error, Success, async_dispatch_to_serializable
 
+from yptask import ingress
 from yptask.config import NodeConfig
 from yptask.errors import (
     ConfigError,
     DecodeError,
     HandlerError,
+    JournalError,
     NoSuchFunction,
     ProtocolError,
     Unauthorized,
@@ -51,6 +53,14 @@ _REQUEST_MEMBERS = frozenset({"jsonrpc", "method", "params", "id"})
 _NO_ID = object()  # a notification's id: the request had no "id" member
 MAX_DEAD_LETTERS = 1_000_000  # the largest `limit` dead.list accepts
 PUBLIC_METHODS = frozenset({"cast", "call"})  # publishing; the rest is administration
+# Amplification bound: the answers to the requests of a body that run nothing (invalid,
+# unknown method, not allowed, params that do not fit a cast) come to at most this
+# many times the body, plus the slack, or the body is refused as a whole before
+# anything runs. Every other error answer is short (values are echoed cut short), so
+# it stays within the bound too. Results of calls and admin methods are the handler's
+# and may be any size: they are not bounded here.
+ANSWER_FACTOR = 4
+ANSWER_SLACK_BYTES = 4096
 
 
 class PublisherNode(Protocol):
@@ -62,10 +72,10 @@ class PublisherNode(Protocol):
     @property
     def config(self) -> NodeConfig: ...
 
-    async def cast(self, name: str, msg: Any, /, *, id: str | None = None,
-                   priority: int = 0) -> Any: ...
+    async def cast(self, name: Any, msg: Any, /, *, id: Any = None, priority: Any = 0
+                   ) -> Any: ...
 
-    async def cast_many(self, casts: list[tuple[str, Any, str | None, int]], /) -> list[Any]: ...
+    async def cast_many(self, casts: list[tuple[Any, Any, Any, Any]], /) -> list[Any]: ...
 
     async def call(self, name: str, msg: Any, /, *, timeout_s: float) -> Any: ...
 
@@ -103,35 +113,8 @@ class PublisherNode(Protocol):
 # ---------------------------------------------------------------- parameter checks
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _got(value: Any) -> str:
-    text = repr(value) if isinstance(value, (bool, int, float, str)) else ""
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"{_json_type(value)} {text}".rstrip()
-
-
-def _bad(method: str, param: str, wanted: str, value: Any) -> ConfigError:
-    # ConfigError is the error class whose wire code is -32602 (invalid params).
-    return ConfigError(f"invalid params for {method}: {param!r} must be {wanted}, "
-                       f"got {_got(value)}")
+_bad = ingress.bad_param
+_json_type = ingress.json_type
 
 
 def _string(method: str, param: str, value: Any, *, optional: bool = False) -> Any:
@@ -149,31 +132,18 @@ def _integer(method: str, param: str, value: Any, *, minimum: int = -2**63,
     return value
 
 
-def _positive_number(method: str, param: str, value: Any) -> float:
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value <= 0):
-        raise _bad(method, param, "a positive number of seconds", value)
-    return float(value)
-
-
 # ---------------------------------------------------------------- the methods
-
-
-def _cast_args(name: Any, msg: Any, id: Any = None,
-               priority: Any = 0) -> tuple[str, Any, str | None, int]:
-    return (_string("cast", "name", name), msg, _string("cast", "id", id, optional=True),
-            _integer("cast", "priority", priority))
 
 
 async def _cast(node: PublisherNode, /, name: Any, msg: Any, id: Any = None,
                 priority: Any = 0) -> Any:
-    name, msg, id, priority = _cast_args(name, msg, id, priority)
+    # The node checks every field of a cast (yptask.ingress), whatever the surface.
     return await node.cast(name, msg, id=id, priority=priority)
 
 
 async def _call(node: PublisherNode, /, name: Any, msg: Any, timeout: Any = 30) -> Any:
     return await node.call(_string("call", "name", name), msg,
-                           timeout_s=_positive_number("call", "timeout", timeout))
+                           timeout_s=ingress.check_timeout(timeout))
 
 
 async def _tasks_list(node: PublisherNode, /) -> Any:
@@ -249,6 +219,8 @@ def error_data(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, HandlerError):
         return {"error_class": str(exc.error_class), "detail": str(exc.detail),
                 "backtrace": [str(line) for line in exc.backtrace]}
+    if isinstance(exc, JournalError):
+        return {"error_class": "JournalError", "reference": exc.reference}
     return {"error_class": type(exc).__name__}
 
 
@@ -366,8 +338,12 @@ _CALL = _Signature("call", _call)
 
 
 def _valid_id(value: Any) -> bool:
-    return value is None or isinstance(value, str) or (
-        isinstance(value, (int, float)) and not isinstance(value, bool))
+    """Can `value` be a request id: can an answer echo it as JSON?"""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)  # 1e999 parses as infinity, which JSON cannot write
+    return isinstance(value, str) and ingress.valid_text(value)
 
 
 def request_problem(request: Any) -> str | None:
@@ -381,7 +357,8 @@ def request_problem(request: Any) -> str | None:
     if "params" in request and not isinstance(request["params"], (list, dict)):
         return '"params" must be an array (by position) or an object (by name)'
     if "id" in request and not _valid_id(request["id"]):
-        return '"id" must be a string, a number or null'
+        return ('"id" must be a string (valid Unicode), a finite number or null, so that '
+                "the answer can echo it; nothing was run")
     unknown = request.keys() - _REQUEST_MEMBERS
     if unknown:
         return (f"unknown member(s) {', '.join(sorted(map(repr, unknown)))}; a request has "
@@ -389,8 +366,14 @@ def request_problem(request: Any) -> str | None:
     return None
 
 
+def _echoable_id(request: Any) -> Any:
+    """The id an answer to `request` carries: its own if it has a valid one, else null."""
+    request_id = request.get("id") if isinstance(request, dict) else None
+    return request_id if _valid_id(request_id) else None
+
+
 def _response(error: dict[str, Any], request_id: Any) -> str:
-    return json.dumps({"jsonrpc": "2.0", "error": error, "id": request_id})
+    return json.dumps({"jsonrpc": "2.0", "error": error, "id": request_id}, allow_nan=False)
 
 
 def _reject_constant(name: str) -> Any:
@@ -469,45 +452,60 @@ class RPCEndpoint:
             data = _parse(body)
         except DecodeError as exc:
             return _response(_error_object(exc), None)
-        if not isinstance(data, list):
-            return (await self._answer([data], access))[0]
-        if not data:
+        if isinstance(data, list) and not data:
             empty = ProtocolError("Invalid request: an empty batch; send at least one request")
             return _response(_error_object(empty), None)
-        parts = [answer for answer in await self._answer(data, access) if answer is not None]
+        try:
+            answers = await self._answer(data if isinstance(data, list) else [data], access,
+                                         ANSWER_FACTOR * len(body) + ANSWER_SLACK_BYTES)
+        except _TooManyErrors as exc:
+            return _response(_error_object(exc), None)
+        if not isinstance(data, list):
+            return answers[0]
+        parts = [answer for answer in answers if answer is not None]
         return f"[{','.join(parts)}]" if parts else None
 
-    async def _answer(self, requests: list[Any], access: Access | None) -> list[str | None]:
+    async def _answer(self, requests: list[Any], access: Access | None,
+                      budget: int) -> list[str | None]:
         """Answer each request object (JSON text, or None for a notification), in order.
 
-        Requests that are malformed, name no method, or an admin method without the
-        right to it, are answered here, each on its own. The casts of a body are
-        journaled together in one group commit and calls run directly; the rest
-        go to jsonrpcserver together, which runs them concurrently.
+        Requests that are malformed, name no method, an admin method without the
+        right to it, or a cast whose params do not fit, are answered first, each on
+        its own, before anything runs: if those answers come to more than `budget`
+        bytes, _TooManyErrors refuses the whole body and nothing runs. Then the casts
+        of a body are journaled together in one group commit and calls run
+        directly; the rest go to jsonrpcserver together, which runs them concurrently.
         """
         answers: list[str | None] = [None] * len(requests)
-        casts: list[tuple[int, dict[str, Any]]] = []
+        casts: list[tuple[int, dict[str, Any], list[Any]]] = []
         calls: list[tuple[int, dict[str, Any]]] = []
         runnable: list[tuple[int, dict[str, Any]]] = []
+        spent = 0
         for index, request in enumerate(requests):
+            refused: YPTaskError | None = None
             problem = request_problem(request)
             if problem is not None:
-                request_id = request.get("id") if isinstance(request, dict) else None
-                invalid = ProtocolError(f"Invalid request: {problem}")
-                answers[index] = _response(_error_object(invalid),
-                                           request_id if _valid_id(request_id) else None)
+                refused = ProtocolError(f"Invalid request: {problem}")
             elif (method := request["method"]) not in METHODS:
-                if "id" in request:
-                    missing = NoSuchFunction(f"Method not found: {method!r}; "
-                                             f"methods: {', '.join(sorted(METHODS))}")
-                    answers[index] = _response(_error_object(missing), request["id"])
+                refused = NoSuchFunction(f"Method not found: {ingress.shown(method)}; "
+                                         "publishers use cast and call, docs/api.md lists "
+                                         "every method")
             elif access is not None and not await access.allows(method):
-                if "id" in request:
-                    refused = Unauthorized(access.why(method))
-                    answers[index] = _response(_error_object(refused), request["id"])
+                refused = Unauthorized(access.why(method))
+            elif method == "cast":
+                try:
+                    casts.append((index, request, _CAST.bind(request.get("params", []))))
+                except ConfigError as exc:
+                    refused = exc
             else:
-                (casts if method == "cast" else calls if method == "call"
-                 else runnable).append((index, request))
+                (calls if method == "call" else runnable).append((index, request))
+            if refused is None or (problem is None and "id" not in request):
+                continue  # it runs, or it is a notification: no answer
+            answer = _response(_error_object(refused), _echoable_id(request))
+            answers[index] = answer
+            spent += len(answer)
+            if spent > budget:
+                raise _TooManyErrors(index, budget, refused)
         work = [part for part in (casts and self._casts(casts, answers),
                                   *(self._call(index, request, answers)
                                     for index, request in calls),
@@ -518,30 +516,20 @@ class RPCEndpoint:
             await asyncio.gather(*work)
         return answers
 
-    async def _casts(self, casts: list[tuple[int, dict[str, Any]]],
+    async def _casts(self, casts: list[tuple[int, dict[str, Any], list[Any]]],
                      answers: list[str | None]) -> None:
         """Journal the casts of a body in one group commit; answer each in its place."""
-        valid: list[tuple[int, dict[str, Any]]] = []
-        arguments = []
-        for index, request in casts:
-            try:
-                arguments.append(_cast_args(*_CAST.bind(request.get("params", []))))
-            except YPTaskError as exc:
-                _settle_answer(answers, index, request, False, _error_object(exc))
-            else:
-                valid.append((index, request))
-        if not valid:
-            return
+        arguments = [(args[0], args[1], args[2], args[3]) for _, _, args in casts]
         try:
             results = await self.node.cast_many(arguments)
         except YPTaskError as exc:  # the node refuses them all (it is stopping)
-            results = [exc] * len(valid)
+            results = [exc] * len(casts)
         except Exception as exc:
             failed = _internal_error(exc, "cast")
-            for index, request in valid:
+            for index, request, _ in casts:
                 _settle_answer(answers, index, request, False, failed)
             return
-        for (index, request), result in zip(valid, results, strict=True):
+        for (index, request, _), result in zip(casts, results, strict=True):
             if isinstance(result, YPTaskError):
                 _settle_answer(answers, index, request, False, _error_object(result))
             else:
@@ -568,6 +556,17 @@ class RPCEndpoint:
         expecting = ((index, request) for index, request in runnable if "id" in request)
         for (index, request), response in zip(expecting, responses or (), strict=True):
             answers[index] = _serialize(response, request["method"])
+
+
+class _TooManyErrors(ProtocolError):
+    """Raised when the answers to a body's invalid requests would be too big next to it."""
+
+    def __init__(self, index: int, budget: int, first: YPTaskError) -> None:
+        super().__init__(
+            f"Invalid request: the answers to the invalid requests up to element {index} "
+            f"of this batch come to over {budget} bytes ({ANSWER_FACTOR} x the body + "
+            f"{ANSWER_SLACK_BYTES} bytes), so nothing in it was run; fix or drop them. "
+            f"The last: {str(first)[:200]}")
 
 
 def _settle_answer(answers: list[str | None], index: int, request: dict[str, Any], ok: bool,
@@ -619,4 +618,4 @@ def _serialize(response: Any, method: str) -> str:
         unsendable = _error_object(
             exc, f"Internal error: the result of {method} cannot be sent as JSON ({exc})",
             {"error_class": "InternalError"})
-        return _response(unsendable, response.get("id") if isinstance(response, dict) else None)
+        return _response(unsendable, _echoable_id(response))

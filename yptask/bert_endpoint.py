@@ -3,7 +3,7 @@
 Serves module `yptask`, one packet at a time per connection:
 
     {call, yptask, cast, [Name, Msg]}            -> {reply, #{id, tasks, duplicate}}
-    {call, yptask, cast, [Name, Msg, Opts]}      Opts: #{id => Binary, priority => Int}
+    {call, yptask, cast, [Name, Msg, Opts]}      Opts: #{id => Binary, priority => 0..9}
     {call, yptask, call, [Name, Msg, Timeout]}   -> {reply, Result}   (Timeout in seconds)
     {cast, yptask, cast, [Name, Msg | _]}        -> {noreply} once the message is journaled
     {info, auth, [Token]}                        a publisher token for what follows,
@@ -27,6 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from yptask import ingress
 from yptask.bertrpc import (
     DEFAULT_MAX_FRAME,
     Call,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["BertEndpoint"]
 
 log = logging.getLogger(__name__)
+_CAST_OPTIONS = frozenset({"id", "priority"})
 
 
 class BertEndpoint:
@@ -171,17 +173,17 @@ class BertEndpoint:
         args = call.args
         if call.function == "cast" and len(args) in (2, 3):
             opts = args[2] if len(args) == 3 else {}
-            if not isinstance(opts, dict):
-                raise ConfigError("cast options must be a map: #{id => Id, priority => Int}")
-            return await self.node.cast(_name(args[0]), args[1], id=opts.get("id"),
-                                        priority=_int(opts.get("priority", 0), "priority"))
+            if not isinstance(opts, dict) or not opts.keys() <= _CAST_OPTIONS:
+                got = (f"the key(s) {', '.join(map(repr, opts.keys() - _CAST_OPTIONS))}"
+                       if isinstance(opts, dict) else ingress.json_type(opts))
+                raise ConfigError("cast options must be a map: #{id => Id, priority => 0..9}; "
+                                  f"got {got[:200]}")
+            # The node checks every field of a cast (yptask.ingress), whatever the surface.
+            return await self.node.cast(args[0], args[1], id=opts.get("id"),
+                                        priority=opts.get("priority", 0))
         if call.function == "call" and len(args) in (2, 3):
-            timeout = args[2] if len(args) == 3 else 30
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                    or timeout <= 0:
-                raise ConfigError(f"call timeout must be a positive number of seconds, "
-                                  f"got {timeout!r}")
-            return await self.node.call(_name(args[0]), args[1], timeout_s=float(timeout))
+            timeout = ingress.check_timeout(args[2] if len(args) == 3 else 30)
+            return await self.node.call(_name(args[0]), args[1], timeout_s=timeout)
         raise NoSuchFunction(f"no function yptask:{call.function}/{len(args)}; the endpoint "
                              "serves cast/2, cast/3, call/2 and call/3")
 
@@ -208,8 +210,4 @@ def _name(value: Any) -> str:
     return str(value)
 
 
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{what} must be an integer, got {value!r}")
-    return value
 

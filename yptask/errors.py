@@ -21,6 +21,7 @@ __all__ = [
     "EncodeError",
     "FrameError",
     "HandlerError",
+    "JournalError",
     "LinkError",
     "NoSubscriber",
     "NoSuchChild",
@@ -126,6 +127,14 @@ class UnknownTask(ConfigError):
 
 class UnknownTimer(ConfigError):
     """Raised when an operation names a timer that is not defined."""
+
+
+class JournalError(YPTaskError):
+    """Raised when the journal refuses one message that passed every ingress check."""
+
+    def __init__(self, message: str, reference: str) -> None:
+        super().__init__(message)
+        self.reference = reference  # where the node's log has the details
 
 
 class Overloaded(YPTaskError):

@@ -4,7 +4,9 @@ The event loop never touches SQLite. Coroutines hand their operation to the
 journal thread with an asyncio future; the thread runs operations in order,
 and every run of consecutive appends (or acks) waiting in its queue becomes
 ONE transaction, so a hundred concurrent casts cost one commit (one fsync),
-not a hundred. Each future is completed on its own loop with
+not a hundred. A message that makes that transaction fail fails alone: the
+batch is written again with each message under its own savepoint, and only
+the one at fault gets the error. Each future is completed on its own loop with
 `call_soon_threadsafe`, and a cast is answered only after its commit.
 """
 
@@ -50,13 +52,19 @@ class JournalThread:
         self.commits = 0  # transactions of appends, for benchmarks and status
 
     async def append(self, envelope: Envelope, tasks: list[str]) -> bool:
-        """Store a message for its tasks; True once committed, False if its id was known."""
-        return (await self.append_many([(envelope, tasks)]))[0]
+        """Store a message for its tasks; True once committed, False if its id was known.
+        Raises the error that kept it out of the journal."""
+        added = (await self.append_many([(envelope, tasks)]))[0]
+        if isinstance(added, Exception):
+            raise added
+        return added
 
-    async def append_many(self, messages: list[tuple[Envelope, list[str]]]) -> list[bool]:
+    async def append_many(self, messages: list[tuple[Envelope, list[str]]]
+                          ) -> list[bool | Exception]:
         """Store messages for their tasks, committed together with whatever else is
-        waiting; per message, True if new, False if its id was known."""
-        added: list[bool] = await self._submit("append", messages)
+        waiting; per message, True if new, False if its id was known, or the error
+        that kept that one message out (the others are stored all the same)."""
+        added: list[bool | Exception] = await self._submit("append", messages)
         return added
 
     async def ack(self, message_id: str, task: str) -> None:
@@ -120,8 +128,7 @@ class JournalThread:
     def _commit(self, batch: list[_Op]) -> None:
         try:
             if batch[0].kind == "append":
-                added = iter(self.journal.append(
-                    [message for op in batch for message in op.item]))
+                added = iter(self._append([message for op in batch for message in op.item]))
                 results: list[Any] = [[next(added) for _ in op.item] for op in batch]
                 self.commits += 1
             else:
@@ -132,6 +139,18 @@ class JournalThread:
             _answer_all(batch, [exc] * len(batch), _set_exception)
             return
         _answer_all(batch, results, _set_result)
+
+    def _append(self, messages: list[tuple[Envelope, list[str]]]) -> list[bool | Exception]:
+        """One transaction for every message; if it fails, one again with each message
+        on its own savepoint, so only the message at fault gets the error."""
+        try:
+            return list(self.journal.append(messages))
+        except Exception as exc:
+            if len(messages) == 1:
+                return [exc]
+            log.warning("journal append of %d messages failed; storing each on its own",
+                        len(messages), exc_info=True)
+            return self.journal.append_each(messages)
 
 
 def _settle(op: _Op, call: Callable[[Journal], Any], journal: Journal) -> None:

@@ -136,28 +136,62 @@ class Journal:
         Returns, per message, True if it was new and False if its id was
         already known (then nothing is stored and nothing delivered again).
         """
-        added = []
         with self._transaction():
-            for envelope, tasks in batch:
-                cursor = self._db.execute(
-                    "INSERT OR IGNORE INTO messages (id, name, payload, published_at, priority,"
-                    " deadline) VALUES (?, ?, ?, ?, ?, ?)",
-                    (envelope.id, envelope.name, envelope.payload_text(),
-                     envelope.published_at, envelope.priority, envelope.deadline))
-                is_new = cursor.rowcount == 1
-                added.append(is_new)
-                if is_new:
-                    rows = [(envelope.id, task, envelope.priority)
-                            for task in dict.fromkeys(tasks)]
-                    self._db.executemany(
-                        "INSERT INTO deliveries (message_id, task, priority) VALUES (?, ?, ?)",
-                        rows)
-                    # so that the same message forwarded here later is not taken again
-                    self._db.executemany("INSERT OR IGNORE INTO received VALUES (?, ?)",
-                                         [row[:2] for row in rows])
-                    if not rows:
-                        self._mark_done([envelope.id])
+            return [self._insert(envelope, tasks) for envelope, tasks in batch]
+
+    def append_each(self, batch: Iterable[tuple[Envelope, Iterable[str]]]
+                    ) -> list[bool | Exception]:
+        """Like `append`, but a message that fails is left out alone, with its error.
+
+        Still one transaction: each message is written under a savepoint of its own,
+        rolled back if SQLite (or binding its values) refuses it, so one bad message
+        never fails the others it is committed with. If an error ends the whole
+        transaction instead (SQLite rolls back on some), or the commit fails, each
+        message is written again in a transaction of its own.
+        """
+        batch = list(batch)
+        added: list[bool | Exception] = []
+        try:
+            with self._transaction():
+                for envelope, tasks in batch:
+                    self._db.execute("SAVEPOINT message")
+                    try:
+                        added.append(self._insert(envelope, tasks))
+                    except Exception as exc:
+                        if not self._db.in_transaction:
+                            raise  # SQLite has ended the whole transaction
+                        self._db.execute("ROLLBACK TO message")
+                        added.append(exc)
+                    self._db.execute("RELEASE message")
+        except Exception:
+            return [self._append_alone(envelope, tasks) for envelope, tasks in batch]
         return added
+
+    def _append_alone(self, envelope: Envelope, tasks: Iterable[str]) -> bool | Exception:
+        try:
+            with self._transaction():
+                return self._insert(envelope, tasks)
+        except Exception as exc:
+            return exc
+
+    def _insert(self, envelope: Envelope, tasks: Iterable[str]) -> bool:
+        """Write one message and its deliveries; False if its id was known (nothing written)."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO messages (id, name, payload, published_at, priority,"
+            " deadline) VALUES (?, ?, ?, ?, ?, ?)",
+            (envelope.id, envelope.name, envelope.payload_text(),
+             envelope.published_at, envelope.priority, envelope.deadline))
+        if cursor.rowcount != 1:
+            return False
+        rows = [(envelope.id, task, envelope.priority) for task in dict.fromkeys(tasks)]
+        self._db.executemany(
+            "INSERT INTO deliveries (message_id, task, priority) VALUES (?, ?, ?)", rows)
+        # so that the same message forwarded here later is not taken again
+        self._db.executemany("INSERT OR IGNORE INTO received VALUES (?, ?)",
+                             [row[:2] for row in rows])
+        if not rows:
+            self._mark_done([envelope.id])
+        return True
 
     def accept_forwarded(self, envelopes: Iterable[Envelope], task: str) -> int:
         """Store deliveries another node forwarded for `task`, in ONE transaction.
@@ -330,4 +364,7 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not exc_type:
+            self._db.execute("COMMIT")
+        elif self._db.in_transaction:  # some errors end the transaction in SQLite already
+            self._db.execute("ROLLBACK")

@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from dataclasses import replace
 from functools import partial
 from importlib import resources
@@ -34,7 +35,7 @@ from typing import Any
 
 import pykka
 
-from yptask import __version__
+from yptask import __version__, ingress
 from yptask.bert_endpoint import BertEndpoint
 from yptask.cluster import Cluster, ClusterSettings
 from yptask.config import NodeConfig, TaskDef, load_tasks, validate_message_name
@@ -44,6 +45,7 @@ from yptask.errors import (
     CallTimeout,
     ConfigError,
     EncodeError,
+    JournalError,
     NodeStopping,
     NoSubscriber,
     Overloaded,
@@ -283,22 +285,26 @@ class Node:
             raise result
         return result
 
-    async def cast_many(self, casts: list[tuple[str, Any, str | None, int]]
+    async def cast_many(self, casts: list[tuple[Any, Any, Any, Any]]
                         ) -> list[dict[str, Any] | YPTaskError]:
         """Journal many casts, (name, msg, id, priority) each, in one group commit.
 
-        Answers each in order: its result as `cast` gives it, or the error that
-        refused it (a refused cast stores nothing; the others are not affected).
+        Every field is checked here, by the rules of `yptask.ingress`, whatever
+        surface it came from. Answers each in order: its result as `cast` gives it,
+        or the error that refused it (a refused cast stores nothing; the others
+        are not affected, even when the journal itself refuses one of them).
         """
         self._check_running()
         answers: list[dict[str, Any] | YPTaskError] = []
         accepted: list[tuple[Envelope, list[str]]] = []
-        for name, msg, id, priority in casts:
+        results: list[tuple[int, dict[str, Any]]] = []  # (place in answers, the answer)
+        for given_name, msg, given_id, given_priority in casts:
             try:
-                self._check_message(name, msg)
+                name = ingress.check_name(given_name)
+                id = ingress.check_id(given_id)
+                priority = ingress.check_priority(given_priority)
+                self._check_message(name, msg, journaled=True)
                 payload_json = _journal_text(msg)
-                if id is not None and (not isinstance(id, str) or not 0 < len(id) <= 128):
-                    raise ConfigError("a message id must be a string of 1 to 128 characters")
                 subscribed = self._subscribers(name)
                 self._check_room(subscribed)
             except YPTaskError as exc:
@@ -307,13 +313,17 @@ class Node:
             envelope = Envelope(id or self._new_id(), name, msg, time.time(), priority,
                                 payload_json=payload_json)
             accepted.append((envelope, subscribed))
-            answers.append({"id": envelope.id, "tasks": subscribed})
+            results.append((len(answers), {"id": envelope.id, "tasks": subscribed}))
+            answers.append(results[-1][1])
         assert self._journal is not None
         added = await self._journal.append_many(accepted) if accepted else []
         notified: set[str] = set()
-        for (_, subscribed), new, answer in zip(
-                accepted, added, (a for a in answers if isinstance(a, dict)), strict=True):
-            answer["duplicate"] = not new
+        for (envelope, subscribed), new, (place, result) in zip(accepted, added, results,
+                                                                strict=True):
+            if isinstance(new, Exception):  # the others of its group commit are stored
+                answers[place] = _journal_refused(envelope, new)
+                continue
+            result["duplicate"] = not new
             if not new:
                 continue
             for task in subscribed:
@@ -396,9 +406,10 @@ class Node:
         if self.stopping:
             raise NodeStopping(f"node {self.name} is stopping; send to another node or retry")
 
-    def _check_message(self, name: str, msg: Any) -> None:
-        """Refuse a message that cannot reach a worker."""
+    def _check_message(self, name: str, msg: Any, *, journaled: bool = False) -> None:
+        """Refuse a message that cannot reach a worker (or, `journaled`, the journal)."""
         validate_message_name(name)
+        ingress.check_payload(msg, "cast" if journaled else "call", journaled=journaled)
         try:
             size = payload_size(msg)  # as deep as the packet that delivers it puts it
         except EncodeError as exc:
@@ -808,6 +819,16 @@ def _envelope(term: Any, peer: str) -> Envelope:
 def _tell(ref: Any, message: Any) -> None:
     with contextlib.suppress(pykka.ActorDeadError):
         ref.tell(message)
+
+
+def _journal_refused(envelope: Envelope, exc: Exception) -> JournalError:
+    """The answer to a cast the journal refused after every check passed (logged here)."""
+    reference = uuid.uuid4().hex[:12]
+    log.error("the journal refused message %r (%s), reference %s", envelope.id, envelope.name,
+              reference, exc_info=exc)
+    return JournalError(f"Internal error: the journal could not store this message, so it was "
+                        f"not accepted; the node's log has the details under reference "
+                        f"{reference}", reference)
 
 
 def _journal_text(msg: Any) -> str:

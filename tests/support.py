@@ -43,6 +43,23 @@ def python_worker_argv(task_class: str = "sample:Sample", *, stdio: bool = False
     return runner_argv(task_class, stdio=stdio)
 
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def require_browser() -> None:
+    """Skip without Playwright and Chromium, except in CI, where their absence is a failure."""
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        why = "playwright is not installed (pip install playwright)"
+    else:
+        why = "" if Path(CHROMIUM).exists() else "no chromium (apt-get install chromium)"
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the browser tests: {why}")
+        pytest.skip(why)
+
+
 def require_erlang() -> None:
     """Skip without Erlang, except in CI, where its absence is a failure."""
     if shutil.which("escript") is None:

@@ -11,12 +11,11 @@ of the main pages go to $YPTASK_SCREENSHOTS (default: a temporary folder).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import TEST_WORKERS, NodeProcess, wait_for
+from support import CHROMIUM, TEST_WORKERS, NodeProcess, require_browser, wait_for
 
 from yptask.client import Client
 from yptask.passwords import hash_password
@@ -24,26 +23,12 @@ from yptask.passwords import hash_password
 pytestmark = pytest.mark.timeout(300)
 
 PASSWORD = "console-test-password"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TASKS = """
 [[task]]
 name = "echo"
 worker_class = "yptask.tasks.echo:Echo"
 messages = ["*.echo"]
 """
-
-
-def _require_browser() -> None:
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        why = "playwright is not installed (pip install playwright)"
-    else:
-        why = "" if Path(CHROMIUM).exists() else "no chromium (apt-get install chromium)"
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the browser tests: {why}")
-        pytest.skip(why)
 
 
 class ConsoleNode(NodeProcess):
@@ -63,7 +48,7 @@ class ConsoleNode(NodeProcess):
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory) -> Iterator[ConsoleNode]:
-    _require_browser()
+    require_browser()
     started = ConsoleNode(tmp_path_factory.mktemp("console"))
     started.start()
     yield started

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import NodeProcess
+from support import CHROMIUM, NodeProcess, require_browser
 
 pytestmark = pytest.mark.timeout(180)
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TASKS = """
 [[task]]
 name = "echo"
@@ -66,19 +63,6 @@ async function attempt(name, run) {
 </script></body></html>"""
 
 
-def _require_browser() -> None:
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        why = "playwright is not installed (pip install playwright)"
-    else:
-        why = "" if Path(CHROMIUM).exists() else "no chromium (apt-get install chromium)"
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the browser tests: {why}")
-        pytest.skip(why)
-
-
 def attack_page(node_origin: str, marker: Path) -> str:
     put = json.dumps(PUT).replace("PWNED_PATH", str(marker))
     # The form trick: a text/plain form sends NAME=VALUE; split the JSON at a string
@@ -91,7 +75,7 @@ def attack_page(node_origin: str, marker: Path) -> str:
 
 @pytest.fixture
 def node(tmp_path) -> Iterator[NodeProcess]:
-    _require_browser()
+    require_browser()
     started = NodeProcess(tmp_path, TASKS, "target")
     started.start()
     yield started

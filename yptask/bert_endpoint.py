@@ -16,6 +16,11 @@ connection serves on; a frame header over the cap, or input ending inside a
 frame, gets a protocol error and the connection is closed. Nothing a client
 sends takes the node down. The node's `allow_from` list closes the endpoint to
 other addresses.
+
+Decoding is bounded by `yptask.decoding` (PUBLISHER, or the much smaller
+PRE_AUTH on a node with `api_tokens` until the connection shows a token,
+which also caps its frames at PRE_AUTH_MAX_FRAME), and big frames decode off
+the event loop.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from yptask.bertrpc import (
@@ -35,10 +40,12 @@ from yptask.bertrpc import (
     NoReply,
     Reply,
     check_length,
-    decode_packet,
     error_reply,
     frame,
+    parse_packet,
 )
+from yptask.codec import describe
+from yptask.decoding import PRE_AUTH, PUBLISHER, Decoder, InflationBudget
 from yptask.errors import (
     ConfigError,
     EncodeError,
@@ -58,6 +65,8 @@ __all__ = ["BertEndpoint"]
 
 log = logging.getLogger(__name__)
 
+PRE_AUTH_MAX_FRAME = 64 * 1024  # before a token: room for {info, auth, [Token]} and more
+
 
 class BertEndpoint:
     """A TCP server speaking BERT-RPC to publishers, in front of one node."""
@@ -69,6 +78,7 @@ class BertEndpoint:
         self.guard = Guard(config.console_password_hash, config.bert_host,
                            tokens=config.api_tokens, allow_from=config.allow_from)
         self._server: asyncio.Server | None = None
+        self._decoder = Decoder("bert decode")
         self.address = ""
 
     async def start(self, host: str, port: int) -> None:
@@ -80,6 +90,7 @@ class BertEndpoint:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        self._decoder.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -92,7 +103,7 @@ class BertEndpoint:
                 return
             while True:
                 try:
-                    body = await self._read_frame(reader)
+                    body = await self._read_frame(reader, connection)
                 except FrameError as exc:
                     log.warning("BERT-RPC client %s sent a bad frame: %s; closing", peer, exc)
                     await self._send(writer, error_reply(exc))
@@ -109,22 +120,32 @@ class BertEndpoint:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes | None:
+    async def _read_frame(self, reader: asyncio.StreamReader, connection: _Connection
+                          ) -> bytes | None:
         try:
             header = await reader.readexactly(4)
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
                 raise FrameError("input ended inside a frame header") from None
             return None
+        if connection.authorized:
+            length = check_length(header, self.max_frame)
+        else:
+            try:
+                length = check_length(header, min(self.max_frame, PRE_AUTH_MAX_FRAME))
+            except FrameError as exc:
+                raise FrameError(f"{exc} before a publisher token: send {{info, auth, [Token]}}"
+                                 " first") from None
         try:
-            return await reader.readexactly(check_length(header, self.max_frame))
+            return await reader.readexactly(length)
         except asyncio.IncompleteReadError:
             raise FrameError("input ended inside a frame") from None
 
     async def _answer(self, body: bytes, connection: _Connection
                       ) -> Reply | NoReply | ErrorReply | None:
         try:
-            packet = decode_packet(body)
+            packet = parse_packet(await self._decoder.decode(
+                body, PUBLISHER if connection.authorized else PRE_AUTH, connection.inflation))
         except ProtocolError as exc:
             return error_reply(exc)
         if isinstance(packet, Info):
@@ -181,19 +202,21 @@ class BertEndpoint:
 
 @dataclass
 class _Connection:
-    """One publisher's connection: has it shown a token (or is none needed)?"""
+    """One publisher's connection: has it shown a token (or is none needed)? What may
+    its compressed frames still inflate by?"""
 
     authorized: bool
+    inflation: InflationBudget = field(default_factory=InflationBudget)
 
 
 def _name(value: Any) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"a message name is a binary or an atom, got {value!r}")
+        raise ConfigError(f"a message name is a binary or an atom, got {describe(value)}")
     return str(value)
 
 
 def _int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{what} must be an integer, got {value!r}")
+        raise ConfigError(f"{what} must be an integer, got {describe(value)}")
     return value
 

@@ -175,7 +175,7 @@ class Node:
             link_port=c.link_port, http_url=self.http_url, seeds=seeds, mdns=c.mdns,
             service_type=c.mdns_type, heartbeat_s=c.heartbeat_s,
             suspect_after_s=c.down_after_s / 2, down_after_s=c.down_after_s,
-            version=__version__)
+            version=__version__, allow_from=c.allow_from)
 
     def _cookie(self) -> bytes:
         """The cluster cookie: from the config, its file, or a random one kept in the data dir."""

@@ -9,8 +9,11 @@ ports while another connection keeps calling.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
+import socket
 import struct
+import uuid
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -309,11 +312,11 @@ async def test_a_huge_term_in_an_error_path_gives_a_short_error(nodes):
 
 
 async def test_allow_from_closes_the_link_port_before_any_handshake(nodes, tmp_path):
-    # Given a node that allows only a network this machine is not on, and a peer
+    # Given a node that allows only a network the test does not connect from, and a peer
     # that shares its cookie and knows its link address
     (tmp_path / "cookie").write_text("cookie-abc-123\n")
     common = ["--no-mdns", "--cookie-file", str(tmp_path / "cookie")]
-    fenced = nodes("fenced", config='allow_from = ["192.0.2.0/24"]\n', cluster=common)
+    fenced = nodes("fenced", config='allow_from = ["198.51.100.0/24"]\n', cluster=common)
     peer = nodes("peer", cluster=[*common, "--join", fenced.link])
     # When a stranger says hello on the fenced node's link port
     answer = await send_frames(fenced.link_address, [packed(hello("0" * 64))], 1, codec.decode)
@@ -329,13 +332,63 @@ async def test_allow_from_closes_the_link_port_before_any_handshake(nodes, tmp_p
 
 
 async def test_a_node_does_not_dial_a_peer_outside_its_allow_from(nodes, tmp_path):
-    # Given an open node, and a node that allows only 192.0.2.0/24 but is told to join it
+    # Given an open node, and a node that allows only 198.51.100.0/24 but is told to join it
     (tmp_path / "cookie").write_text("cookie-abc-123\n")
     common = ["--no-mdns", "--cookie-file", str(tmp_path / "cookie")]
     open_node = nodes("open", cluster=common)
-    fenced = nodes("fenced", config='allow_from = ["192.0.2.0/24"]\n',
+    fenced = nodes("fenced", config='allow_from = ["198.51.100.0/24"]\n',
                    cluster=[*common, "--join", open_node.link])
     # Then it says why it does not link, and the open node never hears from it
     wait_for(lambda: "not in this node's allow_from" in fenced.log(), timeout_s=15,
              what="the fenced node to refuse to dial")
     assert {m["name"] for m in open_node.rpc("nodes")} == {"open"}
+
+
+# --------------------------------------------------------------------------- mDNS
+
+
+def other_addresses() -> list[str]:
+    """This machine's IPv4 addresses that are not loopback."""
+    import ifaddr  # zeroconf's own dependency: how it lists interfaces too
+
+    return [str(ip.ip) for adapter in ifaddr.get_adapters() for ip in adapter.ips
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127.")]
+
+
+QUERY_IDS = itertools.count(0x5150)
+
+
+def mdns_query(address: str, service_type: str, timeout_s: float) -> bytes:
+    """Send one unicast PTR question for `service_type` to `address`:5353 from an
+    ephemeral port (a legacy unicast query); return the answer, or b"" if none came.
+    Each query has its own id: zeroconf ignores a repeat of the same bytes."""
+    question = b"".join(bytes([len(label)]) + label.encode()
+                        for label in service_type.rstrip(".").split(".")) + b"\x00"
+    packet = (struct.pack(">6H", next(QUERY_IDS), 0, 1, 0, 0, 0) + question
+              + struct.pack(">2H", 12, 1))  # PTR, IN
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.sendto(packet, (address, 5353))
+        try:
+            return sock.recv(9000)
+        except TimeoutError:
+            return b""
+
+
+def test_mdns_answers_on_loopback_only(nodes, tmp_path):
+    others = other_addresses()
+    if not others:
+        pytest.skip("this machine has no address but loopback to ask on")
+    # Given a node with default mDNS settings (it announces on 127.0.0.1)
+    (tmp_path / "cookie").write_text("cookie-abc-123\n")
+    service_type = f"_ypt-{uuid.uuid4().hex[:8]}._tcp.local."
+    node = nodes("mdnsnode", config=f'mdns_type = "{service_type}"\n',
+                 cluster=["--cookie-file", str(tmp_path / "cookie")])
+    # Then a unicast query on loopback is answered with its name (the query is sound)
+    answer = wait_for(lambda: mdns_query("127.0.0.1", service_type, 1.0), timeout_s=15,
+                      what="an mDNS answer on 127.0.0.1")
+    assert b"mdnsnode" in answer
+    # But the same query sent to the machine's other addresses gets no answer
+    for address in others:
+        assert mdns_query(address, service_type, 2.0) == b"", f"answered on {address}"
+    assert node.proc is not None and node.proc.poll() is None

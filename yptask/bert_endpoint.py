@@ -185,7 +185,7 @@ class BertEndpoint:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
                     or timeout <= 0:
                 raise ConfigError(f"call timeout must be a positive number of seconds, "
-                                  f"got {timeout!r}")
+                                  f"got {describe(timeout)}")
             return await self.node.call(_name(args[0]), args[1], timeout_s=float(timeout))
         raise NoSuchFunction(f"no function yptask:{call.function}/{len(args)}; the endpoint "
                              "serves cast/2, cast/3, call/2 and call/3")

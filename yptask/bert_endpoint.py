@@ -17,6 +17,11 @@ frame, gets a protocol error and the connection is closed. Nothing a client
 sends takes the node down. The node's `allow_from` list closes the endpoint to
 other addresses. A connection past `max_bert_connections` gets an `Overloaded`
 error and is closed; one with no whole frame for `bert_idle_timeout_s` is closed.
+
+Decoding is bounded by `yptask.decoding` (PUBLISHER, or the much smaller
+PRE_AUTH on a node with `api_tokens` until the connection shows a token,
+which also caps its frames at PRE_AUTH_MAX_FRAME), and big frames decode off
+the event loop.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from yptask import ingress
@@ -37,11 +42,13 @@ from yptask.bertrpc import (
     NoReply,
     Reply,
     check_length,
-    decode_packet,
     error_reply,
     frame,
+    parse_packet,
 )
+from yptask.codec import describe
 from yptask.connection_limits import ConnectionLimit, caps, guarded
+from yptask.decoding import PRE_AUTH, PUBLISHER, Decoder, InflationBudget
 from yptask.errors import (
     ConfigError,
     EncodeError,
@@ -63,6 +70,8 @@ __all__ = ["BertEndpoint"]
 log = logging.getLogger(__name__)
 _CAST_OPTIONS = frozenset({"id", "priority"})
 
+PRE_AUTH_MAX_FRAME = 64 * 1024  # before a token: room for {info, auth, [Token]} and more
+
 
 class BertEndpoint:
     """A TCP server speaking BERT-RPC to publishers, in front of one node."""
@@ -74,6 +83,7 @@ class BertEndpoint:
         self.guard = Guard(config.console_password_hash, config.bert_host,
                            tokens=config.api_tokens, allow_from=config.allow_from)
         self._server: asyncio.Server | None = None
+        self._decoder = Decoder("bert decode")
         self.address = ""
 
     async def start(self, host: str, port: int) -> None:
@@ -88,6 +98,7 @@ class BertEndpoint:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        self._decoder.close()
 
     @staticmethod
     def _refuse(writer: asyncio.StreamWriter, why: str) -> None:
@@ -105,7 +116,7 @@ class BertEndpoint:
             while True:
                 try:
                     async with asyncio.timeout(self.node.config.bert_idle_timeout_s):
-                        body = await self._read_frame(reader)
+                        body = await self._read_frame(reader, connection)
                 except TimeoutError:  # idle, or a frame trickling in: either holds a place
                     log.debug("BERT-RPC client %s: no whole frame in %.0f s "
                               "(bert_idle_timeout_s); closing", peer,
@@ -127,22 +138,32 @@ class BertEndpoint:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes | None:
+    async def _read_frame(self, reader: asyncio.StreamReader, connection: _Connection
+                          ) -> bytes | None:
         try:
             header = await reader.readexactly(4)
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
                 raise FrameError("input ended inside a frame header") from None
             return None
+        if connection.authorized:
+            length = check_length(header, self.max_frame)
+        else:
+            try:
+                length = check_length(header, min(self.max_frame, PRE_AUTH_MAX_FRAME))
+            except FrameError as exc:
+                raise FrameError(f"{exc} before a publisher token: send {{info, auth, [Token]}}"
+                                 " first") from None
         try:
-            return await reader.readexactly(check_length(header, self.max_frame))
+            return await reader.readexactly(length)
         except asyncio.IncompleteReadError:
             raise FrameError("input ended inside a frame") from None
 
     async def _answer(self, body: bytes, connection: _Connection
                       ) -> Reply | NoReply | ErrorReply | None:
         try:
-            packet = decode_packet(body)
+            packet = parse_packet(await self._decoder.decode(
+                body, PUBLISHER if connection.authorized else PRE_AUTH, connection.inflation))
         except ProtocolError as exc:
             return error_reply(exc)
         if isinstance(packet, Info):
@@ -199,14 +220,16 @@ class BertEndpoint:
 
 @dataclass
 class _Connection:
-    """One publisher's connection: has it shown a token (or is none needed)?"""
+    """One publisher's connection: has it shown a token (or is none needed)? What may
+    its compressed frames still inflate by?"""
 
     authorized: bool
+    inflation: InflationBudget = field(default_factory=InflationBudget)
 
 
 def _name(value: Any) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"a message name is a binary or an atom, got {value!r}")
+        raise ConfigError(f"a message name is a binary or an atom, got {describe(value)}")
     return str(value)
 
 

@@ -180,7 +180,7 @@ def answer_result(answer: Packet, expected: type[Reply | NoReply] = Reply) -> An
 def parse_packet(term: Any) -> Packet:
     """Return the packet a decoded term is; raise `ProtocolError` if it is none."""
     if type(term) is not tuple or not term:
-        raise ProtocolError(f"a BERT-RPC packet is a tuple, got {_describe(term)}")
+        raise ProtocolError(f"a BERT-RPC packet is a tuple, got {codec.describe(term)}")
     kind = term[0]
     if (kind in (CALL, CAST)) and len(term) == 4:
         _, module, function, args = term
@@ -199,7 +199,7 @@ def parse_packet(term: Any) -> Packet:
         if type(term[1]) is not Atom or type(term[2]) is not list:
             raise ProtocolError("info command must be an atom and its options a list")
         return Info(term[1], term[2])
-    raise ProtocolError(f"not a BERT-RPC packet: {_describe(term)}")
+    raise ProtocolError(f"not a BERT-RPC packet: {codec.describe(term)}")
 
 
 def _parse_error(body: Any) -> ErrorReply:
@@ -210,12 +210,13 @@ def _parse_error(body: Any) -> ErrorReply:
         raise ProtocolError("error type must be an atom and its code an integer")
     if not isinstance(backtrace, list):
         raise ProtocolError("error backtrace must be a list")
-    return ErrorReply(str(etype), code, str(eclass), str(detail), [str(x) for x in backtrace])
+    return ErrorReply(str(etype), code, _text(eclass), _text(detail),
+                      [_text(x) for x in backtrace])
 
 
-def _describe(term: Any) -> str:
-    text = repr(term)
-    return text if len(text) <= 80 else text[:77] + "..."
+def _text(value: Any) -> str:
+    # an error's class, detail and backtrace lines are binaries; anything else is shown short
+    return str(value) if isinstance(value, str) else codec.describe(value)
 
 
 # --------------------------------------------------------------------------- frames

@@ -15,6 +15,10 @@ new link) a node trades digests with each peer and both take what they lack
 
 The node plugs in through `ClusterNode`: it applies config changes, answers
 forwarded deliveries and calls, and reports its load.
+
+The node's `allow_from` networks cover the link port: a connection from
+elsewhere is closed before any handshake work, and a peer found at an
+address outside them (by seed, gossip or mDNS) is not dialed.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from yptask.codec import describe
 from yptask.connection_limits import ConnectionLimit, guarded
+from yptask.decoding import Decoder
 from yptask.discovery import DEFAULT_SERVICE_TYPE, Discovery, Sighting
 from yptask.errors import LinkError, NoSuchFunction, ProtocolError, YPTaskError
 from yptask.link import HANDSHAKE_TIMEOUT_S, Identity, Link, LinkRefused, accept, dial
 from yptask.membership import Change, Member, Membership, MemberState
 from yptask.replicated import Entry, ReplicatedStore, digest_from_term, digest_to_term
+from yptask.web.auth import Guard
 
 __all__ = ["Cluster", "ClusterNode", "ClusterSettings"]
 
@@ -75,6 +82,7 @@ class ClusterSettings:
     version: str = ""
     max_connections: int = 256  # links accepted, authenticated or not
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S  # for a stranger to authenticate
+    allow_from: tuple[str, ...] = ()  # networks (CIDR) that may link; empty: any
 
 
 @dataclass
@@ -106,6 +114,8 @@ class Cluster:
         self._targets: dict[tuple[str, int], _Target] = {}
         self._server: asyncio.Server | None = None
         self._discovery: Discovery | None = None
+        self._guard = Guard(None, settings.link_host, allow_from=settings.allow_from)
+        self._decoder = Decoder("link decode")
         self._background: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._handlers: dict[str, Callable[[Link, list[Any]], Awaitable[Any]]] = {
@@ -153,6 +163,7 @@ class Cluster:
             self._server.close()
         for link in [*self._out.values(), *self._in]:
             await link.close()
+        self._decoder.close()
 
     # ------------------------------------------------------------------ for the node
 
@@ -214,7 +225,8 @@ class Cluster:
         where = f"{target.host}:{target.port}"
         try:
             link = await dial(target.host, target.port, me=self.me,
-                              cookie=self.settings.cookie, handler=self._handle)
+                              cookie=self.settings.cookie, handler=self._handle,
+                              decoder=self._decoder, allowed=self._guard.address_allowed)
         except LinkRefused as exc:
             log.warning("link to %s refused: %s", where, exc)
             self._backoff(target, refused=True)
@@ -250,9 +262,14 @@ class Cluster:
 
     async def _on_connect(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if not self._guard.address_allowed(peer[0] if peer else None):
+            log.warning("refused a link from %s: not in allow_from", peer)
+            writer.close()
+            return
         try:
             link = await accept(reader, writer, me=self.me, cookie=self.settings.cookie,
-                                handler=self._handle,
+                                handler=self._handle, decoder=self._decoder,
                                 timeout_s=self.settings.handshake_timeout_s)
         except YPTaskError as exc:  # LinkRefused, and anything else a stranger may cause
             log.warning("refused a link: %s", exc)
@@ -345,7 +362,7 @@ class Cluster:
         answer = await link.request("sync", [digest_to_term(self.store.digest())],
                                     self._timeout())
         if not (isinstance(answer, list) and len(answer) == 2 and isinstance(answer[0], list)):
-            raise ProtocolError(f"node {link.peer.name} answered sync with {answer!r:.80}")
+            raise ProtocolError(f"node {link.peer.name} answered sync with {describe(answer)}")
         await self._merge([Entry.from_term(term) for term in answer[0]])
         theirs = digest_from_term(answer[1])
         ours = [entry.to_term() for entry in await asyncio.to_thread(self.store.newer_than,

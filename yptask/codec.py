@@ -18,10 +18,14 @@ the atoms `true`/`false` decode to bools as Erlang code writes them, charlists
 (STRING_EXT) decode to lists of ints as Erlang reads them, and pids, ports and
 references decode to `Opaque` values that encode back to the same bytes.
 
-Hostile input is bounded: a nesting-depth cap, a cap on the inflated size of
-compressed terms, counts checked against the bytes left before anything is
-allocated, and trailing bytes refused. Every decode failure raises
-`DecodeError`; every value without a term raises `EncodeError`.
+Hostile input is bounded: a nesting-depth cap; for compressed terms a cap on
+the inflated size and on its ratio to the compressed size, both checked
+before inflating; a budget of elements per decode (so a megabyte of NILs
+cannot become a million objects); counts checked against the bytes left
+before anything is allocated; and trailing bytes refused. `describe` names
+a term by type and size in bounded work, for error messages about untrusted
+terms. Every decode failure raises `DecodeError`; every value without a term
+raises `EncodeError`.
 """
 
 from __future__ import annotations
@@ -39,16 +43,25 @@ from yptask.errors import DecodeError, EncodeError
 __all__ = [
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_INFLATED",
+    "DEFAULT_MAX_RATIO",
+    "DEFAULT_MAX_TERMS",
     "Atom",
     "Opaque",
     "as_bytes",
     "decode",
+    "decoded_size",
+    "describe",
     "encode",
 ]
 
 MAGIC = 131
 DEFAULT_MAX_DEPTH = 128
 DEFAULT_MAX_INFLATED = 16 * 1024 * 1024
+# Ordinary messages compress 3-20x; zlib's worst case is about 1000x, which only a
+# bomb (or a wall of one repeated byte) reaches.
+DEFAULT_MAX_RATIO = 64
+# Elements (terms) one decode may build: a JSON-like message of 16 MiB has far fewer.
+DEFAULT_MAX_TERMS = 1_000_000
 
 # External term format tags (erts/emulator/beam/external.h).
 NEW_FLOAT = 70
@@ -236,7 +249,7 @@ def _encode_other(v: Any, out: bytearray, depth: int, bert_dicts: bool) -> None:
     elif isinstance(v, Opaque):
         out += v.raw
     else:
-        raise EncodeError(f"{type(v).__name__} has no BERT term: {v!r:.60}")
+        raise EncodeError(f"{type(v).__name__} has no BERT term: {describe(v, 60)}")
 
 
 def _encode_int(v: int, out: bytearray) -> None:
@@ -283,12 +296,14 @@ def _encode_new_atom(v: str, out: bytearray) -> None:
 
 
 def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX_DEPTH,
-           max_inflated: int = DEFAULT_MAX_INFLATED) -> Any:
+           max_inflated: int = DEFAULT_MAX_INFLATED, max_ratio: int = DEFAULT_MAX_RATIO,
+           max_terms: int = DEFAULT_MAX_TERMS) -> Any:
     """Return the Python value of one whole BERT term (magic byte first).
 
     Raises `DecodeError` for anything else: a wrong magic byte, a truncated or
     unknown term, nesting deeper than `max_depth`, a compressed term that
-    inflates past `max_inflated` bytes, or bytes left over after the term.
+    inflates past `max_inflated` bytes or past `max_ratio` times its own size,
+    more than `max_terms` elements in all, or bytes left over after the term.
     """
     if not isinstance(data, bytes):
         data = bytes(data)
@@ -296,10 +311,11 @@ def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX
         raise DecodeError("empty term")
     if data[0] != MAGIC:
         raise DecodeError(f"not a BERT term: first byte is {data[0]}, expected 131")
+    budget = _Budget(max_terms)
     try:
         if len(data) > 1 and data[1] == COMPRESSED:
-            data = _inflate(data, max_inflated)
-        value, pos = _decode(data, 1, max_depth)
+            data = _inflate(data, min(max_inflated, max_ratio * len(data)))
+        value, pos = _decode(data, 1, max_depth, budget)
     except DecodeError:
         raise
     except (IndexError, struct.error):
@@ -315,11 +331,20 @@ def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX
     return value
 
 
-def _inflate(data: bytes, max_inflated: int) -> bytes:
+def decoded_size(data: bytes) -> int:
+    """The bytes a decode of `data` will walk: its inflated size if it is compressed."""
+    if len(data) >= 6 and data[1] == COMPRESSED:
+        return int(_U32.unpack_from(data, 2)[0])
+    return len(data)
+
+
+def _inflate(data: bytes, cap: int) -> bytes:
     (size,) = _U32.unpack_from(data, 2)
-    if size > max_inflated:
-        raise DecodeError(f"compressed term inflates to {size} bytes, over the cap of "
-                          f"{max_inflated}")
+    if size > cap:
+        raise DecodeError(
+            f"compressed term of {len(data)} bytes inflates to {size}, over the cap of "
+            f"{cap} (the inflated size is capped, and at most {cap // len(data)} times the "
+            "compression ratio); send it uncompressed or in smaller parts")
     inflater = zlib.decompressobj()
     try:
         body = inflater.decompress(data[6:], size + 1)
@@ -329,6 +354,15 @@ def _inflate(data: bytes, max_inflated: int) -> bytes:
             or not inflater.eof):
         raise DecodeError("compressed term does not inflate to its declared size")
     return b"\x83" + body
+
+
+class _Budget:
+    """The elements one decode may still build (each container pays for its elements)."""
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: int) -> None:
+        self.terms = terms
 
 
 _atom_terms: dict[str, bytes] = {}  # atom text -> its encoded term (bounded, like below)
@@ -348,7 +382,7 @@ def _atom(raw: bytes, encoding: str) -> Any:
     return value
 
 
-def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:  # noqa: PLR0915
+def _decode(data: bytes, pos: int, depth: int, budget: _Budget) -> tuple[Any, int]:  # noqa: PLR0915
     # One flat if-chain, most frequent tags first: on this hot path it beats a dispatch table.
     if depth < 0:
         raise DecodeError("term nested deeper than the depth cap")
@@ -375,7 +409,7 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:  # noqa: PLR0
         return _atom(data[pos + 2:end], "utf-8"), end
     if tag == MAP:
         (n,) = _U32.unpack_from(data, pos + 1)
-        _check_count(data, pos + 5, 2 * n)
+        _check_count(data, pos + 5, 2 * n, budget)
         pos += 5
         result: dict[Any, Any] = {}
         for _ in range(n):
@@ -386,8 +420,8 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:  # noqa: PLR0
                     raise DecodeError("truncated binary")
                 key, pos = data[pos + 5:end].decode("utf-8", "surrogateescape"), end
             else:
-                key, pos = _decode(data, pos, depth - 1)
-            value, pos = _decode(data, pos, depth - 1)
+                key, pos = _decode(data, pos, depth - 1, budget)
+            value, pos = _decode(data, pos, depth - 1, budget)
             try:
                 result[key] = value
             except TypeError:
@@ -400,21 +434,21 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:  # noqa: PLR0
         else:
             (n,) = _U32.unpack_from(data, pos + 1)
             pos += 5
-        _check_count(data, pos, n)
+        _check_count(data, pos, n, budget)
         items = []
         for _ in range(n):
-            item, pos = _decode(data, pos, depth - 1)
+            item, pos = _decode(data, pos, depth - 1, budget)
             items.append(item)
         if n and items[0] == "bert" and type(items[0]) is Atom:
             return _bert_complex(items), pos
         return tuple(items), pos
     if tag == LIST:
         (n,) = _U32.unpack_from(data, pos + 1)
-        _check_count(data, pos + 5, n + 1)
+        _check_count(data, pos + 5, n, budget)
         pos += 5
         items = []
         for _ in range(n):
-            item, pos = _decode(data, pos, depth - 1)
+            item, pos = _decode(data, pos, depth - 1, budget)
             items.append(item)
         if data[pos] != NIL:
             raise DecodeError("improper lists are not supported")
@@ -428,10 +462,11 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:  # noqa: PLR0
         if value - value != 0.0:  # inf or nan: no JSON value, and Erlang never writes one
             raise DecodeError("float is not finite")
         return value, pos + 9
-    return _decode_rare(data, pos, tag, depth)
+    return _decode_rare(data, pos, tag, depth, budget)
 
 
-def _decode_rare(data: bytes, pos: int, tag: int, depth: int) -> tuple[Any, int]:
+def _decode_rare(data: bytes, pos: int, tag: int, depth: int, budget: _Budget
+                 ) -> tuple[Any, int]:
     if tag in (SMALL_BIG, LARGE_BIG):
         if tag == SMALL_BIG:
             n, pos = data[pos + 1], pos + 2
@@ -458,6 +493,7 @@ def _decode_rare(data: bytes, pos: int, tag: int, depth: int) -> tuple[Any, int]
         end = pos + 3 + n
         if end > len(data):
             raise DecodeError("truncated string")
+        _check_count(data, pos + 3, n, budget)
         return list(data[pos + 3:end]), end
     if tag == FLOAT:
         text = data[pos + 1:pos + 32].split(b"\x00", 1)[0]
@@ -470,7 +506,7 @@ def _decode_rare(data: bytes, pos: int, tag: int, depth: int) -> tuple[Any, int]
             raise DecodeError("float is not finite")
         return value, pos + 32
     if tag in _OPAQUE_TAGS:
-        end = _skip_opaque(data, pos, tag)
+        end = _skip_opaque(data, pos, tag, budget)
         return Opaque(tag, data[pos:end]), end
     if tag == COMPRESSED:
         raise DecodeError("a compressed term may only wrap the whole term")
@@ -485,24 +521,76 @@ _OPAQUE_TAGS = frozenset({NEW_PID, PID, NEW_PORT, PORT, V4_PORT, NEWER_REFERENCE
 _OPAQUE_FIXED = {NEW_PID: 12, PID: 9, NEW_PORT: 8, PORT: 5, V4_PORT: 12, REFERENCE: 5}
 
 
-def _skip_opaque(data: bytes, pos: int, tag: int) -> int:
+def _skip_opaque(data: bytes, pos: int, tag: int, budget: _Budget) -> int:
     """Return the end of a pid/port/reference term starting at `pos`."""
     if tag in (NEWER_REFERENCE, NEW_REFERENCE):
         (id_words,) = _U16.unpack_from(data, pos + 1)
-        node, node_end = _decode(data, pos + 3, 0)
+        node, node_end = _decode(data, pos + 3, 0, budget)
         end: int = node_end + (4 if tag == NEWER_REFERENCE else 1) + 4 * id_words
     else:
-        node, node_end = _decode(data, pos + 1, 0)
+        node, node_end = _decode(data, pos + 1, 0, budget)
         end = node_end + _OPAQUE_FIXED[tag]
     if not isinstance(node, Atom) or end > len(data):
         raise DecodeError("malformed pid, port or reference")
     return end
 
 
-def _check_count(data: bytes, pos: int, count: int) -> None:
+def _check_count(data: bytes, pos: int, count: int, budget: _Budget) -> None:
     # Every element takes at least one byte: refuse impossible counts before allocating.
     if count > len(data) - pos:
         raise DecodeError(f"term claims {count} elements but only {len(data) - pos} bytes remain")
+    budget.terms -= count
+    if budget.terms < 0:
+        raise DecodeError("term has more elements than the cap allows; send fewer, or "
+                          "split the message")
+
+
+def describe(term: Any, limit: int = 80) -> str:
+    """A short text for a term of any size: its start as Python shows it, and the sizes
+    of what is cut. The work is bounded by `limit`, never by the term, so an
+    untrusted term of many megabytes costs an error message no more than a small one."""
+    parts: list[str] = []
+    _describe_into(term, parts, [limit])
+    text = "".join(parts)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _describe_into(v: Any, parts: list[str], left: list[int]) -> None:
+    # `left` is the characters still to write; a container stops at the first item
+    # that finds none left, so the walk visits about `limit` items at most.
+    def put(text: str) -> None:
+        parts.append(text)
+        left[0] -= len(text)
+
+    if isinstance(v, (str, bytes, bytearray)):
+        if len(v) <= left[0]:
+            put(repr(v))
+        else:  # the size first, so that cutting the text never cuts it
+            unit = "chars" if isinstance(v, str) else "bytes"
+            put(f"<{type(v).__name__} of {len(v)} {unit}>{v[:max(left[0], 8)]!r}")
+    elif isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 64:
+        put(f"<integer of {v.bit_length()} bits>")  # str() of a bignum is quadratic
+    elif isinstance(v, (list, tuple, dict)):
+        if len(v) > 8:
+            put(f"<{type(v).__name__} of {len(v)}>")
+        brackets = "()" if isinstance(v, tuple) else "{}" if isinstance(v, dict) else "[]"
+        items: Any = v.items() if isinstance(v, dict) else v
+        put(brackets[0])
+        for index, item in enumerate(items):
+            if left[0] <= 0:
+                put("...")
+                break
+            if index:
+                put(", ")
+            if isinstance(v, dict):
+                _describe_into(item[0], parts, left)
+                put(": ")
+                _describe_into(item[1], parts, left)
+            else:
+                _describe_into(item, parts, left)
+        put(brackets[1])
+    else:
+        put(repr(v)[:max(left[0], 8)])
 
 
 def _bert_complex(items: list[Any]) -> Any:
@@ -511,7 +599,7 @@ def _bert_complex(items: list[Any]) -> Any:
     if len(items) == 2 and (kind is True or kind is False):
         return kind
     if type(kind) is not Atom:
-        raise DecodeError(f"unsupported BERT complex type {{bert, {kind!r}, ...}}")
+        raise DecodeError(f"unsupported BERT complex type {{bert, {describe(kind)}, ...}}")
     if kind == "nil" and len(items) == 2:
         return None
     if kind == "dict" and len(items) == 3 and isinstance(items[2], list):
@@ -524,4 +612,4 @@ def _bert_complex(items: list[Any]) -> Any:
     if kind == "time" and len(items) == 5 and all(type(x) is int for x in items[2:]):
         mega, sec, micro = items[2:]
         return _EPOCH + _dt.timedelta(seconds=mega * 1_000_000 + sec, microseconds=micro)
-    raise DecodeError(f"unsupported BERT complex type {{bert, {kind!r}, ...}}")
+    raise DecodeError(f"unsupported BERT complex type {{bert, {describe(kind)}, ...}}")

@@ -7,13 +7,24 @@ same type and reports every peer of its own cluster it resolves. Discovery is
 a hint: the node then dials the peer's link port, where the cookie decides.
 
 mDNS speaks only on the interfaces given (by default the node's link address,
-127.0.0.1), so a default node never multicasts onto a real network.
+127.0.0.1), so a default node never multicasts onto a real network. zeroconf
+receives multicast on one socket bound to 0.0.0.0:5353 whatever interfaces it
+is given, so that socket would also take (and answer) unicast queries sent to
+any address of the machine, and multicast that another program joined on
+other interfaces. On Linux, `_listen_only_to_joined_groups` gives it a socket
+filter that keeps only multicast, and IP_MULTICAST_ALL off, so it hears the
+groups joined on the given interfaces alone; unicast queries reach only the
+per-interface sockets zeroconf binds to the addresses given.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import socket
+import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +37,19 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_TYPE = "_yptask._tcp.local."
 RESOLVE_TIMEOUT_MS = 3000
+
+# Linux socket options (linux/socket.h, linux/in.h), absent from the socket module.
+SO_ATTACH_FILTER = 26
+IP_MULTICAST_ALL = 49
+# A classic BPF program: accept a datagram whose IPv4 destination is multicast
+# (224.0.0.0/4), drop any other. SKF_NET_OFF (-0x100000) addresses the IP header.
+_MULTICAST_ONLY = [
+    (0x20, 0, 0, 0xFFF00010),  # ld [net + 16]       the destination address
+    (0x54, 0, 0, 0xF0000000),  # and #0xf0000000
+    (0x15, 0, 1, 0xE0000000),  # jeq #0xe0000000     multicast?
+    (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1             keep all of it
+    (0x06, 0, 0, 0),           # ret #0              drop
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +85,8 @@ class Discovery:
 
     async def start(self) -> None:
         self._zeroconf = AsyncZeroconf(interfaces=self._interfaces, ip_version=IPVersion.V4Only)
+        await self._zeroconf.zeroconf.async_wait_for_start()
+        _listen_only_to_joined_groups(self._zeroconf.zeroconf)
         await (await self._zeroconf.async_register_service(self._info, allow_name_change=False))
         self._browser = AsyncServiceBrowser(self._zeroconf.zeroconf, [self.service_type],
                                             handlers=[self._on_change])
@@ -97,3 +123,20 @@ class Discovery:
         if not addresses or info.port is None:
             return
         self._found(Sighting(node, boot, addresses[0], info.port))
+
+
+def _listen_only_to_joined_groups(zeroconf: Zeroconf) -> None:
+    """Make zeroconf's wildcard socket hear only multicast of the groups it joined."""
+    for reader in zeroconf.engine.readers:
+        sock = reader.sock
+        if sock.family != socket.AF_INET or sock.getsockname()[0] != "0.0.0.0":
+            continue  # a socket bound to one of the given addresses: already its own
+        if not sys.platform.startswith("linux"):
+            log.warning("mDNS: on %s the socket on 0.0.0.0:5353 also answers unicast queries "
+                        "sent to this machine's other addresses", sys.platform)
+            return
+        code = b"".join(struct.pack("HBBI", *op) for op in _MULTICAST_ONLY)
+        program = ctypes.create_string_buffer(code)
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                        struct.pack("HL", len(_MULTICAST_ONLY), ctypes.addressof(program)))
+        sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)

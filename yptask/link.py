@@ -20,6 +20,12 @@ On top of the frames a `Link` carries requests both ways, each with an id so
 many can be in flight: `{req, Id, Kind, Args}` is answered by `{resp, Id,
 Packet}`, where Packet is a BERT-RPC reply or error, so an error raised on
 the far node arrives as the same error class here.
+
+Before the handshake a peer is a stranger: its frames are capped at 4 KiB and
+decoded within `yptask.decoding.LINK_HANDSHAKE` (a few elements, shallow, no
+room to inflate), and what it sent is named in errors by `codec.describe`,
+never by a whole repr. After it, frames decode within `LINK`, big ones off
+the event loop.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from typing import Any
 
 from yptask import codec
 from yptask.bertrpc import ErrorReply, Reply, answer_result, error_reply, parse_packet
+from yptask.codec import describe
+from yptask.decoding import LINK, LINK_HANDSHAKE, Decoder
 from yptask.errors import LinkError, ProtocolError, YPTaskError
 
 __all__ = ["HANDSHAKE_TIMEOUT_S", "Identity", "Link", "LinkRefused", "accept", "dial"]
@@ -71,8 +79,10 @@ class Link:
     """One authenticated connection to a peer node. Create with `dial` or `accept`."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                 key: bytes, dialer: bool, peer: Identity, handler: Handler) -> None:
+                 key: bytes, dialer: bool, peer: Identity, handler: Handler,
+                 decoder: Decoder | None = None) -> None:
         self.peer = peer
+        self._decoder = decoder
         self.dialer = dialer
         self._reader = reader
         self._writer = writer
@@ -131,7 +141,7 @@ class Link:
                     self._handlers.add(task)
                     task.add_done_callback(self._handlers.discard)
                 else:
-                    raise ProtocolError(f"unexpected link frame {_describe(term)}")
+                    raise ProtocolError(f"unexpected link frame {describe(term)}")
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except YPTaskError as exc:
@@ -180,7 +190,9 @@ class Link:
         expected = _mac(self._key, self._receive_tag, next(self._received), body)
         if not hmac.compare_digest(mac, expected):
             raise LinkError(f"a frame from {self.peer.name} failed its HMAC check")
-        return codec.decode(body)
+        if self._decoder is None:
+            return LINK.decode(body)
+        return await self._decoder.decode(body, LINK)
 
     def _closed(self) -> None:
         if self.closed.is_set():
@@ -199,24 +211,34 @@ class Link:
 
 @dataclass(frozen=True)
 class _Side:
-    """This end of a handshake: who we are, the cookie, and who answers requests."""
+    """This end of a handshake: who we are, the cookie, who answers requests, and the
+    decoder of the link's big frames."""
 
     me: Identity
     cookie: bytes
     handler: Handler
+    decoder: Decoder | None = None
 
 
 async def dial(host: str, port: int, *, me: Identity, cookie: bytes, handler: Handler,
-               timeout_s: float = HANDSHAKE_TIMEOUT_S) -> Link:
-    """Connect to a peer's link port and authenticate; raise LinkRefused or LinkError."""
+               timeout_s: float = HANDSHAKE_TIMEOUT_S, decoder: Decoder | None = None,
+               allowed: Callable[[str], bool] | None = None) -> Link:
+    """Connect to a peer's link port and authenticate; raise LinkRefused or LinkError.
+
+    `allowed(ip)` is asked about the address connected to (a name may resolve
+    anywhere) before anything is sent; False refuses it."""
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError) as exc:
         raise LinkError(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from None
     where = f"{host}:{port}"
-    return await _handshake(_dial_handshake(reader, writer, _Side(me, cookie, handler), where),
-                            writer, where, timeout_s)
+    address = writer.get_extra_info("peername")[0]
+    if allowed is not None and not allowed(address):
+        writer.close()
+        raise LinkRefused(f"{where} ({address}) is not in this node's allow_from; not linking")
+    return await _handshake(_dial_handshake(reader, writer, _Side(me, cookie, handler, decoder),
+                                            where), writer, where, timeout_s)
 
 
 async def _handshake(handshake: Awaitable[Link], writer: asyncio.StreamWriter, where: str,
@@ -247,7 +269,7 @@ async def _dial_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     if _is(answer, "yptask_refused", 2):
         raise LinkRefused(f"{where} refused this node: {answer[1]}")
     if not (_is(answer, "yptask_challenge", 6) and _all_str(answer[1:6])):
-        raise LinkRefused(f"{where} is not a yptask link port (it sent {_describe(answer)})")
+        raise LinkRefused(f"{where} is not a yptask link port (it sent {describe(answer)})")
     _, cluster, name, boot, their_nonce, their_proof = answer
     peer = Identity(str(cluster), str(name), str(boot))
     if not hmac.compare_digest(their_proof, _proof(cookie, "acceptor", nonce, their_nonce)):
@@ -260,19 +282,20 @@ async def _dial_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     if _is(welcome, "yptask_refused", 2):
         raise LinkRefused(f"node {peer.name} at {where} refused this node: {welcome[1]}")
     if not _is(welcome, "yptask_welcome", 1):
-        raise LinkRefused(f"node {peer.name} at {where} sent {_describe(welcome)}")
+        raise LinkRefused(f"node {peer.name} at {where} sent {describe(welcome)}")
     link = Link(reader, writer, key=_session_key(cookie, nonce, their_nonce), dialer=True,
-                peer=peer, handler=side.handler)
+                peer=peer, handler=side.handler, decoder=side.decoder)
     link.start()
     return link
 
 
 async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                  me: Identity, cookie: bytes, handler: Handler,
-                 timeout_s: float = HANDSHAKE_TIMEOUT_S) -> Link:
+                 timeout_s: float = HANDSHAKE_TIMEOUT_S, decoder: Decoder | None = None) -> Link:
     """Authenticate a connection a peer opened to our link port; raise LinkRefused."""
     where = "{}:{}".format(*writer.get_extra_info("peername")[:2])
-    return await _handshake(_accept_handshake(reader, writer, _Side(me, cookie, handler), where),
+    return await _handshake(_accept_handshake(reader, writer,
+                                              _Side(me, cookie, handler, decoder), where),
                             writer, where, timeout_s)
 
 
@@ -282,7 +305,7 @@ async def _accept_handshake(reader: asyncio.StreamReader, writer: asyncio.Stream
     hello = await _read_handshake(reader)
     if not (_is(hello, "yptask_hello", 6) and isinstance(hello[1], int)
             and _all_str(hello[2:6])):
-        raise LinkRefused(f"{where} is not a yptask node (it sent {_describe(hello)})")
+        raise LinkRefused(f"{where} is not a yptask node (it sent {describe(hello)})")
     _, version, cluster, name, boot, their_nonce = hello
     peer = Identity(str(cluster), str(name), str(boot))
     if version != PROTOCOL_VERSION or cluster != me.cluster:
@@ -303,7 +326,7 @@ async def _accept_handshake(reader: asyncio.StreamReader, writer: asyncio.Stream
         raise LinkRefused(f"node {peer.name} at {where}: {why}")
     _write_plain(writer, (codec.Atom("yptask_welcome"),))
     link = Link(reader, writer, key=_session_key(cookie, their_nonce, nonce), dialer=False,
-                peer=peer, handler=side.handler)
+                peer=peer, handler=side.handler, decoder=side.decoder)
     link.start()
     return link
 
@@ -335,7 +358,8 @@ async def _read_frame(reader: asyncio.StreamReader, cap: int = MAX_LINK_FRAME) -
 
 
 async def _read_handshake(reader: asyncio.StreamReader) -> Any:
-    return codec.decode(await _read_frame(reader, MAX_HANDSHAKE_FRAME))
+    # a stranger's frame: small, so decoded on the loop in microseconds
+    return LINK_HANDSHAKE.decode(await _read_frame(reader, MAX_HANDSHAKE_FRAME))
 
 
 def _write_plain(writer: asyncio.StreamWriter, term: Any) -> None:
@@ -350,8 +374,3 @@ def _is(term: Any, tag: str, size: int) -> bool:
 
 def _all_str(values: tuple[Any, ...]) -> bool:
     return all(isinstance(v, str) and 0 < len(v) <= 256 for v in values)
-
-
-def _describe(term: Any) -> str:
-    text = repr(term)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -196,7 +196,8 @@ class Node:
             service_type=c.mdns_type, heartbeat_s=c.heartbeat_s,
             suspect_after_s=c.down_after_s / 2, down_after_s=c.down_after_s,
             version=__version__, max_connections=caps(c).link,
-            handshake_timeout_s=c.link_handshake_timeout_s)
+            handshake_timeout_s=c.link_handshake_timeout_s,
+            allow_from=c.allow_from)
 
     def _cookie(self) -> bytes:
         """The cluster cookie: from the config, its file, or a random one kept in the data dir."""

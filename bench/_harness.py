@@ -48,6 +48,7 @@ class BenchNode:
         self.runs_on = runs_on
         self.tasks = tasks  # task definitions (TOML) in place of the no-op task
         self.url = ""
+        self.bert = ""
         self.link = ""
         self._tmp = tempfile.TemporaryDirectory(prefix="yptask-bench-")
         self._proc: subprocess.Popen[str] | None = None
@@ -78,6 +79,8 @@ class BenchNode:
         for line in self._proc.stdout:
             if found := re.search(r"JSON-RPC\s+(\S+)", line):
                 self.url = found.group(1)
+            elif found := re.search(r"BERT-RPC\s+(\S+)", line):
+                self.bert = found.group(1)
             elif found := re.search(r"link\s+(\S+)", line):
                 self.link = found.group(1)
                 return self

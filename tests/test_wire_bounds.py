@@ -24,6 +24,7 @@ from support import ECHO, NodeProcess, wait_for
 from yptask import codec
 from yptask.bertrpc import Call, ErrorReply, Info, Reply, decode_packet, frame, parse_packet
 from yptask.codec import decode, describe, encode
+from yptask.decoding import OFF_LOOP_BYTES, PRE_AUTH, PUBLISHER, Decoder, InflationBudget
 from yptask.errors import DecodeError, ProtocolError
 
 
@@ -117,6 +118,41 @@ def test_a_huge_bert_complex_kind_gives_a_short_message():
     with pytest.raises(DecodeError) as caught:
         decode(data)
     assert len(str(caught.value)) < 300
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def test_a_connections_inflation_budget_refuses_what_it_has_not():
+    budget = InflationBudget(burst_bytes=100, refill_bytes_per_s=0)
+    budget.spend(10, 60)
+    budget.spend(10, 10)  # uncompressed frames cost nothing
+    budget.spend(10, 60)
+    with pytest.raises(DecodeError, match="inflate faster"):
+        budget.spend(10, 20)
+
+
+async def test_a_big_frame_decodes_off_the_loop_to_the_same_value():
+    decoder = Decoder("test decode")
+    try:
+        value = [{"n": i, "s": "x" * 10} for i in range(20_000)]
+        data = encode(value)
+        assert len(data) > OFF_LOOP_BYTES
+        ticks = 0
+
+        def tick() -> None:
+            nonlocal ticks
+            ticks += 1
+            loop.call_soon(tick)
+
+        loop = asyncio.get_running_loop()
+        loop.call_soon(tick)
+        assert await decoder.decode(data, PUBLISHER) == value
+        assert ticks > 0  # the loop ran while the decoder thread worked
+        with pytest.raises(DecodeError, match="elements"):
+            await decoder.decode(data, PRE_AUTH)
+    finally:
+        decoder.close()
 
 
 # --------------------------------------------------------------------------- real nodes

@@ -64,6 +64,10 @@ class BenchNode:
         assert self._proc is not None
         return self._proc.pid
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def __enter__(self) -> BenchNode:
         tmp = Path(self._tmp.name)
         (tmp / "tasks.toml").write_text(self.tasks or TASKS.format(

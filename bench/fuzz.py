@@ -279,7 +279,7 @@ def main() -> None:
         start_mb = peak_rss_mb(node.pid)
         run = asyncio.run(bench(node, args.rounds, args.senders, args.seed,
                                 args.surfaces.split(",")))
-        alive = node._proc is not None and node._proc.poll() is None
+        alive = node.running
         end_mb = peak_rss_mb(node.pid) if alive else 0.0
     latencies = sorted(run.latencies_ms)
     print(f"hostile input, {args.senders} senders per surface x {args.rounds} cases, "

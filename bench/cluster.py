@@ -107,7 +107,7 @@ def cross_node_throughput(n: int, rounds: int) -> None:
 async def publish_batches(url: str, n: int) -> None:
     import aiohttp
 
-    async with aiohttp.ClientSession(headers={"Content-Type": "application/json"}) as session:
+    async with aiohttp.ClientSession(headers=throughput.JSON) as session:
         await throughput.publish(session, url, "batch", n)
 
 

@@ -22,11 +22,13 @@ from _harness import BenchNode, peers_note, run_peer, summary
 
 CONCURRENCY = {"single": 32, "batch": 4}
 BATCH = 100
+JSON = {"Content-Type": "application/json"}
 
 
-async def rpc(session: aiohttp.ClientSession, url: str, method: str, *params: object) -> object:
+async def rpc(session: aiohttp.ClientSession, url: str, headers: dict[str, str], method: str,
+              *params: object) -> object:
     body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
-    async with session.post(url, json=body) as response:
+    async with session.post(url, json=body, headers=headers) as response:
         return (await response.json())["result"]
 
 
@@ -52,21 +54,22 @@ async def publish(session: aiohttp.ClientSession, url: str, mode: str, n: int) -
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY[mode])))
 
 
-async def handled(session: aiohttp.ClientSession, url: str) -> int:
-    status = await rpc(session, url, "status")
+async def handled(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> int:
+    status = await rpc(session, url, headers, "status")
     return int(status["tasks"]["noop"]["handled"])  # type: ignore[index]
 
 
 async def round_trip(url: str, mode: str, n: int, headers: dict[str, str]
                      ) -> tuple[float, float]:
-    """`headers`: the node's (BenchNode.headers: JSON, and the admin token for status)."""
+    """`headers`: the node's (BenchNode.headers), for status; the casts carry only their
+    Content-Type, as a publisher's do on a node without publisher tokens."""
     connector = aiohttp.TCPConnector(limit=64)
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-        before = await handled(session, url)
+    async with aiohttp.ClientSession(connector=connector, headers=JSON) as session:
+        before = await handled(session, url, headers)
         start = time.perf_counter()
         await publish(session, url, mode, n)
         published = time.perf_counter()
-        while await handled(session, url) < before + n:
+        while await handled(session, url, headers) < before + n:
             await asyncio.sleep(0.05)
         done = time.perf_counter()
     return n / (published - start), n / (done - start)

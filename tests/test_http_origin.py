@@ -203,3 +203,16 @@ async def test_password_guesses_cost_bounded_work_and_get_throttled(monkeypatch)
     assert await guard._secret_ok("the right password", "10.0.0.10") is True
     assert await guard._secret_ok("t" * 32, "10.0.0.9") is True
     guard.close()
+
+
+async def test_the_console_assets_are_served_by_name_only(node):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(node.http_url + "/console/console.js") as response:
+            assert response.status == 200 and "fetch" in await response.text()
+        for path in ("/console/index.html", "/console/..%2fapp.py", "/console/nope.js"):
+            async with session.get(node.http_url + path) as response:
+                assert response.status == 404, path
+        # and the Host rule holds for them too
+        async with session.get(node.http_url + "/console/console.js",
+                               headers={"Host": "attacker.example"}) as response:
+            assert response.status == 403

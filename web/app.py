@@ -7,9 +7,9 @@
   `GET /session` tells the page its node and CSRF token.
 - `GET /healthz`.
 
-Every request first passes `OriginCheck` (its Host and Origin must be the
-node's own, and JSON-RPC must come as application/json: `yptask.web.origin`),
-then the allow-list when there is one.
+Every request passes the allow-list when there is one, then `OriginCheck`
+(its Host and Origin must be the node's own, and JSON-RPC must come as
+application/json: `yptask.web.origin`).
 """
 
 from __future__ import annotations
@@ -59,18 +59,17 @@ def make_app(node: PublisherNode, admin_token: str | None = None) -> web.Applica
     # The allow-list check is a middleware only where there is a list: one less layer
     # around every request otherwise. It comes first: a stranger learns nothing more.
     app = web.Application(client_max_size=config.max_body_bytes + _HEADROOM_BYTES,
-                          middlewares=[*([_allow_list] if guard.networks else []),
-                                       origins.middleware])
+                          middlewares=[_allow_list] if guard.networks else [])
     app[NODE] = node
     app[GUARD] = guard
-    app.router.add_post("/rpc", RPCEndpoint(node, guard).handle)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/", _console)
-    app.router.add_get("/login", _login_page)
-    app.router.add_post("/login", _login)
-    app.router.add_post("/logout", _logout)
-    app.router.add_get("/session", _session)
-    app.router.add_static("/console/", CONSOLE, append_version=True)
+    # Every route passes the Host and Origin rules (`yptask.web.origin`).
+    add = app.router.add_route
+    add("POST", "/rpc", origins.guard(RPCEndpoint(node, guard).handle, json_body=True))
+    for method, path, handler in (("GET", "/healthz", _healthz), ("GET", "/", _console),
+                                  ("GET", "/login", _login_page), ("POST", "/login", _login),
+                                  ("POST", "/logout", _logout), ("GET", "/session", _session),
+                                  ("GET", "/console/{name}", _asset)):
+        add(method, path, origins.guard(handler))
     return app
 
 
@@ -81,6 +80,17 @@ async def _allow_list(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.Response(status=403, text="this address may not use this node\n")
     response: web.StreamResponse = await handler(request)
     return response
+
+
+# The console's scripts and styles, by name: nothing else under /console/ is served.
+_ASSETS = {path.name: path for path in CONSOLE.iterdir() if path.suffix in (".js", ".css")}
+
+
+async def _asset(request: web.Request) -> web.StreamResponse:
+    path = _ASSETS.get(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"X-Content-Type-Options": "nosniff"})
 
 
 async def _healthz(request: web.Request) -> web.Response:

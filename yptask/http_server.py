@@ -85,7 +85,7 @@ class _Handler(web.RequestHandler):
     not complete a head are the start of one: they arm the head timer.
     """
 
-    __slots__ = ("_admitted", "_answered", "_head_timeout_s", "_head_timer", "_limit")
+    __slots__ = ("_admitted", "_head_timeout_s", "_head_timer", "_limit")
 
     def __init__(self, manager: web.Server, limit: ConnectionLimit[_Handler],
                  head_timeout_s: float, **kwargs: Any) -> None:
@@ -94,7 +94,6 @@ class _Handler(web.RequestHandler):
         self._head_timeout_s = head_timeout_s
         self._head_timer: asyncio.TimerHandle | None = None
         self._admitted = False
-        self._answered = 0  # requests answered; aiohttp counts the heads received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._limit.admit(self):
@@ -119,18 +118,11 @@ class _Handler(web.RequestHandler):
     def data_received(self, data: bytes) -> None:
         heads = self._request_count
         super().data_received(data)
-        self._limit.touch(self)
-        if self._request_count != heads:
+        if self._request_count != heads:  # a head is complete: the connection is active
             self._stop_head_timer()
+            self._limit.touch(self)
         elif data and self._head_timer is None and self._between_requests():
             self._head_timer = self._loop.call_later(self._head_timeout_s, self._head_late)
-
-    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
-                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
-        try:
-            return await super().finish_response(request, resp, start_time)
-        finally:
-            self._answered += 1
 
     def evict_if_idle(self) -> bool:
         """Close this connection if it is idle between requests; say whether it was."""
@@ -140,7 +132,12 @@ class _Handler(web.RequestHandler):
         return False
 
     def _between_requests(self) -> bool:
-        return self._answered == self._request_count
+        """No request is queued or being answered: before the first head, or while
+        aiohttp's loop waits for the next one."""
+        if self._messages:
+            return False
+        waiter = self._waiter
+        return self._request_count == 0 or (waiter is not None and not waiter.done())
 
     def _head_late(self) -> None:
         self._head_timer = None

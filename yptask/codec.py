@@ -314,7 +314,7 @@ def decode(data: bytes | bytearray | memoryview, *, max_depth: int = DEFAULT_MAX
     budget = _Budget(max_terms)
     try:
         if len(data) > 1 and data[1] == COMPRESSED:
-            data = _inflate(data, min(max_inflated, max_ratio * len(data)))
+            data = _inflate(data, max_inflated, max_ratio)
         value, pos = _decode(data, 1, max_depth, budget)
     except DecodeError:
         raise
@@ -338,13 +338,13 @@ def decoded_size(data: bytes) -> int:
     return len(data)
 
 
-def _inflate(data: bytes, cap: int) -> bytes:
+def _inflate(data: bytes, max_inflated: int, max_ratio: int) -> bytes:
     (size,) = _U32.unpack_from(data, 2)
-    if size > cap:
+    if size > min(max_inflated, max_ratio * len(data)):
         raise DecodeError(
-            f"compressed term of {len(data)} bytes inflates to {size}, over the cap of "
-            f"{cap} (the inflated size is capped, and at most {cap // len(data)} times the "
-            "compression ratio); send it uncompressed or in smaller parts")
+            f"compressed term of {len(data)} bytes inflates to {size}, over the cap here "
+            f"(at most {max_inflated} bytes, and a compression ratio of at most {max_ratio}); "
+            "send it uncompressed or in smaller parts")
     inflater = zlib.decompressobj()
     try:
         body = inflater.decompress(data[6:], size + 1)

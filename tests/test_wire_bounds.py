@@ -325,8 +325,9 @@ async def test_a_compressed_bomb_on_the_link_port_before_the_handshake_is_refuse
     # Then each is refused and closed without a challenge, and the node serves on
     assert answers == [[]] * 6
     assert await calls > 0
-    wait_for(lambda: node.log().count("refused a link") >= 6, timeout_s=10,
-             what="the refusals in the log")
+    # (the log says so once; refusals in a flood are counted, not written one by one)
+    wait_for(lambda: "refused a link" in node.log(), timeout_s=10,
+             what="the refusal in the log")
     assert all(len(line) < 400 for line in node.log().splitlines() if "refused a link" in line)
     assert node.peak_mb - before < RSS_BOUND_MB
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from yptask.log_limit import LogLimiter
 from yptask.web.auth import SESSION_COOKIE, SESSION_TTL_S, Guard, is_loopback
 from yptask.web.origin import OriginCheck
 from yptask.web.rpc import PublisherNode, RPCEndpoint
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 NODE = web.AppKey("node", PublisherNode)
 GUARD = web.AppKey("guard", Guard)
+# What strangers cause (refused addresses, failed logins) is logged a line every few seconds.
+STRANGERS = web.AppKey("strangers", LogLimiter)
 CONSOLE = Path(__file__).resolve().parent / "console"
 
 # aiohttp's own size check answers with a plain-text 413; allowing a little more than
@@ -62,6 +65,7 @@ def make_app(node: PublisherNode, admin_token: str | None = None) -> web.Applica
                           middlewares=[_allow_list] if guard.networks else [])
     app[NODE] = node
     app[GUARD] = guard
+    app[STRANGERS] = LogLimiter(log)
     # Every route passes the Host and Origin rules (`yptask.web.origin`).
     add = app.router.add_route
     add("POST", "/rpc", origins.guard(RPCEndpoint(node, guard).handle, json_body=True))
@@ -76,7 +80,8 @@ def make_app(node: PublisherNode, admin_token: str | None = None) -> web.Applica
 @web.middleware
 async def _allow_list(request: web.Request, handler: Any) -> web.StreamResponse:
     if not request.app[GUARD].address_allowed(request.remote):
-        log.warning("refused HTTP from %s: not in allow_from", request.remote)
+        request.app[STRANGERS].warning("refused HTTP from %s: not in allow_from",
+                                       request.remote)
         return web.Response(status=403, text="this address may not use this node\n")
     response: web.StreamResponse = await handler(request)
     return response
@@ -137,11 +142,12 @@ async def _open_session(request: web.Request, secret: str) -> web.StreamResponse
     address = request.remote or ""
     wait_s = guard.blocked_for_s(address)
     if wait_s > 0:
-        log.warning("console: refused a login from %s: too many failures", address)
+        request.app[STRANGERS].warning("console: refused a login from %s: too many failures",
+                                       address)
         raise web.HTTPSeeOther(f"/login?failed=1&wait={int(wait_s) + 1}")
     session = await guard.login(secret, address)
     if session is None:
-        log.warning("console: a failed login from %s", address)
+        request.app[STRANGERS].warning("console: a failed login from %s", address)
         raise web.HTTPSeeOther("/login?failed=1")
     response = web.HTTPSeeOther("/")
     response.set_cookie(SESSION_COOKIE, session[0], max_age=SESSION_TTL_S, httponly=True,

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
 from yptask.addresses import address_literal
 from yptask.errors import ProtocolError, Unauthorized, YPTaskError, wire_code
+from yptask.log_limit import LogLimiter
 
 __all__ = ["Handler", "OriginCheck", "host_name"]
 
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 _SEEN_LIMIT = 256
-LOG_EVERY_S = 10.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -70,8 +69,7 @@ class OriginCheck:
         self.bind_address = address_literal(bind_host)
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self._seen: dict[str, bool] = {}  # Host header -> allowed? (the same few, mostly)
-        self._unlogged = 0  # refusals since the last log line
-        self._next_log = 0.0  # monotonic time from which the next line may be written
+        self._refusals = LogLimiter(log)
 
     def host_allowed(self, authority: str) -> bool:
         known = self._seen.get(authority)
@@ -123,7 +121,9 @@ class OriginCheck:
         async def checked(request: web.Request) -> web.StreamResponse:
             why = self.refusal(request)
             if why is not None:
-                self._log_refusal(request, why)
+                # a page may send thousands: the log gets a line every few seconds
+                self._refusals.warning("refused HTTP %s %s from %s: %s", request.method,
+                                       request.path[:80], request.remote, why)
                 return _refuse(request, 403, Unauthorized(why))
             if json_body and request.method == "POST" and request.content_type != JSON:
                 return _refuse(request, 415, ProtocolError(
@@ -132,20 +132,6 @@ class OriginCheck:
             return await handler(request)
 
         return checked
-
-    def _log_refusal(self, request: web.Request, why: str) -> None:
-        """The first refusal at once, then at most one line every LOG_EVERY_S with a count:
-        a page may send thousands, and one line each would flood the log."""
-        self._unlogged += 1
-        now = time.monotonic()
-        if now < self._next_log:
-            return
-        log.warning("refused HTTP %s %s from %s: %s (%d refused since the last such line; "
-                    "this line repeats at most every %.0f s)", request.method,
-                    request.path[:80], request.remote, why, self._unlogged, LOG_EVERY_S)
-        self._unlogged = 0
-        self._next_log = now + LOG_EVERY_S
-
 
 def _refuse(request: web.Request, status: int, error: YPTaskError) -> web.Response:
     if request.path == "/rpc":  # publishers read JSON-RPC errors

@@ -60,6 +60,7 @@ from yptask.errors import (
     Unauthorized,
     YPTaskError,
 )
+from yptask.log_limit import LogLimiter
 from yptask.web.auth import Guard
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class BertEndpoint:
     """A TCP server speaking BERT-RPC to publishers, in front of one node."""
 
     def __init__(self, node: Node, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._strangers = LogLimiter(log)  # refusals: a line every few seconds
         self.node = node
         self.max_frame = max_frame
         config = node.config
@@ -109,7 +111,7 @@ class BertEndpoint:
         connection = _Connection(authorized=not self.guard.tokens)
         try:
             if not self.guard.address_allowed(peer[0] if peer else None):
-                log.warning("refused BERT-RPC from %s: not in allow_from", peer)
+                self._strangers.warning("refused BERT-RPC from %s: not in allow_from", peer)
                 await self._send(writer, error_reply(Unauthorized(
                     "this address may not use this node")))
                 return
@@ -123,7 +125,8 @@ class BertEndpoint:
                               self.node.config.bert_idle_timeout_s)
                     return
                 except FrameError as exc:
-                    log.warning("BERT-RPC client %s sent a bad frame: %s; closing", peer, exc)
+                    self._strangers.warning("BERT-RPC client %s sent a bad frame: %s; closing",
+                                            peer, exc)
                     await self._send(writer, error_reply(exc))
                     return
                 if body is None:

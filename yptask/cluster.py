@@ -37,6 +37,7 @@ from yptask.decoding import Decoder
 from yptask.discovery import DEFAULT_SERVICE_TYPE, Discovery, Sighting
 from yptask.errors import LinkError, NoSuchFunction, ProtocolError, YPTaskError
 from yptask.link import HANDSHAKE_TIMEOUT_S, Identity, Link, LinkRefused, accept, dial
+from yptask.log_limit import LogLimiter
 from yptask.membership import Change, Member, Membership, MemberState
 from yptask.replicated import Entry, ReplicatedStore, digest_from_term, digest_to_term
 from yptask.web.auth import Guard
@@ -102,6 +103,7 @@ class Cluster:
 
     def __init__(self, settings: ClusterSettings, node: ClusterNode, store: ReplicatedStore,
                  boot: str) -> None:
+        self._strangers = LogLimiter(log)  # refused links: a line every few seconds
         self.settings = settings
         self.node = node
         self.store = store
@@ -264,7 +266,7 @@ class Cluster:
                           writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         if not self._guard.address_allowed(peer[0] if peer else None):
-            log.warning("refused a link from %s: not in allow_from", peer)
+            self._strangers.warning("refused a link from %s: not in allow_from", peer)
             writer.close()
             return
         try:
@@ -272,7 +274,7 @@ class Cluster:
                                 handler=self._handle, decoder=self._decoder,
                                 timeout_s=self.settings.handshake_timeout_s)
         except YPTaskError as exc:  # LinkRefused, and anything else a stranger may cause
-            log.warning("refused a link: %s", exc)
+            self._strangers.warning("refused a link: %s", exc)
             return
         self._in.add(link)
         self._spawn(self._forget_when_closed(link))

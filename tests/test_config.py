@@ -112,3 +112,14 @@ def test_task_file_errors_say_which_file(tmp_path):
         load_tasks(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load_tasks(tmp_path / "missing.toml")
+
+
+def test_every_kind_of_task_definition_reads_back_as_it_was_written():
+    for definition in ({"name": "py", "messages": ["a.b"], "worker_class": "m:C"},
+                       {"name": "argv", "messages": ["a.b"], "command": ["escript", "w"],
+                        "use_stdio": True}):
+        task = TaskDef.from_dict(definition)
+        assert TaskDef.from_dict(task.to_dict()) == task
+    with pytest.raises(ConfigError, match="exactly one"):
+        TaskDef.from_dict({"name": "none", "messages": ["a.b"], "worker_class": "",
+                           "command": []})

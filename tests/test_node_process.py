@@ -8,7 +8,7 @@ import subprocess
 import threading
 
 import pytest
-from support import TEST_WORKERS, NodeProcess, read_records, wait_for
+from support import TEST_WORKERS, NodeProcess, python_worker_argv, read_records, wait_for
 
 TASKS = """
 [[task]]
@@ -123,3 +123,26 @@ def test_a_bad_config_is_refused_with_a_clear_message(tmp_path):
     assert done.returncode == 78
     assert "http_port" in done.stderr and "port number" in done.stderr
     assert not os.path.exists(tmp_path / "yptask-data")
+
+
+def test_a_task_defined_by_command_survives_a_restart_and_reads_back(tmp_path):
+    # Given a node whose task is defined by a command (a worker in any language; here
+    # the Python runner started as a plain command), made with tasks.put
+    node = NodeProcess(tmp_path, "", "cmd1")
+    node.start()
+    try:
+        command = python_worker_argv("yptask.tasks.echo:Echo")
+        stored = node.rpc("tasks.put", {"name": "byargv", "messages": ["argv.echo"],
+                                        "command": command})
+        assert stored["command"] == command
+        # What the node gives back is a definition it takes again (the CLI's apply does so)
+        assert node.rpc("tasks.put", node.rpc("tasks.get", "byargv"))["command"] == command
+        assert node.rpc("call", "argv.echo", {"n": 1}) == {"n": 1}
+        # When the node restarts, the task is still defined and its workers run
+        assert node.signal(signal.SIGTERM) == 0
+        node.start()
+        assert node.rpc("tasks.get", "byargv")["command"] == command
+        assert node.rpc("call", "argv.echo", {"n": 2}) == {"n": 2}
+        assert "invalid here" not in (tmp_path / "node.log").read_text()
+    finally:
+        node.stop()

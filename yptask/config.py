@@ -100,12 +100,21 @@ class TaskDef:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskDef:
-        """Build a checked definition from plain data; raise ConfigError naming the bad field."""
+        """Build a checked definition from plain data; raise ConfigError naming the bad field.
+
+        An empty `worker_class` or `command` counts as not given: `to_dict` writes both,
+        one of them empty, so that what it writes reads back."""
+        if isinstance(data, Mapping):
+            data = {key: value for key, value in data.items()
+                    if not (key in _ONE_OF and value in ("", [], ()))}
         label, values = checked_definition(data, _CHECKS, "task", ("name", "messages"))
         if bool(values.get("worker_class")) == bool(values.get("command")):
             raise ConfigError(f"{label}: give exactly one of 'worker_class' (MODULE:CLASS) "
                               "or 'command' (an argv list)")
         return cls(**values)
+
+
+_ONE_OF = ("worker_class", "command")  # how a task's workers start: exactly one of these
 
 
 def checked_definition(data: Any, checks: Mapping[str, Callable[[Any], Any]], kind: str,

@@ -2,8 +2,8 @@
 
 Reads the node config (the packaged default unless `--config` names one),
 applies the command-line overrides, logs with the node name in every record,
-prints the node's addresses when it is ready, and stops gracefully on a
-signal: running messages finish, workers exit, the journal closes. It raises
+prints the node's addresses when it is ready, and stops gracefully on SIGTERM,
+SIGINT or SIGHUP: running messages finish, workers exit, the journal closes. It raises
 its soft open-file limit to the hard one first (`yptask.connection_limits`).
 
 The node's event loop is uvloop's: it takes about a sixth off the node's CPU
@@ -118,7 +118,9 @@ async def _run(config: Any) -> int:
         return EXIT_UNAVAILABLE
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: a terminal closing (or an init system) must not kill the node undrained.
+    # It stops, as for SIGTERM; config is read at start, so a restart applies a new one.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
     print(f"yptask node {node.name} ready\n"
           f"  JSON-RPC  {node.http_url}/rpc\n"

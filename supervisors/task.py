@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from yptask.config import TaskDef
@@ -39,8 +39,13 @@ __all__ = ["NodePlace", "TaskSupervisor", "worker_spec"]
 log = logging.getLogger(__name__)
 
 SETUP_TIMEOUT_S = 30.0
-TASK_FLAGS = SupervisorFlags(intensity=5, period_s=10.0,
+TASK_FLAGS = SupervisorFlags(intensity=5, period_s=10.0,  # intensity: see TaskDef
                              backoff=BackoffPolicy(initial_s=1.0, factor=2.0, max_s=60.0))
+
+
+def _flags(task: TaskDef) -> SupervisorFlags:
+    """The task's restart intensity, with the node's backoff."""
+    return replace(TASK_FLAGS, intensity=task.max_restarts, period_s=task.restart_period_s)
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class TaskSupervisor(Supervisor):
         self.hooks = hooks
         self._serial = 0
         children = [self._child_spec() for _ in range(task.workers_on(node.name))]
-        super().__init__(children, TASK_FLAGS, name=f"task {task.name}", registry=Registry(),
+        super().__init__(children, _flags(task), name=f"task {task.name}", registry=Registry(),
                          link=link, start_in_background=start_in_background, publish=publish)
 
     def _child_spec(self) -> ChildSpec:
@@ -128,6 +133,7 @@ class TaskSupervisor(Supervisor):
     def rolling_restart(self, task: TaskDef) -> int:
         """Replace every worker, one at a time, new before old; return how many were replaced."""
         self.task = task
+        self.flags = _flags(task)
         old = self.worker_ids()
         for child_id in old:
             self.start_child(self._child_spec())

@@ -298,6 +298,20 @@ async def test_a_task_whose_workers_cannot_start_backs_off_and_the_node_serves_o
     assert await node.call("upai.echo", "fine") == "fine"
 
 
+async def test_restart_intensity_is_a_task_setting(start_node, tmp_path):
+    # Given a task whose workers cannot start, allowed no restart at all
+    broken = sample_task("broken", ["*.never"], tmp_path, settings={"fail_setup": True},
+                         max_restarts=0, restart_period_s=60)
+    assert broken.to_dict()["max_restarts"] == 0
+    node = await start_node([broken])
+    # Then its first failure puts it into backoff, with no restart spent before
+    await until(lambda: _state(node, "broken"), what="backoff")
+    assert node._supervisor_states["broken"][1].restarts == 0
+    # And the default is the documented 5 restarts within 10 s
+    default = sample_task("d", ["*.x"], tmp_path)
+    assert (default.max_restarts, default.restart_period_s) == (5, 10.0)
+
+
 async def _state(node: Node, task: str) -> bool:
     return (await node.status())["tasks"][task]["state"] == "backoff"
 

@@ -82,6 +82,10 @@ class TaskDef:
     shutdown_timeout_s: float = 10.0
     restart_generation: int = 0
     max_queue: int = 100_000  # messages waiting here for this task; past it, casts are refused
+    # More than max_restarts worker restarts within restart_period_s put the task into a
+    # visible backoff (exponential, capped) instead of restarting on.
+    max_restarts: int = 5
+    restart_period_s: float = 10.0
 
     def subscribes_to(self, message_name: str) -> bool:
         """Return True if any of this task's patterns matches `message_name`."""
@@ -243,6 +247,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "shutdown_timeout_s": _number(0),
     "restart_generation": _number(0, integer=True),
     "max_queue": _number(1, integer=True),
+    "max_restarts": _number(0, integer=True),
+    "restart_period_s": _number(0.001),
 }
 
 

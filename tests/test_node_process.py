@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import threading
 
@@ -148,3 +149,34 @@ def test_a_task_defined_by_command_survives_a_restart_and_reads_back(tmp_path):
         assert "invalid here" not in (tmp_path / "node.log").read_text()
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize("option", ["--bert", "--link"])
+def test_a_port_in_use_is_refused_before_any_worker_starts(tmp_path, option):
+    # Given a port another program holds
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = RecordingNode(tmp_path, TASKS.format(workers=TEST_WORKERS,
+                                                    record=tmp_path / "rec.jsonl"))
+        argv = [a for a in node.argv]
+        argv[argv.index(option) + 1] = f"127.0.0.1:{port}"
+        # When a node is told to listen there
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                              check=False)
+    # Then it refuses at once, naming the option, and no worker was ever started
+    assert done.returncode == 69, done.stderr[-2000:]
+    assert f"{option} 127.0.0.1:{port}" in done.stderr and "in use" in done.stderr
+    assert "worker started" not in done.stderr
+
+
+def test_a_bad_cookie_is_refused_before_any_worker_starts(tmp_path):
+    cookie = tmp_path / "short.cookie"
+    cookie.write_text("short\n")
+    node = RecordingNode(tmp_path, TASKS.format(workers=TEST_WORKERS,
+                                                record=tmp_path / "rec.jsonl"))
+    done = subprocess.run([*node.argv, "--cookie-file", str(cookie)], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path, check=False)
+    assert done.returncode == 78
+    assert "shorter than 8" in done.stderr and "worker started" not in done.stderr

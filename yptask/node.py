@@ -145,6 +145,9 @@ class Node:
     async def _start(self, seed: list[TaskDef] | None) -> None:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.admin_token = read_or_make(self.data_dir / ADMIN_TOKEN_FILE, "admin token")
+        # What can still refuse the start is checked before any worker runs.
+        self._cookie()
+        self._check_ports()
         self._store = ReplicatedStore(self.data_dir / "config.db", HybridClock(self.name))
         if seed is None:
             seed = await asyncio.to_thread(load_tasks, self._seed_file())
@@ -222,10 +225,29 @@ class Node:
             return self.config.tasks_file
         return Path(str(resources.files("yptask.conf") / "tasks.toml"))
 
+    def _check_ports(self) -> None:
+        """Refuse to start, naming the option, if the BERT-RPC or link port is taken (they
+        are bound later, once the workers run; HTTP is bound at once, see _bind_http)."""
+        c = self.config
+        for option, host, port in (("--bert", c.bert_host, c.bert_port),
+                                   ("--link", c.link_host, c.link_port)):
+            if port == 0:
+                continue
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
+                try:
+                    probe.bind((host, port))
+                except OSError as exc:
+                    raise _in_use(option, host, port, exc) from None
+
     def _bind_http(self) -> None:
         """Take the HTTP port first: a port in use fails the start before any worker runs,
         and workers learn the node's URL (YPTASK_URL) when they start."""
-        self._http_socket = socket.create_server((self.config.http_host, self.config.http_port))
+        host, port = self.config.http_host, self.config.http_port
+        try:
+            self._http_socket = socket.create_server((host, port))
+        except OSError as exc:
+            raise _in_use("--http", host, port, exc) from None
         host, port = self._http_socket.getsockname()[:2]
         self.http_url = f"http://{host}:{port}"
 
@@ -815,6 +837,13 @@ def _envelope(term: Any, peer: str) -> Envelope:
         raise ProtocolError(f"node {peer} forwarded a malformed message {term!r:.80}")
     return Envelope(term[0], term[1], term[2], float(term[3]), term[4],
                     None if term[5] is None else float(term[5]))
+
+
+def _in_use(option: str, host: str, port: int, exc: OSError) -> OSError:
+    """The error of a port the node cannot listen on, naming the option that sets it."""
+    return OSError(exc.errno, f"{option} {host}:{port} cannot be listened on: "
+                              f"{exc.strerror or exc} (in use by another program?); give "
+                              f"{option} another HOST:PORT, or 0 for any free port")
 
 
 def _tell(ref: Any, message: Any) -> None:

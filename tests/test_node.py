@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import ALONE, TEST_WORKERS, until
+from support import ALONE, ECHO, TEST_WORKERS, until
 
 from yptask.config import NodeConfig, TaskDef
 from yptask.errors import (
@@ -446,3 +447,27 @@ def child_workers() -> set[int]:
         if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"yptask.tasks.runner" in cmdline:
             pids.add(int(entry.name))
     return pids
+
+
+async def test_the_journal_pruner_survives_an_error_of_the_journal(tmp_path, caplog):
+    # Given a node that has handled a message, so the journal has a done one to forget
+    config = NodeConfig(name="pr", data_dir=tmp_path / "data", dedupe_window_s=0, **ALONE)
+    node = await Node.start(config, tasks=[TaskDef.from_dict(ECHO)])
+    try:
+        await node.cast("upai.echo", {"n": 1})
+        await until(lambda: node.pools["echo"].handled >= 1, what="handled")
+    finally:
+        await node.stop()
+    # and a journal that refuses to forget it (a fault of the store, made with a trigger)
+    with sqlite3.connect(tmp_path / "data" / "journal.db") as db:
+        db.execute("CREATE TRIGGER refuse BEFORE DELETE ON messages "
+                   "BEGIN SELECT RAISE(ABORT, 'the disk refuses'); END")
+    # When the node starts again and its pruner meets the error
+    node = await Node.start(config, tasks=[TaskDef.from_dict(ECHO)])
+    try:
+        await until(lambda: "pruning the journal failed" in caplog.text, what="the error logged")
+        # Then the pruner is still running, and the node serves
+        assert node._pruner is not None and not node._pruner.done()
+        assert await node.call("upai.echo", 2) == 2
+    finally:
+        await node.stop()

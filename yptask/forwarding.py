@@ -84,8 +84,14 @@ class Forwarder:
             self._wake.clear()
             target = None if self.task.workers_on(self.node_name) > 0 else self.target()
             if target is not None:
-                batch = await self.journal.run(partial(Journal.claim, task=name,
-                                                       limit=FORWARD_BATCH))
+                try:
+                    batch = await self.journal.run(partial(Journal.claim, task=name,
+                                                           limit=FORWARD_BATCH))
+                except Exception:  # the store failed: this loop carries on, and tries again
+                    log.exception("task %s: claiming deliveries to forward failed; trying "
+                                  "again", name)
+                    await asyncio.sleep(RETRY_S)
+                    continue
                 if batch:
                     if await self._send(target, batch):
                         continue  # more may be waiting

@@ -215,9 +215,15 @@ class Node:
         assert self._journal is not None
         window = self.config.dedupe_window_s
         while True:
-            pruned = await self._journal.run(partial(Journal.prune, older_than_s=window))
-            if pruned:
-                log.info("journal: forgot %d done message(s) older than %.0f s", pruned, window)
+            try:
+                pruned = await self._journal.run(partial(Journal.prune, older_than_s=window))
+            except Exception:  # the store failed (a full disk): try again at the next round
+                log.exception("pruning the journal failed; trying again in %.0f s",
+                              PRUNE_EVERY_S)
+            else:
+                if pruned:
+                    log.info("journal: forgot %d done message(s) older than %.0f s", pruned,
+                             window)
             await asyncio.sleep(PRUNE_EVERY_S)
 
     def _seed_file(self) -> Path:

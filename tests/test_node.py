@@ -471,3 +471,32 @@ async def test_the_journal_pruner_survives_an_error_of_the_journal(tmp_path, cap
         assert await node.call("upai.echo", 2) == 2
     finally:
         await node.stop()
+
+
+async def test_an_update_whose_workers_cannot_start_is_stored_and_says_so(
+        start_node, tmp_path):
+    # Given a running task
+    node = await start_node([sample_task("a", ["*.echo"], tmp_path)])
+    assert await node.call("upai.echo", 1) == 1
+    # When it is updated to a class that cannot be imported
+    stored = await node.put_task({**(await node.get_task("a")),
+                                  "worker_class": "no_such_module:Nothing"})
+    # Then the update is stored, and status says its workers could not start, and why
+    assert stored["worker_class"] == "no_such_module:Nothing"
+    assert (await node.get_task("a"))["worker_class"] == "no_such_module:Nothing"
+    status = await until(lambda: _failed_update(node, "a"), what="the update failed")
+    assert "failed to start" in status["error"]
+    # while the workers of the definition before it serve on (no capacity was dropped)
+    assert await node.call("upai.echo", 2) == 2
+    # And a good definition after it clears the state
+    await node.put_task({**(await node.get_task("a")), "worker_class": "sample:Sample"})
+    await until(lambda: _running(node, "a"), what="running again")
+
+
+async def _failed_update(node: Node, task: str) -> dict | None:
+    status = (await node.status())["tasks"][task]
+    return status if status["state"] == "update failed" else None
+
+
+async def _running(node: Node, task: str) -> bool:
+    return (await node.status())["tasks"][task]["state"] == "running"

@@ -27,6 +27,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from importlib import resources
@@ -122,6 +123,8 @@ class Node:
         # task -> (urn, state) its supervisor last published: status reads it, never asks
         self._supervisor_states: dict[str, tuple[str, SupervisorState]] = {}
         self._asks: set[asyncio.Task[None]] = set()  # asks to the actors nobody waits on
+        # task -> why the workers of its stored definition could not start (until the next)
+        self._apply_errors: dict[str, str] = {}
         self._worker_pids: dict[int, str] = {}  # live worker process -> its task
         self._new_id = _MessageIds()
         self._runner: Any = None  # HTTPServer
@@ -586,6 +589,7 @@ class Node:
                 return 0
             self.tasks[name] = task
             self._subscriptions.clear()
+            self._apply_errors.pop(name, None)  # a new definition: its own outcome counts
             replaced = 0
             if old is None:  # the supervisor first, so the pool finds it when it needs workers
                 pool = self._pool(task)
@@ -607,21 +611,32 @@ class Node:
                 if wait:
                     replaced = await asyncio.to_thread(self._ask, change)
                 else:
-                    self._in_background(change, f"applying task {name}")
+                    self._in_background(change, f"applying task {name}",
+                                        failed=partial(self._apply_failed, name, task))
             log.info("task %s %s", name, "created" if old is None else "updated")
             return int(replaced)
 
-    def _in_background(self, answer: pykka.Future[Any], what: str) -> None:
-        """Let an ask to the actors end without waiting for it; log it if it fails."""
+    def _in_background(self, answer: pykka.Future[Any], what: str,
+                       failed: Callable[[Exception], None] | None = None) -> None:
+        """Let an ask to the actors end without waiting for it; log it (and tell `failed`)
+        if it fails."""
         async def wait() -> None:
             try:
                 await asyncio.to_thread(self._ask, answer)
             except Exception as exc:  # the supervisor restarts or backs off on its own
                 log.error("%s failed: %s", what, exc)
+                if failed is not None:
+                    failed(exc)
 
         ask = self.loop.create_task(wait(), name=what)
         self._asks.add(ask)
         ask.add_done_callback(self._asks.discard)
+
+    def _apply_failed(self, name: str, task: TaskDef, exc: Exception) -> None:
+        """The workers of `task`'s stored definition could not start: status says so (the
+        workers of the definition before it, if any, serve on)."""
+        if self.tasks.get(name) is task:  # not replaced by a newer definition since
+            self._apply_errors[name] = str(exc)
 
     def _pool(self, task: TaskDef) -> TaskPool:
         assert self._journal is not None
@@ -666,10 +681,13 @@ class Node:
             queued, inflight = await self._journal.run(partial(Journal.depth, task=name))
             state = self._supervisor_state(name)
             workers = {self.name: state["workers"], **self._workers_elsewhere(name)}
+            if name in self._apply_errors:  # stored, but its workers could not start
+                state = {**state, "state": "update failed", "error": self._apply_errors[name]}
             tasks[name] = {**pool.metrics.summary(), "workers": workers, "state": state["state"],
                            "queued": queued, "in_flight": inflight, "handled": pool.handled,
                            "failed": pool.failed,
-                           "pids": sorted(p for p, t in self._worker_pids.items() if t == name)}
+                           "pids": sorted(p for p, t in self._worker_pids.items() if t == name),
+                           **({"error": state["error"]} if "error" in state else {})}
         return {"node": self.name, "uptime_s": round(time.time() - self.started_at, 1),
                 "tasks": tasks}
 

@@ -490,7 +490,7 @@ async def test_an_update_whose_workers_cannot_start_is_stored_and_says_so(
     assert await node.call("upai.echo", 2) == 2
     # And a good definition after it clears the state
     await node.put_task({**(await node.get_task("a")), "worker_class": "sample:Sample"})
-    await until(lambda: _running(node, "a"), what="running again")
+    await until(lambda: _state_is(node, "a", "running"), what="running again")
 
 
 async def _failed_update(node: Node, task: str) -> dict | None:
@@ -498,5 +498,5 @@ async def _failed_update(node: Node, task: str) -> dict | None:
     return status if status["state"] == "update failed" else None
 
 
-async def _running(node: Node, task: str) -> bool:
-    return (await node.status())["tasks"][task]["state"] == "running"
+async def _state_is(node: Node, task: str, state: str) -> bool:
+    return (await node.status())["tasks"][task]["state"] == state

@@ -155,6 +155,29 @@ def test_a_static_seed_is_enough_without_mdns(tmp_path, cluster):
         b.stop()
 
 
+def test_nodes_joined_by_seeds_only_become_a_full_mesh(tmp_path):
+    # Given three nodes without mDNS, b and c knowing only a's link address
+    nodes: list[ClusterNode] = []
+    try:
+        a = ClusterNode(tmp_path, "a", "_ypt-seeds-a._tcp.local.")
+        a.argv.append("--no-mdns")
+        a.start()
+        nodes.append(a)
+        for name in "bc":
+            node = ClusterNode(tmp_path, name, f"_ypt-seeds-{name}._tcp.local.", join=a.link)
+            node.argv.append("--no-mdns")
+            node.start()
+            nodes.append(node)
+        # Then every node lists every member, b and c each other too
+        everyone = {"a": "alive", "b": "alive", "c": "alive"}
+        for node in nodes:
+            wait_for(lambda n=node: n.members() == everyone, timeout_s=15,
+                     what=f"node {node.name} to see the whole cluster")
+    finally:
+        for node in nodes:
+            node.stop()
+
+
 def test_casts_reach_tasks_wherever_they_run_and_survive_a_node_killed_mid_stream(
         tmp_path, cluster):
     a, b, c = (cluster(name) for name in "abc")

@@ -317,8 +317,13 @@ class Cluster:
     async def _on_heartbeat(self, link: Link, args: list[Any]) -> Any:
         if len(args) != 2:
             raise ProtocolError("heartbeat takes [member, peers]")
-        self._heard(link, args[0])
-        for pair in args[1] if isinstance(args[1], list) else []:
+        member = self._heard(link, args[0])
+        # The peers it knows, and the peer itself: a node that only dialled us (joined by a
+        # seed) gets a link from us too, so our heartbeats bring it the members we know.
+        known = args[1] if isinstance(args[1], list) else []
+        if member is not None:
+            known = [*known, [member.name, member.link]]
+        for pair in known:
             if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], str) \
                     and pair[0] != self.me.name and pair[0] not in self._out:
                 host, _, port = pair[1].rpartition(":")
@@ -326,14 +331,16 @@ class Cluster:
                     self._target(host, int(port), str(pair[0]))
         return self._me_as_member().to_term()
 
-    def _heard(self, link: Link, term: Any) -> None:
+    def _heard(self, link: Link, term: Any) -> Member | None:
+        """Note a peer's heartbeat (or its answer to ours); the member it describes."""
         member = Member.from_term(term)
         if member is None or member.name != link.peer.name:
             log.warning("node %s sent a malformed heartbeat", link.peer.name)
-            return
+            return None
         change = self.membership.heard(member, time.monotonic())
         if change is not None:
             self._report(change)
+        return member
 
     async def _check_forever(self) -> None:
         while True:

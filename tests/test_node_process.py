@@ -180,3 +180,38 @@ def test_a_bad_cookie_is_refused_before_any_worker_starts(tmp_path):
                           text=True, timeout=60, cwd=tmp_path, check=False)
     assert done.returncode == 78
     assert "shorter than 8" in done.stderr and "worker started" not in done.stderr
+
+
+def _journal_files(node: NodeProcess) -> list:
+    data = node.tmp / "data"
+    return [data / "journal.db", data / "journal.db-wal", data / "journal.db-shm"]
+
+
+@pytest.mark.parametrize("damage", ["emptied", "garbled"])
+def test_a_damaged_or_emptied_journal_is_refused_at_start(node_process, damage):
+    # Given a node that has run, and so has a journal
+    node_process.start()
+    node_process.rpc("call", "upai.echo", 1)
+    assert node_process.signal(signal.SIGTERM) == 0
+    # When its journal is emptied (or garbled) while it is stopped
+    main, *side = _journal_files(node_process)
+    for path in side:
+        path.unlink(missing_ok=True)
+    if damage == "emptied":
+        main.write_bytes(b"")
+    else:
+        main.write_bytes(b"\x00garbage" * 512)
+    done = subprocess.run(node_process.argv, capture_output=True, text=True, timeout=60,
+                          cwd=node_process.tmp, check=False)
+    # Then it refuses to start, saying what happened and what to do
+    assert done.returncode == 78, done.stderr[-2000:]
+    assert ("emptied or replaced" if damage == "emptied" else "damaged") in done.stderr
+    assert "--accept-new-journal" in done.stderr
+    # And told to go on with a new journal, it starts and serves
+    node_process.argv.append("--accept-new-journal")
+    for path in _journal_files(node_process):
+        if damage == "garbled":
+            path.unlink(missing_ok=True)
+    node_process.start()
+    assert node_process.rpc("call", "upai.echo", 2) == 2
+    node_process.stop()

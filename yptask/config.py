@@ -286,6 +286,9 @@ class NodeConfig:
     bert_port: int = 8701  # 0: any free port
     tasks_file: Path | None = None  # first-start task definitions; None: the examples in conf/
     journal_sync: str = "NORMAL"  # SQLite synchronous: OFF | NORMAL | FULL | EXTRA
+    # Start even if the journal is not the one this node last ran with (emptied, replaced):
+    # what the old one held is then lost. Without it, such a node refuses to start.
+    accept_new_journal: bool = False
     max_body_bytes: int = 1024 * 1024  # JSON-RPC request body cap
     max_payload_bytes: int = 1024 * 1024  # one message's encoded payload cap
     dedupe_window_s: float = 24 * 3600.0  # how long a done message's id is remembered
@@ -431,6 +434,7 @@ _NODE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "bert_port": _port,
     "tasks_file": _path,
     "journal_sync": _sync_level,
+    "accept_new_journal": _boolean,
     "max_body_bytes": _number(1024, integer=True),
     "max_payload_bytes": _number(64, integer=True),
     "max_journal_mb": _number(0.01),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from yptask.errors import ConfigError
 __all__ = ["DeadLetter", "Delivery", "Envelope", "Journal"]
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -127,6 +129,21 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+
+    def problem(self) -> str | None:
+        """What SQLite's quick check finds wrong with the journal, or None."""
+        rows = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+        return None if rows == ["ok"] else "; ".join(map(str, rows[:3]))
+
+    def identity(self) -> str:
+        """The journal's own random id, made when it is first asked for: a node that finds
+        another id (or none) than it remembers is looking at another or an emptied journal."""
+        with self._transaction():
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex,))
+            return str(self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0])
+
+    def has_identity(self) -> bool:
+        return self._db.execute("SELECT 1 FROM meta WHERE key = 'id'").fetchone() is not None
 
     # ------------------------------------------------------------------ write
 

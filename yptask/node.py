@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -76,6 +77,8 @@ from yptask.timer_runner import TIMER_KEY, TIMER_STATE_KEY, TimerRunner, timer_r
 from yptask.worker_process import payload_size
 
 __all__ = ["Node"]
+
+JOURNAL_ID_FILE = "journal-id"  # the id of the journal this node last ran with
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +159,7 @@ class Node:
             seed = await asyncio.to_thread(load_tasks, self._seed_file())
         await asyncio.to_thread(self._store.seed_once,
                                 {TASK_KEY + task.name: task.to_dict() for task in seed})
-        journal = await asyncio.to_thread(Journal, self.data_dir / "journal.db",
-                                          synchronous=self.config.journal_sync)
+        journal = await asyncio.to_thread(self._open_journal)
         self._journal = JournalThread(journal, name=f"journal {self.name}")
         self._bind_http()
         for name, value in (await asyncio.to_thread(self._store.values, TASK_KEY)).items():
@@ -233,6 +235,36 @@ class Node:
         if self.config.tasks_file is not None:
             return self.config.tasks_file
         return Path(str(resources.files("yptask.conf") / "tasks.toml"))
+
+    def _open_journal(self) -> Journal:
+        """The journal, checked: not damaged, and the one this node last ran with (an
+        emptied or replaced journal would silently lose what the node had accepted)."""
+        path = self.data_dir / "journal.db"
+        fix = ("restore it from a backup; or move it aside (with its -wal and -shm files) "
+               "and start with --accept-new-journal (accept_new_journal = true) to go on "
+               "with an empty one, losing what it held")
+        try:
+            journal = Journal(path, synchronous=self.config.journal_sync)
+            problem = journal.problem()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"the journal {path} is damaged ({exc}): {fix}") from None
+        if problem is not None:
+            journal.close()
+            raise ConfigError(f"the journal {path} is damaged ({problem}): {fix}")
+        marker = self.data_dir / JOURNAL_ID_FILE
+        known = marker.read_text().strip() if marker.exists() else None
+        if known is not None and (not journal.has_identity() or journal.identity() != known):
+            if not self.config.accept_new_journal:
+                journal.close()
+                raise ConfigError(
+                    f"the journal {path} was emptied or replaced since this node last ran: "
+                    f"the messages it had accepted and not finished are not in it. Restore "
+                    f"it from a backup; or start with --accept-new-journal "
+                    f"(accept_new_journal = true) to go on with this one")
+            log.warning("the journal %s is not the one this node last ran with: going on "
+                        "with it (accept_new_journal); what the old one held is lost", path)
+        marker.write_text(journal.identity() + "\n")
+        return journal
 
     def _check_ports(self) -> None:
         """Refuse to start, naming the option, if the BERT-RPC or link port is taken (they

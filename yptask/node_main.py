@@ -70,6 +70,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-mdns", dest="mdns", action="store_false", default=None,
                         help="find peers only through --join seeds")
     parser.add_argument("--tasks", type=Path, help="task definitions seeding a new node (TOML)")
+    parser.add_argument("--accept-new-journal", dest="accept_new_journal", action="store_true",
+                        default=None, help="start even if the journal is not the one this "
+                        "node last ran with (emptied or replaced): what it held is lost")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -88,7 +91,7 @@ def main(argv: list[str]) -> int:
     if args.link:
         overrides["link_host"], overrides["link_port"] = args.link
     overrides.update(join=args.join, cluster=args.cluster, cookie_file=args.cookie_file,
-                     mdns=args.mdns)
+                     mdns=args.mdns, accept_new_journal=args.accept_new_journal)
     path = args.config or Path(str(resources.files("yptask.conf") / "yptask.toml"))
     try:
         config = NodeConfig.load(path, **overrides)

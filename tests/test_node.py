@@ -500,3 +500,23 @@ async def _failed_update(node: Node, task: str) -> dict | None:
 
 async def _state_is(node: Node, task: str, state: str) -> bool:
     return (await node.status())["tasks"][task]["state"] == state
+
+
+async def test_a_full_journal_refuses_casts_with_a_clear_error_and_the_node_serves_on(
+        start_node, tmp_path):
+    # Given a node whose journal cannot grow (SQLite's page cap stands in for a full disk)
+    node = await start_node([sample_task("a", ["*.never"], tmp_path, nodes={"*": 0})])
+    await node._journal.run(lambda j: j._db.execute("PRAGMA max_page_count = 1"))
+    # When casts keep coming
+    refused = None
+    for n in range(200):
+        try:
+            await node.cast("upai.never", {"n": n, "pad": "x" * 2000})
+        except Overloaded as exc:
+            refused = exc
+            break
+    # Then they are refused as overloaded, saying the journal is full, not as internal errors
+    assert refused is not None and "full" in str(refused)
+    # And once there is room again, the node takes casts again
+    await node._journal.run(lambda j: j._db.execute("PRAGMA max_page_count = 1000000"))
+    assert (await node.cast("upai.never", {"n": "again"}))["duplicate"] is False

@@ -907,8 +907,13 @@ def _tell(ref: Any, message: Any) -> None:
         ref.tell(message)
 
 
-def _journal_refused(envelope: Envelope, exc: Exception) -> JournalError:
+def _journal_refused(envelope: Envelope, exc: Exception) -> YPTaskError:
     """The answer to a cast the journal refused after every check passed (logged here)."""
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:  # the disk is full
+        log.error("the journal is full: message %r (%s) refused: %s", envelope.id,
+                  envelope.name, exc)
+        return Overloaded("the node's journal is full (its disk has no room left): the "
+                          "message was not stored; retry later or on another node")
     reference = uuid.uuid4().hex[:12]
     log.error("the journal refused message %r (%s), reference %s", envelope.id, envelope.name,
               reference, exc_info=exc)

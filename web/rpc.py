@@ -114,7 +114,6 @@ class PublisherNode(Protocol):
 
 
 _bad = ingress.bad_param
-_json_type = ingress.json_type
 
 
 def _string(method: str, param: str, value: Any, *, optional: bool = False) -> Any:
@@ -349,7 +348,7 @@ def _valid_id(value: Any) -> bool:
 def request_problem(request: Any) -> str | None:
     """Say what makes `request` not a JSON-RPC 2.0 request object, or None if it is one."""
     if not isinstance(request, dict):
-        return f"a request must be an object, got {_json_type(request)}"
+        return f"a request must be an object, got {ingress.json_type(request)}"
     if request.get("jsonrpc") != "2.0":
         return 'a request must have "jsonrpc": "2.0"'
     if not isinstance(request.get("method"), str):

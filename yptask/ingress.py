@@ -63,25 +63,16 @@ def valid_text(text: str) -> bool:
     return text.isascii() or _SURROGATE.search(text) is None
 
 
+# bool before int: a bool is an int in Python, but JSON tells them apart
+_JSON_WORDS = ((type(None), "null"), (bool, "a boolean"), (int, "an integer"),
+               (float, "a number"), (str, "a string"), (list, "an array"),
+               (tuple, "a tuple"), (dict, "an object"))
+
+
 def json_type(value: Any) -> str:
     """The JSON word for a value's type, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, tuple):
-        return "a tuple"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    return next((word for kind, word in _JSON_WORDS if isinstance(value, kind)),
+                type(value).__name__)
 
 
 def shown(value: Any) -> str:

@@ -106,6 +106,7 @@ class Node:
         self.stopping = False
         self.http_url = ""
         self.admin_token = ""  # see yptask.node_secrets; read at start
+        self._cluster_cookie = b""  # read at start, before any worker runs
         self.bert_address = ""
         self._bert: BertEndpoint | None = None
         self._pruner: asyncio.Task[None] | None = None
@@ -152,7 +153,7 @@ class Node:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.admin_token = read_or_make(self.data_dir / ADMIN_TOKEN_FILE, "admin token")
         # What can still refuse the start is checked before any worker runs.
-        self._cookie()
+        self._cluster_cookie = self._cookie()
         self._check_ports()
         self._store = ReplicatedStore(self.data_dir / "config.db", HybridClock(self.name))
         if seed is None:
@@ -199,7 +200,7 @@ class Node:
         c = self.config
         seeds = tuple((host, int(port)) for host, _, port in (s.rpartition(":") for s in c.join))
         return ClusterSettings(
-            cluster=c.cluster, name=self.name, cookie=self._cookie(), link_host=c.link_host,
+            cluster=c.cluster, name=self.name, cookie=self._cluster_cookie, link_host=c.link_host,
             link_port=c.link_port, http_url=self.http_url, seeds=seeds, mdns=c.mdns,
             service_type=c.mdns_type, heartbeat_s=c.heartbeat_s,
             suspect_after_s=c.down_after_s / 2, down_after_s=c.down_after_s,

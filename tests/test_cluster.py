@@ -233,10 +233,11 @@ def test_one_node_fires_each_timer_tick_once_across_a_leader_kill(tmp_path, clus
     for node in (a, b, c):
         wait_for(lambda n=node: n.members() == {"a": "alive", "b": "alive", "c": "alive"},
                  timeout_s=15, what=f"node {node.name} to see the cluster")
-    # A timer every second, saved on b; the lowest-named live node (a) fires it
+    # A timer every second, saved on b; the lease holder (the lowest-named node first) fires it
     b.rpc("timers.put", {"name": "beat", "cron": "* * * * * *", "message": "c.record",
                          "misfire": "fire_all"})
-    assert {row["leader"] for row in b.rpc("timers.list")} == {"a"}
+    wait_for(lambda: {row["leader"] for row in b.rpc("timers.list")} == {"a"}, timeout_s=10,
+             what="a to lead")
     records = tmp_path / "only_c.jsonl"
     wait_for(lambda: len(read_records(records)) >= 3, timeout_s=15, what="three ticks")
     # When the leader is killed, b takes over and catches up what was missed
@@ -246,10 +247,13 @@ def test_one_node_fires_each_timer_tick_once_across_a_leader_kill(tmp_path, clus
     seen = len(read_records(records))
     wait_for(lambda: len(read_records(records)) >= seen + 3, timeout_s=10,
              what="ticks fired by b")
-    # a comes back (and leads again); its journal still held ticks it had fired
+    # a comes back and respects b's lease; its journal still held ticks it had fired
     a.start()
-    wait_for(lambda: c.rpc("timers.list")[0]["leader"] == "a", timeout_s=15, what="a back")
-    # An edit saved on c takes effect on the leader, a, without a restart
+    wait_for(lambda: a.members() == {"a": "alive", "b": "alive", "c": "alive"}, timeout_s=15,
+             what="a back")
+    wait_for(lambda: a.rpc("timers.list")[0]["leader"] == "b", timeout_s=15,
+             what="a to know b leads")
+    # An edit saved on c takes effect on the leader, b, without a restart
     c.rpc("timers.put", {"name": "beat", "cron": "* * * * * *", "message": "c.record",
                          "misfire": "fire_all", "payload": {"edition": 2}})
     wait_for(lambda: read_records(records)[-1]["payload"] == {"edition": 2}, timeout_s=10,

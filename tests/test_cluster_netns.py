@@ -10,6 +10,7 @@ is deleted at the end, pass or fail. The test talks to the nodes through
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -94,6 +95,14 @@ messages = ["n3.*"]
 env = {{ PYTHONPATH = "{TEST_WORKERS}" }}
 settings = {{ record_path = "@RECORDS@/on_n3.jsonl" }}
 nodes = {{ "n3" = 1 }}
+
+[[task]]
+name = "tick"
+worker_class = "sample:Sample"
+messages = ["beat.*"]
+env = {{ PYTHONPATH = "{TEST_WORKERS}" }}
+settings = {{ record_path = "@RECORDS@/ticks.jsonl" }}
+nodes = {{ "*" = 1 }}
 """
 
 
@@ -106,7 +115,7 @@ class NamespacedNode:
         folder.mkdir()
         (folder / "node.toml").write_text(
             '[node]\ncluster = "lab"\ncookie = "lab-cookie-42"\n'
-            'heartbeat_s = 0.25\ndown_after_s = 2.0\n')
+            'heartbeat_s = 0.25\ndown_after_s = 2.0\ntimer_lease_s = 2.0\n')
         (folder / "tasks.toml").write_text(TASKS.replace("@RECORDS@", str(tmp)))
         self.log = folder / "node.log"
         argv = ["ip", "netns", "exec", space, "yptask", "node", "--name", name,
@@ -172,3 +181,56 @@ def test_a_node_cut_off_is_declared_down_and_catches_up_when_its_link_returns(
         finally:
             for node in nodes:
                 node.stop()
+
+
+def test_a_partitioned_timer_leader_stops_firing_and_no_tick_is_doubled_or_missed(
+        netns_ok, tmp_path):
+    """The leader's half of a partition is a minority: it cannot renew its lease, so it
+    stops firing before the majority elects another leader, which catches up."""
+    records = tmp_path / "ticks.jsonl"
+
+    def ticks() -> list[float]:
+        return sorted(float(r["id"].rsplit(":", 1)[1]) for r in read_records(records))
+
+    with Lab(3) as lab:
+        nodes: list[NamespacedNode] = []
+        try:
+            for i, (space, address) in enumerate(zip(lab.spaces, lab.addresses, strict=True)):
+                nodes.append(NamespacedNode(tmp_path, space, f"n{i + 1}", address))
+            everyone = {"n1": "alive", "n2": "alive", "n3": "alive"}
+            for node in nodes:
+                wait_for(lambda n=node: n.members() == everyone, timeout_s=20,
+                         what=f"{node.name} to find the others over mDNS")
+            nodes[0].yptask("timer", "apply", str(_timer_file(tmp_path)))
+            wait_for(lambda: len(ticks()) >= 3, timeout_s=20, what="three ticks")
+            leader = wait_for(lambda: nodes[0].yptask("timers")[0]["leader"], timeout_s=10,
+                              what="a leader")
+            cut = int(leader[1:]) - 1
+            rest = [node for i, node in enumerate(nodes) if i != cut]
+            lab.cut(cut, up=False)
+            try:
+                wait_for(lambda: rest[0].yptask("timers")[0]["leader"] not in ("", leader),
+                         timeout_s=20, what="the majority to elect another leader")
+                seen = len(ticks())
+                wait_for(lambda: len(ticks()) >= seen + 5, timeout_s=20,
+                         what="ticks fired by the majority's leader")
+            finally:
+                lab.cut(cut, up=True)
+            wait_for(lambda: nodes[cut].members() == everyone, timeout_s=20, what="healed")
+            seen = len(ticks())
+            wait_for(lambda: len(ticks()) >= seen + 3, timeout_s=20, what="ticks after")
+            nodes[0].yptask("timer", "delete", "beat")
+            wait_for(lambda: {round(b - a, 3) for a, b in itertools.pairwise(
+                sorted(set(ticks())))} == {1.0}, timeout_s=20, what=f"no gap in {ticks()}")
+            doubled = sorted({t for t in ticks() if ticks().count(t) > 1})
+            assert not doubled, f"{len(doubled)} tick(s) handled twice: {doubled}"
+        finally:
+            for node in nodes:
+                node.stop()
+
+
+def _timer_file(folder: Path) -> Path:
+    path = folder / "timers.toml"
+    path.write_text('[[timer]]\nname = "beat"\ncron = "* * * * * *"\n'
+                    'message = "beat.record"\nmisfire = "fire_all"\n')
+    return path

@@ -75,3 +75,15 @@ async def test_impossible_timers_are_refused_at_save(node):
     with pytest.raises(ConfigError, match="'cron'"):
         await node.put_timer({**EVERY_SECOND, "cron": "0 0 31 2 *"})
     assert await node.list_timers() == []
+
+
+async def test_publishers_cannot_forge_a_tick(node, tmp_path):
+    """A cast with a tick's id is refused: it could squat a tick and replace its payload."""
+    with pytest.raises(ConfigError, match="timer:"):
+        await node.cast("tick.record", {"forged": True}, id="timer:beat:1700000000.000")
+    saved = await node.put_timer(EVERY_SECOND)
+    forged = f"timer:beat:{saved['next_fire'] + 1:.3f}"
+    with pytest.raises(ConfigError, match="timer:"):
+        await node.cast_many([("tick.record", {"forged": True}, forged, 0)])
+    await until(lambda: any(r["id"] == forged for r in records(tmp_path)), timeout_s=15)
+    assert all(r["payload"] == {"v": 1} for r in records(tmp_path))

@@ -188,9 +188,18 @@ class Cluster:
 
     def publish(self, entries: list[Entry]) -> None:
         """Push local config writes to every peer now (anti-entropy repairs any miss)."""
+        self._spawn(self.publish_now(entries))
+
+    async def publish_now(self, entries: list[Entry]) -> None:
+        """Push local config writes to every peer, and wait until each took them or failed
+        (for writes that must leave before the node does)."""
         terms = [entry.to_term() for entry in entries]
-        for link in list(self._out.values()):
-            self._spawn(self._quietly(link.request("push", [terms], self._timeout())))
+        await asyncio.gather(*(self._quietly(link.request("push", [terms], self._timeout()))
+                               for link in list(self._out.values())))
+
+    def serve(self, kind: str, handler: Callable[[str, list[Any]], Awaitable[Any]]) -> None:
+        """Answer the link requests of one `kind` with `handler(peer name, args)`."""
+        self._handlers[kind] = lambda link, args: handler(link.peer.name, args)
 
     async def request(self, peer: str, kind: str, args: list[Any], timeout_s: float) -> Any:
         """Ask a peer on our link to it; LinkError if there is none or it fails."""

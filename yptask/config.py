@@ -306,6 +306,9 @@ class NodeConfig:
     mdns_type: str = "_yptask._tcp.local."
     heartbeat_s: float = 0.5
     down_after_s: float = 3.0  # silent this long: declared down (suspect at half)
+    # The timer leader's lease (see yptask/timer_lease.py): a dead leader's timers move to
+    # another node this long after its last renewal.
+    timer_lease_s: float = 3.0
     # The console's password, hashed (`yptask hash-password`); also guards the admin API.
     console_password_hash: str | None = None
     # Publisher tokens, application name -> token: when set, cast and call need one.
@@ -452,6 +455,7 @@ _NODE_CHECKS: dict[str, Callable[[Any], Any]] = {
                          "like '_yptask._tcp.local.' (a label of at most 15 bytes)"),
     "heartbeat_s": _number(0.05),
     "down_after_s": _number(0.2),
+    "timer_lease_s": _number(0.3),
     "console_password_hash": _password_hash,
     "api_tokens": _tokens,
     "allow_from": _networks,

@@ -11,7 +11,8 @@ The rules:
 - a message name is a string of at most `MAX_NAME_CHARS` characters, dotted
   segments of ASCII letters, digits, `_` and `-` (`yptask.config.validate_message_name`);
 - a message id is null or a string of 1 to `MAX_ID_CHARS` characters, valid
-  Unicode (no lone surrogate: it could not be written as UTF-8);
+  Unicode (no lone surrogate: it could not be written as UTF-8), not starting
+  with `TICK_ID_PREFIX` (only the timer leader casts those);
 - a priority is an integer from `MIN_PRIORITY` (lowest, the default) to
   `MAX_PRIORITY`; higher is handled first;
 - a call's timeout is a finite number of seconds, over 0 and at most
@@ -36,6 +37,7 @@ __all__ = [
     "MAX_PRIORITY",
     "MAX_TIMEOUT_S",
     "MIN_PRIORITY",
+    "TICK_ID_PREFIX",
     "bad_param",
     "check_id",
     "check_name",
@@ -48,6 +50,7 @@ __all__ = [
 ]
 
 MAX_ID_CHARS = 128
+TICK_ID_PREFIX = "timer:"  # see yptask.schedule.fire_id
 MAX_NAME_CHARS = 255  # as validate_message_name
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
 MAX_TIMEOUT_S = 86_400.0  # a day: a call waits no longer, and the timer stays representable
@@ -103,11 +106,15 @@ def check_name(value: Any, method: str = "cast") -> str:
     return str(value)  # an Erlang atom is a str subclass
 
 
-def check_id(value: Any, method: str = "cast") -> str | None:
-    """A message id (None: the node picks one), or ConfigError."""
+def check_id(value: Any, method: str = "cast", *, tick: bool = False) -> str | None:
+    """A message id (None: the node picks one), or ConfigError. Only the timer leader's
+    ticks (`tick`) may carry an id in the form of a tick's, so none can be forged."""
     if value is None:
         return None
     if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and valid_text(value):
+        if value.startswith(TICK_ID_PREFIX) and not tick:
+            raise bad_param(method, "id", f"an id not starting with {TICK_ID_PREFIX!r} "
+                                           "(the ids of timer ticks)", value)
         return str(value)
     raise bad_param(method, "id", f"null or a string of 1 to {MAX_ID_CHARS} characters, "
                                    "valid Unicode", value)

@@ -79,6 +79,7 @@ from yptask.worker_process import payload_size
 __all__ = ["Node"]
 
 JOURNAL_ID_FILE = "journal-id"  # the id of the journal this node last ran with
+TIMER_BALLOT_FILE = "timer-ballot"  # whom this node granted the timer lease (timer_lease)
 
 log = logging.getLogger(__name__)
 
@@ -183,18 +184,28 @@ class Node:
         self._bert = BertEndpoint(self)
         await self._bert.start(self.config.bert_host, self.config.bert_port)
         self.bert_address = self._bert.address
-        self.cluster = Cluster(self._cluster_settings(), self, self._store, self.boot)
-        await self.cluster.start()
+        self.cluster = cluster = Cluster(self._cluster_settings(), self, self._store, self.boot)
+        self.timers = TimerRunner(self.name, self._store, cast=self._cast_tick,
+                                  peers=lambda: [m.name for m in cluster.up()],
+                                  ask=cluster.request, publish=cluster.publish_now,
+                                  ballot=self.data_dir / TIMER_BALLOT_FILE,
+                                  lease_s=self.config.timer_lease_s,
+                                  settle_s=self._timer_settle_s())
+        cluster.serve("lease", self.timers.on_ask)
+        cluster.serve("lease_release", self.timers.on_release)
+        await cluster.start()
         for task in self.tasks.values():
             self._start_forwarder(task)
         self._loads = self.loop.create_task(self._measure_load_forever(), name="measure load")
-        cluster = self.cluster
-        self.timers = TimerRunner(self.name, self._store, cast=self._cast_tick,
-                                  peers=lambda: [m.name for m in cluster.up()],
-                                  publish=cluster.publish)
-        self.timers.start()
+        await self.timers.start()
         log.info("node %s ready: %s, BERT-RPC %s, link %s", self.name, self.http_url,
                  self.bert_address, self.cluster.link_address)
+
+    def _timer_settle_s(self) -> float:
+        """A node that may have peers hears of them, and of their timer leader, before it
+        stands for the lease: its links are up and its peers' heartbeats in by then."""
+        c = self.config
+        return max(c.timer_lease_s, c.down_after_s) if c.join or c.mdns else 0.0
 
     def _cluster_settings(self) -> ClusterSettings:
         c = self.config
@@ -341,16 +352,16 @@ class Node:
 
     # ------------------------------------------------------------------ publishing
 
-    async def cast(self, name: str, msg: Any, *, id: str | None = None,
-                   priority: int = 0) -> dict[str, Any]:
+    async def cast(self, name: str, msg: Any, *, id: str | None = None, priority: int = 0,
+                   ticks: bool = False) -> dict[str, Any]:
         """Journal a message for every subscribed task; return once it is committed."""
         self._check_running()
-        result = (await self.cast_many([(name, msg, id, priority)]))[0]
+        result = (await self.cast_many([(name, msg, id, priority)], ticks=ticks))[0]
         if isinstance(result, YPTaskError):
             raise result
         return result
 
-    async def cast_many(self, casts: list[tuple[Any, Any, Any, Any]]
+    async def cast_many(self, casts: list[tuple[Any, Any, Any, Any]], *, ticks: bool = False
                         ) -> list[dict[str, Any] | YPTaskError]:
         """Journal many casts, (name, msg, id, priority) each, in one group commit.
 
@@ -358,6 +369,7 @@ class Node:
         surface it came from. Answers each in order: its result as `cast` gives it,
         or the error that refused it (a refused cast stores nothing; the others
         are not affected, even when the journal itself refuses one of them).
+        Only the timer leader casts `ticks`, with ids publishers may not use.
         """
         self._check_running()
         answers: list[dict[str, Any] | YPTaskError] = []
@@ -366,7 +378,7 @@ class Node:
         for given_name, msg, given_id, given_priority in casts:
             try:
                 name = ingress.check_name(given_name)
-                id = ingress.check_id(given_id)
+                id = ingress.check_id(given_id, tick=ticks)
                 priority = ingress.check_priority(given_priority)
                 self._check_message(name, msg, journaled=True)
                 payload_json = _journal_text(msg)
@@ -517,8 +529,9 @@ class Node:
     async def list_timers(self) -> list[dict[str, Any]]:
         """Every timer with its last fire, next fire, last error and the leader firing it."""
         assert self._store is not None
-        leader = self.timers.leader() if self.timers is not None else self.name
-        return await asyncio.to_thread(timer_rows, self._store, leader)
+        lease = ({"leader": self.timers.leader(), "epoch": self.timers.epoch()}
+                 if self.timers is not None else {"leader": "", "epoch": 0})
+        return await asyncio.to_thread(timer_rows, self._store, lease)
 
     async def get_timer(self, name: str) -> dict[str, Any]:
         for row in await self.list_timers():
@@ -560,7 +573,7 @@ class Node:
         log.info("timer %s deleted", name)
 
     async def _cast_tick(self, name: str, payload: Any, message_id: str) -> None:
-        await self.cast(name, payload, id=message_id)
+        await self.cast(name, payload, id=message_id, ticks=True)
 
     async def restart_task(self, name: str) -> dict[str, Any]:
         """Rolling restart, on every node: each worker is replaced by one running the code

@@ -1,18 +1,19 @@
-"""The timer leader: the one live node that fires the cluster's cron timers.
+"""The timer leader: the one node that fires the cluster's cron timers, while its lease holds.
 
-Every node runs a `TimerRunner`, and each decides the same way who leads: the
-live member with the lowest name (itself included). Only the leader fires.
-Timer definitions and each timer's state (last tick fired, last error) live in
-the replicated config map, so when the leader dies the next one starts from
-the last tick the old one recorded, and catches up what was missed by the
-timer's misfire policy.
+Every node runs a `TimerRunner`. It votes in the timer lease (`yptask.timer_lease`)
+and, when no one holds it, stands as a candidate (the lowest-named live node
+first, the others a moment later); only the holder fires, and only while its
+lease is valid, checked again before each tick. Timer definitions and each
+timer's state (last tick fired, last error) live in the replicated config map;
+the last fires also travel with every grant and renewal, so a new leader starts
+from the latest tick its majority knows, and catches up what was missed
+meanwhile by the timer's misfire policy.
 
-A tick is cast with a deterministic message id (timer name + scheduled time):
-a node that sees the id again drops it, so ticks fired twice during a brief
-overlap of two leaders (or by a new leader that had not yet heard of the old
-one's last fire) are delivered once. A cast that fails is recorded as the
-timer's last error and tried again on the next round, the tick not yet
-accounted for.
+A tick is cast with a message id of its own, `timer:NAME:TICK`, which publishers
+may not use (ingress refuses it): a tick a new leader fires again after its
+predecessor died between casting and renewing is dropped wherever the first
+one was journaled. A cast that fails is recorded as the timer's last error and
+tried again on the next round, the tick not yet accounted for.
 """
 
 from __future__ import annotations
@@ -20,70 +21,203 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from yptask.errors import ConfigError, YPTaskError
+from yptask.errors import ConfigError, ProtocolError, YPTaskError
 from yptask.replicated import Entry, ReplicatedStore
 from yptask.schedule import TimerDef, due_fires, fire_id, next_fire
+from yptask.timer_lease import Lease, Voter, merge_fires, quorum
 
-__all__ = ["TIMER_KEY", "TIMER_STATE_KEY", "TimerRunner", "timer_rows"]
+__all__ = ["TIMER_KEY", "TIMER_STATE_KEY", "VOTER_KEY", "TimerRunner", "timer_rows"]
 
 log = logging.getLogger(__name__)
 
 TIMER_KEY = "timer:"  # definitions in the replicated config map
 TIMER_STATE_KEY = "timer_state:"  # {"last_fire", "last_error", "last_error_at"} per timer
+VOTER_KEY = "voter:"  # the roster: every node that votes in the lease, {"since": wall}
 ROUND_S = 0.2
+STAGGER_S = 0.3  # a free lease: the n-th live node by name stands n times this late
 
 Cast = Callable[[str, Any, str], Awaitable[Any]]  # (message name, payload, id)
+Ask = Callable[[str, str, list[Any], float], Awaitable[Any]]  # (peer, kind, args, timeout)
 
 
 class TimerRunner:
-    """Fires due timers while this node leads."""
+    """Votes in the timer lease, stands for it when it is free, and fires while it holds it."""
 
     def __init__(self, node_name: str, store: ReplicatedStore, *, cast: Cast,
-                 peers: Callable[[], list[str]], publish: Callable[[list[Entry]], None],
-                 wall: Callable[[], float] = time.time) -> None:
+                 peers: Callable[[], list[str]], ask: Ask,
+                 publish: Callable[[list[Entry]], Awaitable[None]], ballot: Path,
+                 lease_s: float, settle_s: float = 0.0, wall: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`settle_s`: how long after its start this node stands for nothing, so that it
+        hears of its peers (and whoever leads them) first; 0 for a node that has none."""
         self.node_name = node_name
         self.store = store
+        self.lease_s = lease_s
         self._cast = cast
         self._peers = peers
+        self._ask_peer = ask
         self._publish = publish
         self._wall = wall
+        self._clock = clock
+        self.voter = Voter(ballot, lease_s, clock())
+        self.lease = Lease()
+        self._fires: dict[str, float] = {}  # the latest fire of each timer known here
+        self._roster: set[str] = set()
+        self._highest_epoch = self.voter.ballot.epoch
+        self._free_since: float | None = None  # when this node saw the lease free
+        self._next_stand = clock() + settle_s
         self._task: asyncio.Task[None] | None = None
         self._leading = False
 
-    def leader(self) -> str:
-        return min([self.node_name, *self._peers()])
+    # ------------------------------------------------------------------ for the node
 
-    def start(self) -> None:
+    def leader(self) -> str:
+        """Who fires now, as this node knows ("" while no one holds the lease)."""
+        now = self._clock()
+        if self.lease.holding(now):
+            return self.node_name
+        return str(self.voter.promise(now)["holder"])
+
+    def epoch(self) -> int:
+        return max(self.lease.epoch, self.voter.ballot.epoch)
+
+    async def on_ask(self, peer: str, args: list[Any]) -> dict[str, Any]:
+        """A peer stands for the lease (or renews it): [epoch, fires]."""
+        if len(args) != 2 or not isinstance(args[0], int) or isinstance(args[0], bool):
+            raise ProtocolError("lease takes [epoch, fires]")
+        answer = self.voter.ask(peer, args[0], args[1], self._clock())
+        if answer["granted"] and peer != self.node_name and self.lease.holding(self._clock()):
+            self.lease.lost()  # cannot happen while we hold it; never fire beside another
+        return answer
+
+    async def on_release(self, peer: str, args: list[Any]) -> None:
+        if len(args) != 2 or not isinstance(args[0], int):
+            raise ProtocolError("lease_release takes [epoch, fires]")
+        self.voter.release(peer, args[0], args[1], self._clock())
+
+    async def start(self) -> None:
+        """Join the roster (this node votes from now on) and start the rounds."""
+        if self.node_name not in await asyncio.to_thread(self.store.values, VOTER_KEY):
+            entry = await asyncio.to_thread(self.store.put, VOTER_KEY + self.node_name,
+                                            {"since": self._wall()})
+            await self._publish([entry])
         self._task = asyncio.get_running_loop().create_task(self._run_forever(),
                                                             name="timers")
 
     async def stop(self) -> None:
+        """Stop firing, give the lease up, and leave the roster (a clean stop)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.lease.holding(self._clock()):
+            self.lease.lost()
+            args = [self.lease.epoch, self._fires]
+            await asyncio.gather(*(self._quietly(peer, "lease_release", args)
+                                   for peer in self._peers()))
+            self.voter.release(self.node_name, self.lease.epoch, self._fires, self._clock())
+        entry = await asyncio.to_thread(self.store.put, VOTER_KEY + self.node_name, None)
+        await self._publish([entry])
+
+    # ------------------------------------------------------------------ rounds
 
     async def _run_forever(self) -> None:
         while True:
-            leading = self.leader() == self.node_name
-            if leading != self._leading:
-                self._leading = leading
-                log.info("timers: this node %s the timer leader", "is" if leading else
-                         f"is no longer (node {self.leader()} is)")
-            if leading:
-                try:
-                    await self.fire_due()
-                except YPTaskError as exc:  # e.g. the store closing under us
-                    log.warning("timers: round failed: %s", exc)
+            try:
+                await self._round()
+            except Exception:  # a store or a peer failed: log it, and go on next round
+                log.exception("timers: a round failed; trying again")
             await asyncio.sleep(ROUND_S)
 
-    async def fire_due(self) -> None:
-        """Fire every due tick of every enabled timer, and record how far each got."""
-        definitions, states = await asyncio.to_thread(self._read)
+    async def _round(self) -> None:
+        definitions, states, roster = await asyncio.to_thread(self._read)
+        self._roster = roster
+        now = self._clock()
+        if self.lease.holding(now):
+            if self.lease.valid_until - now < self.lease_s * 2 / 3:
+                await self._stand(self.lease.epoch)
+        elif self._may_stand(now):
+            await self._stand(max(self._highest_epoch, self.epoch()) + 1)
+        self._say_who_leads()
+        if self.lease.holding(self._clock()) and await self.fire_due(definitions, states):
+            await self._stand(self.lease.epoch)  # tell the voters what was fired, at once
+
+    def _may_stand(self, now: float) -> bool:
+        holder = self.voter.promise(now)["holder"]
+        if holder not in ("", self.node_name):
+            self._free_since = None
+            return False
+        if self._free_since is None:
+            self._free_since = now
+        rank = sorted({self.node_name, *self._peers()}).index(self.node_name)
+        return now >= self._next_stand and now - self._free_since >= rank * STAGGER_S
+
+    async def _stand(self, epoch: int) -> bool:
+        """Ask every voter for the lease in `epoch` (a renewal if it is ours already)."""
+        asked_at = self._clock()
+        need = quorum(len({self.node_name, *self._peers(), *self._roster}))
+        peers = self._peers()
+        replies = await asyncio.gather(*(self._ask_peer(peer, "lease", [epoch, self._fires],
+                                                        self._ask_timeout())
+                                         for peer in peers), return_exceptions=True)
+        granted_by = [peer for peer, reply in zip(peers, replies, strict=True)
+                      if isinstance(reply, dict) and reply.get("granted") is True]
+        for reply in replies:
+            if isinstance(reply, dict):
+                self._learn(reply)
+        # This node's own vote comes last, and only when it decides: a candidate that
+        # voted for itself first would keep its vote from a rival standing at once.
+        if len(granted_by) + 1 >= need:
+            own = self.voter.ask(self.node_name, epoch, self._fires, self._clock())
+            self._learn(own)
+            if own["granted"]:
+                self.lease.granted(epoch, asked_at, self.lease_s)
+                self._free_since = None
+                return True
+        if self.lease.epoch == epoch:
+            self.lease.lost()
+        # Free the voters it did win, so that a rival needs not wait out their grants.
+        await asyncio.gather(*(self._quietly(peer, "lease_release", [epoch, self._fires])
+                               for peer in granted_by))
+        self._next_stand = self._clock() + random.uniform(STAGGER_S, 4 * STAGGER_S)
+        return False
+
+    def _learn(self, answer: dict[str, Any]) -> None:
+        """Take the fires and the epoch a voter told of."""
+        merge_fires(self._fires, answer.get("fires"))
+        if isinstance(answer.get("epoch"), int):
+            self._highest_epoch = max(self._highest_epoch, answer["epoch"])
+
+    def _say_who_leads(self) -> None:
+        leading = self.lease.holding(self._clock())
+        if leading != self._leading:
+            self._leading = leading
+            if leading:
+                log.info("timers: this node is the timer leader (epoch %d)", self.lease.epoch)
+            else:
+                holder = self.leader()
+                log.info("timers: this node is no longer the timer leader (%s)",
+                         f"node {holder} is" if holder not in ("", self.node_name) else
+                         "no other node holds the lease yet")
+
+    def _ask_timeout(self) -> float:
+        return max(0.2, self.lease_s / 3)
+
+    async def _quietly(self, peer: str, kind: str, args: list[Any]) -> None:
+        with contextlib.suppress(YPTaskError, asyncio.TimeoutError):
+            await self._ask_peer(peer, kind, args, self._ask_timeout())
+
+    # ------------------------------------------------------------------ firing
+
+    async def fire_due(self, definitions: dict[str, Any], states: dict[str, Any]) -> bool:
+        """Fire every due tick of every enabled timer, and record how far each got;
+        True if any timer's last fire moved."""
         now = self._wall()
         changed = []
         for name, value in definitions.items():
@@ -96,19 +230,24 @@ class TimerRunner:
             last = state.get("last_fire")
             if not timer.enabled or not isinstance(last, (int, float)):
                 continue  # a timer without a state was never saved through a node: wait
-            fires, accounted = due_fires(timer, float(last), now)
+            state["last_fire"] = max(float(last), self._fires.get(name, float("-inf")))
+            fires, accounted = due_fires(timer, state["last_fire"], now)
             new_state = await self._fire(timer, fires, accounted, state)
-            if new_state != state:
+            self._fires[name] = new_state["last_fire"]
+            if new_state != states.get(name):
                 changed.append((TIMER_STATE_KEY + name, new_state))
         if changed:
             entries = await asyncio.to_thread(
                 lambda: [self.store.put(key, value) for key, value in changed])
-            self._publish(entries)
+            await self._publish(entries)
+        return bool(changed)
 
     async def _fire(self, timer: TimerDef, fires: list[float], accounted: float,
                     state: dict[str, Any]) -> dict[str, Any]:
         state = dict(state)
         for tick in fires:
+            if not self.lease.holding(self._clock()):
+                return state  # the lease ran out mid-round (a pause): the next leader goes on
             try:
                 await self._cast(timer.message, timer.payload, fire_id(timer.name, tick))
             except YPTaskError as exc:
@@ -117,16 +256,18 @@ class TimerRunner:
                 state.update(last_error=str(exc), last_error_at=self._wall())
                 return state
             state["last_fire"] = tick
-        if fires or accounted > float(state["last_fire"]):
-            state["last_fire"] = max(accounted, float(state["last_fire"]))
+        if accounted > float(state["last_fire"]):
+            state["last_fire"] = accounted
         return state
 
-    def _read(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        return self.store.values(TIMER_KEY), self.store.values(TIMER_STATE_KEY)
+    def _read(self) -> tuple[dict[str, Any], dict[str, Any], set[str]]:
+        return (self.store.values(TIMER_KEY), self.store.values(TIMER_STATE_KEY),
+                set(self.store.values(VOTER_KEY)))
 
 
-def timer_rows(store: ReplicatedStore, leader: str) -> list[dict[str, Any]]:
-    """Every timer with its state: last fire, next fire, last error, who fires it."""
+def timer_rows(store: ReplicatedStore, lease: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every timer with its state: last fire, next fire, last error, who fires it (the
+    lease's `leader`, "" while none holds it) and in which `epoch`."""
     states = store.values(TIMER_STATE_KEY)
     rows = []
     for name, value in sorted(store.values(TIMER_KEY).items()):
@@ -139,5 +280,5 @@ def timer_rows(store: ReplicatedStore, leader: str) -> list[dict[str, Any]]:
             upcoming = None
         rows.append({**value, "last_fire": last, "next_fire": upcoming if value.get(
             "enabled", True) else None, "last_error": state.get("last_error"),
-            "last_error_at": state.get("last_error_at"), "leader": leader})
+            "last_error_at": state.get("last_error_at"), **lease})
     return rows

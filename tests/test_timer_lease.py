@@ -9,8 +9,10 @@ a tick fired by two leaders would be journaled, and handled, on two nodes).
 from __future__ import annotations
 
 import itertools
+import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import TEST_WORKERS, NodeProcess, read_records, wait_for
@@ -98,6 +100,12 @@ class SeededNode(NodeProcess):
         # A restart keeps its link address, as a node on a fixed port does: the others
         # know it by that address (this is the seed, and it knows no seed of its own).
         self.argv[self.argv.index("--link") + 1] = self.link
+
+    def refusal(self, method: str, *params: object) -> dict[str, Any]:
+        answer = self._post(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                                        "params": params}))
+        assert "error" in answer, answer
+        return dict(answer["error"])
 
     def leader(self) -> str:
         return str(self.rpc("timers.list")[0]["leader"])
@@ -214,3 +222,24 @@ def test_a_clean_stop_hands_the_lease_over_and_leaves_the_roster(seeded):
     wait_for_more_ticks(records, 3, "ticks fired by the last node")
     assert_each_tick_once([last], records)
 
+
+
+def test_a_crashed_node_counts_until_it_is_forgotten(seeded):
+    """Two of three crashed: the last cannot win a majority, fires nothing, until an
+    operator forgets the dead (they are gone for good), then it leads alone."""
+    nodes, records = seeded
+    last = by_name(nodes, "c")
+    for node in nodes:
+        if node is not last:
+            node.signal(signal.SIGKILL)
+    wait_for(lambda: last.leader() == "", timeout_s=10, what="the lease to lapse")
+    wait_for(lambda: {m["name"]: m["state"] for m in last.rpc("nodes")} ==
+             {"a": "down", "b": "down", "c": "alive"}, timeout_s=10, what="a and b down")
+    refused = last.refusal("nodes.forget", "c")
+    assert "alive" in refused["message"], refused
+    assert last.rpc("nodes.forget", "a") == {"forgotten": "a"}
+    assert last.leader() == "", "one voter of two is no majority"
+    last.rpc("nodes.forget", "b")
+    wait_for(lambda: last.leader() == "c", timeout_s=10, what="c to lead alone")
+    wait_for_more_ticks(records, 3, "ticks fired by c alone")
+    assert_each_tick_once([last], records)

@@ -92,6 +92,7 @@ class PublisherNode(Protocol):
     async def status(self) -> Any: ...
 
     async def nodes(self) -> Any: ...
+    async def forget_node(self, name: str) -> Any: ...
 
     async def failures(self, limit: int, /) -> Any: ...
 
@@ -197,6 +198,10 @@ async def _metrics(node: PublisherNode, /, step: Any = 10, span: Any = 600) -> A
 
 async def _nodes(node: PublisherNode, /) -> Any:
     return await node.nodes()
+
+
+async def _nodes_forget(node: PublisherNode, /, name: Any) -> Any:
+    return await node.forget_node(_string("nodes.forget", "name", name))
 
 
 async def _status(node: PublisherNode, /) -> Any:
@@ -317,6 +322,7 @@ _IMPLEMENTATIONS: dict[str, Method] = {
     "tasks.restart": _tasks_restart,
     "status": _status,
     "nodes": _nodes,
+    "nodes.forget": _nodes_forget,
     "failures.list": _failures_list,
     "metrics": _metrics,
     "timers.list": _timers_list,

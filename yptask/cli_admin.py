@@ -521,6 +521,11 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _nodes(args: argparse.Namespace) -> int:
+    if args.forget:
+        done = _client(args).forget_node(args.forget)
+        print(_dump(done) if args.json else f"node {args.forget} forgotten: the timer lease "
+                                            "counts its majority without it")
+        return EXIT_OK
     members = _client(args).nodes()
     if args.json:
         print(_dump(members))
@@ -647,8 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("hash-password", _hash_password, "print a console_password_hash for the node config "
                                          "(reads the password from the terminal or stdin)")
 
-    add("nodes", _nodes, "the cluster's members: state, link and HTTP address, boot time, "
-                         "last heard")
+    nodes = add("nodes", _nodes, "the cluster's members: state, link and HTTP address, boot "
+                                 "time, last heard; or forget one that is gone for good")
+    nodes.add_argument("--forget", metavar="NODE", help="take a node that is gone for good "
+                       "off the roster the timer lease counts its majority in")
 
     dead = add("dead", _dead, "list dead letters (messages out of attempts), or replay one")
     dead.add_argument("--limit", type=_positive_int, default=100, metavar="N",

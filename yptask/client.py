@@ -175,6 +175,10 @@ class Client:
         """The cluster's members as the node sees them, itself first."""
         return _expect(self.request("nodes"), list, "nodes")
 
+    def forget_node(self, name: str) -> Any:
+        """Take a node that is gone for good off the timer lease's roster."""
+        return self.request("nodes.forget", {"name": name})
+
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters, at most `limit`."""
         return _expect(self.request("dead.list", {"limit": limit}), list, "dead.list")

@@ -801,6 +801,20 @@ class Node:
         """The cluster's members as this node sees them, itself first."""
         return [] if self.cluster is None else self.cluster.members()
 
+    async def forget_node(self, name: str) -> dict[str, Any]:
+        """Take a node that is gone for good off the timer lease's roster, on every node, so
+        that the majority the lease needs is counted without it."""
+        self._check_running()
+        assert self.timers is not None and self.cluster is not None
+        if name == self.name or self.cluster.membership.is_up(name):
+            raise ConfigError(f"node {name} is alive: only a node that is gone can be "
+                              "forgotten (a node stopped cleanly leaves by itself)")
+        if not await self.timers.forget(name):
+            raise ConfigError(f"node {name} is not on the roster; `yptask nodes` lists the "
+                              "members")
+        log.info("node %s forgotten: the timer lease no longer counts it", name)
+        return {"forgotten": name}
+
     def load(self) -> dict[str, Any]:
         """What this node's heartbeats say about its tasks."""
         return {name: {"workers": pool.live_workers, "in_flight": pool.in_flight,

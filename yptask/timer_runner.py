@@ -125,6 +125,13 @@ class TimerRunner:
         entry = await asyncio.to_thread(self.store.put, VOTER_KEY + self.node_name, None)
         await self._publish([entry])
 
+    async def forget(self, name: str) -> bool:
+        """Take `name` off the roster, on every node; False if it was not on it."""
+        if name not in await asyncio.to_thread(self.store.values, VOTER_KEY):
+            return False
+        await self._publish([await asyncio.to_thread(self.store.put, VOTER_KEY + name, None)])
+        return True
+
     # ------------------------------------------------------------------ rounds
 
     async def _run_forever(self) -> None:

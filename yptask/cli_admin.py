@@ -466,7 +466,10 @@ def _timers(args: argparse.Namespace) -> int:
     if not rows:
         print("no timers; `yptask timer apply FILE` adds some")
         return EXIT_OK
-    print(f"fired by node {rows[0].get('leader')}")
+    leader, epoch = rows[0].get("leader"), rows[0].get("epoch")
+    print(f"fired by node {leader} (lease epoch {epoch})" if leader else
+          "fired by no node now: the timer lease is free (a new leader is being elected, or "
+          "no majority of the nodes is reachable)")
     print(_table(["NAME", "CRON", "ZONE", "MESSAGE", "LAST FIRE", "NEXT FIRE", "LAST ERROR"],
                  [[r.get("name"), r.get("cron"), r.get("timezone"), r.get("message"),
                    _clock(r.get("last_fire")),
@@ -475,7 +478,7 @@ def _timers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_TIMER_STATE = ("last_fire", "next_fire", "last_error", "last_error_at", "leader")
+_TIMER_STATE = ("last_fire", "next_fire", "last_error", "last_error_at", "leader", "epoch")
 
 
 def _timer_show(args: argparse.Namespace) -> int:

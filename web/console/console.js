@@ -306,7 +306,9 @@ async function loadNodes() {
 async function loadTimers() {
   const timers = await rpc("timers.list");
   document.getElementById("timer-leader").textContent =
-    timers.length ? `Fired by node ${timers[0].leader}.` : "No timers.";
+    !timers.length ? "No timers." : timers[0].leader
+      ? `Fired by node ${timers[0].leader} (lease epoch ${timers[0].epoch}).`
+      : "Fired by no node now: the timer lease is free (an election, or no majority).";
   fillRows(document.querySelector("#timers-table tbody"), timers.map((t) => [
     t.name, t.cron, t.timezone, t.message, clock(t.last_fire),
     t.enabled ? clock(t.next_fire) : "disabled", t.last_error || "-"]));

@@ -190,3 +190,19 @@ def test_a_field_the_form_has_no_input_for_is_shown_and_kept(page, console):
     assert same({k: v for k, v in json.loads(read).items() if k != "later_field"},
                 console.client().task("roundtrip"))
     assert page.console_errors == []
+
+
+def test_a_value_that_is_not_json_is_refused_beside_its_field(page, console):
+    # Given the task open, and a setting typed JSON whose value is not JSON
+    before = console.client().task("roundtrip")
+    _open(page, "roundtrip")
+    row = next(r for r in page.locator("#rows-settings .row").all()
+               if r.locator("input.key").input_value() == "ratio")
+    row.locator("input.value").fill("fast")
+    # When it is saved
+    page.click("#save")
+    # Then the form says what is wrong beside the settings, and nothing is stored
+    page.wait_for_selector('[data-error="settings"]:has-text("choose text for a string")')
+    assert same(console.client().task("roundtrip"), before)
+    page.screenshot(path=str(console.tmp / "form.png"), full_page=True)
+    assert page.console_errors == []

@@ -137,10 +137,11 @@ function formError(field, message) {
 
 function number(field, input) {
   const text = input.value;
-  if (input.validity && input.validity.badInput) throw formError(field, "is not a number");
-  if (JSON_NUMBER.test(text)) return JSON.rawJSON ? JSON.rawJSON(text) : Number(text);
-  if (text !== "" && Number.isFinite(Number(text))) return Number(text);
-  throw formError(field, `${JSON.stringify(text)} is not a number`);
+  if (!input.validity.badInput) {
+    if (JSON_NUMBER.test(text)) return JSON.rawJSON ? JSON.rawJSON(text) : Number(text);
+    if (text !== "" && Number.isFinite(Number(text))) return Number(text);
+  }
+  throw formError(field, "needs a number here (digits, e.g. 2 or 1.5)");
 }
 
 function addRow(kind, values) {
@@ -205,7 +206,7 @@ function table(kind, value) {
   const result = {};
   for (const inputs of rowsOf(kind)) {
     const key = inputs[0].value;
-    if (Object.hasOwn(result, key)) throw formError(kind, `${JSON.stringify(key)} is given twice`);
+    if (Object.hasOwn(result, key)) throw formError(kind, `${JSON.stringify(key)} is given twice; remove one of its rows`);
     result[key] = value(key, inputs);
   }
   return result;
@@ -232,8 +233,7 @@ function readForm() {
   task.env = table("env", (key, [, input]) => input.value);
   task.settings = table("settings", settingValue);
   task.nodes = table("nodes", (key, [, input]) => number("nodes", input));
-  // an empty number is one not given: the node's default
-  for (const key of NUMBER_FIELDS) {
+  for (const key of NUMBER_FIELDS) {  // an empty one is not given: the node's default
     if (form.elements[key].value !== "" || form.elements[key].validity.badInput) {
       task[key] = number(key, form.elements[key]);
     }
@@ -243,13 +243,13 @@ function readForm() {
   try {
     if (text.trim()) other = JSON.parse(text, exactNumbers);
   } catch (error) {
-    throw formError("other", `not JSON: ${error.message}`);
+    throw formError("other", `is not JSON (${error.message}); fix it or empty the box`);
   }
   if (typeof other !== "object" || other === null || Array.isArray(other)) {
-    throw formError("other", "must be a JSON object of field: value");
+    throw formError("other", 'must be a JSON object, e.g. {"field": "value"}, or empty');
   }
   for (const key of Object.keys(other)) {
-    if (FORM_FIELDS.has(key)) throw formError("other", `'${key}' has its own input above`);
+    if (FORM_FIELDS.has(key)) throw formError("other", `'${key}' has its own input above; set it there`);
   }
   return { ...task, ...other };
 }

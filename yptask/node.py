@@ -505,9 +505,12 @@ class Node:
         if old is not None:
             task = replace(task, restart_generation=max(task.restart_generation,
                                                         old.restart_generation))
-            if _same_definition(old, task):
+            assert self._store is not None
+            entry = await asyncio.to_thread(self._store.get, TASK_KEY + task.name)
+            stored = None if entry is None else entry.value
+            if stored is not None and _as_stored(stored) == _as_stored(task.to_dict()):
                 log.info("task %s unchanged, nothing stored", task.name)
-                return {**old.to_dict(), "changed": False}
+                return {**stored, "changed": False}
         await self._write_task(task.name, task)
         return {**task.to_dict(), "changed": True}
 
@@ -892,11 +895,15 @@ class Node:
         return future.get(timeout=ASK_TIMEOUT_S)
 
 
+def _as_stored(definition: dict[str, Any]) -> str:
+    """A definition as the JSON that compares it: unlike ==, which takes 1, 1.0 and True
+    for one value, a value that changes only its type is a change. The order of a map's
+    keys is not (JSON objects have none, and a browser may reorder them)."""
+    return json.dumps(definition, sort_keys=True)
+
+
 def _same_definition(a: TaskDef, b: TaskDef) -> bool:
-    """Whether two definitions are equal as stored (JSON): unlike ==, which takes 1, 1.0
-    and True for one value, a value that changes only its type is a change. The order of
-    a map's keys is not (JSON objects have none, and a browser may reorder them)."""
-    return json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
+    return _as_stored(a.to_dict()) == _as_stored(b.to_dict())
 
 
 def _envelope(term: Any, peer: str) -> Envelope:

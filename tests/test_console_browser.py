@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import CHROMIUM, TEST_WORKERS, NodeProcess, require_browser, wait_for
@@ -55,10 +57,12 @@ def node(tmp_path_factory) -> Iterator[ConsoleNode]:
     started.stop()
 
 
-@pytest.fixture(scope="module")
-def page(node):
+@contextmanager
+def console_page() -> Iterator[Any]:
+    """A headless Chromium page that keeps the errors it logs in `page.console_errors`."""
     from playwright.sync_api import sync_playwright
 
+    require_browser()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                              args=["--no-sandbox"])
@@ -68,9 +72,17 @@ def page(node):
         page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
         page.on("pageerror", lambda e: page.console_errors.append(str(e)))
         page.on("dialog", lambda dialog: dialog.accept())  # the DELETE confirmation
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(node):
+    with console_page() as page:
         yield page
-        context.close()
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +123,8 @@ def test_create_a_task_with_every_kind_of_row(page, node, shots):
     fill_row(page, "messages", ["upai.fail"])
     fill_row(page, "env", ["PYTHONPATH", str(TEST_WORKERS)])
     fill_row(page, "settings", ["quality", "85"])
+    page.locator("#rows-settings .row select").last.select_option("json")  # a number
+    fill_row(page, "settings", ["version", "1.10"])  # text: a string, however it looks
     page.locator("#rows-nodes .row .remove-row").first.click()  # the default "*" row
     fill_row(page, "nodes", ["*", "1"])
     fill_row(page, "nodes", ["console1", "2"])
@@ -122,7 +136,7 @@ def test_create_a_task_with_every_kind_of_row(page, node, shots):
     saved = node.client().task("resizer")
     assert saved["messages"] == ["upai.photos.resize", "upai.fail"]
     assert saved["env"] == {"PYTHONPATH": str(TEST_WORKERS)}
-    assert saved["settings"] == {"quality": 85} and saved["debug"] is True
+    assert saved["settings"] == {"quality": 85, "version": "1.10"} and saved["debug"] is True
     assert saved["nodes"] == {"*": 1, "console1": 2} and saved["max_idle_s"] == 120
 
 

@@ -508,6 +508,8 @@ class Node:
 
         Answers once the definition is stored and the task's supervisor is told: the
         workers start (or are replaced) in the background, as the task's status shows.
+        The answer is the stored definition with `changed`: false when it equals the one
+        already stored, which is then neither stored again nor applied (no restart).
         """
         self._check_running()
         task = TaskDef.from_dict(definition)
@@ -515,8 +517,14 @@ class Node:
         if old is not None:
             task = replace(task, restart_generation=max(task.restart_generation,
                                                         old.restart_generation))
+            assert self._store is not None
+            entry = await asyncio.to_thread(self._store.get, TASK_KEY + task.name)
+            stored = None if entry is None else entry.value
+            if stored is not None and _as_stored(stored) == _as_stored(task.to_dict()):
+                log.info("task %s unchanged, nothing stored", task.name)
+                return {**stored, "changed": False}
         await self._write_task(task.name, task)
-        return task.to_dict()
+        return {**task.to_dict(), "changed": True}
 
     async def delete_task(self, name: str) -> None:
         """Delete a task, on every node: its workers finish their current message and stop."""
@@ -621,6 +629,8 @@ class Node:
         async with self._config_lock:  # one change at a time, in the order they came
             old = self.tasks.get(name)
             assert self._tree is not None
+            if old is not None and task is not None and _same_definition(old, task):
+                return 0  # e.g. our own edit gossiped back: nothing to do
             if task is None:
                 if old is None:
                     return 0
@@ -650,7 +660,7 @@ class Node:
                     self.forwarders[name].task = task
                     self.forwarders[name].notify()
                 supervisor = self._task_supervisor(name)
-                if replace(old, nodes=task.nodes) == task:  # only the worker counts changed
+                if _same_definition(replace(old, nodes=task.nodes), task):  # only the counts
                     change = supervisor.resize(task.workers_on(self.name))
                 else:  # anything else takes new workers
                     change = supervisor.rolling_restart(task)
@@ -910,6 +920,17 @@ class Node:
     @staticmethod
     def _ask(future: pykka.Future[Any]) -> Any:
         return future.get(timeout=ASK_TIMEOUT_S)
+
+
+def _as_stored(definition: dict[str, Any]) -> str:
+    """A definition as the JSON that compares it: unlike ==, which takes 1, 1.0 and True
+    for one value, a value that changes only its type is a change. The order of a map's
+    keys is not (JSON objects have none, and a browser may reorder them)."""
+    return json.dumps(definition, sort_keys=True)
+
+
+def _same_definition(a: TaskDef, b: TaskDef) -> bool:
+    return _as_stored(a.to_dict()) == _as_stored(b.to_dict())
 
 
 def _envelope(term: Any, peer: str) -> Envelope:

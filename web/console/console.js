@@ -7,13 +7,14 @@ const REFRESH_MS = 2000;
 
 // ---------------------------------------------------------------- helpers
 
-async function rpc(method, params) {
+// `reviver`: how JSON.parse reads the answer (see exactNumbers).
+async function rpc(method, params, reviver) {
   const response = await fetch("/rpc", {
     method: "POST",
     headers: { "Content-Type": "application/json", "X-CSRF-Token": state.csrf },
     body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params: params || {} }),
   });
-  const body = await response.json();
+  const body = JSON.parse(await response.text(), reviver);
   if (body.error) {
     const error = new Error(body.error.message);
     error.rpc = body.error;
@@ -82,7 +83,7 @@ async function refresh() {
 // ---------------------------------------------------------------- tasks
 
 async function loadTasks() {
-  const [tasks, members] = await Promise.all([rpc("tasks.list"), rpc("nodes")]);
+  const [tasks, members] = await Promise.all([rpc("tasks.list", {}, exactNumbers), rpc("nodes")]);
   state.tasks = tasks;
   state.members = members.map((m) => m.name);
   document.getElementById("member-names").replaceChildren(
@@ -108,22 +109,65 @@ function select(name) {
   loadTasks();
 }
 
+// The form's inputs, by the definition field each shows. A field of a definition that
+// has none (one a later node knows) is shown, and kept, in the "other fields" box: SAVE
+// sends every field the form shows, exactly as it shows it, and nothing else.
+const TEXT_FIELDS = ["name", "group", "worker_class", "stdout", "stderr"];
+const NUMBER_FIELDS = ["max_idle_s", "max_attempts", "retry_backoff_s", "message_timeout_s",
+  "shutdown_timeout_s", "max_queue", "max_restarts", "restart_period_s", "restart_generation"];
+const ROW_FIELDS = ["messages", "command", "env", "settings", "nodes"];
+const FORM_FIELDS = new Set([...TEXT_FIELDS, ...NUMBER_FIELDS, ...ROW_FIELDS, "use_stdio", "debug"]);
+const NEW_TASK = { name: "", group: "default", worker_class: "", command: [], use_stdio: false,
+  stdout: "", stderr: "", debug: false, messages: [], env: {}, settings: {}, nodes: { "*": 1 } };
+const JSON_NUMBER = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?$/;
+
+// Numbers of a definition keep the text the node wrote (2.0 stays 2.0, a 20-digit
+// integer stays exact): JavaScript's own numbers would turn them into 2 and a rounding.
+function exactNumbers(key, value, context) {
+  return typeof value === "number" && context && JSON.rawJSON ? JSON.rawJSON(context.source) : value;
+}
+
+function numberText(value) {
+  return value === undefined || value === null ? "" : JSON.stringify(value);
+}
+
+function formError(field, message) {
+  return Object.assign(new Error(`field '${field}': ${message}`), { field });
+}
+
+function number(field, input) {
+  const text = input.value;
+  if (!input.validity.badInput) {
+    if (JSON_NUMBER.test(text)) return JSON.rawJSON ? JSON.rawJSON(text) : Number(text);
+    if (text !== "" && Number.isFinite(Number(text))) return Number(text);
+  }
+  throw formError(field, "needs a number here (digits, e.g. 2 or 1.5)");
+}
+
 function addRow(kind, values) {
   const rows = document.getElementById(`rows-${kind}`);
   const remove = el("button", { type: "button", class: "remove-row", text: "−" });
   let row;
-  if (kind === "messages") {
-    row = el("div", { class: "row" }, el("input", { class: "value", placeholder: "upai.photos.*" }), remove);
+  if (kind === "messages" || kind === "command") {
+    row = el("div", { class: "row" }, el("input", { class: "value",
+      placeholder: kind === "messages" ? "upai.photos.*" : "one argument, spaces and all" }), remove);
   } else if (kind === "nodes") {
     row = el("div", { class: "row" },
       el("input", { class: "key", placeholder: "node (* = any)", list: "member-names" }),
       el("input", { class: "value", type: "number", min: "0", placeholder: "workers" }), remove);
+  } else if (kind === "settings") {
+    // A value is text (a string, as typed) or JSON (a number, true, false, null, a list,
+    // an object): what was a string stays a string, however it looks.
+    row = el("div", { class: "row" }, el("input", { class: "key", placeholder: "name" }),
+      el("select", { class: "type", title: "text: a string as typed; JSON: a number, true, false, null, [list] or {object}" },
+        el("option", { value: "text", text: "text" }), el("option", { value: "json", text: "JSON" })),
+      el("input", { class: "value", placeholder: "value" }), remove);
   } else {
     row = el("div", { class: "row" }, el("input", { class: "key", placeholder: "name" }),
-      el("input", { class: "value", placeholder: kind === "settings" ? "value (JSON or text)" : "value" }), remove);
+      el("input", { class: "value", placeholder: "value" }), remove);
   }
   remove.addEventListener("click", () => row.remove());
-  const inputs = row.querySelectorAll("input");
+  const inputs = row.querySelectorAll("input, select");
   (values || []).forEach((v, i) => { inputs[i].value = v; });
   rows.append(row);
 }
@@ -132,67 +176,82 @@ function fillForm(task) {
   const form = document.getElementById("task-form");
   form.hidden = false;
   clearErrors();
-  const t = task || { name: "", group: "default", worker_class: "", command: [], use_stdio: false,
-    stdout: "", stderr: "", debug: false, max_idle_s: 300, messages: [], env: {}, settings: {},
-    nodes: { "*": 1 }, max_attempts: 5, retry_backoff_s: 1, message_timeout_s: 60,
-    shutdown_timeout_s: 10 };
+  const t = task || NEW_TASK;
   document.getElementById("form-title").textContent = task ? `Task ${task.name}` : "New task";
-  for (const key of ["name", "group", "worker_class", "stdout", "stderr", "max_idle_s",
-    "max_attempts", "retry_backoff_s", "message_timeout_s", "shutdown_timeout_s"]) {
-    form.elements[key].value = t[key] ?? "";
-  }
+  for (const key of TEXT_FIELDS) form.elements[key].value = t[key] ?? "";
+  for (const key of NUMBER_FIELDS) form.elements[key].value = numberText(t[key]);
   form.elements.name.readOnly = Boolean(task);
-  form.elements.command.value = (t.command || []).join(" ");
   form.elements.use_stdio.value = t.use_stdio ? "yes" : "no";
   form.elements.debug.checked = Boolean(t.debug);
-  for (const kind of ["messages", "env", "settings", "nodes"]) {
-    document.getElementById(`rows-${kind}`).replaceChildren();
-  }
-  t.messages.forEach((m) => addRow("messages", [m]));
-  Object.entries(t.env).forEach(([k, v]) => addRow("env", [k, v]));
-  Object.entries(t.settings).forEach(([k, v]) =>
-    addRow("settings", [k, typeof v === "string" ? v : JSON.stringify(v)]));
-  Object.entries(t.nodes).forEach(([k, v]) => addRow("nodes", [k, v]));
+  for (const kind of ROW_FIELDS) document.getElementById(`rows-${kind}`).replaceChildren();
+  (t.messages || []).forEach((m) => addRow("messages", [m]));
+  (t.command || []).forEach((a) => addRow("command", [a]));
+  Object.entries(t.env || {}).forEach(([k, v]) => addRow("env", [k, v]));
+  Object.entries(t.settings || {}).forEach(([k, v]) =>
+    addRow("settings", typeof v === "string" ? [k, "text", v] : [k, "json", JSON.stringify(v)]));
+  Object.entries(t.nodes || {}).forEach(([k, v]) => addRow("nodes", [k, numberText(v)]));
+  const other = Object.fromEntries(Object.entries(t).filter(([k]) => !FORM_FIELDS.has(k)));
+  form.elements.other.value = Object.keys(other).length ? JSON.stringify(other, null, 2) : "";
   for (const id of ["restart", "delete"]) document.getElementById(id).hidden = !task;
 }
 
+// Every row but a blank one, as the elements of its inputs.
 function rowsOf(kind) {
-  return [...document.querySelectorAll(`#rows-${kind} .row`)].map((row) =>
-    [...row.querySelectorAll("input")].map((input) => input.value.trim()));
+  return [...document.querySelectorAll(`#rows-${kind} .row`)]
+    .map((row) => [...row.querySelectorAll("input, select")])
+    .filter((inputs) => inputs.some((input) => input.tagName === "INPUT" && input.value !== ""));
+}
+
+function table(kind, value) {
+  const result = {};
+  for (const inputs of rowsOf(kind)) {
+    const key = inputs[0].value;
+    if (Object.hasOwn(result, key)) throw formError(kind, `${JSON.stringify(key)} is given twice; remove one of its rows`);
+    result[key] = value(key, inputs);
+  }
+  return result;
+}
+
+function settingValue(key, [, type, input]) {
+  if (type.value === "text") return input.value;
+  try {
+    return JSON.parse(input.value, exactNumbers);
+  } catch {
+    throw formError("settings", `${JSON.stringify(key)}: ${JSON.stringify(input.value)} is not JSON; ` +
+      "choose text for a string");
+  }
 }
 
 function readForm() {
   const form = document.getElementById("task-form");
-  const number = (key) => (form.elements[key].value === "" ? undefined : Number(form.elements[key].value));
-  const settings = {};
-  for (const [key, value] of rowsOf("settings")) {
-    if (!key) continue;
-    try { settings[key] = JSON.parse(value); } catch { settings[key] = value; }
+  const task = {};
+  for (const key of TEXT_FIELDS) task[key] = form.elements[key].value;
+  task.use_stdio = form.elements.use_stdio.value === "yes";
+  task.debug = form.elements.debug.checked;
+  task.messages = rowsOf("messages").map(([input]) => input.value);
+  task.command = rowsOf("command").map(([input]) => input.value);
+  task.env = table("env", (key, [, input]) => input.value);
+  task.settings = table("settings", settingValue);
+  task.nodes = table("nodes", (key, [, input]) => number("nodes", input));
+  for (const key of NUMBER_FIELDS) {  // an empty one is not given: the node's default
+    if (form.elements[key].value !== "" || form.elements[key].validity.badInput) {
+      task[key] = number(key, form.elements[key]);
+    }
   }
-  const task = {
-    name: form.elements.name.value.trim(),
-    group: form.elements.group.value.trim() || "default",
-    use_stdio: form.elements.use_stdio.value === "yes",
-    stdout: form.elements.stdout.value.trim(),
-    stderr: form.elements.stderr.value.trim(),
-    debug: form.elements.debug.checked,
-    messages: rowsOf("messages").map(([m]) => m).filter(Boolean),
-    env: Object.fromEntries(rowsOf("env").filter(([k]) => k)),
-    settings,
-    nodes: Object.fromEntries(rowsOf("nodes").filter(([k]) => k).map(([k, v]) => [k, Number(v)])),
-  };
-  const workerClass = form.elements.worker_class.value.trim();
-  const command = form.elements.command.value.trim();
-  if (workerClass) task.worker_class = workerClass;
-  if (command) task.command = command.split(/\s+/);
-  for (const key of ["max_idle_s", "max_attempts", "retry_backoff_s", "message_timeout_s",
-    "shutdown_timeout_s"]) {
-    const value = number(key);
-    if (value !== undefined) task[key] = value;
+  const text = form.elements.other.value;
+  let other = {};
+  try {
+    if (text.trim()) other = JSON.parse(text, exactNumbers);
+  } catch (error) {
+    throw formError("other", `is not JSON (${error.message}); fix it or empty the box`);
   }
-  const existing = state.tasks.find((t) => t.name === task.name);
-  if (existing) task.restart_generation = existing.restart_generation;
-  return task;
+  if (typeof other !== "object" || other === null || Array.isArray(other)) {
+    throw formError("other", 'must be a JSON object, e.g. {"field": "value"}, or empty');
+  }
+  for (const key of Object.keys(other)) {
+    if (FORM_FIELDS.has(key)) throw formError("other", `'${key}' has its own input above; set it there`);
+  }
+  return { ...task, ...other };
 }
 
 function clearErrors() {
@@ -202,19 +261,23 @@ function clearErrors() {
 function showError(error) {
   // The node names the bad field: "task 'x': field 'max_idle_s': must be ..."
   const message = error.message;
-  const field = /field '([a-z_]+)'/.exec(message);
-  const target = document.querySelector(`#task-form [data-error="${field ? field[1] : "_form"}"]`)
+  const field = error.field || (/field '([a-z_]+)'/.exec(message) || [])[1] || "_form";
+  const target = document.querySelector(`#task-form [data-error="${field}"]`)
     || document.querySelector('#task-form [data-error="_form"]');
   target.textContent = message;
+  const folded = target.closest("details");
+  if (folded) folded.open = true;
 }
 
 async function save(event) {
   event.preventDefault();
   clearErrors();
   try {
-    const saved = await rpc("tasks.put", { definition: readForm() });
+    const saved = await rpc("tasks.put", { definition: readForm() }, exactNumbers);
     state.selected = saved.name;
-    notice(`Task ${saved.name} saved on every node.`);
+    notice(saved.changed === false
+      ? `Task ${saved.name} unchanged: nothing stored, no worker restarted.`
+      : `Task ${saved.name} saved on every node.`);
     await loadTasks();
     fillForm(state.tasks.find((t) => t.name === saved.name));
   } catch (error) {

@@ -179,6 +179,8 @@ def test_a_task_applied_from_a_file_is_listed_shown_and_deleted(node: Node) -> N
     reapplied = node.run("task", "apply", str(path))
     assert reapplied.stdout.strip() == "task extra updated", reapplied.stderr
     assert json.loads(node.run("task", "show", "extra", "--json").stdout)["group"] == "others"
+    again = node.run("task", "apply", str(path))
+    assert again.stdout.strip() == "task extra unchanged", again.stderr
 
     # When it is deleted, it is gone
     deleted = node.run("task", "delete", "extra")

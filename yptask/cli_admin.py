@@ -446,7 +446,9 @@ def _task_apply(args: argparse.Namespace) -> int:
     for task in tasks:
         stored.append(client.put_task(task.to_dict()))
         if not args.json:
-            print(f"task {task.name} {'updated' if task.name in existing else 'created'}")
+            done = ("unchanged" if stored[-1].get("changed") is False else
+                    "updated" if task.name in existing else "created")
+            print(f"task {task.name} {done}")
     if args.json:
         print(_dump(stored))
     return EXIT_OK

@@ -140,7 +140,8 @@ class Client:
         return _expect(self.request("tasks.get", {"name": name}), dict, "tasks.get")
 
     def put_task(self, definition: Mapping[str, Any]) -> dict[str, Any]:
-        """Create or replace a task; return the definition as stored."""
+        """Create or replace a task; return the definition as stored, with `changed`
+        (false: it was stored already, so nothing was written and no worker restarted)."""
         return _expect(self.request("tasks.put", {"definition": dict(definition)}), dict,
                        "tasks.put")
 

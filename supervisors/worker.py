@@ -152,22 +152,26 @@ class WorkerActor(Supervised):
             self.conn.call("yptask", "setup", [self.config.setup_info],
                            self.config.setup_timeout_s)
         except BaseException as exc:
-            # pykka runs no cleanup hook for a failed start: end the process here.
-            if isinstance(exc, WorkerExited):  # its own exit status says more than our kill
-                self._wait_exit(EXIT_GRACE_S)
+            # pykka runs no cleanup hook for a failed start: end the process here. One whose
+            # output closed is let exit first: its own status says more than our kill.
+            exited = isinstance(exc, WorkerExited) and self._exits_within(EXIT_GRACE_S)
             self.conn.kill()
             code = self.conn.wait()
             if not isinstance(exc, YPTaskError):
                 raise
-            reason = None if isinstance(exc, WorkerExited) else str(exc)
+            reason = None if exited else str(exc)
             raise self._start_failed(_exit_text(code), stderr_from, reason=reason) from None
         self.hooks.ready(self.task, self.actor_ref, self.conn)
 
-    def _wait_exit(self, timeout_s: float) -> None:
+    def _exits_within(self, timeout_s: float) -> bool:
+        """Whether the worker process exits within `timeout_s`."""
         assert self.conn is not None
         deadline = time.monotonic() + timeout_s
-        while self.conn.poll() is None and time.monotonic() < deadline:
+        while self.conn.poll() is None:
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.01)
+        return True
 
     def _start_failed(self, exit: str, stderr_from: int, *,
                       reason: str | None) -> WorkerStartFailed:

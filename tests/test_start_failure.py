@@ -10,17 +10,29 @@ out its timeout.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TEST_WORKERS, NodeProcess, read_records, wait_for
+from support import CHROMIUM, TEST_WORKERS, NodeProcess, read_records, require_browser, wait_for
 
-from yptask.errors import WorkerStartFailed, wire_code
+from yptask.errors import ChildStartFailed, WorkerStartFailed, wire_code
+from yptask.supervision import (
+    BackoffPolicy,
+    ChildLink,
+    ChildSpec,
+    Phase,
+    Supervised,
+    Supervisor,
+    SupervisorFlags,
+    SupervisorState,
+)
 
 BROKEN_IMPORT = {"name": "broken_import", "messages": ["import.*"],
                  "worker_class": "broken_import:Broken", "env": {"PYTHONPATH": str(TEST_WORKERS)}}
@@ -162,3 +174,109 @@ def test_fixing_the_task_clears_the_cause_and_delivers_what_waited(
     assert start_error(node, "fixme") is None
     wait_for(lambda: read_records(record), timeout_s=30, what="the waiting cast delivered")
     assert node.rpc("call", "fixme.record", {"n": 2}, 60) == "recorded"
+
+
+@pytest.mark.timeout(120)
+def test_the_console_status_view_shows_why(tmp_path: Path) -> None:
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    from yptask.passwords import hash_password
+
+    (tmp_path / "node.toml").write_text(
+        f'[node]\nconsole_password_hash = "{hash_password("pw-start-failure")}"\n')
+    node = NodeProcess(tmp_path, toml(EXITS_3), "s2",
+                       cluster=["--config", str(tmp_path / "node.toml"), "--no-mdns"])
+    try:
+        node.start()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                 args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(node.url.removesuffix("/rpc") + "/")
+                page.fill("#password", "pw-start-failure")
+                page.click("#login")
+                page.wait_for_selector("#task-list button[data-task=exits3]")
+                page.click("nav button[data-view=status]")
+                # the view refreshes itself: the cause appears once the first start failed
+                cause = page.wait_for_selector(
+                    "#status-table [data-start-error]:has-text('cannot open /etc/app.conf')",
+                    timeout=60_000)
+                assert cause is not None
+                assert "status 3" in (cause.text_content() or "")
+                assert "exits3.stderr.log" in (cause.get_attribute("title") or "")
+                assert not errors, errors
+            finally:
+                browser.close()
+    finally:
+        node.stop()
+
+
+# ------------------------------------------------------------------ the generic supervisor
+
+
+class Starter(Supervised):
+    """A child whose start fails, as an expected failure, while `broken` is set."""
+
+    def __init__(self, broken: threading.Event, *, link: ChildLink | None = None) -> None:
+        super().__init__(link=link)
+        self.broken = broken
+
+    def init(self) -> None:
+        if self.broken.is_set():
+            raise ChildStartFailed("the config file is missing")
+
+
+def test_a_supervisor_keeps_why_a_start_failed_until_one_starts(
+        caplog: pytest.LogCaptureFixture) -> None:
+    broken = threading.Event()
+    broken.set()
+    # a backoff long enough that only the replacement of its children can end it
+    flags = SupervisorFlags(intensity=1, period_s=60.0,
+                            backoff=BackoffPolicy(initial_s=60.0, max_s=60.0))
+    caplog.set_level(logging.DEBUG)
+    sup = Supervisor.start([ChildSpec("w1", Starter, (broken,))], flags, name="starters")
+    try:
+        proxy = sup.proxy()
+
+        def state() -> SupervisorState:
+            result: SupervisorState = proxy.state().get(timeout=5)
+            return result
+
+        # Given a child whose start keeps failing: the supervisor backs off, saying why
+        wait_for(lambda: state().phase is Phase.BACKOFF, timeout_s=10, what="backoff")
+        assert isinstance(state().start_error, ChildStartFailed)
+        assert "the config file is missing" in str(state().start_error)
+        # and an expected start failure is no traceback in the log
+        assert not [r for r in caplog.records if r.exc_info], caplog.text
+        # When it is replaced by a child that starts
+        broken.clear()
+        proxy.start_child(ChildSpec("w2", Starter, (broken,))).get(timeout=5)
+        assert state().start_error is None
+        proxy.terminate_child("w1").get(timeout=5)
+        # Then nothing is left to retry: the backoff is over
+        assert state().phase is Phase.RUNNING
+        assert state().running == 1
+    finally:
+        sup.stop(timeout=10)
+
+
+def test_an_unexpected_start_failure_still_logs_its_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Crasher(Supervised):
+        def init(self) -> None:
+            raise ValueError("a bug")
+
+    caplog.set_level(logging.ERROR)
+    sup = Supervisor.start([ChildSpec("c1", Crasher)],
+                           SupervisorFlags(intensity=0, period_s=60.0), name="crashers")
+    try:
+        wait_for(lambda: [r for r in caplog.records if r.exc_info], timeout_s=10,
+                 what="the traceback")
+        error = sup.proxy().state().get(timeout=5).start_error
+        assert isinstance(error, ValueError)
+    finally:
+        sup.stop(timeout=10)

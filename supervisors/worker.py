@@ -44,6 +44,7 @@ from yptask.errors import (
     WorkerExited,
     WorkerStartFailed,
     YPTaskError,
+    last_line,
 )
 from yptask.supervision import ChildLink, ExitReason, Supervised
 from yptask.worker_connection import WorkerConnection
@@ -177,12 +178,11 @@ class WorkerActor(Supervised):
                       reason: str | None) -> WorkerStartFailed:
         """Log the one line a failed start gets; return the error that says why."""
         path = self.config.spec.stderr_path
-        error = WorkerStartFailed(self.task, exit, _tail(path, stderr_from), stderr_log=path,
-                                  reason=reason)
+        tail = _tail(path, stderr_from)
         log.warning("worker of task %s could not start: %s; last stderr line: %s (stderr log: "
                     "%s)", self.task, exit if reason is None else f"{reason} ({exit})",
-                    error.last_stderr_line or "-", path or "the node's own")
-        return error
+                    last_line(tail) or "-", path or "the node's own")
+        return WorkerStartFailed.of(self.task, exit, tail, stderr_log=path, reason=reason)
 
     def on_receive(self, message: Any) -> Any:
         assert self.conn is not None

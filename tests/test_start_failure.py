@@ -142,6 +142,10 @@ def test_a_call_fails_fast_with_the_cause(node: NodeProcess) -> None:
     assert answer["error"]["code"] == START_FAILED_CODE, answer
     assert "status 3" in answer["error"]["message"], answer
     assert "cannot open /etc/app.conf" in answer["error"]["message"], answer
+    # And `yptask call` says so in one line
+    done = yptask(node, "call", "exits3.work", "{}", "--timeout", "60")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "cannot start: status 3; last stderr line: cannot open /etc/app.conf" in done.stderr
     # A cast is still accepted: it waits in the journal for the task to be fixed
     assert post(node, "cast", "exits3.work", {})["result"]["id"]
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from yptask.client import DEFAULT_URL, Client
-from yptask.errors import ConfigError, HandlerError, RPCError, YPTaskError
+from yptask.errors import ConfigError, HandlerError, RPCError, YPTaskError, last_line
 
 __all__ = [
     "EXIT_BROKEN_PIPE",
@@ -419,8 +419,7 @@ def _with_start_errors(table: str, rows: Sequence[Mapping[str, Any]]) -> str:
         out.append(line)
         error = row.get("start_error")
         if isinstance(error, Mapping):
-            tail = str(error.get("stderr_tail") or "").strip().splitlines()
-            cause = tail[-1].strip() if tail else str(error.get("error") or "")
+            cause = last_line(str(error.get("stderr_tail") or "")) or str(error.get("error"))
             out.append(f"  cannot start: {error.get('exit') or '-'}: {cause}"[:200])
     return "\n".join(out)
 

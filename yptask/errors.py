@@ -45,6 +45,7 @@ __all__ = [
     "WorkerStartFailed",
     "YPTaskError",
     "error_class_for",
+    "last_line",
     "wire_code",
 ]
 
@@ -179,27 +180,33 @@ class ChildStartFailed(SupervisionError):
 class WorkerStartFailed(ChildStartFailed):
     """Raised when a task's worker cannot start (it exited, or its setup failed), with why."""
 
-    def __init__(self, task: str, exit: str, stderr_tail: str = "", *,
-                 stderr_log: str | None = None, reason: str | None = None,
-                 at: float | None = None) -> None:
+    def __init__(self, message: str, *, task: str = "", exit: str = "", stderr_tail: str = "",
+                 stderr_log: str | None = None, at: float | None = None) -> None:
+        super().__init__(message)
         self.task = task
         self.exit = exit  # "status 3", "signal 9 (SIGKILL)", "not started"
         self.stderr_tail = stderr_tail  # the last lines it wrote to stderr, bounded
         self.stderr_log = stderr_log
-        self.reason = reason  # what went wrong besides the exit (a setup error), if anything
         self.at = time.time() if at is None else at
-        last = self.last_stderr_line
-        super().__init__(
-            f"the workers of task {task} cannot start: "
-            f"{exit if reason is None else f'{reason} ({exit})'}"
-            + (f"; last stderr line: {last}" if last else "; it wrote nothing to stderr")
-            + (f"; its stderr log is {stderr_log}" if stderr_log else "")
-            + "; fix the task's command, class or environment and put it again")
 
-    @property
-    def last_stderr_line(self) -> str:
-        lines = self.stderr_tail.strip().splitlines()
-        return lines[-1].strip() if lines else ""
+    @classmethod
+    def of(cls, task: str, exit: str, stderr_tail: str = "", *, stderr_log: str | None = None,
+           reason: str | None = None) -> WorkerStartFailed:
+        """The error for a worker of `task` that ended with `exit`; `reason`: what went
+        wrong besides the exit (a setup error), if anything."""
+        last = last_line(stderr_tail)
+        return cls(f"the workers of task {task} cannot start: "
+                   f"{exit if reason is None else f'{reason} ({exit})'}"
+                   + (f"; last stderr line: {last}" if last else "; it wrote nothing to stderr")
+                   + (f"; its stderr log is {stderr_log}" if stderr_log else "")
+                   + "; fix the task's command, class or environment and put it again",
+                   task=task, exit=exit, stderr_tail=stderr_tail, stderr_log=stderr_log)
+
+
+def last_line(text: str) -> str:
+    """The last line of `text` that is not blank, stripped ("" if none)."""
+    lines = text.strip().splitlines()
+    return lines[-1].strip() if lines else ""
 
 
 @dataclass(frozen=True)

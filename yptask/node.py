@@ -479,7 +479,7 @@ class Node:
         error = state.start_error
         if isinstance(error, WorkerStartFailed):
             return error
-        return WorkerStartFailed(name, "not started", reason=str(error))
+        return WorkerStartFailed.of(name, "not started", reason=str(error))
 
     def _subscribers(self, name: str) -> list[str]:
         """The tasks subscribed to a message name, in name order (cached per name)."""

@@ -472,14 +472,17 @@ class Node:
     def _start_failure(self, name: str) -> WorkerStartFailed | None:
         """Why no worker of task `name` can start here, while none runs; else None."""
         state = self._published(name)
-        if state is None or state.start_error is None or state.running:
+        if state is None or state.running or self.pools[name].live_workers:
             return None
-        if self.pools[name].live_workers:
-            return None
-        error = state.start_error
-        if isinstance(error, WorkerStartFailed):
+        return self._start_error(name)
+
+    def _start_error(self, name: str) -> WorkerStartFailed | None:
+        """Why the last start of a worker of task `name` failed, until one starts again."""
+        state = self._published(name)
+        error = None if state is None else state.start_error
+        if error is None or isinstance(error, WorkerStartFailed):
             return error
-        return WorkerStartFailed.of(name, "not started", reason=str(error))
+        return WorkerStartFailed.of(name, "not started", reason=str(error))  # not a worker's
 
     def _subscribers(self, name: str) -> list[str]:
         """The tasks subscribed to a message name, in name order (cached per name)."""
@@ -798,7 +801,7 @@ class Node:
                            "failed": pool.failed,
                            "pids": sorted(p for p, t in self._worker_pids.items() if t == name),
                            **({"error": state["error"]} if "error" in state else {}),
-                           **_start_error(self._published(name))}
+                           **_start_error_view(self._start_error(name))}
         return {"node": self.name, "uptime_s": round(time.time() - self.started_at, 1),
                 "tasks": tasks}
 
@@ -987,15 +990,10 @@ def _same_definition(a: TaskDef, b: TaskDef) -> bool:
     return _as_stored(a.to_dict()) == _as_stored(b.to_dict())
 
 
-def _start_error(state: SupervisorState | None) -> dict[str, Any]:
-    """`start_error` for a task's status: why the last start of its workers failed, until
-    one starts again (nothing when none failed)."""
-    error = None if state is None else state.start_error
+def _start_error_view(error: WorkerStartFailed | None) -> dict[str, Any]:
+    """A task's `start_error` in its status (nothing when its last start did not fail)."""
     if error is None:
         return {}
-    if not isinstance(error, WorkerStartFailed):
-        return {"start_error": {"error": str(error), "exit": None, "stderr_tail": "",
-                                "stderr_log": None, "at": None}}
     return {"start_error": {"error": str(error), "exit": error.exit,
                             "stderr_tail": error.stderr_tail, "stderr_log": error.stderr_log,
                             "at": error.at}}

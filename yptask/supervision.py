@@ -9,9 +9,9 @@ itself, so no traceback is written for it); `Supervisor`, which starts children 
 order, stops them in reverse order, restarts them by restart type and strategy, and
 owns a `Registry` (child id -> current ref, as refs die on restart); and the pure
 rules `should_restart`, `recent`, `within_intensity`, `backoff_delay` (no actors, no
-clock). More than `intensity`
-restarts within `period_s` puts a supervisor into a visible BACKOFF phase (exponential,
-capped) rather than crashing it, unless `escalate` is set. Its state keeps the error
+clock). More than `intensity` restarts within `period_s` puts a supervisor into a
+visible BACKOFF phase (exponential, capped) rather than crashing it, unless
+`escalate` is set. Its state keeps the error
 of the last failed child start until a child starts again. No module-level state.
 
 A supervisor may start its children in the background (`start_in_background`):

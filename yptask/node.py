@@ -441,7 +441,7 @@ class Node:
         meta = {"id": self._new_id(), "attempt": 1, "published_at": time.time(), "priority": 0}
         try:
             async with asyncio.timeout(timeout_s):  # not wait_for: no task per call
-                if pool.live_workers:
+                if pool.free_workers or pool.live_workers:  # the cheap test first
                     outcome = await pool.run(name, msg, meta, task.message_timeout_s)
                 else:  # no worker runs: one must start first, and may not be able to
                     outcome = await self._run_once_started(task, pool.run(

@@ -121,7 +121,7 @@ def test_the_log_has_one_warning_per_failed_start_and_no_traceback(node: NodePro
 
     def counts() -> tuple[int, int] | None:
         text = log_file.read_text()
-        started = len(re.findall(r"worker started: pid \d+ .*cannot open /etc/app\.conf", text))
+        started = len(re.findall(r"worker started: pid \d+ sh -c echo starting", text))
         failed = re.findall(r"WARNING .*worker of task exits3 could not start: .*", text)
         # every start seen has its one line, and there were a few
         return (started, len(failed)) if started >= 2 and started == len(failed) else None
@@ -154,7 +154,8 @@ def test_a_call_fails_fast_with_the_cause(node: NodeProcess) -> None:
 def test_a_call_to_a_task_just_created_fails_once_its_first_start_fails(
         node: NodeProcess) -> None:
     # Given a new task whose worker cannot start, called before its first start failed
-    node.rpc("tasks.put", {**EXITS_3, "name": "exits3_new", "messages": ["new3.*"]})
+    node.rpc("tasks.put", {"name": "exits3_new", "messages": ["new3.*"], "command": [
+        "sh", "-c", "echo 'cannot open /etc/app.conf' >&2; exit 3"]})
     answer = post(node, "call", "new3.work", {}, 60)
     # Then the call fails with the cause, not after its 60 s
     assert answer["error"]["code"] == START_FAILED_CODE, answer

@@ -471,8 +471,8 @@ class Node:
 
     def _start_failure(self, name: str) -> WorkerStartFailed | None:
         """Why no worker of task `name` can start here, while none runs; else None."""
-        state = self._published(name)
-        if state is None or state.running or self.pools[name].live_workers:
+        state, pool = self._published(name), self.pools.get(name)
+        if state is None or state.running or pool is None or pool.live_workers:
             return None
         return self._start_error(name)
 

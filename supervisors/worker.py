@@ -17,18 +17,35 @@ supervisor starts a fresh worker. A job whose message cannot be encoded for
 the worker fails for good (it is dead-lettered) and the worker serves on; any
 other error while the actor holds jobs settles them all before it propagates,
 so no delivery is left in flight.
+
+A worker that cannot start (it exits, or its setup fails, before it serves) is an
+expected failure: `init()` logs one warning naming the task, the exit status, the
+last line the worker wrote to stderr and that log's path, and raises
+`WorkerStartFailed` with the last lines of this start's stderr (see STDERR_TAIL_*),
+which its supervisor keeps so status and calls can show it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from yptask.errors import CallTimeout, EncodeError, ProtocolError, WorkerExited, YPTaskError
+from yptask.errors import (
+    CallTimeout,
+    EncodeError,
+    ProtocolError,
+    WorkerExited,
+    WorkerStartFailed,
+    YPTaskError,
+    last_line,
+)
 from yptask.supervision import ChildLink, ExitReason, Supervised
 from yptask.worker_connection import WorkerConnection
 from yptask.worker_process import WorkerSpec, handle_call
@@ -47,6 +64,12 @@ log = logging.getLogger(__name__)
 PIPELINE_DEPTH = 32
 SLOW_ANSWER_S = 0.005  # the interpreter's GIL switch interval: about the longest GIL wait
 ANSWER_WAITING_S = 50e-6  # an answer read within this had arrived before we asked
+# What a failed start keeps of the worker's stderr: its last lines, and at most this much.
+STDERR_TAIL_LINES = 20
+STDERR_TAIL_BYTES = 4096
+# A worker whose output closed during its start is given this long to exit on its own,
+# so that its own exit status is reported rather than our kill's.
+EXIT_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -119,17 +142,47 @@ class WorkerActor(Supervised):
         self._depth = 1  # jobs this worker's pipe may hold now (see PIPELINE_DEPTH)
 
     def init(self) -> None:
-        self.conn = WorkerConnection(self.config.spec)
+        spec = self.config.spec
+        stderr_from = _size(spec.stderr_path)  # this start's stderr is what follows
+        try:
+            self.conn = WorkerConnection(spec)
+        except OSError as exc:  # not even started (a command not found, with no cwd)
+            raise self._start_failed("not started", stderr_from, reason=str(exc)) from None
         try:
             self.hooks.watch(self.task, self.conn.pid, self.actor_ref)
             self.conn.call("yptask", "setup", [self.config.setup_info],
                            self.config.setup_timeout_s)
-        except BaseException:
-            # pykka runs no cleanup hook for a failed start: end the process here.
+        except BaseException as exc:
+            # pykka runs no cleanup hook for a failed start: end the process here. One whose
+            # output closed is let exit first: its own status says more than our kill.
+            exited = isinstance(exc, WorkerExited) and self._exits_within(EXIT_GRACE_S)
             self.conn.kill()
-            self.conn.wait()
-            raise
+            code = self.conn.wait()
+            if not isinstance(exc, YPTaskError):
+                raise
+            reason = None if exited else str(exc)
+            raise self._start_failed(_exit_text(code), stderr_from, reason=reason) from None
         self.hooks.ready(self.task, self.actor_ref, self.conn)
+
+    def _exits_within(self, timeout_s: float) -> bool:
+        """Whether the worker process exits within `timeout_s`."""
+        assert self.conn is not None
+        deadline = time.monotonic() + timeout_s
+        while self.conn.poll() is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def _start_failed(self, exit: str, stderr_from: int, *,
+                      reason: str | None) -> WorkerStartFailed:
+        """Log the one line a failed start gets; return the error that says why."""
+        path = self.config.spec.stderr_path
+        tail = _tail(path, stderr_from)
+        log.warning("worker of task %s could not start: %s; last stderr line: %s (stderr log: "
+                    "%s)", self.task, exit if reason is None else f"{reason} ({exit})",
+                    last_line(tail) or "-", path or "the node's own")
+        return WorkerStartFailed.of(self.task, exit, tail, stderr_log=path, reason=reason)
 
     def on_receive(self, message: Any) -> Any:
         assert self.conn is not None
@@ -230,6 +283,42 @@ class WorkerActor(Supervised):
             else:
                 self.conn.kill()
                 self.conn.wait()
+
+
+def _size(path: str | None) -> int:
+    """The size of a log file now (0: none yet, or no file)."""
+    if path is None:
+        return 0
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _tail(path: str | None, start: int) -> str:
+    """The last lines written to the log at `path` since offset `start`, bounded by
+    STDERR_TAIL_LINES and STDERR_TAIL_BYTES."""
+    if path is None:
+        return ""
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end < start:  # the file was truncated (rotated) meanwhile: its start is ours
+            start = 0
+        cut = end - STDERR_TAIL_BYTES > start  # then the first line read is a part of one
+        f.seek(max(start, end - STDERR_TAIL_BYTES))
+        lines = f.read(STDERR_TAIL_BYTES).decode("utf-8", "replace").splitlines()
+        return "\n".join((lines[1:] if cut else lines)[-STDERR_TAIL_LINES:])
+    return ""
+
+
+def _exit_text(code: int) -> str:
+    """An exit status as `waitstatus_to_exitcode` gives it, for people: negative is a signal."""
+    if code >= 0:
+        return f"status {code}"
+    try:
+        return f"signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:
+        return f"signal {-code}"
 
 
 def _lose(window: deque[Job], error: YPTaskError, held: Job | None) -> None:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from yptask.client import DEFAULT_URL, Client
-from yptask.errors import ConfigError, HandlerError, RPCError, YPTaskError
+from yptask.errors import ConfigError, HandlerError, RPCError, YPTaskError, last_line
 
 __all__ = [
     "EXIT_BROKEN_PIPE",
@@ -395,16 +395,33 @@ def _tasks(args: argparse.Namespace) -> int:
         entry = status.get(task.get("name")) or {}
         rows.append({"name": task.get("name"), "group": task.get("group"),
                      "messages": list(task.get("messages") or []),
-                     "workers": entry.get("workers") or {}, "state": entry.get("state", "-")})
+                     "workers": entry.get("workers") or {}, "state": entry.get("state", "-"),
+                     **({"start_error": entry["start_error"]} if "start_error" in entry
+                        else {})})
     if args.json:
         print(_dump(rows))
     elif not rows:
         print("no tasks; `yptask task apply FILE` adds some")
     else:
-        print(_table(["NAME", "GROUP", "MESSAGES", "WORKERS", "STATE"],
-                     [[r["name"], r["group"], ",".join(r["messages"]), _per_node(r["workers"]),
-                       r["state"]] for r in rows]))
+        print(_with_start_errors(
+            _table(["NAME", "GROUP", "MESSAGES", "WORKERS", "STATE"],
+                   [[r["name"], r["group"], ",".join(r["messages"]), _per_node(r["workers"]),
+                     r["state"]] for r in rows]), rows))
     return EXIT_OK
+
+
+def _with_start_errors(table: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    """A table of tasks (a header, then one line per row) with, under each task whose
+    workers cannot start, one short line: the exit and the last line they wrote to stderr."""
+    lines = table.split("\n")
+    out = lines[:1]
+    for line, row in zip(lines[1:], rows, strict=True):
+        out.append(line)
+        error = row.get("start_error")
+        if isinstance(error, Mapping):
+            cause = last_line(str(error.get("stderr_tail") or "")) or str(error.get("error"))
+            out.append(f"  cannot start: {error.get('exit') or '-'}: {cause}"[:200])
+    return "\n".join(out)
 
 
 def _task_show(args: argparse.Namespace) -> int:
@@ -517,11 +534,12 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_OK
     tasks = status.get("tasks") or {}
     print(f"node {status.get('node')}, up {status.get('uptime_s')} s")
+    named = sorted(tasks.items())
     rows = [[name, _per_node(t.get("workers")), t.get("queued", 0), t.get("in_flight", 0),
-             t.get("handled", 0), t.get("failed", 0), t.get("state", "-")]
-            for name, t in sorted(tasks.items())]
-    print(_table(["TASK", "WORKERS", "QUEUED", "IN FLIGHT", "HANDLED", "FAILED", "STATE"], rows)
-          if rows else "no tasks")
+             t.get("handled", 0), t.get("failed", 0), t.get("state", "-")] for name, t in named]
+    print(_with_start_errors(
+        _table(["TASK", "WORKERS", "QUEUED", "IN FLIGHT", "HANDLED", "FAILED", "STATE"], rows),
+        [t for _, t in named]) if rows else "no tasks")
     return EXIT_OK
 
 

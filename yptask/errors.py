@@ -10,11 +10,13 @@ BERT-RPC reserves codes 0-99; yptask's own codes start at 100.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 __all__ = [
     "WIRE_CODES",
     "CallTimeout",
+    "ChildStartFailed",
     "ConfigError",
     "DecodeError",
     "DuplicateChild",
@@ -40,8 +42,10 @@ __all__ = [
     "UnknownTimer",
     "WireCode",
     "WorkerExited",
+    "WorkerStartFailed",
     "YPTaskError",
     "error_class_for",
+    "last_line",
     "wire_code",
 ]
 
@@ -169,6 +173,42 @@ class RestartIntensityExceeded(SupervisionError):
     """Raised when a supervisor set to escalate sees more restarts than its intensity allows."""
 
 
+class ChildStartFailed(SupervisionError):
+    """Raised by a child's start for an expected failure it has logged: no traceback follows."""
+
+
+class WorkerStartFailed(ChildStartFailed):
+    """Raised when a task's worker cannot start (it exited, or its setup failed), with why."""
+
+    def __init__(self, message: str, *, task: str = "", exit: str = "", stderr_tail: str = "",
+                 stderr_log: str | None = None, at: float | None = None) -> None:
+        super().__init__(message)
+        self.task = task
+        self.exit = exit  # "status 3", "signal 9 (SIGKILL)", "not started"
+        self.stderr_tail = stderr_tail  # the last lines it wrote to stderr, bounded
+        self.stderr_log = stderr_log
+        self.at = time.time() if at is None else at
+
+    @classmethod
+    def of(cls, task: str, exit: str, stderr_tail: str = "", *, stderr_log: str | None = None,
+           reason: str | None = None) -> WorkerStartFailed:
+        """The error for a worker of `task` that ended with `exit`; `reason`: what went
+        wrong besides the exit (a setup error), if anything."""
+        last = last_line(stderr_tail)
+        return cls(f"the workers of task {task} cannot start: "
+                   f"{exit if reason is None else f'{reason} ({exit})'}"
+                   + (f"; last stderr line: {last}" if last else "; it wrote nothing to stderr")
+                   + (f"; its stderr log is {stderr_log}" if stderr_log else "")
+                   + "; fix the task's command, class or environment and put it again",
+                   task=task, exit=exit, stderr_tail=stderr_tail, stderr_log=stderr_log)
+
+
+def last_line(text: str) -> str:
+    """The last line of `text` that is not blank, stripped ("" if none)."""
+    lines = text.strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
 @dataclass(frozen=True)
 class WireCode:
     """How one error family travels: BERT-RPC type and code, and JSON-RPC code."""
@@ -198,6 +238,7 @@ WIRE_CODES: dict[type[BaseException], WireCode] = {
     NoSuchChild: WireCode("server", 111, -32011),
     DuplicateChild: WireCode("server", 112, -32012),
     RestartIntensityExceeded: WireCode("server", 113, -32013),
+    WorkerStartFailed: WireCode("server", 116, -32016),
     SupervisionError: WireCode("server", 110, -32010),
     LinkError: WireCode("server", 114, -32014),
     Unauthorized: WireCode("server", 115, -32015),

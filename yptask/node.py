@@ -28,7 +28,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 from importlib import resources
@@ -54,6 +54,7 @@ from yptask.errors import (
     ProtocolError,
     UnknownTask,
     UnknownTimer,
+    WorkerStartFailed,
     YPTaskError,
 )
 from yptask.forwarding import Forwarder
@@ -72,7 +73,7 @@ from yptask.supervision import (
     SupervisorState,
 )
 from yptask.supervisors.task import NodePlace, TaskSupervisor
-from yptask.supervisors.worker import ProcessGone, WorkerHooks
+from yptask.supervisors.worker import Outcome, ProcessGone, WorkerHooks
 from yptask.timer_runner import TIMER_KEY, TIMER_STATE_KEY, TimerRunner, timer_rows
 from yptask.worker_process import payload_size
 
@@ -127,6 +128,8 @@ class Node:
         self._proxies: dict[str, Any] = {}  # actor urn -> proxy
         # task -> (urn, state) its supervisor last published: status reads it, never asks
         self._supervisor_states: dict[str, tuple[str, SupervisorState]] = {}
+        # task -> resolved when a start of its workers fails: calls waiting for one give up
+        self._start_failures: dict[str, asyncio.Future[None]] = {}
         self._asks: set[asyncio.Task[None]] = set()  # asks to the actors nobody waits on
         # task -> why the workers of its stored definition could not start (until the next)
         self._apply_errors: dict[str, str] = {}
@@ -434,17 +437,52 @@ class Node:
             return await self.cluster.request(peer, "call", [name, msg, timeout_s],
                                               timeout_s + LINK_GRACE_S)
         task = max(local, key=lambda t: self.pools[t.name].free_workers)
+        pool = self.pools[task.name]
         meta = {"id": self._new_id(), "attempt": 1, "published_at": time.time(), "priority": 0}
         try:
             async with asyncio.timeout(timeout_s):  # not wait_for: no task per call
-                outcome = await self.pools[task.name].run(name, msg, meta,
-                                                          task.message_timeout_s)
+                if pool.free_workers or pool.live_workers:  # the cheap test first
+                    outcome = await pool.run(name, msg, meta, task.message_timeout_s)
+                else:  # no worker runs: one must start first, and may not be able to
+                    outcome = await self._run_once_started(task, pool.run(
+                        name, msg, meta, task.message_timeout_s))
         except TimeoutError:
             raise CallTimeout(f"no answer to {name!r} from task {task.name} within "
                               f"{timeout_s} s") from None
         if outcome.error is not None:
             raise outcome.error
         return outcome.result
+
+    async def _run_once_started(self, task: TaskDef, run: Awaitable[Outcome]) -> Outcome:
+        """Await `run`, a call waiting for a worker of `task`; raise `WorkerStartFailed`
+        instead as soon as the task's workers are seen unable to start."""
+        running = asyncio.ensure_future(run)
+        try:
+            while (error := self._start_failure(task.name)) is None:
+                failed = self._start_failures.get(task.name)
+                if failed is None:
+                    failed = self._start_failures[task.name] = self.loop.create_future()
+                await asyncio.wait((running, failed), return_when=asyncio.FIRST_COMPLETED)
+                if running.done():
+                    return running.result()
+            raise error
+        finally:
+            running.cancel()  # nothing, if it is done
+
+    def _start_failure(self, name: str) -> WorkerStartFailed | None:
+        """Why no worker of task `name` can start here, while none runs; else None."""
+        state, pool = self._published(name), self.pools.get(name)
+        if state is None or state.running or pool is None or pool.live_workers:
+            return None
+        return self._start_error(name)
+
+    def _start_error(self, name: str) -> WorkerStartFailed | None:
+        """Why the last start of a worker of task `name` failed, until one starts again."""
+        state = self._published(name)
+        error = None if state is None else state.start_error
+        if error is None or isinstance(error, WorkerStartFailed):
+            return error
+        return WorkerStartFailed.of(name, "not started", reason=str(error))  # not a worker's
 
     def _subscribers(self, name: str) -> list[str]:
         """The tasks subscribed to a message name, in name order (cached per name)."""
@@ -715,7 +753,25 @@ class Node:
                          shutdown_s=ASK_TIMEOUT_S, start_timeout_s=ASK_TIMEOUT_S)
 
     def _supervisor_published(self, task: str, urn: str, state: SupervisorState) -> None:
+        before = self._supervisor_states.get(task)
         self._supervisor_states[task] = (urn, state)  # any thread: one atomic store
+        if state.start_error is not None and (before is None
+                                              or before[1].start_error is not state.start_error):
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self.loop.call_soon_threadsafe(self._start_failed, task)
+
+    def _start_failed(self, task: str) -> None:
+        """A start of `task`'s workers failed: wake the calls waiting for one."""
+        failed = self._start_failures.pop(task, None)
+        if failed is not None and not failed.done():
+            failed.set_result(None)
+
+    def _published(self, name: str) -> SupervisorState | None:
+        """What the running supervisor of task `name` last published (None: nothing yet)."""
+        assert self._registry is not None
+        ref = self._registry.whereis(name)
+        urn, state = self._supervisor_states.get(name, ("", None))
+        return state if ref is not None and urn == ref.actor_urn else None
 
     def _task_supervisor(self, name: str) -> pykka.ActorProxy[TaskSupervisor]:
         assert self._registry is not None
@@ -730,7 +786,8 @@ class Node:
     # ------------------------------------------------------------------ status
 
     async def status(self) -> dict[str, Any]:
-        """Per task: workers (and their pids), state, queue depth, in flight, handled, failed."""
+        """Per task: workers (and their pids), state, queue depth, in flight, handled, failed,
+        and while its workers cannot start, why (`start_error`)."""
         assert self._journal is not None
         tasks = {}
         for name, pool in self.pools.items():
@@ -743,7 +800,8 @@ class Node:
                            "queued": queued, "in_flight": inflight, "handled": pool.handled,
                            "failed": pool.failed,
                            "pids": sorted(p for p, t in self._worker_pids.items() if t == name),
-                           **({"error": state["error"]} if "error" in state else {})}
+                           **({"error": state["error"]} if "error" in state else {}),
+                           **_start_error_view(self._start_error(name))}
         return {"node": self.name, "uptime_s": round(time.time() - self.started_at, 1),
                 "tasks": tasks}
 
@@ -762,11 +820,10 @@ class Node:
         """A task's state from what its supervisor last published: a supervisor busy
         starting a slow worker is never asked."""
         assert self._registry is not None
-        ref = self._registry.whereis(name)
-        if ref is None:
+        if self._registry.whereis(name) is None:
             return {"state": "stopped", "workers": 0}
-        urn, state = self._supervisor_states.get(name, ("", None))
-        if state is None or urn != ref.actor_urn:  # started, not yet published
+        state = self._published(name)
+        if state is None:  # started, not yet published
             return {"state": "starting", "workers": 0}
         if state.phase is Phase.BACKOFF:
             return {"state": "backoff", "workers": state.running}
@@ -931,6 +988,15 @@ def _as_stored(definition: dict[str, Any]) -> str:
 
 def _same_definition(a: TaskDef, b: TaskDef) -> bool:
     return _as_stored(a.to_dict()) == _as_stored(b.to_dict())
+
+
+def _start_error_view(error: WorkerStartFailed | None) -> dict[str, Any]:
+    """A task's `start_error` in its status (nothing when its last start did not fail)."""
+    if error is None:
+        return {}
+    return {"start_error": {"error": str(error), "exit": error.exit,
+                            "stderr_tail": error.stderr_tail, "stderr_log": error.stderr_log,
+                            "at": error.at}}
 
 
 def _envelope(term: Any, peer: str) -> Envelope:

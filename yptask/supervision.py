@@ -4,12 +4,15 @@ Owns the generic behaviour only (yptask's concrete tree lives in `yptask.supervi
 `ChildSpec` / `SupervisorFlags` / `BackoffPolicy` settings; `Supervised`, a base actor
 that reports its exits to its supervisor with `tell` ("crashed" from on_failure,
 "normal" from on_stop, "start_failed" when its `init()` hook raises, which pykka never
-reports); `Supervisor`, which starts children in order, stops them in reverse order,
-restarts them by restart type and strategy, and owns a `Registry` (child id -> current
-ref, as refs die on restart); and the pure rules `should_restart`, `recent`,
-`within_intensity`, `backoff_delay` (no actors, no clock). More than `intensity`
-restarts within `period_s` puts a supervisor into a visible BACKOFF phase (exponential,
-capped) rather than crashing it, unless `escalate` is set. No module-level state.
+reports; a `ChildStartFailed` from `init()` is an expected failure the child has logged
+itself, so no traceback is written for it); `Supervisor`, which starts children in
+order, stops them in reverse order, restarts them by restart type and strategy, and
+owns a `Registry` (child id -> current ref, as refs die on restart); and the pure
+rules `should_restart`, `recent`, `within_intensity`, `backoff_delay` (no actors, no
+clock). More than `intensity` restarts within `period_s` puts a supervisor into a
+visible BACKOFF phase (exponential, capped) rather than crashing it, unless
+`escalate` is set. Its state keeps the error
+of the last failed child start until a child starts again. No module-level state.
 
 A supervisor may start its children in the background (`start_in_background`):
 its own start then returns at once and the children start from its inbox, with
@@ -33,7 +36,13 @@ from typing import Any, cast
 
 import pykka
 
-from yptask.errors import DuplicateChild, NoSuchChild, RestartIntensityExceeded, SupervisionError
+from yptask.errors import (
+    ChildStartFailed,
+    DuplicateChild,
+    NoSuchChild,
+    RestartIntensityExceeded,
+    SupervisionError,
+)
 
 __all__ = [
     "BackoffPolicy", "ChildInfo", "ChildLink", "ChildSpec", "Exit", "ExitReason", "Phase",
@@ -186,6 +195,7 @@ class ChildLink:
         self.child_id = child_id
         self.started = threading.Event()  # set once init() returned or raised
         self.error: str | None = None  # set before `started` when init() raised
+        self.cause: Exception | None = None  # what init() raised, with `error`
 
 
 class Supervised(pykka.ThreadingActor):
@@ -208,10 +218,14 @@ class Supervised(pykka.ThreadingActor):
         try:
             self.init()
         except Exception as exc:
-            self._report(ExitReason.START_FAILED)
             if self._link is not None:
-                self._link.error = repr(exc)
-            raise
+                self._link.error, self._link.cause = repr(exc), exc
+            self._report(ExitReason.START_FAILED)
+            if not isinstance(exc, ChildStartFailed):
+                raise  # unexpected: pykka logs it with its traceback, and stops the actor
+            # Expected and logged by the child: stop as pykka would, without a traceback.
+            pykka.ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
         finally:
             if self._link is not None:
                 self._link.started.set()
@@ -285,6 +299,7 @@ class SupervisorState:
     pending: tuple[str, ...]  # child ids waiting for the retry
     running: int = 0  # children alive now
     starting: tuple[str, ...] = ()  # child ids being started, or waiting for their first start
+    start_error: Exception | None = None  # why the last child start failed, until one starts
 
 
 @dataclass
@@ -323,6 +338,7 @@ class Supervisor(Supervised):
         self._phase = Phase.RUNNING
         self._next_retry_at: float | None = None
         self._timer: threading.Timer | None = None  # pending backoff retry
+        self._start_error: Exception | None = None  # see SupervisorState.start_error
 
     def init(self) -> None:
         if self._background:
@@ -384,6 +400,13 @@ class Supervisor(Supervised):
         self._pending.discard(child_id)
         self._starting.discard(child_id)
         self._stop_children([child])
+        if self._phase is Phase.BACKOFF and not self._pending:
+            # Nothing left to retry (replaced by new children, say): the backoff is over.
+            if self._timer is not None:
+                self._timer.cancel()
+            self._phase, self._next_retry_at, self._timer = Phase.RUNNING, None, None
+            self._token += 1  # a wake-up already on its way is stale
+            self._changed()
 
     def which_children(self) -> list[ChildInfo]:
         return [ChildInfo(c.spec.id, c.ref, c.spec.restart, c.restarts)
@@ -399,7 +422,7 @@ class Supervisor(Supervised):
             None if at is None else max(0.0, at - self._clock()),
             tuple(i for i in self._children if i in self._pending),
             sum(1 for c in self._children.values() if c.ref is not None and c.ref.is_alive()),
-            tuple(i for i in self._children if i in self._starting))
+            tuple(i for i in self._children if i in self._starting), self._start_error)
 
     def _changed(self) -> None:
         """Publish a snapshot of this supervisor's state, for readers who must not ask."""
@@ -422,8 +445,10 @@ class Supervisor(Supervised):
                     spec.start_timeout_s):
                 log.warning("child start timed out: %s (%.1f s)", spec.id, spec.start_timeout_s)
             if link.error is not None:  # its Exit is already in our inbox
+                self._start_error = link.cause
                 return link.error
             self.registry.register(spec.id, ref)
+            self._start_error = None
             log.info("child started: %s", spec.id)
             return None
         finally:
@@ -435,8 +460,9 @@ class Supervisor(Supervised):
         exception from its start function too), to be restarted like any exit."""
         try:
             return self._spawn(child) is None
-        except Exception:
+        except Exception as exc:
             log.exception("child start failed: %s", child.spec.id)
+            self._start_error = exc
             child.ref, child.urn = None, f"start-failed:{uuid.uuid4()}"
             self.actor_ref.tell(Exit(child.spec.id, child.urn, ExitReason.START_FAILED))
             return False

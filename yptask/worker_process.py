@@ -296,7 +296,9 @@ def _spawn(spec: WorkerSpec, env: dict[str, str], actions: list[tuple[Any, ...]]
     if spec.cwd is None:
         return os.posix_spawnp(argv[0], argv, env, file_actions=actions, setpgroup=0)
     # posix_spawn has no portable chdir action: run through the shell's `cd` without a shell.
-    return os.posix_spawnp("/bin/sh", ["/bin/sh", "-c", 'cd "$0" && exec "$@"', spec.cwd, *argv],
+    # Its $0 is the command, which so names the shell's complaints in the worker's stderr.
+    return os.posix_spawnp("/bin/sh", ["/bin/sh", "-c", 'cd "$1" && shift && exec "$@"',
+                                       argv[0], spec.cwd, *argv],
                            env, file_actions=actions, setpgroup=0)
 
 

@@ -315,7 +315,7 @@ async function loadStatus() {
   fillRows(document.querySelector("#status-table tbody"), names.map((name) => {
     const t = status.tasks[name];
     const workers = Object.entries(t.workers).map(([n, c]) => `${n}:${c}`).join(" ");
-    return [name, workers, t.state, t.queued, t.in_flight, t.handled_per_s, t.failed_per_s,
+    return [name, workers, taskState(t), t.queued, t.in_flight, t.handled_per_s, t.failed_per_s,
       t.latency_ms.p50, t.latency_ms.p90, t.latency_ms.p99];
   }));
   const plots = document.getElementById("plots");
@@ -326,6 +326,19 @@ async function loadStatus() {
       ["failed_per_s", "#d33", "failed/s"]]);
     drawPlot(latency, metrics[name] || [], [["p50_ms", "#2a2", "p50 ms"], ["p99_ms", "#a52", "p99 ms"]]);
     return el("div", { class: "plot" }, el("h3", { text: name }), rates, latency);
+  }));
+}
+
+// A task's state; while its workers cannot start, with why: the exit and the last line
+// they wrote to stderr (the whole tail and the log's path on hover).
+function taskState(t) {
+  const error = t.start_error;
+  if (!error) return t.state;
+  const tail = (error.stderr_tail || "").trim().split("\n");
+  return el("span", {}, fmt(t.state), el("div", {
+    class: "start-error", "data-start-error": "",
+    title: `${error.stderr_tail || error.error}\n\nstderr log: ${fmt(error.stderr_log)}`,
+    text: `cannot start: ${fmt(error.exit)}: ${tail[tail.length - 1] || error.error}`,
   }));
 }
 

@@ -356,9 +356,9 @@ class Journal:
     def depth(self, task: str) -> tuple[int, int]:
         """Return (queued, inflight) delivery counts of a task (inflight: claimed or started)."""
         rows = dict(self._db.execute(
-            "SELECT state = 'queued', COUNT(*) FROM deliveries WHERE task = ? GROUP BY 1",
+            "SELECT state, COUNT(*) FROM deliveries WHERE task = ? GROUP BY state",
             (task,)).fetchall())
-        return rows.get(1, 0), rows.get(0, 0)
+        return rows.get("queued", 0), rows.get("inflight", 0) + rows.get("started", 0)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Return the most recent dead letters."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import NodeProcess, read_records, until, wait_for
+from support import SAMPLE, NodeProcess, read_records, until, wait_for
 
 from yptask.group_commit import JournalThread
 from yptask.journal import Envelope, Journal
@@ -279,3 +279,26 @@ def test_a_delivery_claimed_but_never_started_keeps_its_attempts_after_a_crash(
     finally:
         reopened.close()
         journal.close()
+
+
+async def test_a_deleted_task_puts_back_what_it_had_claimed(node: Any, tmp_path: Path) -> None:
+    # Given the sample task's only worker busy, and messages claimed behind it
+    sample = {**SAMPLE, "nodes": {"*": 1}, "settings": {"record_path": str(tmp_path / "r")}}
+    await node.put_task(sample)
+    await node.cast("sample.sleep", {"seconds": 2})
+    for n in range(3):
+        await node.cast("sample.record", {"n": n})
+
+    async def depth() -> tuple[int, int]:  # from the journal: status lists no deleted task
+        found: tuple[int, int] = await node._journal.run(partial(Journal.depth, task="sample"))
+        return found
+    await until(lambda: _is(depth(), (0, 4)), what="the messages to be claimed")
+    # When the task is deleted
+    await node.delete_task("sample")
+    # Then what it had claimed and not started waits in the journal again, ready for the
+    # task's next definition (the running message is acked when it finishes)
+    await until(lambda: _is(depth(), (3, 0)), what="the claimed messages to be put back")
+
+
+async def _is(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)

@@ -128,7 +128,7 @@ class TaskPool:
     async def stop_claiming(self) -> None:
         """Claim and hand out nothing more, reap no more; jobs already running go on.
 
-        What stays in the backlog is in flight in the journal: the next start delivers it.
+        What stays in the backlog is claimed in the journal until `close` puts it back.
         """
         self._closing = True
         for background in (self._runner, self._reaper):

@@ -11,11 +11,11 @@ time). The job at the head of the pipe, the one the worker is on, is reported
 through `Job.started` (a frame the worker has not read yet is not started:
 its attempt is not spent). Each job's outcome goes back through `Job.done`.
 While the actor is idle, the pool may run a call on its pipes from the event
-loop, holding the connection's lock, which the actor takes before touching them again. When
-the process dies, hangs past the message timeout or breaks the protocol, the
-oldest unanswered job is reported as lost (so it is redelivered), the ones
-queued behind it as never started, and the actor crashes on purpose: its
-supervisor starts a fresh worker. A job whose message cannot be encoded for
+loop, holding the connection's lock, which the actor takes before touching
+them again. When the process dies, hangs past the message timeout or breaks
+the protocol, the oldest unanswered job is reported as lost (so it is
+redelivered), the ones queued behind it as never started, and the actor
+crashes on purpose: its supervisor starts a fresh worker. A job whose message cannot be encoded for
 the worker fails for good (it is dead-lettered) and the worker serves on; any
 other error while the actor holds jobs settles them all before it propagates,
 so no delivery is left in flight.

@@ -22,6 +22,7 @@ the journal, and is delivered again after a restart.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import sqlite3
@@ -228,11 +229,9 @@ class JournalThread:
         pause longer before the next try."""
         while self._refused:
             head = self._refused[0]
-            batch = [head]
-            if head.call is None:  # acks and marks: as many as are in a row, together
-                while (len(batch) < min(MAX_BATCH, len(self._refused))
-                       and self._refused[len(batch)].call is None):
-                    batch.append(self._refused[len(batch)])
+            # acks and marks: as many as are in a row, together; a call alone
+            batch = [head] if head.call is not None else list(itertools.takewhile(
+                lambda op: op.call is None, itertools.islice(self._refused, MAX_BATCH)))
             try:
                 if head.call is None:
                     self._ack(batch)

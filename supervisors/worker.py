@@ -7,13 +7,15 @@ and runs the `Job`s the pool hands it, in its own thread, with the blocking
 pool itself, and writes some into the worker's pipe ahead of reading the
 oldest answer (as many as keep a fast worker busy, see PIPELINE_DEPTH), so
 the worker never waits between messages (it still handles them one at a
-time). Each job's outcome goes back through `Job.done`. While the actor is
-idle, the pool may run a call on its pipes from the event loop, holding the
-connection's lock, which the actor takes before touching them again. When
-the process dies, hangs past the message timeout or breaks the protocol, the
-oldest unanswered job is reported as lost (so it is redelivered), the ones
-queued behind it as never started, and the actor crashes on purpose: its
-supervisor starts a fresh worker. A job whose message cannot be encoded for
+time). The job at the head of the pipe, the one the worker is on, is reported
+through `Job.started` (a frame the worker has not read yet is not started:
+its attempt is not spent). Each job's outcome goes back through `Job.done`.
+While the actor is idle, the pool may run a call on its pipes from the event
+loop, holding the connection's lock, which the actor takes before touching
+them again. When the process dies, hangs past the message timeout or breaks
+the protocol, the oldest unanswered job is reported as lost (so it is
+redelivered), the ones queued behind it as never started, and the actor
+crashes on purpose: its supervisor starts a fresh worker. A job whose message cannot be encoded for
 the worker fails for good (it is dead-lettered) and the worker serves on; any
 other error while the actor holds jobs settles them all before it propagates,
 so no delivery is left in flight.
@@ -86,13 +88,15 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Job:
-    """One message for a worker. `done` is called once, in the worker's thread."""
+    """One message for a worker. `done` is called once, in the worker's thread; `started`,
+    if given, before it, in the same thread, once the worker is on this job."""
 
     name: str
     payload: Any
     meta: dict[str, Any]
     timeout_s: float
     done: Callable[[Outcome], None]
+    started: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,8 @@ class WorkerActor(Supervised):
             return True
         if sent:
             window.append(job)
+            if len(window) == 1:  # nothing ahead of it: the worker is on it now
+                _begin(job)
         return sent
 
     def _finish(self, window: deque[Job], held: Job | None) -> None:
@@ -256,6 +262,8 @@ class WorkerActor(Supervised):
             window.popleft().done(Outcome(error=exc, duration_s=self._took()))
         else:
             window.popleft().done(Outcome(result=result, duration_s=self._took()))
+        if window:  # the worker takes the next job from its pipe at once
+            _begin(window[0])
         self._adapt(waited_s=time.monotonic() - asked, written=len(window) + 1)
         self.handled += 1
 
@@ -319,6 +327,11 @@ def _exit_text(code: int) -> str:
         return f"signal {-code} ({signal.Signals(-code).name})"
     except ValueError:
         return f"signal {-code}"
+
+
+def _begin(job: Job) -> None:
+    if job.started is not None:
+        job.started()
 
 
 def _lose(window: deque[Job], error: YPTaskError, held: Job | None) -> None:

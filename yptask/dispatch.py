@@ -128,7 +128,7 @@ class TaskPool:
     async def stop_claiming(self) -> None:
         """Claim and hand out nothing more, reap no more; jobs already running go on.
 
-        What stays in the backlog is in flight in the journal: the next start delivers it.
+        What stays in the backlog is claimed in the journal until `close` puts it back.
         """
         self._closing = True
         for background in (self._runner, self._reaper):
@@ -139,8 +139,14 @@ class TaskPool:
         self._runner = self._reaper = None
 
     async def close(self) -> None:
-        """Stop claiming; what is claimed and not handed out is redelivered at the next start."""
+        """Stop claiming, and put back what is claimed and not handed out (if the journal
+        refuses, it is delivered again at the next start all the same)."""
         await self.stop_claiming()
+        try:
+            await self._release_backlog()
+        except Exception:
+            log.exception("task %s: putting back claimed deliveries failed; they are "
+                          "delivered again at the next start", self.task.name)
 
     def notify(self) -> None:
         """New deliveries for this task are in the journal."""
@@ -366,7 +372,8 @@ class TaskPool:
 
         with self._counts:
             self.in_flight += 1
-        return Job(message.name, message.payload, meta, self.task.message_timeout_s, done)
+        return Job(message.name, message.payload, meta, self.task.message_timeout_s, done,
+                   partial(self.journal.start_nowait, message.id, delivery.task))
 
     def _hand(self, ref: Any, job: Job) -> None:
         """Tell an idle worker a job; if it never comes back (the worker vanished), redeliver."""

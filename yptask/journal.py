@@ -1,11 +1,15 @@
 """The journal: every accepted message and its deliveries, durable in SQLite (WAL mode).
 
 A message is written once with one delivery row per subscribed task. A
-delivery is `queued` until a worker of its task claims it (`inflight`, its
-attempt counted), then deleted on ack, requeued with a retry time on failure,
-or moved to the dead letters after the task's max attempts. A node that
-restarts turns every `inflight` delivery back to `queued`, so a message in
-flight when the node died is delivered again with attempt + 1.
+delivery is `queued` until its task claims it (`inflight`), `started` once a
+handler is known to have begun on it, then deleted on ack, requeued with a
+retry time on failure, or moved to the dead letters after the task's max
+attempts. An attempt is spent only by a handler: when a delivery is marked
+started, or when it fails without having been marked (its outcome proves it
+started). A claim spends none, so a delivery claimed and put back, or left
+claimed by a node that stopped or died, keeps its attempts. A node that
+restarts turns every claimed delivery back to `queued`: one a handler had
+started comes again as its next attempt, the others as the same attempt.
 
 Message ids are unique: a publisher that sends an id twice gets the first
 message and no second delivery, for as long as the id is remembered (the
@@ -47,8 +51,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     message_id TEXT NOT NULL REFERENCES messages(id),
     task TEXT NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,  -- the message's, here so the ready index orders by it
-    attempt INTEGER NOT NULL DEFAULT 0,   -- deliveries started so far
-    state TEXT NOT NULL DEFAULT 'queued', -- queued | inflight
+    attempt INTEGER NOT NULL DEFAULT 0,   -- attempts spent: handler runs started so far
+    state TEXT NOT NULL DEFAULT 'queued', -- queued | inflight (claimed) | started (by a handler)
     not_before REAL NOT NULL DEFAULT 0,
     last_error TEXT,
     UNIQUE (message_id, task)
@@ -238,7 +242,10 @@ class Journal:
         return new
 
     def claim(self, task: str, limit: int = 1, now: float | None = None) -> list[Delivery]:
-        """Take up to `limit` ready deliveries of `task` (highest priority, then oldest)."""
+        """Take up to `limit` ready deliveries of `task` (highest priority, then oldest).
+
+        Each carries the attempt it is if a handler starts on it: the claim spends none.
+        """
         now = time.time() if now is None else now
         with self._transaction():
             rows = self._db.execute(
@@ -247,7 +254,7 @@ class Journal:
                 " WHERE d.task = ? AND d.state = 'queued' AND d.not_before <= ?"
                 " ORDER BY d.priority DESC, d.seq LIMIT ?", (task, now, limit)).fetchall()
             self._db.executemany(
-                "UPDATE deliveries SET state = 'inflight', attempt = attempt + 1 WHERE seq = ?",
+                "UPDATE deliveries SET state = 'inflight' WHERE seq = ?",
                 [(row[0],) for row in rows])
         return [Delivery(Envelope(mid, name, json.loads(payload), published, priority, deadline),
                          task, attempt + 1)
@@ -257,9 +264,17 @@ class Journal:
         """Forget a delivery its task has handled."""
         self.ack_many([(message_id, task)])
 
-    def ack_many(self, deliveries: list[tuple[str, str]]) -> None:
-        """Forget handled deliveries, (message id, task) pairs, in one transaction."""
+    def ack_many(self, deliveries: list[tuple[str, str]],
+                 started: Iterable[tuple[str, str]] = ()) -> None:
+        """Forget handled deliveries, (message id, task) pairs, and mark `started` ones (a
+        handler began on them: their attempt is spent), in one transaction."""
+        done = set(deliveries)
         with self._transaction():
+            # one acked in the same breath needs no mark: it is deleted below
+            self._db.executemany(
+                "UPDATE deliveries SET state = 'started', attempt = attempt + 1"
+                " WHERE message_id = ? AND task = ? AND state = 'inflight'",
+                [pair for pair in started if pair not in done])
             self._db.executemany("DELETE FROM deliveries WHERE message_id = ? AND task = ?",
                                  deliveries)
             self._finish_if_done(dict.fromkeys(mid for mid, _ in deliveries))
@@ -269,20 +284,21 @@ class Journal:
              now: float | None = None) -> bool:
         """Record a failed attempt: requeue it after `retry_after_s`, or dead-letter it.
 
+        The attempt is spent here unless the delivery was marked started already.
         Returns True if it was dead-lettered (its attempts are used up).
         """
         now = time.time() if now is None else now
         with self._transaction():
             row = self._db.execute(
-                "SELECT attempt FROM deliveries WHERE message_id = ? AND task = ?",
-                (message_id, task)).fetchone()
+                "SELECT attempt + (state != 'started') FROM deliveries"
+                " WHERE message_id = ? AND task = ?", (message_id, task)).fetchone()
             if row is None:
                 return False
             if row[0] < max_attempts:
                 self._db.execute(
-                    "UPDATE deliveries SET state = 'queued', not_before = ?, last_error = ?"
-                    " WHERE message_id = ? AND task = ?",
-                    (now + retry_after_s, f"{error_class}: {error}", message_id, task))
+                    "UPDATE deliveries SET state = 'queued', attempt = ?, not_before = ?,"
+                    " last_error = ? WHERE message_id = ? AND task = ?",
+                    (row[0], now + retry_after_s, f"{error_class}: {error}", message_id, task))
                 return False
             self._db.execute(
                 "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -300,7 +316,7 @@ class Journal:
         """Put back claimed deliveries, (message id, task) pairs, none of them started."""
         with self._transaction():
             self._db.executemany(
-                "UPDATE deliveries SET state = 'queued', attempt = MAX(0, attempt - 1)"
+                "UPDATE deliveries SET state = 'queued'"
                 " WHERE message_id = ? AND task = ? AND state = 'inflight'", deliveries)
 
     def replay(self, message_id: str, task: str) -> bool:
@@ -317,10 +333,11 @@ class Journal:
         return bool(gone)
 
     def recover(self) -> int:
-        """Requeue deliveries left in flight by a previous run; return how many."""
+        """Requeue deliveries left claimed by a previous run; return how many. The attempt
+        of one a handler had started is spent; the others cost none."""
         with self._transaction():
-            return self._db.execute(
-                "UPDATE deliveries SET state = 'queued' WHERE state = 'inflight'").rowcount
+            return self._db.execute("UPDATE deliveries SET state = 'queued'"
+                                    " WHERE state IN ('inflight', 'started')").rowcount
 
     def prune(self, older_than_s: float, now: float | None = None) -> int:
         """Forget done messages (and so their ids) older than the dedupe window."""
@@ -337,11 +354,11 @@ class Journal:
     # ------------------------------------------------------------------ read
 
     def depth(self, task: str) -> tuple[int, int]:
-        """Return (queued, inflight) delivery counts of a task."""
+        """Return (queued, inflight) delivery counts of a task (inflight: claimed or started)."""
         rows = dict(self._db.execute(
             "SELECT state, COUNT(*) FROM deliveries WHERE task = ? GROUP BY state",
             (task,)).fetchall())
-        return rows.get("queued", 0), rows.get("inflight", 0)
+        return rows.get("queued", 0), rows.get("inflight", 0) + rows.get("started", 0)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Return the most recent dead letters."""

@@ -341,6 +341,7 @@ class Node:
             self._http_socket.close()
         for pool in self.pools.values():
             await pool.stop_claiming()
+        log.info("node %s: no new claims; waiting for the workers' current messages", self.name)
         if self._tree is not None:
             tree = self._tree.actor_ref
             await asyncio.to_thread(lambda: tree.stop(block=True, timeout=ASK_TIMEOUT_S))

@@ -309,6 +309,11 @@ class NodeConfig:
     # The timer leader's lease (see yptask/timer_lease.py): a dead leader's timers move to
     # another node this long after its last renewal.
     timer_lease_s: float = 3.0
+    # A cast's own id is checked at its home node (see yptask/client_ids.py): answered
+    # within this, or the local journal alone dedupes it; a claim not settled this long
+    # (its node died before storing the message) is dropped.
+    client_id_wait_s: float = 1.0
+    client_id_pending_s: float = 10.0
     # The console's password, hashed (`yptask hash-password`); also guards the admin API.
     console_password_hash: str | None = None
     # Publisher tokens, application name -> token: when set, cast and call need one.
@@ -456,6 +461,8 @@ _NODE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "heartbeat_s": _number(0.05),
     "down_after_s": _number(0.2),
     "timer_lease_s": _number(0.3),
+    "client_id_wait_s": _number(0.01),
+    "client_id_pending_s": _number(0.1),
     "console_password_hash": _password_hash,
     "api_tokens": _tokens,
     "allow_from": _networks,

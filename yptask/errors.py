@@ -23,6 +23,7 @@ __all__ = [
     "EncodeError",
     "FrameError",
     "HandlerError",
+    "IdPending",
     "JournalError",
     "LinkError",
     "NoSubscriber",
@@ -143,6 +144,10 @@ class JournalError(YPTaskError):
 
 class Overloaded(YPTaskError):
     """Raised when a cast is refused because a queue or the journal is over its limit."""
+
+
+class IdPending(Overloaded):
+    """Raised when a cast's id is being taken by another cast, not yet stored; retry shortly."""
 
 
 class NodeStopping(YPTaskError):

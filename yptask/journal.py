@@ -35,6 +35,8 @@ from yptask.errors import ConfigError
 
 __all__ = ["DeadLetter", "Delivery", "Envelope", "Journal"]
 
+ID_CHUNK = 400  # ids per query: two lists of them stay under SQLite's 999 parameters
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
@@ -73,6 +75,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     traceback TEXT NOT NULL,
     died_at REAL NOT NULL,
     PRIMARY KEY (message_id, task)
+);
+CREATE TABLE IF NOT EXISTS client_ids (  -- ids homed here, taken elsewhere (yptask.client_ids)
+    id TEXT PRIMARY KEY,
+    taken_at REAL NOT NULL
 );
 """
 
@@ -369,6 +375,34 @@ class Journal:
             (limit,)).fetchall()
         return [DeadLetter(Envelope(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5]), *r[6:])
                 for r in rows]
+
+    # ------------------------------------------------------------------ client ids
+
+    def known_client_ids(self, ids: list[str]) -> set[str]:
+        """Those of `ids` taken in the cluster as this home node knows: taken here (a
+        message of this journal) or by another node that told us (see yptask.client_ids)."""
+        known: set[str] = set()
+        for start in range(0, len(ids), ID_CHUNK):
+            chunk = ids[start:start + ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            known.update(row[0] for row in self._db.execute(
+                f"SELECT id FROM client_ids WHERE id IN ({marks}) UNION"
+                f" SELECT id FROM messages WHERE id IN ({marks})", chunk * 2))
+        return known
+
+    def remember_client_ids(self, ids: list[str], now: float | None = None) -> None:
+        """Note ids another node took, for the dedupe window."""
+        now = time.time() if now is None else now
+        with self._transaction():
+            self._db.executemany("INSERT OR IGNORE INTO client_ids VALUES (?, ?)",
+                                 [(message_id, now) for message_id in ids])
+
+    def forget_client_ids(self, older_than_s: float, now: float | None = None) -> int:
+        """Forget the ids other nodes took longer ago than the dedupe window."""
+        now = time.time() if now is None else now
+        with self._transaction():
+            return self._db.execute("DELETE FROM client_ids WHERE taken_at < ?",
+                                    (now - older_than_s,)).rowcount
 
     # ------------------------------------------------------------------ helpers
 

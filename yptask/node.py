@@ -39,6 +39,7 @@ import pykka
 
 from yptask import __version__, ingress
 from yptask.bert_endpoint import BertEndpoint
+from yptask.client_ids import KNOWN, PENDING, REQUEST, Claims, ClientIds
 from yptask.cluster import Cluster, ClusterSettings
 from yptask.config import NodeConfig, TaskDef, load_tasks, validate_message_name
 from yptask.connection_limits import caps
@@ -47,6 +48,7 @@ from yptask.errors import (
     CallTimeout,
     ConfigError,
     EncodeError,
+    IdPending,
     JournalError,
     NodeStopping,
     NoSubscriber,
@@ -117,6 +119,7 @@ class Node:
         self.cluster: Cluster | None = None
         self.forwarders: dict[str, Forwarder] = {}
         self.timers: TimerRunner | None = None
+        self._ids: ClientIds | None = None  # from the cluster's start: before, alone
         self._loads: asyncio.Task[None] | None = None
         self._queued: dict[str, int] = {}  # task -> deliveries waiting here, for heartbeats
         self._journal_bytes = 0  # the journal's size on disk, measured with the queues
@@ -196,6 +199,10 @@ class Node:
                                   settle_s=self._timer_settle_s())
         cluster.serve("lease", self.timers.on_ask)
         cluster.serve("lease_release", self.timers.on_release)
+        self._ids = ClientIds(self.name, self._journal, lambda: [m.name for m in cluster.up()],
+                              cluster.request, wait_s=self.config.client_id_wait_s,
+                              pending_s=self.config.client_id_pending_s)
+        cluster.serve(REQUEST, self._ids.answer)
         await cluster.start()
         for task in self.tasks.values():
             self._start_forwarder(task)
@@ -237,13 +244,15 @@ class Node:
         while True:
             try:
                 pruned = await self._journal.run(partial(Journal.prune, older_than_s=window))
+                pruned += await self._journal.run(partial(Journal.forget_client_ids,
+                                                          older_than_s=window))
             except Exception:  # the store failed (a full disk): try again at the next round
                 log.exception("pruning the journal failed; trying again in %.0f s",
                               PRUNE_EVERY_S)
             else:
                 if pruned:
-                    log.info("journal: forgot %d done message(s) older than %.0f s", pruned,
-                             window)
+                    log.info("journal: forgot %d done message(s) and client id(s) older than "
+                             "%.0f s", pruned, window)
             await asyncio.sleep(PRUNE_EVERY_S)
 
     def _seed_file(self) -> Path:
@@ -329,6 +338,8 @@ class Node:
                 background.cancel()
         if self.timers is not None:
             await self.timers.stop()
+        if self._ids is not None:
+            await self._ids.close()
         for forwarder in self.forwarders.values():
             await forwarder.close()
         if self.cluster is not None:
@@ -373,12 +384,14 @@ class Node:
         surface it came from. Answers each in order: its result as `cast` gives it,
         or the error that refused it (a refused cast stores nothing; the others
         are not affected, even when the journal itself refuses one of them).
-        Only the timer leader casts `ticks`, with ids publishers may not use.
+        Only the timer leader casts `ticks`, with ids publishers may not use. Given
+        ids (ticks' too) are first claimed at their home nodes (yptask.client_ids).
         """
         self._check_running()
         answers: list[dict[str, Any] | YPTaskError] = []
         accepted: list[tuple[Envelope, list[str]]] = []
         results: list[tuple[int, dict[str, Any]]] = []  # (place in answers, the answer)
+        given: list[str] = []  # the ids publishers chose
         for given_name, msg, given_id, given_priority in casts:
             try:
                 name = ingress.check_name(given_name)
@@ -396,8 +409,20 @@ class Node:
             accepted.append((envelope, subscribed))
             results.append((len(answers), {"id": envelope.id, "tasks": subscribed}))
             answers.append(results[-1][1])
+            if id:
+                given.append(id)
+        claims = None
+        if given and self._ids is not None:
+            claims = await self._ids.claim(given)
+            accepted, results = _claimed(claims, accepted, results, answers)
         assert self._journal is not None
         added = await self._journal.append_many(accepted) if accepted else []
+        if claims is not None:
+            assert self._ids is not None
+            stored = [(envelope.id, not isinstance(new, Exception))
+                      for (envelope, _), new in zip(accepted, added, strict=True)]
+            self._ids.settle(claims, taken=[i for i, ok in stored if ok],
+                             released=[i for i, ok in stored if not ok])
         notified: set[str] = set()
         for (envelope, subscribed), new, (place, result) in zip(accepted, added, results,
                                                                 strict=True):
@@ -804,7 +829,7 @@ class Node:
                            **({"error": state["error"]} if "error" in state else {}),
                            **_start_error_view(self._start_error(name))}
         return {"node": self.name, "uptime_s": round(time.time() - self.started_at, 1),
-                "tasks": tasks}
+                "tasks": tasks, "client_ids": {} if self._ids is None else self._ids.status()}
 
     def _workers_elsewhere(self, task: str) -> dict[str, int]:
         """Workers of `task` on the other live nodes, as their last heartbeats said."""
@@ -1021,6 +1046,27 @@ def _in_use(option: str, host: str, port: int, exc: OSError) -> OSError:
 def _tell(ref: Any, message: Any) -> None:
     with contextlib.suppress(pykka.ActorDeadError):
         ref.tell(message)
+
+
+def _claimed(claims: Claims, accepted: list[tuple[Envelope, list[str]]],
+             results: list[tuple[int, dict[str, Any]]], answers: list[Any]
+             ) -> tuple[list[tuple[Envelope, list[str]]], list[tuple[int, dict[str, Any]]]]:
+    """The casts still to store once their ids' homes have answered: an id taken already
+    is answered as a duplicate, one another node is taking is refused (retryable)."""
+    kept: list[tuple[Envelope, list[str]]] = []
+    kept_results: list[tuple[int, dict[str, Any]]] = []
+    for (envelope, subscribed), (place, result) in zip(accepted, results, strict=True):
+        verdict = claims.verdicts.get(envelope.id)
+        if verdict == KNOWN:
+            result["duplicate"] = True
+        elif verdict == PENDING:
+            answers[place] = IdPending(
+                f"id {envelope.id!r} is being taken by another cast, not yet stored: retry "
+                f"in a moment (it is then either taken by you or a duplicate)")
+        else:
+            kept.append((envelope, subscribed))
+            kept_results.append((place, result))
+    return kept, kept_results
 
 
 def _journal_refused(envelope: Envelope, exc: Exception) -> YPTaskError:

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,22 @@ def trio(tmp_path) -> Iterator[dict[str, IdNode]]:
             node.proc.wait()
 
 
+def cast_until_taken(node: IdNode, message_id: str) -> bool:
+    """Cast, retrying while the id is pending at its home; whether it was a duplicate."""
+    answer: dict[str, Any] = {}
+
+    def taken() -> bool:
+        reply = node.try_cast("ids.record", {}, message_id)
+        if "error" in reply:
+            assert reply["error"]["data"]["error_class"] == "IdPending", reply
+            return False
+        answer.update(reply["result"])
+        return True
+
+    wait_for(taken, timeout_s=30, what=f"{message_id} taken at {node.name}")
+    return bool(answer["duplicate"])
+
+
 def handled(records: Path, ids: set[str]) -> Counter[str]:
     return Counter(r["id"] for r in read_records(records) if r["id"] in ids)
 
@@ -171,19 +188,37 @@ def test_ids_cast_at_two_random_nodes_are_each_handled_once(trio, tmp_path):
     wait_handled_once(records, ids)
 
 
+def test_ids_cast_at_two_nodes_at_once_are_each_handled_once(trio, tmp_path):
+    # Given three nodes in one cluster
+    nodes = trio()
+    rng = random.Random(11)
+    ids = {f"race-{uuid.uuid4().hex[:6]}-{n}" for n in range(30)}
+    # When each id is cast at two random nodes at the same time (retrying while pending)
+    pairs = [(message_id, *rng.sample(NAMES, 2)) for message_id in sorted(ids)]
+    answers = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for message_id, *names in pairs:
+            both = [pool.submit(cast_until_taken, nodes[name], message_id) for name in names]
+            answers.append([future.result() for future in both])
+    # Then one of each pair is new and the other a duplicate
+    assert all(sorted(pair) == [False, True] for pair in answers), answers
+    # And each is handled exactly once across the cluster
+    wait_handled_once(tmp_path / "records.jsonl", ids)
+
+
 def test_the_home_node_remembers_its_ids_across_a_restart(trio, tmp_path):
     # Given an id homed at c, cast at a
     nodes = trio()
     message_id = next(ids_homed_at("c"))
     assert nodes["a"].cast("ids.record", {}, message_id)["duplicate"] is False
-    wait_for(lambda: handled(tmp_path / "records.jsonl", {message_id}), timeout_s=30,
-             what="the first cast handled")
+    assert nodes["b"].cast("ids.record", {}, message_id)["duplicate"] is True  # c has it
     # When c restarts
     nodes["c"].stop()
     nodes["c"].start()
     wait_for_mesh(nodes)
-    # Then the same id cast at b is still a duplicate
+    # Then the same id cast at b (whose journal never took it) is still a duplicate
     assert nodes["b"].cast("ids.record", {}, message_id)["duplicate"] is True
+    wait_handled_once(tmp_path / "records.jsonl", {message_id})
 
 
 def test_a_home_node_that_does_not_answer_costs_a_bounded_wait_not_the_cast(trio, tmp_path):

@@ -26,7 +26,7 @@ from support import ALONE, TEST_WORKERS, NodeProcess, read_records, until, wait_
 from yptask.client_ids import KNOWN, NEW, PENDING, Ledger, home_of
 from yptask.config import NodeConfig, TaskDef
 from yptask.errors import IdPending, Overloaded
-from yptask.journal import Journal
+from yptask.journal import Envelope, Journal
 from yptask.node import Node
 
 NAMES = ("a", "b", "c")
@@ -253,36 +253,35 @@ def test_home_of_is_stable_spread_and_moves_only_the_ids_of_a_member_that_leaves
     assert all(home_of(i, ["a", "b"]) == homes[i] for i in ids if homes[i] != "c")
 
 
-def test_a_claim_pending_elsewhere_is_refused_until_it_is_settled(tmp_path):
-    journal = Journal(tmp_path / "journal.db")
-    try:
-        ledger = Ledger(pending_s=10.0)
-        now = time.time()
-        # Given an id claimed by a, not yet settled
-        assert ledger.claim(journal, "a", ["x"], now) == [NEW]
-        # Then b's claim of it is refused as pending (a retry of a's own is not)
-        assert ledger.claim(journal, "b", ["x"], now) == [PENDING]
-        assert ledger.claim(journal, "a", ["x"], now) == [NEW]
-        # When a could not store it (its journal append failed) and releases it
-        ledger.settle(journal, "a", taken=[], released=["x"], now=now)
-        # Then b may take it; and once b has, it is known to all
-        assert ledger.claim(journal, "b", ["x"], now) == [NEW]
-        ledger.settle(journal, "b", taken=["x"], released=[], now=now)
-        assert ledger.claim(journal, "a", ["x"], now) == [KNOWN]
-        # A claim nobody settles expires
-        assert ledger.claim(journal, "a", ["y"], now) == [NEW]
-        assert ledger.claim(journal, "b", ["y"], now + 11.0) == [NEW]
-    finally:
-        journal.close()
+def test_a_claim_pending_elsewhere_is_refused_until_it_is_settled():
+    ledger = Ledger(pending_s=10.0)
+    now = time.monotonic()
+    # Given an id claimed by a, not yet settled
+    assert ledger.claim("a", ["x"], set(), now) == [NEW]
+    # Then b's claim of it is refused as pending (a retry of a's own is not)
+    assert ledger.claim("b", ["x"], set(), now) == [PENDING]
+    assert ledger.claim("a", ["x"], set(), now) == [NEW]
+    # When a could not store it (its journal append failed) and releases it
+    ledger.settle("a", taken=[], released=["x"], now=now)
+    # Then b may take it; and once b has, it is known to all, before the journal says so
+    assert ledger.claim("b", ["x"], set(), now) == [NEW]
+    ledger.settle("b", taken=["x"], released=[], now=now)
+    assert ledger.claim("a", ["x"], set(), now) == [KNOWN]
+    assert ledger.claim("a", ["x"], set(), now + 11.0) == [NEW]  # (the journal is silent)
+    # An id the journal holds is known; a claim nobody settles expires
+    assert ledger.claim("b", ["z"], {"z"}, now) == [KNOWN]
+    assert ledger.claim("a", ["y"], set(), now) == [NEW]
+    assert ledger.claim("b", ["y"], set(), now + 11.0) == [NEW]
 
 
 def test_the_ids_a_home_remembers_are_forgotten_with_the_dedupe_window(tmp_path):
     journal = Journal(tmp_path / "journal.db")
     try:
-        ledger = Ledger(pending_s=10.0)
-        ledger.claim(journal, "a", ["old", "new"], 1000.0)
-        ledger.settle(journal, "a", taken=["old"], released=[], now=1000.0)
-        ledger.settle(journal, "a", taken=["new"], released=[], now=5000.0)
+        journal.remember_client_ids(["old"], now=1000.0)
+        journal.remember_client_ids(["new"], now=5000.0)
+        journal.append([(Envelope("mine", "ids.x", {}, 1000.0), [])])  # taken here
+        assert journal.known_client_ids(["old", "new", "mine", "other"]) == {
+            "old", "new", "mine"}
         assert journal.forget_client_ids(older_than_s=3000.0, now=5500.0) == 1
         assert journal.known_client_ids(["old", "new"]) == {"new"}
     finally:

@@ -77,52 +77,57 @@ def _score(member: str, message_id: str) -> bytes:
 @dataclass(frozen=True)
 class _Claim:
     claimer: str
-    expires_at: float
+    expires_at: float  # on the monotonic clock
+    taken: bool = False  # settled as taken: known, while the journal read may lag behind
 
 
 class Ledger:
-    """The claims of the ids homed at this node. Its methods run on the journal thread."""
+    """The claims of the ids homed at this node, in memory, on the event loop.
+
+    A claim is pending until its claimer settles it. A taken id stays marked
+    for `pending_s` after its settle, so a journal read that began before the
+    id was journaled still finds it known.
+    """
 
     def __init__(self, pending_s: float) -> None:
         self.pending_s = pending_s
-        self._pending: dict[str, _Claim] = {}
+        self._claims: dict[str, _Claim] = {}
         self._sweep_at = 0.0
 
-    def claim(self, journal: Journal, claimer: str, ids: list[str], now: float) -> list[str]:
+    def claim(self, claimer: str, ids: list[str], known: set[str], now: float) -> list[str]:
         """Per id: NEW (now pending for `claimer`, again if it was), KNOWN or PENDING.
-        `now` is on a monotonic clock (claims expire by it)."""
+        `known`: those of `ids` the journal holds; `now`: monotonic."""
         self._sweep(now)
-        known = journal.known_client_ids(ids)
         verdicts = []
         for message_id in ids:
-            held = self._pending.get(message_id)
-            if message_id in known:
+            held = self._claims.get(message_id)
+            if held is not None and held.expires_at <= now:
+                held = None
+            if message_id in known or (held is not None and held.taken):
                 verdicts.append(KNOWN)
-            elif held is not None and held.claimer != claimer and held.expires_at > now:
+            elif held is not None and held.claimer != claimer:
                 verdicts.append(PENDING)
             else:
-                self._pending[message_id] = _Claim(claimer, now + self.pending_s)
+                self._claims[message_id] = _Claim(claimer, now + self.pending_s)
                 verdicts.append(NEW)
         return verdicts
 
-    def settle(self, journal: Journal, claimer: str, taken: list[str], released: list[str],
-               now: float, *, remember: bool = True) -> None:
-        """End `claimer`'s claims: `taken` ids are known from now on (kept in the journal
-        if `remember`; a claimer's own journal holds them already), `released` ones free."""
-        if remember and taken:
-            journal.remember_client_ids(taken, now)
-        for message_id in [*taken, *released]:
-            held = self._pending.get(message_id)
-            if held is not None and held.claimer == claimer:
-                del self._pending[message_id]
+    def settle(self, claimer: str, taken: list[str], released: list[str], now: float) -> None:
+        """End `claimer`'s claims: `taken` ids are known from now on, `released` ones free."""
+        for message_id in taken:
+            self._claims[message_id] = _Claim(claimer, now + self.pending_s, taken=True)
+        for message_id in released:
+            held = self._claims.get(message_id)
+            if held is not None and held.claimer == claimer and not held.taken:
+                del self._claims[message_id]
 
     def _sweep(self, now: float) -> None:
         """Drop expired claims, at most once every `pending_s`."""
         if now < self._sweep_at:
             return
         self._sweep_at = now + self.pending_s
-        for message_id in [i for i, c in self._pending.items() if c.expires_at <= now]:
-            del self._pending[message_id]
+        for message_id in [i for i, c in self._claims.items() if c.expires_at <= now]:
+            del self._claims[message_id]
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,8 @@ class ClientIds:
         self._request = request
         self._warn = LogLimiter(log)
         self._settled = asyncio.Event()  # set (and replaced) whenever claims here settle
+        self._to_settle: dict[str, tuple[list[str], list[str]]] = {}  # home -> what to tell
+        self._settling: set[str] = set()  # homes a settle is on its way to
         self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ taking a cast
@@ -185,11 +192,15 @@ class ClientIds:
                 if home is not None:
                     by_home.setdefault(home, ([], []))[place].append(message_id)
         for home, (home_taken, home_released) in by_home.items():
-            if home == self.me:
-                self._spawn(self._settle_here(self.me, home_taken, home_released,
-                                              remember=False))
-            else:
-                self._spawn(self._settle_at(home, home_taken, home_released))
+            if home == self.me:  # this journal holds the taken ones already
+                self._settle_here(self.me, home_taken, home_released)
+                continue
+            waiting_taken, waiting_released = self._to_settle.setdefault(home, ([], []))
+            waiting_taken += home_taken
+            waiting_released += home_released
+            if home not in self._settling:
+                self._settling.add(home)
+                self._spawn(self._settle_at(home))
 
     async def _ask(self, home: str, ids: list[str]) -> list[str]:
         hold_s = self.wait_s / 2  # the home's wait for another claim, within ours
@@ -212,12 +223,18 @@ class ClientIds:
                            home, why)
         return [LOCAL] * len(ids)
 
-    async def _settle_at(self, home: str, taken: list[str], released: list[str]) -> None:
+    async def _settle_at(self, home: str) -> None:
+        """Tell a home what was settled for it, and what is settled meanwhile, in one
+        request at a time."""
         try:
-            await self._request(home, REQUEST, ["settle", taken, released], self.wait_s)
-        except YPTaskError as exc:  # its claims expire there; the local journal holds ours
-            self._warn.warning("could not tell node %s which of its ids were taken here: %s",
-                               home, exc)
+            while (waiting := self._to_settle.pop(home, None)) is not None:
+                try:
+                    await self._request(home, REQUEST, ["settle", *waiting], self.wait_s)
+                except YPTaskError as exc:  # its claims expire there; our journal has ours
+                    self._warn.warning("could not tell node %s which of its ids were taken "
+                                       "here: %s", home, exc)
+        finally:
+            self._settling.discard(home)
 
     # ------------------------------------------------------------------ as the home
 
@@ -227,7 +244,9 @@ class ClientIds:
                 and isinstance(args[2], (int, float)):
             return await self._claim_here(peer, args[1], min(float(args[2]), self.wait_s))
         if len(args) == 3 and args[0] == "settle" and _ids(args[1]) and _ids(args[2]):
-            await self._settle_here(peer, args[1], args[2], remember=True)
+            self._settle_here(peer, args[1], args[2])
+            if args[1]:
+                await self._journal.run(partial(Journal.remember_client_ids, ids=args[1]))
             return None
         raise ProtocolError(f"node {peer} sent a malformed {REQUEST} request")
 
@@ -239,9 +258,9 @@ class ClientIds:
         ask = ids
         while True:
             settled = self._settled  # taken before the read: no settle slips between
-            verdicts.update(zip(ask, await self._journal.run(partial(
-                self.ledger.claim, claimer=claimer, ids=ask, now=time.monotonic())),
-                strict=True))
+            known = await self._journal.run(partial(Journal.known_client_ids, ids=ask))
+            verdicts.update(zip(ask, self.ledger.claim(claimer, ask, known, time.monotonic()),
+                                strict=True))
             ask = [message_id for message_id, v in verdicts.items() if v == PENDING]
             left = deadline - loop.time()
             if not ask or left <= 0:
@@ -250,15 +269,10 @@ class ClientIds:
                 async with asyncio.timeout(left):
                     await settled.wait()
 
-    async def _settle_here(self, claimer: str, taken: list[str], released: list[str], *,
-                           remember: bool) -> None:
-        try:
-            await self._journal.run(partial(self.ledger.settle, claimer=claimer, taken=taken,
-                                            released=released, now=time.time(),
-                                            remember=remember))
-        finally:
-            self._settled.set()
-            self._settled = asyncio.Event()
+    def _settle_here(self, claimer: str, taken: list[str], released: list[str]) -> None:
+        self.ledger.settle(claimer, taken, released, time.monotonic())
+        self._settled.set()
+        self._settled = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
 

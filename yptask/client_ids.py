@@ -51,12 +51,21 @@ from yptask.group_commit import JournalThread
 from yptask.journal import Journal
 from yptask.log_limit import LogLimiter
 
-__all__ = ["KNOWN", "LOCAL", "NEW", "PENDING", "REQUEST", "Claims", "ClientIds", "Ledger",
-           "home_of"]
+__all__ = [
+    "IDS_REQUEST",
+    "KNOWN",
+    "LOCAL",
+    "NEW",
+    "PENDING",
+    "Claims",
+    "ClientIds",
+    "Ledger",
+    "home_of",
+]
 
 log = logging.getLogger(__name__)
 
-REQUEST = "ids"  # the link request kind: ["claim", ids, hold_s] or ["settle", taken, released]
+IDS_REQUEST = "ids"  # the link request kind: ["claim", ids, hold_s] or ["settle", taken, released]
 NEW, KNOWN, PENDING = "new", "known", "pending"  # a home's answers
 LOCAL = "local"  # no home answered: the local journal alone dedupes the id
 ANSWERS = frozenset({NEW, KNOWN, PENDING})
@@ -207,7 +216,7 @@ class ClientIds:
         if home == self.me:
             return await self._claim_here(self.me, ids, hold_s)
         try:
-            answer = await self._request(home, REQUEST, ["claim", ids, hold_s], self.wait_s)
+            answer = await self._request(home, IDS_REQUEST, ["claim", ids, hold_s], self.wait_s)
         except YPTaskError as exc:
             return self._fall_back(home, ids, str(exc))
         if not (isinstance(answer, list) and len(answer) == len(ids)
@@ -229,7 +238,7 @@ class ClientIds:
         try:
             while (waiting := self._to_settle.pop(home, None)) is not None:
                 try:
-                    await self._request(home, REQUEST, ["settle", *waiting], self.wait_s)
+                    await self._request(home, IDS_REQUEST, ["settle", *waiting], self.wait_s)
                 except YPTaskError as exc:  # its claims expire there; our journal has ours
                     self._warn.warning("could not tell node %s which of its ids were taken "
                                        "here: %s", home, exc)
@@ -248,7 +257,7 @@ class ClientIds:
             if args[1]:
                 await self._journal.run(partial(Journal.remember_client_ids, ids=args[1]))
             return None
-        raise ProtocolError(f"node {peer} sent a malformed {REQUEST} request")
+        raise ProtocolError(f"node {peer} sent a malformed {IDS_REQUEST} request")
 
     async def _claim_here(self, claimer: str, ids: list[str], hold_s: float) -> list[str]:
         """Claim ids homed here; wait up to `hold_s` for other claims of them to settle."""

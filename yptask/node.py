@@ -39,7 +39,7 @@ import pykka
 
 from yptask import __version__, ingress
 from yptask.bert_endpoint import BertEndpoint
-from yptask.client_ids import KNOWN, PENDING, REQUEST, Claims, ClientIds
+from yptask.client_ids import IDS_REQUEST, KNOWN, PENDING, Claims, ClientIds
 from yptask.cluster import Cluster, ClusterSettings
 from yptask.config import NodeConfig, TaskDef, load_tasks, validate_message_name
 from yptask.connection_limits import caps
@@ -202,7 +202,7 @@ class Node:
         self._ids = ClientIds(self.name, self._journal, lambda: [m.name for m in cluster.up()],
                               cluster.request, wait_s=self.config.client_id_wait_s,
                               pending_s=self.config.client_id_pending_s)
-        cluster.serve(REQUEST, self._ids.answer)
+        cluster.serve(IDS_REQUEST, self._ids.answer)
         await cluster.start()
         for task in self.tasks.values():
             self._start_forwarder(task)
@@ -391,7 +391,7 @@ class Node:
         answers: list[dict[str, Any] | YPTaskError] = []
         accepted: list[tuple[Envelope, list[str]]] = []
         results: list[tuple[int, dict[str, Any]]] = []  # (place in answers, the answer)
-        given: list[str] = []  # the ids publishers chose
+        given: list[str] = []  # the ids the casts came with (a publisher's, a tick's)
         for given_name, msg, given_id, given_priority in casts:
             try:
                 name = ingress.check_name(given_name)

@@ -30,8 +30,8 @@ promised (each node then dedupes in its own journal only, as a node alone does):
 while the id's home is unreachable or too slow; across a membership change
 (a member that joins, leaves or goes down moves the ids homed at it, and only
 those; nodes that do not yet agree on the members may ask different homes);
-and an id whose node died after storing its message but before its settle
-reached the home, once the claim has expired.
+and an id whose settle never reached its home (the node that took it died
+after storing it, or the home was away then), once the claim has expired.
 """
 
 from __future__ import annotations
@@ -216,9 +216,11 @@ class ClientIds:
         if home == self.me:
             return await self._claim_here(self.me, ids, hold_s)
         try:
-            answer = await self._request(home, IDS_REQUEST, ["claim", ids, hold_s], self.wait_s)
-        except YPTaskError as exc:
-            return self._fall_back(home, ids, str(exc))
+            async with asyncio.timeout(self.wait_s):  # sending too: a full socket may block
+                answer = await self._request(home, IDS_REQUEST, ["claim", ids, hold_s],
+                                             self.wait_s)
+        except (YPTaskError, TimeoutError) as exc:
+            return self._fall_back(home, ids, str(exc) or f"no answer within {self.wait_s} s")
         if not (isinstance(answer, list) and len(answer) == len(ids)
                 and all(isinstance(a, str) and a in ANSWERS for a in answer)):
             return self._fall_back(home, ids, f"a malformed answer {answer!r:.80}")
@@ -238,8 +240,10 @@ class ClientIds:
         try:
             while (waiting := self._to_settle.pop(home, None)) is not None:
                 try:
-                    await self._request(home, IDS_REQUEST, ["settle", *waiting], self.wait_s)
-                except YPTaskError as exc:  # its claims expire there; our journal has ours
+                    async with asyncio.timeout(self.wait_s):
+                        await self._request(home, IDS_REQUEST, ["settle", *waiting],
+                                            self.wait_s)
+                except (YPTaskError, TimeoutError) as exc:  # its claims expire there
                     self._warn.warning("could not tell node %s which of its ids were taken "
                                        "here: %s", home, exc)
         finally:

@@ -15,7 +15,7 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ def wait_for_mesh(nodes: dict[str, IdNode]) -> None:
 
 
 @pytest.fixture
-def trio(tmp_path) -> Iterator[dict[str, IdNode]]:
+def trio(tmp_path) -> Iterator[Callable[..., dict[str, IdNode]]]:
     """Nodes a, b, c in one cluster (b and c join by a's link address); killed at the end."""
     started: list[IdNode] = []
 
@@ -116,7 +116,7 @@ def trio(tmp_path) -> Iterator[dict[str, IdNode]]:
         wait_for_mesh(nodes)
         return nodes
 
-    yield start  # type: ignore[misc]
+    yield start
     for node in started:
         if node.proc is not None and node.proc.poll() is None:
             node.proc.kill()
@@ -144,8 +144,8 @@ def handled(records: Path, ids: set[str]) -> Counter[str]:
 
 
 def wait_handled_once(records: Path, ids: set[str]) -> None:
-    """Every id handled, then (once the rest of the cluster had time to show a second
-    delivery: a later probe is handled after it) none twice."""
+    """Every id handled, and none twice (the answers said `duplicate`, so nothing was
+    stored a second time; this looks at what the workers did)."""
     wait_for(lambda: set(handled(records, ids)) == ids, timeout_s=30, what="every id handled")
     counts = handled(records, ids)
     assert max(counts.values()) == 1, {i: n for i, n in counts.items() if n > 1}

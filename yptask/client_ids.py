@@ -42,13 +42,14 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from yptask.errors import ProtocolError, YPTaskError
 from yptask.group_commit import JournalThread
-from yptask.journal import Journal
+from yptask.journal import IdReader, Journal
 from yptask.log_limit import LogLimiter
 
 __all__ = [
@@ -152,6 +153,7 @@ class ClientIds:
 
     def __init__(self, me: str, journal: JournalThread, peers: Callable[[], list[str]],
                  request: Request, *, wait_s: float, pending_s: float) -> None:
+        """`journal`: where the ids other nodes took are written; they are read beside it."""
         self.me = me
         self.wait_s = wait_s
         self.ledger = Ledger(pending_s)
@@ -159,6 +161,8 @@ class ClientIds:
         self.refused = 0  # casts refused because their id was pending elsewhere
         self._last_fallback = ""
         self._journal = journal
+        self._reader = IdReader(journal.journal.path)
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix=f"client ids {me}")
         self._peers = peers
         self._request = request
         self._warn = LogLimiter(log)
@@ -271,7 +275,7 @@ class ClientIds:
         ask = ids
         while True:
             settled = self._settled  # taken before the read: no settle slips between
-            known = await self._journal.run(partial(Journal.known_client_ids, ids=ask))
+            known = await loop.run_in_executor(self._reads, self._reader.known, ask)
             verdicts.update(zip(ask, self.ledger.claim(claimer, ask, known, time.monotonic()),
                                 strict=True))
             ask = [message_id for message_id, v in verdicts.items() if v == PENDING]
@@ -294,8 +298,10 @@ class ClientIds:
                 "last_fallback": self._last_fallback}
 
     async def close(self) -> None:
-        """Let the settles under way finish (each is bounded by `wait_s`)."""
+        """Let the settles under way finish (each is bounded by `wait_s`), then close."""
         await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(self._reads, self._reader.close)
+        self._reads.shutdown()
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -33,7 +33,7 @@ from typing import Any
 
 from yptask.errors import ConfigError
 
-__all__ = ["DeadLetter", "Delivery", "Envelope", "Journal"]
+__all__ = ["DeadLetter", "Delivery", "Envelope", "IdReader", "Journal"]
 
 ID_CHUNK = 400  # ids per query: two lists of them stay under SQLite's 999 parameters
 
@@ -379,16 +379,8 @@ class Journal:
     # ------------------------------------------------------------------ client ids
 
     def known_client_ids(self, ids: list[str]) -> set[str]:
-        """Those of `ids` taken in the cluster as this home node knows: taken here (a
-        message of this journal) or by another node that told us (see yptask.client_ids)."""
-        known: set[str] = set()
-        for start in range(0, len(ids), ID_CHUNK):
-            chunk = ids[start:start + ID_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            known.update(row[0] for row in self._db.execute(
-                f"SELECT id FROM client_ids WHERE id IN ({marks}) UNION"
-                f" SELECT id FROM messages WHERE id IN ({marks})", chunk * 2))
-        return known
+        """See `IdReader.known`."""
+        return _known_client_ids(self._db, ids)
 
     def remember_client_ids(self, ids: list[str], now: float | None = None) -> None:
         """Note ids another node took, for the dedupe window."""
@@ -420,6 +412,35 @@ class Journal:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+class IdReader:
+    """A read-only connection of its own to a journal, for the client-id checks of
+    yptask.client_ids: they run beside the journal's thread (WAL lets them), so they
+    never wait for its commits nor split its group commits. Used by one thread."""
+
+    def __init__(self, path: str | Path) -> None:
+        uri = Path(path).resolve().as_uri() + "?mode=ro"
+        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+    def known(self, ids: list[str]) -> set[str]:
+        """Those of `ids` taken in the cluster as this home node knows: taken here (a
+        message of this journal) or by another node that told us."""
+        return _known_client_ids(self._db, ids)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _known_client_ids(db: sqlite3.Connection, ids: list[str]) -> set[str]:
+    known: set[str] = set()
+    for start in range(0, len(ids), ID_CHUNK):
+        chunk = ids[start:start + ID_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        known.update(row[0] for row in db.execute(
+            f"SELECT id FROM client_ids WHERE id IN ({marks}) UNION"
+            f" SELECT id FROM messages WHERE id IN ({marks})", chunk * 2))
+    return known
 
 
 class _Transaction:

@@ -150,10 +150,14 @@ class NodeProcess:
             self.proc.wait()
 
     def rpc(self, method: str, *params: object) -> Any:
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-        answer = self._post(body)
+        answer = self.answer(method, *params)
         assert "error" not in answer, answer
         return answer["result"]
+
+    def answer(self, method: str, *params: object) -> dict[str, Any]:
+        """The whole JSON-RPC answer to one request: its result, or its error."""
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        return dict(self._post(body))
 
     def cast_batch(self, name: str, payloads: list[dict[str, Any]]) -> list[str]:
         """Cast many messages in one JSON-RPC batch; return their ids."""
@@ -172,6 +176,34 @@ class NodeProcess:
             "Content-Type": "application/json", "Authorization": f"Bearer {self.admin_token}"})
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())
+
+
+def recording_task(name: str, messages: str, records: Path) -> str:
+    """A task on every node whose `record` handler appends each delivery to `records`."""
+    return f"""
+[[task]]
+name = "{name}"
+worker_class = "sample:Sample"
+messages = ["{messages}"]
+env = {{ PYTHONPATH = "{TEST_WORKERS}" }}
+settings = {{ record_path = "{records}" }}
+nodes = {{ "*" = 1 }}
+"""
+
+
+class SeededNode(NodeProcess):
+    """A node of a test cluster joined by a seed's link address only (no mDNS); `settings`
+    are extra lines of its [node] table."""
+
+    def __init__(self, tmp: Path, name: str, tasks: str, join: str | None, *,
+                 cluster: str = "test", settings: str = "") -> None:
+        folder = tmp / name
+        folder.mkdir(exist_ok=True)
+        (folder / "node.toml").write_text(
+            f'[node]\ncluster = "{cluster}"\ncookie = "cookie-{cluster}-123"\nmdns = false\n'
+            f'heartbeat_s = 0.25\n{settings}')
+        args = ["--config", str(folder / "node.toml"), *(["--join", join] if join else [])]
+        super().__init__(folder, tasks, name, cluster=args)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

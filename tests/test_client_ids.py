@@ -9,7 +9,6 @@ The ledger and journal tests use a real SQLite journal, in process.
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import signal
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ALONE, TEST_WORKERS, NodeProcess, read_records, until, wait_for
+from support import ALONE, SeededNode, read_records, recording_task, until, wait_for
 
 from yptask.client_ids import KNOWN, NEW, PENDING, Ledger, home_of
 from yptask.config import NodeConfig, TaskDef
@@ -33,39 +32,18 @@ NAMES = ("a", "b", "c")
 COOKIE = "cookie-ids-123"
 
 
-def tasks_toml(records: Path) -> str:
-    return f"""
-[[task]]
-name = "rec"
-worker_class = "sample:Sample"
-messages = ["ids.*"]
-env = {{ PYTHONPATH = "{TEST_WORKERS}" }}
-settings = {{ record_path = "{records}" }}
-nodes = {{ "*" = 1 }}
-"""
-
-
-class IdNode(NodeProcess):
+class IdNode(SeededNode):
     """A node of the test's cluster, joined by its seed (no mDNS)."""
 
     def __init__(self, tmp: Path, name: str, join: str | None, down_after_s: float) -> None:
-        folder = tmp / name
-        folder.mkdir(exist_ok=True)
-        (folder / "node.toml").write_text(
-            f'[node]\ncluster = "ids"\ncookie = "{COOKIE}"\nmdns = false\n'
-            f'heartbeat_s = 0.25\ndown_after_s = {down_after_s}\n')
-        args = ["--config", str(folder / "node.toml"), *(["--join", join] if join else [])]
-        super().__init__(folder, tasks_toml(tmp / "records.jsonl"), name, cluster=args)
+        super().__init__(tmp, name, recording_task("rec", "ids.*", tmp / "records.jsonl"),
+                         join, cluster="ids", settings=f"down_after_s = {down_after_s}\n")
 
     def cast(self, name: str, msg: Any, id: str) -> dict[str, Any]:
         return self.rpc("cast", name, msg, id)
 
     def try_cast(self, name: str, msg: Any, id: str) -> dict[str, Any]:
-        """The whole JSON-RPC answer: its result, or its error."""
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "cast",
-                           "params": [name, msg, id]})
-        answer: dict[str, Any] = self._post(body)
-        return answer
+        return self.answer("cast", name, msg, id)
 
     def fallbacks(self) -> int:
         return int(self.rpc("status")["client_ids"]["fallbacks"])

@@ -9,13 +9,11 @@ a tick fired by two leaders would be journaled, and handled, on two nodes).
 from __future__ import annotations
 
 import itertools
-import json
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support import TEST_WORKERS, NodeProcess, read_records, wait_for
+from support import SeededNode, read_records, recording_task, wait_for
 
 from yptask.timer_lease import Lease, Voter, quorum
 
@@ -70,42 +68,18 @@ def test_a_holder_stops_before_any_voter_may_grant_the_next_lease(tmp_path):
 # ---------------------------------------------------------------------- three nodes
 
 
-def tasks_toml(records: Path) -> str:
-    return f"""
-[[task]]
-name = "tick"
-worker_class = "sample:Sample"
-messages = ["beat.*"]
-env = {{ PYTHONPATH = "{TEST_WORKERS}" }}
-settings = {{ record_path = "{records}" }}
-nodes = {{ "*" = 1 }}
-"""
-
-
-class SeededNode(NodeProcess):
+class LeaseNode(SeededNode):
     """A node joined to the first one by its link address only (no mDNS)."""
 
     def __init__(self, tmp: Path, name: str, records: Path, join: str | None) -> None:
-        folder = tmp / name
-        folder.mkdir(exist_ok=True)
-        (folder / "node.toml").write_text(
-            '[node]\ncluster = "lease"\ncookie = "cookie-lease-1"\nheartbeat_s = 0.25\n'
-            'down_after_s = 1.5\ntimer_lease_s = 1.5\n')
-        args = ["--no-mdns", "--config", str(folder / "node.toml"),
-                *(["--join", join] if join else [])]
-        super().__init__(folder, tasks_toml(records), name, cluster=args)
+        super().__init__(tmp, name, recording_task("tick", "beat.*", records), join,
+                         cluster="lease", settings="down_after_s = 1.5\ntimer_lease_s = 1.5\n")
 
     def start(self) -> None:
         super().start()
         # A restart keeps its link address, as a node on a fixed port does: the others
         # know it by that address (this is the seed, and it knows no seed of its own).
         self.argv[self.argv.index("--link") + 1] = self.link
-
-    def refusal(self, method: str, *params: object) -> dict[str, Any]:
-        answer = self._post(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
-                                        "params": params}))
-        assert "error" in answer, answer
-        return dict(answer["error"])
 
     def leader(self) -> str:
         return str(self.rpc("timers.list")[0]["leader"])
@@ -115,13 +89,13 @@ class SeededNode(NodeProcess):
 def seeded(tmp_path):
     """Three nodes a, b, c (b and c join a), all seeing each other; a timer every second."""
     records = tmp_path / "ticks.jsonl"
-    nodes: list[SeededNode] = []
+    nodes: list[LeaseNode] = []
     try:
-        a = SeededNode(tmp_path, "a", records, None)
+        a = LeaseNode(tmp_path, "a", records, None)
         a.start()
         nodes.append(a)
         for name in "bc":
-            node = SeededNode(tmp_path, name, records, a.link)
+            node = LeaseNode(tmp_path, name, records, a.link)
             node.start()
             nodes.append(node)
         for node in nodes:
@@ -144,11 +118,11 @@ def ticks(records: Path) -> list[float]:
                   if r["id"].startswith("timer:beat:"))
 
 
-def by_name(nodes: list[SeededNode], name: str) -> SeededNode:
+def by_name(nodes: list[LeaseNode], name: str) -> LeaseNode:
     return next(node for node in nodes if node.name == name)
 
 
-def assert_each_tick_once(nodes: list[SeededNode], records: Path) -> None:
+def assert_each_tick_once(nodes: list[LeaseNode], records: Path) -> None:
     """Stop the timer, let what was fired land, and check every second came exactly once."""
     live = next(node for node in nodes if node.proc is not None and node.proc.poll() is None)
     live.rpc("timers.delete", "beat")
@@ -235,8 +209,8 @@ def test_a_crashed_node_counts_until_it_is_forgotten(seeded):
     wait_for(lambda: last.leader() == "", timeout_s=10, what="the lease to lapse")
     wait_for(lambda: {m["name"]: m["state"] for m in last.rpc("nodes")} ==
              {"a": "down", "b": "down", "c": "alive"}, timeout_s=10, what="a and b down")
-    refused = last.refusal("nodes.forget", "c")
-    assert "alive" in refused["message"], refused
+    refused = last.answer("nodes.forget", "c")
+    assert "alive" in refused["error"]["message"], refused
     assert last.rpc("nodes.forget", "a") == {"forgotten": "a"}
     assert last.leader() == "", "one voter of two is no majority"
     last.rpc("nodes.forget", "b")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from yptask.errors import ConfigError, ProtocolError, YPTaskError
+from yptask.log_limit import LogLimiter
 from yptask.replicated import Entry, ReplicatedStore
 from yptask.schedule import TimerDef, due_fires, fire_id, next_fire
 from yptask.timer_lease import Lease, Voter, merge_fires, quorum
@@ -74,6 +75,7 @@ class TimerRunner:
         self._next_stand = clock() + settle_s
         self._task: asyncio.Task[None] | None = None
         self._leading = False
+        self._still_failing = LogLimiter(log)
 
     # ------------------------------------------------------------------ for the node
 
@@ -135,11 +137,17 @@ class TimerRunner:
     # ------------------------------------------------------------------ rounds
 
     async def _run_forever(self) -> None:
+        failing = False
         while True:
             try:
                 await self._round()
-            except Exception:  # a store or a peer failed: log it, and go on next round
-                log.exception("timers: a round failed; trying again")
+                failing = False
+            except Exception as exc:  # a store or a peer failed: log it, go on next round
+                if not failing:
+                    log.exception("timers: a round failed; trying again every %.1f s", ROUND_S)
+                else:
+                    self._still_failing.warning("timers: rounds still fail: %s", exc)
+                failing = True
             await asyncio.sleep(ROUND_S)
 
     async def _round(self) -> None:

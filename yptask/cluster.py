@@ -269,7 +269,10 @@ class Cluster:
 
     def _backoff(self, target: _Target, *, refused: bool = False) -> None:
         target.next_try = time.monotonic() + (MAX_REDIAL_S * 5 if refused else target.backoff_s)
-        target.backoff_s = min(target.backoff_s * 2, MAX_REDIAL_S)
+        # A member (a target with a name) that restarts is back within a heartbeat or two;
+        # an address nobody answered from yet backs off further.
+        cap = min(MAX_REDIAL_S, self.settings.heartbeat_s) if target.name else MAX_REDIAL_S
+        target.backoff_s = min(target.backoff_s * 2, cap)
 
     async def _on_connect(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:

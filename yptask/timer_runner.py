@@ -76,6 +76,7 @@ class TimerRunner:
         self._task: asyncio.Task[None] | None = None
         self._leading = False
         self._still_failing = LogLimiter(log)
+        self._background: set[asyncio.Future[None]] = set()  # publishes of fired state
 
     # ------------------------------------------------------------------ for the node
 
@@ -118,6 +119,7 @@ class TimerRunner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.lease.holding(self._clock()):
             self.lease.lost()
             args = [self.lease.epoch, self._fires]
@@ -160,8 +162,12 @@ class TimerRunner:
         elif self._may_stand(now):
             await self._stand(max(self._highest_epoch, self.epoch()) + 1)
         self._say_who_leads()
-        if self.lease.holding(self._clock()) and await self.fire_due(definitions, states):
-            await self._stand(self.lease.epoch)  # tell the voters what was fired, at once
+        if self.lease.holding(self._clock()):
+            changed = await self.fire_due(definitions, states)
+            if changed:  # the voters know already; the store and the peers' copies follow
+                entries = await asyncio.to_thread(
+                    lambda: [self.store.put(key, value) for key, value in changed])
+                self._spawn(self._publish(entries))
 
     def _may_stand(self, now: float) -> bool:
         holder = self.voter.promise(now)["holder"]
@@ -224,15 +230,20 @@ class TimerRunner:
     def _ask_timeout(self) -> float:
         return max(0.2, self.lease_s / 3)
 
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _quietly(self, peer: str, kind: str, args: list[Any]) -> None:
         with contextlib.suppress(YPTaskError, asyncio.TimeoutError):
             await self._ask_peer(peer, kind, args, self._ask_timeout())
 
     # ------------------------------------------------------------------ firing
 
-    async def fire_due(self, definitions: dict[str, Any], states: dict[str, Any]) -> bool:
-        """Fire every due tick of every enabled timer, and record how far each got;
-        True if any timer's last fire moved."""
+    async def fire_due(self, definitions: dict[str, Any], states: dict[str, Any]
+                       ) -> list[tuple[str, dict[str, Any]]]:
+        """Fire every due tick of every enabled timer; the new states of those that moved."""
         now = self._wall()
         changed = []
         for name, value in definitions.items():
@@ -251,18 +262,16 @@ class TimerRunner:
             self._fires[name] = new_state["last_fire"]
             if new_state != states.get(name):
                 changed.append((TIMER_STATE_KEY + name, new_state))
-        if changed:
-            entries = await asyncio.to_thread(
-                lambda: [self.store.put(key, value) for key, value in changed])
-            await self._publish(entries)
-        return bool(changed)
+        return changed
 
     async def _fire(self, timer: TimerDef, fires: list[float], accounted: float,
                     state: dict[str, Any]) -> dict[str, Any]:
         state = dict(state)
         for tick in fires:
-            if not self.lease.holding(self._clock()):
-                return state  # the lease ran out mid-round (a pause): the next leader goes on
+            # A cast can take a while (a client-id claim): start one only with time to spare,
+            # so that it is journaled well before any voter may grant the next lease.
+            if self.lease.valid_until - self._clock() < self.lease_s / 3:
+                return state  # renew first (next round), or let the next leader go on
             try:
                 await self._cast(timer.message, timer.payload, fire_id(timer.name, tick))
             except YPTaskError as exc:
@@ -270,7 +279,10 @@ class TimerRunner:
                             tick, exc)
                 state.update(last_error=str(exc), last_error_at=self._wall())
                 return state
-            state["last_fire"] = tick
+            state["last_fire"] = self._fires[timer.name] = tick
+            # The voters learn of each tick as soon as it is journaled: a leader that dies
+            # now has its successor start after it, not fire it again.
+            await self._stand(self.lease.epoch)
         if accounted > float(state["last_fire"]):
             state["last_fire"] = accounted
         return state

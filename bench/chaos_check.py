@@ -1,0 +1,149 @@
+"""The checker of bench/chaos.py: properties over the history of one run (pure, no clock).
+
+A run's `History` is what the harness saw (every accepted cast, with the tasks
+the node said it went to), what the workers wrote down (every handler run,
+tests/workers/recorder.py), what the nodes hold at the end (dead letters), and
+the figures the harness measured (config convergence, membership). `check`
+turns it into one `Property` per claim, each with its figure; a run is good
+only if every property holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+EXAMPLES = 5  # ids shown with a violated property
+
+
+@dataclass(frozen=True)
+class Cast:
+    """One accepted cast: its id, the tasks subscribed when it was accepted, where, when."""
+
+    id: str
+    tasks: tuple[str, ...]
+    node: str
+    at: float
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    task: str
+    attempt: int
+    node: str
+
+
+@dataclass
+class History:
+    casts: list[Cast] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)  # the recorder's lines
+    dead: list[DeadLetter] = field(default_factory=list)
+    max_attempts: dict[str, int] = field(default_factory=dict)  # per task
+    tick_task: str = ""  # the task the every-second fire_all timer casts to
+    ticks_until: float = 0.0  # the last tick expected handled (scheduled time)
+    converged_s: float | None = None  # after the faults stopped; None: not within the wait
+    converge_limit_s: float = 0.0
+    # each measured (re)join: what joined, seconds until all listed all (None: not in time)
+    joins_s: list[tuple[str, float | None]] = field(default_factory=list)
+    join_limit_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Property:
+    name: str
+    figure: str
+    ok: bool
+    examples: tuple[str, ...] = ()
+
+
+def check(history: History) -> list[Property]:
+    return [casts_handled(history), ticks_exactly_once(history),
+            config_converges(history), members_listed(history), attempts_before_dead(history)]
+
+
+def _finished(runs: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
+    """(id, task) -> how many handler runs ended without an error."""
+    return Counter((r["id"], r["task"]) for r in runs if r.get("phase") == "end" and r.get("ok"))
+
+
+def casts_handled(history: History) -> Property:
+    """Every accepted cast is handled (or dead-lettered) by each task it was accepted for."""
+    done = _finished(history.runs)
+    dead = {(d.id, d.task) for d in history.dead}
+    wanted = {(c.id, task) for c in history.casts for task in c.tasks}
+    lost = sorted(pair for pair in wanted if pair not in done and pair not in dead)
+    twice = sum(1 for pair in wanted if done[pair] > 1)
+    figure = (f"{len(history.casts)} casts, {len(wanted)} deliveries: lost {len(lost)}, "
+              f"dead {len(dead & wanted)}, handled twice {twice} (allowed)")
+    return Property("every accepted cast handled by each subscribed task", figure, not lost,
+                    tuple(f"{i} for {t}" for i, t in lost[:EXAMPLES]))
+
+
+def ticks_exactly_once(history: History) -> Property:
+    """Every tick from the first handled one to `ticks_until` handled exactly once."""
+    ends = [r for r in history.runs if r.get("phase") == "end" and r.get("ok")
+            and r.get("task") == history.tick_task and r.get("tick") is not None]
+    per_tick: dict[float, list[dict[str, Any]]] = defaultdict(list)
+    for run in ends:
+        per_tick[float(run["tick"])].append(run)
+    if not per_tick:
+        return Property("every timer tick handled exactly once", "no tick handled at all",
+                        False)
+    first = min(per_tick)
+    expected = [first + s for s in range(int(math.floor(history.ticks_until - first)) + 1)]
+    missed = [t for t in expected if t not in per_tick]
+    doubles = sorted(t for t, runs in per_tick.items() if len(runs) > 1)
+    on_two_nodes = sum(1 for t in doubles if len({r["node"] for r in per_tick[t]}) > 1)
+    figure = (f"{len(expected)} ticks expected: missed {len(missed)}, handled twice "
+              f"{len(doubles)} ({on_two_nodes} of them on two nodes)")
+    examples = [f"missed {t:.0f}" for t in missed[:EXAMPLES]]
+    examples += [f"tick {t:.0f} on " + ", ".join(f"{r['node']} (attempt {r['attempt']})"
+                                                 for r in per_tick[t])
+                 for t in doubles[:EXAMPLES]]
+    return Property("every timer tick handled exactly once", figure,
+                    not missed and not doubles, tuple(examples))
+
+
+def config_converges(history: History) -> Property:
+    limit = f"limit {history.converge_limit_s:.1f} s = 2 x sync_every_s"
+    if history.converged_s is None:
+        return Property("config converges after the faults", f"not converged; {limit}", False)
+    return Property("config converges after the faults", f"{history.converged_s:.2f} s; {limit}",
+                    history.converged_s <= history.converge_limit_s)
+
+
+def members_listed(history: History) -> Property:
+    joins = history.joins_s
+    limit = f"limit {history.join_limit_s:.2f} s = 3 heartbeats"
+    if not joins:
+        return Property("every node lists every live member", f"not measured; {limit}", False)
+    late = [(what, s) for what, s in joins if s is None or s > history.join_limit_s]
+    times = [s for _, s in joins]
+    worst = "never" if None in times else f"{max(s for s in times if s is not None):.2f} s"
+    return Property("every node lists every live member",
+                    f"{len(joins)} (re)joins, slowest {worst}, late {len(late)}; {limit}",
+                    not late, tuple(f"{what}: " + ("never" if s is None else f"{s:.2f} s")
+                                    for what, s in late[:EXAMPLES]))
+
+
+def attempts_before_dead(history: History) -> Property:
+    """No message is dead-lettered before its task's max attempts of real handler runs."""
+    started = Counter((r["id"], r["task"]) for r in history.runs if r.get("phase") == "start")
+    early = sorted({(d.id, d.task) for d in history.dead
+                    if started[(d.id, d.task)] < history.max_attempts.get(d.task, 1)})
+    figure = f"{len(history.dead)} dead letters, {len(early)} with fewer runs than max_attempts"
+    return Property("dead letters only after max_attempts runs", figure, not early,
+                    tuple(f"{i} for {t}: {started[(i, t)]} run(s)" for i, t in early[:EXAMPLES]))
+
+
+def table(properties: list[Property]) -> list[str]:
+    """The properties as a small table, examples under a violated one."""
+    width = max(len(p.name) for p in properties)
+    lines = [f"{'PROPERTY':<{width}}  {'VERDICT':<7}  FIGURE"]
+    for p in properties:
+        lines.append(f"{p.name:<{width}}  {'ok' if p.ok else 'FAILED':<7}  {p.figure}")
+        lines += [f"{'':<{width}}           e.g. {e}" for e in p.examples if not p.ok]
+    return lines

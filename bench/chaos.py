@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
@@ -50,21 +50,21 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chaos_check import Cast, DeadLetter, History, Property, check, table  # noqa: E402
-from chaos_net import Loopback, Namespaces, namespaces_unavailable  # noqa: E402
+from chaos_check import Cast, DeadLetter, History, Property, check, table
+from chaos_net import Loopback, Namespaces, namespaces_unavailable
 
-from yptask.cluster import ClusterSettings  # noqa: E402
+from yptask.cluster import ClusterSettings
 
 WORKERS = Path(__file__).resolve().parents[1] / "tests" / "workers"
 HEARTBEAT_S = 0.5
 DOWN_AFTER_S = 2.0
 # not a node setting: the cluster's own default is what the nodes run with
-SYNC_EVERY_S = next(f.default for f in fields(ClusterSettings) if f.name == "sync_every_s")
+SYNC_EVERY_S: float = inspect.signature(ClusterSettings).parameters["sync_every_s"].default
 TIMER = {"name": "chaos-tick", "cron": "* * * * * *", "message": "chaos.tick",
          "misfire": "fire_all"}
 MAX_ATTEMPTS = {"chaos": 100, "flaky": 3, "ticks": 100}
@@ -107,7 +107,7 @@ class Report:
 class ChaosNode:
     """One node process of the run; restartable with the same name, ports and data."""
 
-    def __init__(self, folder: Path, name: str, address: str, prefix: list[str],
+    def __init__(self, folder: Path, name: str, address: str, prefix: list[str], *,
                  join: str | None, settings: str, tasks: str) -> None:
         self.folder, self.name, self.address, self.prefix = folder, name, address, prefix
         self.ports = _free_ports(address, 3) if not prefix else [8700, 8701, 8702]
@@ -255,10 +255,11 @@ class Run:
         for i, name in enumerate(("c1", "c2", "c3")):
             join = self.nodes[0].link if self.nodes else None
             self.nodes.append(ChaosNode(root / name, name, net.addresses[i], net.prefix(i),
-                                        join, settings, tasks))
+                                        join=join, settings=settings, tasks=tasks))
         self.history = History(max_attempts=dict(MAX_ATTEMPTS), tick_task="ticks",
                                converge_limit_s=2 * SYNC_EVERY_S, join_limit_s=3 * HEARTBEAT_S)
         self.faults: Counter[str] = Counter()
+        self.refusals: dict[str, str] = {}  # the first reason per kind of config fault
         self.cut: int | None = None  # the node partitioned off, if any
         self.stop = threading.Event()
         self.rng = random.Random(7)
@@ -379,14 +380,17 @@ class Run:
                     node.rpc("tasks.put", {"definition": definition})
                 else:
                     done = subprocess.run(
-                        ["yptask", "restart", task, "--quiet", "--json", "--url", node.url],
+                        [sys.executable, "-P", "-m", "yptask", "restart", task, "--quiet",
+                         "--json", "--url", node.url],
                         capture_output=True, text=True, timeout=60, check=False,
                         env={**os.environ, "YPTASK_ADMIN_TOKEN": node.token})
                     if done.returncode != 0:
                         raise RuntimeError(done.stderr.strip()[-200:])
                 self.faults[kind] += 1
-            except (*RPC_FAILED, subprocess.TimeoutExpired):
-                self.faults[f"{kind} refused"] += 1  # the node died under it: not a violation
+            except (*RPC_FAILED, subprocess.TimeoutExpired) as exc:
+                # e.g. the node died under it: not a violation, but said
+                self.faults[f"{kind} refused"] += 1
+                self.refusals.setdefault(kind, f"{kind} on {node.name} refused: {exc}")
 
     # ---------------------------------------------------------------- measurements
 
@@ -465,12 +469,16 @@ class Run:
                 node.start()
         self.history.converged_s = self.config_settle()
         deadline = time.monotonic() + settle_s
-        while time.monotonic() < deadline and not self.settled():
-            time.sleep(0.5)
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            if self.settled():
+                break
+            time.sleep(max(0.5, time.monotonic() - began))  # a long run's history is big
         self.history.runs = _records(self.records)
         self.history.dead = self.dead_letters()
         (self.root / "casts.jsonl").write_text("".join(
             json.dumps(c.__dict__) + "\n" for c in self.history.casts))
+        report.notes += self.refusals.values()
         report.properties = check(self.history)
         return report
 

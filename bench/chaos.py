@@ -280,6 +280,8 @@ class Run:
                 node = self.nodes[turn % len(self.nodes)]
                 turn += 1
                 if not node.live:
+                    if not any(n.live for n in self.nodes):
+                        self.stop.wait(0.05)
                     continue
                 ids = list(pending)
                 body = json.dumps([{"jsonrpc": "2.0", "id": i, "method": "cast", "params": {
@@ -315,9 +317,13 @@ class Run:
                     os.kill(self.rng.choice(pids), signal.SIGKILL)
                     self.faults["worker kill -9"] += 1
 
+    @property
+    def node_kinds(self) -> list[str]:
+        return [k for k in NODE_FAULTS
+                if not (k.startswith("partition") and self.net.why_no_partition)]
+
     def node_faults(self) -> None:
-        kinds = [k for k in NODE_FAULTS
-                 if not (k.startswith("partition") and self.net.why_no_partition)]
+        kinds = self.node_kinds
         turn = 0
         while not self.stop.wait(self.node_every_s):
             kind = kinds[turn % len(kinds)]
@@ -329,10 +335,11 @@ class Run:
             if kind.startswith("kill"):
                 with self.lock:
                     node.kill()
+                self._edit_elsewhere(target)  # for it to catch up on when back
                 self.stop.wait(1.5)
                 node.start()
-                self.history.joins_s.append((f"{node.name} restarted",
-                                             self.members_settle()))
+                self.history.joins_s.append((f"{node.name} restarted", self.members_settle()))
+                self.history.converged_s.append((f"{node.name} restarted", self.config_settle()))
             elif kind.startswith("pause"):
                 with self.lock:
                     node.pause(True)
@@ -342,10 +349,18 @@ class Run:
             else:
                 self.net.cut(target, off=True)
                 self.cut = target
+                self._edit_elsewhere(target)
                 time.sleep(DOWN_AFTER_S + 2.0)
                 self.net.cut(target, off=False)
                 self.cut = None
+                self.history.converged_s.append((f"{node.name} cut off and back",
+                                                 self.config_settle()))
             self.faults[f"node {kind}"] += 1
+
+    def _edit_elsewhere(self, away: int) -> None:
+        others = [n for i, n in enumerate(self.nodes) if i != away and n.live]
+        if others:
+            self._config_fault("task edit", self.rng.choice(others), "chaos")
 
     def _pick(self, *, leader: bool) -> int | None:
         live = [i for i, n in enumerate(self.nodes) if n.live]
@@ -365,32 +380,32 @@ class Run:
     def config_faults(self) -> None:
         turn = 0
         while not self.stop.wait(self.config_every_s):
-            task = ("chaos", "flaky", "ticks")[turn % 3]
             live = [n for n in self.nodes if n.live]
-            if not live:
-                continue
-            node = self.rng.choice(live)
-            kind = ("task edit", "yptask restart")[turn % 2]
-            turn += 1
-            try:
-                if kind == "task edit":
-                    definition = node.rpc("tasks.get", {"name": task})
-                    definition["settings"]["edition"] = definition["settings"].get(
-                        "edition", 0) + 1
-                    node.rpc("tasks.put", {"definition": definition})
-                else:
-                    done = subprocess.run(
-                        [sys.executable, "-P", "-m", "yptask", "restart", task, "--quiet",
-                         "--json", "--url", node.url],
-                        capture_output=True, text=True, timeout=60, check=False,
-                        env={**os.environ, "YPTASK_ADMIN_TOKEN": node.token})
-                    if done.returncode != 0:
-                        raise RuntimeError(done.stderr.strip()[-200:])
-                self.faults[kind] += 1
-            except (*RPC_FAILED, subprocess.TimeoutExpired) as exc:
-                # e.g. the node died under it: not a violation, but said
-                self.faults[f"{kind} refused"] += 1
-                self.refusals.setdefault(kind, f"{kind} on {node.name} refused: {exc}")
+            if live:
+                self._config_fault(("task edit", "yptask restart")[turn % 2],
+                                   self.rng.choice(live), ("chaos", "flaky", "ticks")[turn % 3])
+                turn += 1
+
+    def _config_fault(self, kind: str, node: ChaosNode, task: str) -> None:
+        """A task edit (`tasks.put` with a changed setting) or `yptask restart`, on `node`."""
+        try:
+            if kind == "task edit":
+                definition = node.rpc("tasks.get", {"name": task})
+                settings = definition["settings"]
+                settings["edition"] = settings.get("edition", 0) + 1
+                node.rpc("tasks.put", {"definition": definition})
+            else:
+                done = subprocess.run(
+                    [sys.executable, "-P", "-m", "yptask", "restart", task, "--quiet", "--json",
+                     "--url", node.url], capture_output=True, text=True, timeout=60,
+                    check=False, env={**os.environ, "YPTASK_ADMIN_TOKEN": node.token})
+                if done.returncode != 0:
+                    raise RuntimeError(done.stderr.strip()[-200:])
+            self.faults[kind] += 1
+        except (*RPC_FAILED, subprocess.TimeoutExpired) as exc:
+            # e.g. the node died under it: not a violation, but said
+            self.faults[f"{kind} refused"] += 1
+            self.refusals.setdefault(kind, f"{kind} on {node.name} refused: {exc}")
 
     # ---------------------------------------------------------------- measurements
 
@@ -458,6 +473,9 @@ class Run:
             thread.start()
         try:
             self.stop.wait(seconds)
+            while time.monotonic() - start < 2 * seconds and not all(  # each kind once
+                    self.faults[f"node {kind}"] for kind in self.node_kinds):
+                time.sleep(0.2)
         finally:
             self.stop.set()
             for thread in threads:
@@ -467,7 +485,7 @@ class Run:
         for node in self.nodes:  # everyone back
             if not node.up:
                 node.start()
-        self.history.converged_s = self.config_settle()
+        self.history.converged_s.append(("the faults stopped", self.config_settle()))
         deadline = time.monotonic() + settle_s
         while time.monotonic() < deadline:
             began = time.monotonic()
@@ -484,7 +502,7 @@ class Run:
 
 
 def run_chaos(seconds: float = 30.0, *, rate: float = 100.0, worker_every_s: float = 0.5,
-              node_every_s: float = 3.0, config_every_s: float = 4.0, settle_s: float = 30.0,
+              node_every_s: float = 2.0, config_every_s: float = 4.0, settle_s: float = 30.0,
               loopback: bool = False, folder: Path | None = None) -> Report:
     """Run the whole experiment for `seconds` of faults; return the checked report."""
     own = tempfile.TemporaryDirectory(prefix="yptask-chaos-") if folder is None else None

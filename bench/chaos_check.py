@@ -44,9 +44,10 @@ class History:
     max_attempts: dict[str, int] = field(default_factory=dict)  # per task
     tick_task: str = ""  # the task the every-second fire_all timer casts to
     ticks_until: float = 0.0  # the last tick expected handled (scheduled time)
-    converged_s: float | None = None  # after the faults stopped; None: not within the wait
+    # Settling times measured: (after what, seconds; None: not within the wait), for the
+    # config (all nodes the same definitions) and membership (all list all live nodes).
+    converged_s: list[tuple[str, float | None]] = field(default_factory=list)
     converge_limit_s: float = 0.0
-    # each measured (re)join: what joined, seconds until all listed all (None: not in time)
     joins_s: list[tuple[str, float | None]] = field(default_factory=list)
     join_limit_s: float = 0.0
 
@@ -108,23 +109,25 @@ def ticks_exactly_once(history: History) -> Property:
 
 
 def config_converges(history: History) -> Property:
-    limit = f"limit {history.converge_limit_s:.1f} s = 2 x sync_every_s"
-    if history.converged_s is None:
-        return Property("config converges after the faults", f"not converged; {limit}", False)
-    return Property("config converges after the faults", f"{history.converged_s:.2f} s; {limit}",
-                    history.converged_s <= history.converge_limit_s)
+    return _in_time("config converges after the faults", history.converged_s,
+                    history.converge_limit_s, "2 x sync_every_s")
 
 
 def members_listed(history: History) -> Property:
-    joins = history.joins_s
-    limit = f"limit {history.join_limit_s:.2f} s = 3 heartbeats"
-    if not joins:
-        return Property("every node lists every live member", f"not measured; {limit}", False)
-    late = [(what, s) for what, s in joins if s is None or s > history.join_limit_s]
-    times = [s for _, s in joins]
+    return _in_time("every node lists every live member", history.joins_s,
+                    history.join_limit_s, "3 heartbeats")
+
+
+def _in_time(name: str, measured: list[tuple[str, float | None]], limit_s: float,
+             limit: str) -> Property:
+    """Each measured settling (what settled, seconds or None) within `limit_s`."""
+    limit = f"limit {limit_s:.2f} s = {limit}"
+    if not measured:
+        return Property(name, f"not measured; {limit}", False)
+    late = [(what, s) for what, s in measured if s is None or s > limit_s]
+    times = [s for _, s in measured]
     worst = "never" if None in times else f"{max(s for s in times if s is not None):.2f} s"
-    return Property("every node lists every live member",
-                    f"{len(joins)} (re)joins, slowest {worst}, late {len(late)}; {limit}",
+    return Property(name, f"{len(measured)} measured, slowest {worst}, late {len(late)}; {limit}",
                     not late, tuple(f"{what}: " + ("never" if s is None else f"{s:.2f} s")
                                     for what, s in late[:EXAMPLES]))
 

@@ -37,8 +37,8 @@ def good() -> History:
                    runs=[run("a", "chaos"), run("a", "chaos"), run("a", "flaky"),
                          *tick_runs([100, 101, 102])],
                    max_attempts={"chaos": 5, "flaky": 2}, tick_task="ticks", ticks_until=102,
-                   converged_s=1.0, converge_limit_s=4.0, joins_s=[("formed", 0.4)],
-                   join_limit_s=1.5)
+                   converged_s=[("faults stopped", 1.0)], converge_limit_s=4.0,
+                   joins_s=[("formed", 0.4)], join_limit_s=1.5)
 
 
 def failed(history: History) -> dict[str, str]:
@@ -60,13 +60,14 @@ def test_a_good_history_violates_nothing_and_counts_duplicate_casts():
      "missed 1"),
     (lambda h: setattr(h, "ticks_until", 104), "every timer tick handled exactly once",
      "missed 2"),
-    (lambda h: setattr(h, "converged_s", 4.5), "config converges after the faults", "4.50 s"),
-    (lambda h: setattr(h, "converged_s", None), "config converges after the faults",
-     "not converged"),
+    (lambda h: h.converged_s.append(("c3 healed", 4.5)), "config converges after the faults",
+     "slowest 4.50 s, late 1"),
+    (lambda h: h.converged_s.append(("c2 restarted", None)), "config converges after the "
+     "faults", "slowest never"),
     (lambda h: h.joins_s.append(("c1 restarted", 2.0)), "every node lists every live member",
      "late 1"),
     (lambda h: h.joins_s.append(("c2 restarted", None)), "every node lists every live member",
-     "never"),
+     "slowest never"),
     (lambda h: (h.dead.append(DeadLetter("b", "flaky", 2, "c1")),
                 h.runs.append(run("b", "flaky", phase="start"))),
      "dead letters only after max_attempts runs", "1 with fewer runs"),

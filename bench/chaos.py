@@ -50,15 +50,26 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chaos_check import Cast, DeadLetter, History, Property, check, table
+from chaos_check import (
+    Cast,
+    DeadLetter,
+    History,
+    Property,
+    check,
+    expected_ticks,
+    handled_ticks,
+    lost,
+    table,
+)
 from chaos_net import Loopback, Namespaces, namespaces_unavailable
 
 from yptask.cluster import ClusterSettings
+from yptask.schedule import TimerDef
 
 WORKERS = Path(__file__).resolve().parents[1] / "tests" / "workers"
 HEARTBEAT_S = 0.5
@@ -84,7 +95,8 @@ BATCH = 25
 FAIL_EVERY = 20  # every 20th cast is one that `flaky` fails
 RPC_TIMEOUT_S = 3.0
 NODE_FAULTS = ("kill", "kill leader", "pause leader", "partition leader")
-TIMER_STATE = ("last_fire", "next_fire", "last_error", "last_error_at", "leader")
+# what a timer is, as against its state (last fire, leader, ...) that timers.list adds
+TIMER_FIELDS = frozenset(f.name for f in fields(TimerDef))
 
 
 @dataclass
@@ -430,7 +442,7 @@ class Run:
         while time.monotonic() - start < timeout_s:
             with contextlib.suppress(*RPC_FAILED):
                 views = [json.dumps([n.rpc("tasks.list"), [
-                    {k: v for k, v in t.items() if k not in TIMER_STATE}
+                    {k: v for k, v in t.items() if k in TIMER_FIELDS}
                     for t in n.rpc("timers.list")]], sort_keys=True) for n in self.nodes]
                 if len(set(views)) == 1:
                     return time.monotonic() - start
@@ -438,15 +450,10 @@ class Run:
         return None
 
     def settled(self) -> bool:
-        runs = _records(self.records)
-        done = {(r["id"], r["task"]) for r in runs if r.get("phase") == "end" and r.get("ok")}
-        dead = {(d.id, d.task) for d in self.dead_letters()}
-        wanted = {(c.id, t) for c in self.history.casts for t in c.tasks}
-        ticks = {r["tick"] for r in runs if r.get("task") == "ticks" and r.get("tick")
-                 and r.get("phase") == "end" and r.get("ok")}
-        first = min(ticks, default=self.history.ticks_until)
-        expected = {first + s for s in range(int(self.history.ticks_until - first) + 1)}
-        return wanted <= done | dead and expected <= ticks
+        """Whether every accepted delivery and every expected tick is done by now."""
+        now = replace(self.history, runs=_records(self.records), dead=self.dead_letters())
+        handled = handled_ticks(now)
+        return not lost(now) and all(t in handled for t in expected_ticks(now, handled))
 
     def dead_letters(self) -> list[DeadLetter]:
         letters = []

@@ -70,31 +70,50 @@ def _finished(runs: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
     return Counter((r["id"], r["task"]) for r in runs if r.get("phase") == "end" and r.get("ok"))
 
 
+def lost(history: History) -> list[tuple[str, str]]:
+    """(id, task) of each accepted delivery neither handled nor dead-lettered."""
+    done = _finished(history.runs)
+    dead = {(d.id, d.task) for d in history.dead}
+    return sorted({(c.id, task) for c in history.casts for task in c.tasks
+                   if (c.id, task) not in done and (c.id, task) not in dead})
+
+
 def casts_handled(history: History) -> Property:
     """Every accepted cast is handled (or dead-lettered) by each task it was accepted for."""
     done = _finished(history.runs)
-    dead = {(d.id, d.task) for d in history.dead}
     wanted = {(c.id, task) for c in history.casts for task in c.tasks}
-    lost = sorted(pair for pair in wanted if pair not in done and pair not in dead)
+    missing = lost(history)
+    dead = len(wanted & {(d.id, d.task) for d in history.dead})
     twice = sum(1 for pair in wanted if done[pair] > 1)
-    figure = (f"{len(history.casts)} casts, {len(wanted)} deliveries: lost {len(lost)}, "
-              f"dead {len(dead & wanted)}, handled twice {twice} (allowed)")
-    return Property("every accepted cast handled by each subscribed task", figure, not lost,
-                    tuple(f"{i} for {t}" for i, t in lost[:EXAMPLES]))
+    figure = (f"{len(history.casts)} casts, {len(wanted)} deliveries: lost {len(missing)}, "
+              f"dead {dead}, handled twice {twice} (allowed)")
+    return Property("every accepted cast handled by each subscribed task", figure, not missing,
+                    tuple(f"{i} for {t}" for i, t in missing[:EXAMPLES]))
+
+
+def handled_ticks(history: History) -> dict[float, list[dict[str, Any]]]:
+    """Scheduled time -> the runs of the tick task that finished it."""
+    per_tick: dict[float, list[dict[str, Any]]] = defaultdict(list)
+    for run in history.runs:
+        if (run.get("phase") == "end" and run.get("ok") and run.get("task") == history.tick_task
+                and run.get("tick") is not None):
+            per_tick[float(run["tick"])].append(run)
+    return per_tick
+
+
+def expected_ticks(history: History, handled: dict[float, Any]) -> list[float]:
+    """Every second from the first tick handled to `ticks_until`."""
+    first = min(handled, default=history.ticks_until)
+    return [first + s for s in range(math.floor(history.ticks_until - first) + 1)]
 
 
 def ticks_exactly_once(history: History) -> Property:
     """Every tick from the first handled one to `ticks_until` handled exactly once."""
-    ends = [r for r in history.runs if r.get("phase") == "end" and r.get("ok")
-            and r.get("task") == history.tick_task and r.get("tick") is not None]
-    per_tick: dict[float, list[dict[str, Any]]] = defaultdict(list)
-    for run in ends:
-        per_tick[float(run["tick"])].append(run)
+    per_tick = handled_ticks(history)
     if not per_tick:
         return Property("every timer tick handled exactly once", "no tick handled at all",
                         False)
-    first = min(per_tick)
-    expected = [first + s for s in range(math.floor(history.ticks_until - first) + 1)]
+    expected = expected_ticks(history, per_tick)
     missed = [t for t in expected if t not in per_tick]
     doubles = sorted(t for t, runs in per_tick.items() if len(runs) > 1)
     on_two_nodes = sum(1 for t in doubles if len({r["node"] for r in per_tick[t]}) > 1)

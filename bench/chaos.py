@@ -233,7 +233,8 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 
 def leader_of(rows: Any) -> str | None:
-    """The timer leader as `timers.list` names it (a name, or a mapping with one)."""
+    """The timer leader as `timers.list` names it (a name, or a mapping with one); None
+    if no node holds the timer lease now."""
     for row in rows if isinstance(rows, list) else []:
         for key in ("leader", "leader_node", "fired_by", "node"):
             value = row.get(key) if isinstance(row, dict) else None

@@ -92,6 +92,7 @@ def test_the_timer_leader_is_read_from_any_shape_timers_list_gives():
     assert leader_of([{"name": "t", "leader": "c2"}]) == "c2"
     assert leader_of([{"name": "t", "leader": {"name": "c3", "epoch": 4}}]) == "c3"
     assert leader_of([{"name": "t", "leader_node": "c1"}]) == "c1"
+    assert leader_of([{"name": "t", "leader": "", "epoch": 3}]) is None  # nobody holds it
     assert leader_of([]) is None and leader_of({"error": 1}) is None
 
 

@@ -27,6 +27,10 @@ node is back, the run waits for things to settle and checks (bench/chaos_check.p
 
     python bench/chaos.py [--minutes 10] [--rate 200] [--loopback] [--keep DIR]
 
+With --keep, DIR holds the history to read after: casts.jsonl (accepted casts),
+records.jsonl (handler runs), faults.jsonl (node faults, with their times) and
+each node's log.
+
 Exit status 1 if any property is violated. `run_chaos()` is what tests/test_chaos.py runs,
 shorter.
 """
@@ -273,6 +277,7 @@ class Run:
                                converge_limit_s=2 * SYNC_EVERY_S, join_limit_s=3 * HEARTBEAT_S)
         self.faults: Counter[str] = Counter()
         self.refusals: dict[str, str] = {}  # the first reason per kind of config fault
+        self.timeline: list[dict[str, Any]] = []  # each node fault: what, where, when
         self.cut: int | None = None  # the node partitioned off, if any
         self.stop = threading.Event()
         self.rng = random.Random(7)
@@ -345,6 +350,7 @@ class Run:
             if target is None:
                 continue
             node = self.nodes[target]
+            began = time.time()
             if kind.startswith("kill"):
                 with self.lock:
                     node.kill()
@@ -369,6 +375,8 @@ class Run:
                 self.history.converged_s.append((f"{node.name} cut off and back",
                                                  self.config_settle()))
             self.faults[f"node {kind}"] += 1
+            self.timeline.append({"fault": kind, "node": node.name, "from": began,
+                                  "to": time.time()})
 
     def _edit_elsewhere(self, away: int) -> None:
         others = [n for i, n in enumerate(self.nodes) if i != away and n.live]
@@ -504,6 +512,8 @@ class Run:
         self.history.dead = self.dead_letters()
         (self.root / "casts.jsonl").write_text("".join(
             json.dumps(c.__dict__) + "\n" for c in self.history.casts))
+        (self.root / "faults.jsonl").write_text("".join(
+            json.dumps(f) + "\n" for f in self.timeline))
         report.notes += self.refusals.values()
         report.properties = check(self.history)
         return report

@@ -39,7 +39,10 @@ def test_a_voter_grants_one_holder_at_a_time_and_only_a_newer_epoch(tmp_path):
 
 
 def test_a_grant_given_before_a_restart_stands_for_a_full_lease(tmp_path):
-    Voter(tmp_path / "ballot", lease_s=3.0, now=0.0).ask("a", 4, {}, now=0.0)
+    voter = Voter(tmp_path / "ballot", lease_s=3.0, now=0.0)
+    voter.ask("a", 4, {}, now=0.0)
+    assert voter.unsaved, "a new grant is to be saved before it is answered"
+    voter.save()
     again = Voter(tmp_path / "ballot", lease_s=3.0, now=100.0)  # a new process
     assert not again.ask("b", 9, {}, now=102.0)["granted"]
     assert again.ask("a", 4, {}, now=102.0)["granted"], "its holder renews it"

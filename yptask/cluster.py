@@ -235,9 +235,12 @@ class Cluster:
     async def _dial(self, target: _Target) -> None:
         where = f"{target.host}:{target.port}"
         try:
+            # Bounded like any request, not by a stranger's handshake time: a dial begun
+            # into a partition gives up soon, so a fresh one links as soon as it heals.
             link = await dial(target.host, target.port, me=self.me,
                               cookie=self.settings.cookie, handler=self._handle,
-                              decoder=self._decoder, allowed=self._guard.address_allowed)
+                              decoder=self._decoder, allowed=self._guard.address_allowed,
+                              timeout_s=self._timeout())
         except LinkRefused as exc:
             log.warning("link to %s refused: %s", where, exc)
             self._backoff(target, refused=True)
@@ -368,6 +371,11 @@ class Cluster:
         level = logging.WARNING if change.what in ("suspect", "down") else logging.INFO
         log.log(level, "node %s %s (%s, boot %s)", change.member.name, change.what,
                 change.member.link, change.member.boot)
+        link = self._out.get(change.member.name)
+        if change.what == "back" and link is not None:
+            # Back over a link that never closed (it was suspect or paused, not down): what
+            # it missed is traded now, not at the next anti-entropy round.
+            self._spawn(self._quietly(self._sync(link)))
         self.node.member_changed(change)
 
     # ------------------------------------------------------------------ config

@@ -90,6 +90,7 @@ ASK_TIMEOUT_S = 120.0  # an admin operation waits at most this for the actors
 NODE_FLAGS = SupervisorFlags(intensity=10, period_s=60.0)
 PRUNE_EVERY_S = 60.0
 LOAD_EVERY_S = 1.0
+RECONCILE_EVERY_S = 1.0  # the running tasks are compared with the stored ones this often
 LINK_GRACE_S = 2.0  # a call sent to another node waits this much longer than its timeout
 MAX_CACHED_NAMES = 10_000  # message names whose subscribers are remembered
 TASK_KEY = "task:"  # task definitions in the replicated config map
@@ -121,6 +122,7 @@ class Node:
         self.timers: TimerRunner | None = None
         self._ids: ClientIds | None = None  # from the cluster's start: before, alone
         self._loads: asyncio.Task[None] | None = None
+        self._reconciler: asyncio.Task[None] | None = None
         self._queued: dict[str, int] = {}  # task -> deliveries waiting here, for heartbeats
         self._journal_bytes = 0  # the journal's size on disk, measured with the queues
         self.boot = os.urandom(8).hex()  # this run of this node: peers see a restart by it
@@ -207,6 +209,7 @@ class Node:
         for task in self.tasks.values():
             self._start_forwarder(task)
         self._loads = self.loop.create_task(self._measure_load_forever(), name="measure load")
+        self._reconciler = self.loop.create_task(self._reconcile_forever(), name="reconcile")
         await self.timers.start()
         log.info("node %s ready: %s, BERT-RPC %s, link %s", self.name, self.http_url,
                  self.bert_address, self.cluster.link_address)
@@ -333,7 +336,7 @@ class Node:
         if self.stopping:
             return
         self.stopping = True
-        for background in (self._pruner, self._loads):
+        for background in (self._pruner, self._loads, self._reconciler):
             if background is not None:
                 background.cancel()
         if self.timers is not None:
@@ -664,10 +667,9 @@ class Node:
         assert self._store is not None
         value = None if task is None else task.to_dict()
         entry = await asyncio.to_thread(self._store.put, TASK_KEY + name, value)
-        replaced = await self._apply_task(name, task, wait=wait)
-        if self.cluster is not None:
+        if self.cluster is not None:  # the peers apply it while this node does
             self.cluster.publish([entry])
-        return replaced
+        return await self._apply_task(name, task, wait=wait)
 
     async def apply_config(self, changed: list[Entry]) -> None:
         """Apply definitions written on other nodes (the cluster calls this)."""
@@ -690,7 +692,16 @@ class Node:
         the background: no admin request waits on a slow worker. With `wait` (a
         restart), return once the workers are replaced, with how many were.
         """
+        waiting: pykka.Future[Any] | None = None
         async with self._config_lock:  # one change at a time, in the order they came
+            # What is stored now wins over what the caller read: two changes stored in one
+            # order (a peer's merge, a local edit) may reach this lock in the other.
+            assert self._store is not None
+            stored = await asyncio.to_thread(self._store.get, TASK_KEY + name)
+            # (one invalid here stays unapplied: the caller's, checked, is applied instead)
+            with contextlib.suppress(ConfigError):
+                if stored is not None:
+                    task = None if stored.value is None else TaskDef.from_dict(stored.value)
             old = self.tasks.get(name)
             assert self._tree is not None
             if old is not None and task is not None and _same_definition(old, task):
@@ -710,7 +721,6 @@ class Node:
             self.tasks[name] = task
             self._subscriptions.clear()
             self._apply_errors.pop(name, None)  # a new definition: its own outcome counts
-            replaced = 0
             if old is None:  # the supervisor first, so the pool finds it when it needs workers
                 pool = self._pool(task)
                 self.pools[name] = pool
@@ -729,12 +739,14 @@ class Node:
                 else:  # anything else takes new workers
                     change = supervisor.rolling_restart(task)
                 if wait:
-                    replaced = await asyncio.to_thread(self._ask, change)
+                    waiting = change
                 else:
                     self._in_background(change, f"applying task {name}",
                                         failed=partial(self._apply_failed, name, task))
             log.info("task %s %s", name, "created" if old is None else "updated")
-            return int(replaced)
+        # A restart is waited for outside the lock: the next change (a peer's edit) is
+        # applied meanwhile, not held up for as long as the workers take to roll.
+        return 0 if waiting is None else int(await asyncio.to_thread(self._ask, waiting))
 
     def _in_background(self, answer: pykka.Future[Any], what: str,
                        failed: Callable[[Exception], None] | None = None) -> None:
@@ -936,16 +948,45 @@ class Node:
         self.forwarders[task.name] = forwarder
         forwarder.start()
 
+    async def _reconcile_forever(self) -> None:
+        """Make what runs here match what is stored, every RECONCILE_EVERY_S: a change whose
+        apply was lost or overtaken (a peer's merge crossing a local edit, a node paused
+        mid-push) still takes effect, so the nodes' definitions converge."""
+        assert self._store is not None
+        store = self._store
+        while True:
+            await asyncio.sleep(RECONCILE_EVERY_S)
+            try:
+                stored = await asyncio.to_thread(store.values, TASK_KEY)
+                for name in sorted(set(stored) | set(self.tasks)):
+                    value, running = stored.get(name), self.tasks.get(name)
+                    try:
+                        task = None if value is None else TaskDef.from_dict(value)
+                    except ConfigError:
+                        continue  # said when it arrived; what runs goes on
+                    if (task is None and running is None) or (
+                            task is not None and running is not None
+                            and _same_definition(task, running)):
+                        continue
+                    log.warning("task %s here differed from its stored definition; applying "
+                                "the stored one", name)
+                    await self._apply_task(name, task)
+            except Exception:  # a store error: log it, and look again next round
+                log.exception("comparing the running tasks with the stored ones failed")
+
     async def _measure_load_forever(self) -> None:
         """Keep each task's queue depth fresh for the heartbeats (peers pick by it) and for
         back-pressure, with the journal's size on disk."""
         assert self._journal is not None
         files = [self.data_dir / name for name in ("journal.db", "journal.db-wal")]
         while True:
-            for name in list(self.pools):
-                queued, _ = await self._journal.run(partial(Journal.depth, task=name))
-                self._queued[name] = queued
-            self._journal_bytes = sum(f.stat().st_size for f in files if f.exists())
+            try:
+                for name in list(self.pools):
+                    queued, _ = await self._journal.run(partial(Journal.depth, task=name))
+                    self._queued[name] = queued
+                self._journal_bytes = sum(f.stat().st_size for f in files if f.exists())
+            except Exception:  # the store failed: the figures stay as they were a moment
+                log.exception("measuring the queues failed; trying again")
             await asyncio.sleep(LOAD_EVERY_S)
 
     async def _accept_forwarded(self, peer: str, args: list[Any]) -> int:

@@ -76,6 +76,7 @@ class Voter:
         self.lease_s = lease_s
         self.fires: dict[str, float] = {}  # the latest fire of each timer this voter heard
         self.ballot = Ballot()
+        self.unsaved = False  # a grant of a new epoch not yet on disk: see save
         saved = self._read()
         if saved is not None:  # a grant given before a restart stands for a full lease
             self.ballot = Ballot(saved.epoch, saved.holder, now + lease_s)
@@ -90,8 +91,7 @@ class Voter:
         granted = renewal or fresh
         if granted:
             self.ballot = Ballot(epoch, candidate, now + self.lease_s)
-            if not renewal:
-                self._write()
+            self.unsaved = self.unsaved or not renewal
         return {"granted": granted, **self.promise(now), "fires": dict(self.fires)}
 
     def release(self, holder: str, epoch: int, fires: Any, now: float) -> None:
@@ -119,8 +119,12 @@ class Voter:
                         self.path, exc, self.lease_s)
             return Ballot(0, "?")
 
-    def _write(self) -> None:
-        # Rare (a new epoch): written through to disk, so a restart cannot forget it.
+    def save(self) -> None:
+        """Write a new grant through to disk (call before the grant is answered, off the
+        event loop: it syncs), so that a restart cannot forget it. Rare: a new epoch."""
+        if not self.unsaved:
+            return
+        self.unsaved = False
         spare = self.path.with_suffix(".new")
         with open(spare, "w") as out:
             json.dump({"epoch": self.ballot.epoch, "holder": self.ballot.holder}, out)

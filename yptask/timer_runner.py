@@ -94,9 +94,16 @@ class TimerRunner:
         """A peer stands for the lease (or renews it): [epoch, fires]."""
         if len(args) != 2 or not isinstance(args[0], int) or isinstance(args[0], bool):
             raise ProtocolError("lease takes [epoch, fires]")
-        answer = self.voter.ask(peer, args[0], args[1], self._clock())
-        if answer["granted"] and peer != self.node_name and self.lease.holding(self._clock()):
+        answer = await self._vote(peer, args[0], args[1])
+        if answer["granted"] and self.lease.holding(self._clock()):
             self.lease.lost()  # cannot happen while we hold it; never fire beside another
+        return answer
+
+    async def _vote(self, candidate: str, epoch: int, fires: Any) -> dict[str, Any]:
+        """This node's vote, on disk before it is told (the write is off the loop)."""
+        answer = self.voter.ask(candidate, epoch, fires, self._clock())
+        if self.voter.unsaved:
+            await asyncio.to_thread(self.voter.save)
         return answer
 
     async def on_release(self, peer: str, args: list[Any]) -> None:
@@ -195,7 +202,7 @@ class TimerRunner:
         # This node's own vote comes last, and only when it decides: a candidate that
         # voted for itself first would keep its vote from a rival standing at once.
         if len(granted_by) + 1 >= need:
-            own = self.voter.ask(self.node_name, epoch, self._fires, self._clock())
+            own = await self._vote(self.node_name, epoch, self._fires)
             self._learn(own)
             if own["granted"]:
                 self.lease.granted(epoch, asked_at, self.lease_s)

@@ -557,6 +557,8 @@ def main() -> None:
     print(f"yptask chaos: {args.minutes:g} min of faults on 3 nodes, {args.rate:.0f} casts/s")
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
+        if any(args.keep.iterdir()):  # an old run's history and journals would mix in
+            sys.exit(f"--keep {args.keep}: the folder is not empty; give a new one")
     report = run_chaos(args.minutes * 60, rate=args.rate, worker_every_s=args.worker_every,
                        node_every_s=args.node_every, config_every_s=args.config_every,
                        settle_s=120, loopback=args.loopback, folder=args.keep)

@@ -11,11 +11,16 @@ from __future__ import annotations
 import itertools
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import SeededNode, read_records, recording_task, wait_for
 
+from yptask.errors import LinkError
+from yptask.replicated import HybridClock, ReplicatedStore
+from yptask.schedule import TimerDef, fire_id
 from yptask.timer_lease import Lease, Voter, quorum
+from yptask.timer_runner import TIMER_KEY, TIMER_STATE_KEY, TimerRunner
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -66,6 +71,68 @@ def test_a_holder_stops_before_any_voter_may_grant_the_next_lease(tmp_path):
     assert lease.holding(last_fire_moment - 0.001) and not lease.holding(last_fire_moment)
     assert not voter.ask("b", 4, {}, now=last_fire_moment)["granted"]
     assert [quorum(n) for n in (1, 2, 3, 4, 5)] == [1, 2, 2, 3, 3]
+
+
+class FakePeer:
+    """One peer on an in-memory link: it grants every lease, and says which tick ids it
+    journaled (`journaled`), or cannot be reached about them (`reachable` false).
+
+    The window this stands in for (a leader cut off between journaling a tick and
+    telling its voters) lasts milliseconds: real processes cannot be made to hit it."""
+
+    def __init__(self, journaled: set[str], reachable: bool = True) -> None:
+        self.journaled, self.reachable = journaled, reachable
+
+    async def ask(self, peer: str, kind: str, args: list[Any], timeout_s: float) -> Any:
+        if kind == "lease":
+            return {"granted": True, "epoch": args[0], "holder": "b", "left_s": 3.0,
+                    "fires": {}}
+        if kind == "tick_known":
+            if not self.reachable:
+                raise LinkError("no link to node c")
+            return sorted(set(args[0]) & self.journaled)
+        return None
+
+
+async def a_takeover(tmp_path: Path, peer: FakePeer) -> list[str]:
+    """Node b wins the lease at 1000.5 from a leader whose last known fire was 995: the
+    ids b casts in its first round."""
+    store = ReplicatedStore(tmp_path / "config.db", HybridClock("b"))
+    store.put(TIMER_KEY + "beat", TimerDef.from_dict(
+        {"name": "beat", "cron": "* * * * * *", "message": "m.x", "misfire": "fire_all"}
+    ).to_dict())
+    store.put(TIMER_STATE_KEY + "beat", {"last_fire": 995.0})
+    cast: list[str] = []
+
+    async def record(name: str, payload: Any, message_id: str) -> None:
+        cast.append(message_id)
+
+    async def publish(entries: list[Any]) -> None:
+        return None
+
+    async def nothing_here(ids: list[str]) -> set[str]:
+        return set()
+
+    runner = TimerRunner("b", store, cast=record, peers=lambda: ["c"], ask=peer.ask,
+                         publish=publish, ballot=tmp_path / "ballot", lease_s=3.0,
+                         known_here=nothing_here, wall=lambda: 1000.5)
+    await runner._round()
+    store.close()
+    return cast
+
+
+async def test_a_new_leader_does_not_fire_again_the_tick_its_predecessor_journaled(tmp_path):
+    cast = await a_takeover(tmp_path, FakePeer({fire_id("beat", 996.0)}))
+    assert cast == [fire_id("beat", t) for t in (997.0, 998.0, 999.0, 1000.0)]
+
+
+async def test_a_new_leader_fires_the_tick_in_doubt_once_every_node_says_it_was_not(tmp_path):
+    cast = await a_takeover(tmp_path, FakePeer(set()))
+    assert cast == [fire_id("beat", t) for t in (996.0, 997.0, 998.0, 999.0, 1000.0)]
+
+
+async def test_a_new_leader_waits_while_a_node_cannot_say(tmp_path):
+    assert await a_takeover(tmp_path, FakePeer(set(), reachable=False)) == []
 
 
 # ---------------------------------------------------------------------- three nodes

@@ -198,9 +198,11 @@ class Node:
                                   ask=cluster.request, publish=cluster.publish_now,
                                   ballot=self.data_dir / TIMER_BALLOT_FILE,
                                   lease_s=self.config.timer_lease_s,
+                                  known_here=self._known_ids,
                                   settle_s=self._timer_settle_s())
         cluster.serve("lease", self.timers.on_ask)
         cluster.serve("lease_release", self.timers.on_release)
+        cluster.serve("tick_known", self._on_tick_known)
         self._ids = ClientIds(self.name, self._journal, lambda: [m.name for m in cluster.up()],
                               cluster.request, wait_s=self.config.client_id_wait_s,
                               pending_s=self.config.client_id_pending_s)
@@ -213,6 +215,19 @@ class Node:
         await self.timers.start()
         log.info("node %s ready: %s, BERT-RPC %s, link %s", self.name, self.http_url,
                  self.bert_address, self.cluster.link_address)
+
+    async def _known_ids(self, ids: list[str]) -> set[str]:
+        """Those of `ids` this node's journal knows (journaled here, within the window)."""
+        assert self._journal is not None
+        known: set[str] = await self._journal.run(partial(Journal.known_client_ids, ids=ids))
+        return known
+
+    async def _on_tick_known(self, peer: str, args: list[Any]) -> list[str]:
+        """A new timer leader asks which of these tick ids this node journaled."""
+        if not (len(args) == 1 and isinstance(args[0], list)
+                and all(isinstance(i, str) for i in args[0]) and len(args[0]) <= 100):
+            raise ProtocolError(f"node {peer} sent a malformed tick_known request")
+        return sorted(await self._known_ids(list(args[0])))
 
     def _timer_settle_s(self) -> float:
         """A node that may have peers hears of them, and of their timer leader, before it

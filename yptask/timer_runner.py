@@ -42,6 +42,7 @@ TIMER_STATE_KEY = "timer_state:"  # {"last_fire", "last_error", "last_error_at"}
 VOTER_KEY = "voter:"  # the roster: every node that votes in the lease, {"since": wall}
 ROUND_S = 0.2
 STAGGER_S = 0.3  # a free lease: the n-th live node by name stands n times this late
+DOUBT_LEASES = 3  # a new leader waits this many leases to learn if a tick was cast before
 
 Cast = Callable[[str, Any, str], Awaitable[Any]]  # (message name, payload, id)
 Ask = Callable[[str, str, list[Any], float], Awaitable[Any]]  # (peer, kind, args, timeout)
@@ -53,7 +54,8 @@ class TimerRunner:
     def __init__(self, node_name: str, store: ReplicatedStore, *, cast: Cast,
                  peers: Callable[[], list[str]], ask: Ask,
                  publish: Callable[[list[Entry]], Awaitable[None]], ballot: Path,
-                 lease_s: float, settle_s: float = 0.0, wall: Callable[[], float] = time.time,
+                 lease_s: float, known_here: Callable[[list[str]], Awaitable[set[str]]],
+                 settle_s: float = 0.0, wall: Callable[[], float] = time.time,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """`settle_s`: how long after its start this node stands for nothing, so that it
         hears of its peers (and whoever leads them) first; 0 for a node that has none."""
@@ -76,6 +78,10 @@ class TimerRunner:
         self._task: asyncio.Task[None] | None = None
         self._leading = False
         self._still_failing = LogLimiter(log)
+        self._known_here = known_here
+        # timer -> (its tick in doubt, since when): see _resolve_doubt
+        self._doubt: dict[str, tuple[float, float]] = {}
+        self._won_at: float | None = None  # wall time of the last new epoch won, till used
         self._background: set[asyncio.Future[None]] = set()  # publishes of fired state
 
     # ------------------------------------------------------------------ for the node
@@ -205,6 +211,8 @@ class TimerRunner:
             own = await self._vote(self.node_name, epoch, self._fires)
             self._learn(own)
             if own["granted"]:
+                if not self.lease.holding(asked_at) or epoch != self.lease.epoch:
+                    self._won_at = self._wall()  # a new term: its predecessor's last tick?
                 self.lease.granted(epoch, asked_at, self.lease_s)
                 self._free_since = None
                 return True
@@ -264,12 +272,54 @@ class TimerRunner:
             if not timer.enabled or not isinstance(last, (int, float)):
                 continue  # a timer without a state was never saved through a node: wait
             state["last_fire"] = max(float(last), self._fires.get(name, float("-inf")))
+            if self._won_at is not None:
+                following = next_fire(timer, state["last_fire"])
+                if following <= self._won_at:
+                    self._doubt[name] = (following, self._clock())
+            if name in self._doubt:
+                fired_before = await self._resolve_doubt(timer)
+                if fired_before is None:
+                    continue  # not known yet: this timer waits, the others go on
+                if fired_before:
+                    state["last_fire"] = max(state["last_fire"], self._doubt[name][0])
+                del self._doubt[name]
             fires, accounted = due_fires(timer, state["last_fire"], now)
             new_state = await self._fire(timer, fires, accounted, state)
             self._fires[name] = new_state["last_fire"]
             if new_state != states.get(name):
                 changed.append((TIMER_STATE_KEY + name, new_state))
+        self._won_at = None
         return changed
+
+    async def _resolve_doubt(self, timer: TimerDef) -> bool | None:
+        """Was the tick after the last one the voters know of cast by a predecessor?
+
+        A leader casts a tick and then tells its voters; one cut off or killed in
+        between leaves that one tick (never more: it casts the next only once they
+        know) journaled on its own node, unknown to the new leader. So the new leader
+        asks every node of the roster whether it journaled that tick's id: True if one
+        did, False once all said no, None while one cannot answer (then the timer
+        waits, up to DOUBT_LEASES leases; past that it fires, and says so).
+        """
+        tick, since = self._doubt[timer.name]
+        tick_id = fire_id(timer.name, tick)
+        if await self._known_here([tick_id]):
+            return True
+        peers = set(self._peers())
+        answers = await asyncio.gather(*(self._ask_peer(peer, "tick_known", [[tick_id]],
+                                                        self._ask_timeout())
+                                         for peer in sorted(peers)), return_exceptions=True)
+        if any(isinstance(a, list) and tick_id in a for a in answers):
+            return True
+        unanswered = (self._roster - peers - {self.node_name}) or any(
+            not isinstance(a, list) for a in answers)
+        if not unanswered:
+            return False
+        if self._clock() - since < DOUBT_LEASES * self.lease_s:
+            return None
+        log.warning("timer %s: tick %s fired without word from every node on whether the "
+                    "last leader had (it may be handled twice)", timer.name, tick)
+        return False
 
     async def _fire(self, timer: TimerDef, fires: list[float], accounted: float,
                     state: dict[str, Any]) -> dict[str, Any]:

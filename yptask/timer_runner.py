@@ -9,11 +9,14 @@ the last fires also travel with every grant and renewal, so a new leader starts
 from the latest tick its majority knows, and catches up what was missed
 meanwhile by the timer's misfire policy.
 
+The leader renews (telling its voters) right after each tick is journaled, so
+at most one tick per timer can be unknown to a successor: the predecessor's
+last, if it was cut off or killed in between. A new leader asks every node
+whether it journaled that tick before firing it (`_resolve_doubt`).
+
 A tick is cast with a message id of its own, `timer:NAME:TICK`, which publishers
-may not use (ingress refuses it): a tick a new leader fires again after its
-predecessor died between casting and renewing is dropped wherever the first
-one was journaled. A cast that fails is recorded as the timer's last error and
-tried again on the next round, the tick not yet accounted for.
+may not use (ingress refuses it). A cast that fails is recorded as the timer's
+last error and tried again on the next round, the tick not yet accounted for.
 """
 
 from __future__ import annotations

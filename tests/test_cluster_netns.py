@@ -13,43 +13,28 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TEST_WORKERS, read_records, wait_for
+from support import REPO, TEST_WORKERS, read_records, wait_for
+
+sys.path.insert(0, str(REPO / "bench"))
+from chaos_net import ip, namespaces_unavailable  # one probe and one `ip` for both
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def _netns_available() -> str | None:
-    """Why namespaces cannot be used here, or None if they can."""
-    if os.geteuid() != 0:
-        return "needs root"
-    if shutil.which("ip") is None:
-        return "needs iproute2 (ip)"
-    probe = f"ypt-probe-{os.getpid()}"
-    if subprocess.run(["ip", "netns", "add", probe], check=False,
-                      capture_output=True).returncode != 0:
-        return "`ip netns add` is refused here"
-    subprocess.run(["ip", "netns", "del", probe], check=False, capture_output=True)
-    return None
-
-
 @pytest.fixture(scope="module")
 def netns_ok() -> None:
-    why = _netns_available()
+    why = namespaces_unavailable()
     if why is not None:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the network-namespace test: {why}")
         pytest.skip(f"network namespaces unavailable: {why}")
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 class Lab:

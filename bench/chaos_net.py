@@ -28,6 +28,22 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
+def star(bridge: str, spaces: list[str], addresses: list[str]) -> None:
+    """Namespace `bridge` with a bridge br0, and one namespace per address joined to it
+    by a veth (p<i> on the bridge, eth0 inside), addressed /24 and up."""
+    ip("netns", "add", bridge)
+    ip("-n", bridge, "link", "add", "br0", "type", "bridge")
+    ip("-n", bridge, "link", "set", "br0", "up")
+    for i, (space, address) in enumerate(zip(spaces, addresses, strict=True)):
+        ip("netns", "add", space)
+        ip("-n", bridge, "link", "add", f"p{i}", "type", "veth", "peer", "name", "eth0",
+           "netns", space)
+        ip("-n", bridge, "link", "set", f"p{i}", "master", "br0", "up")
+        ip("-n", space, "addr", "add", f"{address}/24", "dev", "eth0")
+        ip("-n", space, "link", "set", "eth0", "up")
+        ip("-n", space, "link", "set", "lo", "up")
+
+
 def namespaces_unavailable() -> str | None:
     """Why namespaces cannot be used here, or None if they can."""
     if os.geteuid() != 0:
@@ -78,19 +94,9 @@ class Namespaces:
 
     def __enter__(self) -> Namespaces:
         try:
-            ip("netns", "add", self.bridge)
-            ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
+            star(self.bridge, self.spaces, self.addresses)
             ip("-n", self.bridge, "addr", "add", "198.18.0.1/24", "dev", "br0")
-            ip("-n", self.bridge, "link", "set", "br0", "up")
             ip("-n", self.bridge, "link", "set", "lo", "up")
-            for i, (space, address) in enumerate(zip(self.spaces, self.addresses, strict=True)):
-                ip("netns", "add", space)
-                ip("-n", self.bridge, "link", "add", f"p{i}", "type", "veth", "peer", "name",
-                   "eth0", "netns", space)
-                ip("-n", self.bridge, "link", "set", f"p{i}", "master", "br0", "up")
-                ip("-n", space, "addr", "add", f"{address}/24", "dev", "eth0")
-                ip("-n", space, "link", "set", "eth0", "up")
-                ip("-n", space, "link", "set", "lo", "up")
             self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
             _setns(f"/run/netns/{self.bridge}")
         except BaseException:

@@ -23,7 +23,7 @@ import pytest
 from support import REPO, TEST_WORKERS, read_records, wait_for
 
 sys.path.insert(0, str(REPO / "bench"))
-from chaos_net import ip, namespaces_unavailable  # one probe and one `ip` for both
+from chaos_net import ip, namespaces_unavailable, star  # one copy for both
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,17 +48,7 @@ class Lab:
 
     def __enter__(self) -> Lab:
         try:
-            ip("netns", "add", self.bridge)
-            ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
-            ip("-n", self.bridge, "link", "set", "br0", "up")
-            for i, (space, address) in enumerate(zip(self.spaces, self.addresses, strict=True)):
-                ip("netns", "add", space)
-                ip("-n", self.bridge, "link", "add", f"p{i}", "type", "veth", "peer", "name",
-                   "eth0", "netns", space)
-                ip("-n", self.bridge, "link", "set", f"p{i}", "master", "br0", "up")
-                ip("-n", space, "addr", "add", f"{address}/24", "dev", "eth0")
-                ip("-n", space, "link", "set", "eth0", "up")
-                ip("-n", space, "link", "set", "lo", "up")
+            star(self.bridge, self.spaces, self.addresses)
         except BaseException:
             self.__exit__()
             raise

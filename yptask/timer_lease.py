@@ -33,11 +33,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DRIFT", "Ballot", "Lease", "Voter", "merge_fires", "quorum"]
+__all__ = ["Ballot", "Lease", "Voter", "merge_fires", "quorum"]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,3 @@ class Lease:
 
     def lost(self) -> None:
         self.valid_until = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -198,8 +198,8 @@ class TimerRunner:
     async def _stand(self, epoch: int) -> bool:
         """Ask every voter for the lease in `epoch` (a renewal if it is ours already)."""
         asked_at = self._clock()
-        need = quorum(len({self.node_name, *self._peers(), *self._roster}))
         peers = self._peers()
+        need = quorum(len({self.node_name, *peers, *self._roster}))
         replies = await asyncio.gather(*(self._ask_peer(peer, "lease", [epoch, self._fires],
                                                         self._ask_timeout())
                                          for peer in peers), return_exceptions=True)

@@ -72,8 +72,8 @@ from chaos_check import (
 )
 from chaos_net import Loopback, Namespaces, namespaces_unavailable
 
-from yptask.cluster import ClusterSettings
-from yptask.schedule import TimerDef
+from yptask.cluster.mesh import ClusterSettings
+from yptask.timers.schedule import TimerDef
 
 WORKERS = Path(__file__).resolve().parents[1] / "tests" / "workers"
 HEARTBEAT_S = 0.5

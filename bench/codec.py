@@ -17,8 +17,8 @@ from typing import Any
 
 import bert
 
-from yptask import codec
-from yptask.bertrpc import Call
+from yptask.wire import codec
+from yptask.wire.bertrpc import Call
 
 MESSAGES: dict[str, Any] = {
     "typical cast": {"name": "upai.photos.upload",
@@ -53,7 +53,7 @@ def main() -> None:
         ratio = statistics.median(ours) / statistics.median(theirs)
         print(f"{label} ({len(codec.encode(message))} bytes yptask, "
               f"{len(bert.encode(message))} bytes bert)")
-        for name, rates in (("yptask.codec", ours), ("bert 2.2.0", theirs)):
+        for name, rates in (("yptask.wire.codec", ours), ("bert 2.2.0", theirs)):
             print(f"  {name:<13} {min(rates):>9.0f} / {statistics.median(rates):>9.0f} / "
                   f"{max(rates):>9.0f}")
         print(f"  ratio yptask/bert (medians): {ratio:.2f}x")

@@ -30,8 +30,8 @@ from pathlib import Path
 import aiohttp
 from _harness import BenchNode
 
-from yptask import codec
-from yptask.bertrpc import Call, ErrorReply, decode_packet, frame
+from yptask.wire import codec
+from yptask.wire.bertrpc import Call, ErrorReply, decode_packet, frame
 
 Shape = Callable[[random.Random], bytes]
 CALL_TIMEOUT_S = 10.0

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from yptask.group_commit import JournalThread
-from yptask.journal import Envelope, Journal
+from yptask.store.group_commit import JournalThread
+from yptask.store.journal import Envelope, Journal
 
 PAYLOAD = {"photo_id": 123, "user": "abc", "tags": ["a", "b"]}
 

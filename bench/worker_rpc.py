@@ -21,7 +21,7 @@ import sys
 import time
 
 from yptask.tasks.runner import runner_argv
-from yptask.worker_process import WorkerProcess, WorkerSpec
+from yptask.workers.process import WorkerProcess, WorkerSpec
 
 RUNNER = runner_argv("yptask.tasks.echo:Echo")
 # The floor: read a frame on fd 3, write it back on fd 4, nothing else.

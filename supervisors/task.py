@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from yptask.config import TaskDef
+from yptask.config.tasks import TaskDef
 from yptask.supervision import (
     BackoffPolicy,
     ChildLink,
@@ -32,7 +32,7 @@ from yptask.supervision import (
 )
 from yptask.supervisors.worker import WorkerActor, WorkerConfig, WorkerHooks
 from yptask.tasks.runner import runner_argv
-from yptask.worker_process import WorkerSpec
+from yptask.workers.process import WorkerSpec
 
 __all__ = ["NodePlace", "TaskSupervisor", "worker_spec"]
 

@@ -49,8 +49,8 @@ from yptask.errors import (
     last_line,
 )
 from yptask.supervision import ChildLink, ExitReason, Supervised
-from yptask.worker_connection import WorkerConnection
-from yptask.worker_process import WorkerSpec, handle_call
+from yptask.workers.connection import WorkerConnection
+from yptask.workers.process import WorkerSpec, handle_call
 
 __all__ = ["Job", "Outcome", "ProcessGone", "WorkerActor", "WorkerConfig", "WorkerHooks"]
 

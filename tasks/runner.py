@@ -30,7 +30,18 @@ import sys
 import traceback
 from typing import Any
 
-from yptask.bertrpc import (
+from yptask.errors import (
+    ConfigError,
+    EncodeError,
+    FrameError,
+    HandlerError,
+    NoSuchFunction,
+    NoSuchHandler,
+    NoSuchModule,
+    ProtocolError,
+)
+from yptask.tasks.base import BaseTask, Message
+from yptask.wire.bertrpc import (
     Call,
     Cast,
     ErrorReply,
@@ -43,18 +54,7 @@ from yptask.bertrpc import (
     frame,
     write_frame,
 )
-from yptask.codec import Atom
-from yptask.errors import (
-    ConfigError,
-    EncodeError,
-    FrameError,
-    HandlerError,
-    NoSuchFunction,
-    NoSuchHandler,
-    NoSuchModule,
-    ProtocolError,
-)
-from yptask.tasks.base import BaseTask, Message
+from yptask.wire.codec import Atom
 
 __all__ = [
     "EXIT_BAD_CLASS", "EXIT_OK", "EXIT_PROTOCOL", "EXIT_SETUP_FAILED", "Runner", "main",

@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from support import ALONE, ECHO, SAMPLE, worker_env
 
-from yptask.config import NodeConfig, TaskDef
+from yptask.config.node import NodeConfig
+from yptask.config.tasks import TaskDef
 from yptask.node import Node
-from yptask.worker_process import WorkerProcess, WorkerSpec
+from yptask.workers.process import WorkerProcess, WorkerSpec
 
 Spawn = Callable[..., Awaitable[WorkerProcess]]
 

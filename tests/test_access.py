@@ -11,11 +11,12 @@ import struct
 import pytest
 from support import ALONE, ECHO
 
-from yptask.bertrpc import Call, ErrorReply, Info, Reply, decode_packet, frame
 from yptask.client import Client
-from yptask.config import NodeConfig, TaskDef
+from yptask.config.node import NodeConfig
+from yptask.config.tasks import TaskDef
 from yptask.errors import ConfigError, RPCError, Unauthorized
 from yptask.node import Node
+from yptask.wire.bertrpc import Call, ErrorReply, Info, Reply, decode_packet, frame
 
 TOKEN = "shop-token-0123456789"
 

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from support import SAMPLE, NodeProcess, read_records, until, wait_for
 
-from yptask.group_commit import JournalThread
-from yptask.journal import Envelope, Journal
+from yptask.store.group_commit import JournalThread
+from yptask.store.journal import Envelope, Journal
 
 MAX_ATTEMPTS = 2
 FAILING = 3

@@ -9,9 +9,10 @@ import subprocess
 import pytest
 from support import ALONE, TEST_WORKERS, require_erlang
 
-from yptask.bertrpc import Call, Cast, ErrorReply, Info, NoReply, Reply, decode_packet, frame
-from yptask.config import NodeConfig, TaskDef
+from yptask.config.node import NodeConfig
+from yptask.config.tasks import TaskDef
 from yptask.node import Node
+from yptask.wire.bertrpc import Call, Cast, ErrorReply, Info, NoReply, Reply, decode_packet, frame
 
 
 @pytest.fixture

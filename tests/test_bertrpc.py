@@ -8,20 +8,6 @@ import threading
 
 import pytest
 
-from yptask import codec
-from yptask.bertrpc import (
-    Call,
-    Cast,
-    ErrorReply,
-    FrameReader,
-    Info,
-    NoReply,
-    Reply,
-    decode_packet,
-    error_reply,
-    frame,
-)
-from yptask.codec import Atom
 from yptask.errors import (
     WIRE_CODES,
     CallTimeout,
@@ -36,6 +22,20 @@ from yptask.errors import (
     YPTaskError,
     wire_code,
 )
+from yptask.wire import codec
+from yptask.wire.bertrpc import (
+    Call,
+    Cast,
+    ErrorReply,
+    FrameReader,
+    Info,
+    NoReply,
+    Reply,
+    decode_packet,
+    error_reply,
+    frame,
+)
+from yptask.wire.codec import Atom
 
 
 @pytest.mark.parametrize("packet", [

@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 from support import ALONE, SeededNode, read_records, recording_task, until, wait_for
 
-from yptask.client_ids import KNOWN, NEW, PENDING, Ledger, home_of
-from yptask.config import NodeConfig, TaskDef
+from yptask.cluster.client_ids import KNOWN, NEW, PENDING, Ledger, home_of
+from yptask.config.node import NodeConfig
+from yptask.config.tasks import TaskDef
 from yptask.errors import IdPending, Overloaded
-from yptask.journal import Envelope, Journal
 from yptask.node import Node
+from yptask.store.journal import Envelope, Journal
 
 NAMES = ("a", "b", "c")
 COOKIE = "cookie-ids-123"

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yptask.codec import Atom, Opaque, as_bytes, decode, encode
 from yptask.errors import DecodeError, EncodeError, ProtocolError
+from yptask.wire.codec import Atom, Opaque, as_bytes, decode, encode
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text()

@@ -1,4 +1,4 @@
-"""yptask.codec against real Erlang, both ways.
+"""yptask.wire.codec against real Erlang, both ways.
 
 The oracle is tests/erlang/term_oracle.escript: one long-running Erlang
 process for the module, spoken to with {packet, 4} frames on its stdin and
@@ -29,8 +29,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yptask.bertrpc import Call, ErrorReply, decode_packet, frame
-from yptask.codec import Atom, Opaque, as_bytes, decode, encode
+from yptask.wire.bertrpc import Call, ErrorReply, decode_packet, frame
+from yptask.wire.codec import Atom, Opaque, as_bytes, decode, encode
 
 pytestmark = pytest.mark.erlang
 

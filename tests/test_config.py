@@ -6,7 +6,7 @@ from importlib import resources
 
 import pytest
 
-from yptask.config import TaskDef, load_tasks, topic_matches, validate_message_name
+from yptask.config.tasks import TaskDef, load_tasks, topic_matches, validate_message_name
 from yptask.errors import ConfigError
 
 MINIMAL = {"name": "resize", "messages": ["upai.photos.upload"],

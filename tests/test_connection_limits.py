@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 from support import ALONE, ECHO, NodeProcess, until, wait_for
 
-from yptask.bertrpc import Call, ErrorReply, Reply, decode_packet, frame
 from yptask.client import Client
-from yptask.config import NodeConfig, TaskDef
+from yptask.config.node import NodeConfig
+from yptask.config.tasks import TaskDef
 from yptask.connection_limits import ConnectionLimit, RefusalLog, default_caps
 from yptask.errors import ConfigError
 from yptask.node import Node
+from yptask.wire.bertrpc import Call, ErrorReply, Reply, decode_packet, frame
 
 TASKS = """
 [[task]]

@@ -11,11 +11,12 @@ import aiohttp
 import pytest
 from support import ALONE, ECHO
 
+from yptask.access.passwords import check_hash, hash_password
 from yptask.client import Client
-from yptask.config import NodeConfig, TaskDef
+from yptask.config.node import NodeConfig
+from yptask.config.tasks import TaskDef
 from yptask.errors import ConfigError, Unauthorized
 from yptask.node import Node
-from yptask.passwords import check_hash, hash_password
 from yptask.web.auth import Guard
 
 PASSWORD = "correct horse battery"

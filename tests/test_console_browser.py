@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from support import CHROMIUM, TEST_WORKERS, NodeProcess, require_browser, wait_for
 
+from yptask.access.passwords import hash_password
 from yptask.client import Client
-from yptask.passwords import hash_password
 
 pytestmark = pytest.mark.timeout(300)
 

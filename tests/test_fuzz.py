@@ -24,10 +24,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import ALONE, ECHO
 
-from yptask import codec
-from yptask.bertrpc import Call, ErrorReply, NoReply, Reply, decode_packet, frame
-from yptask.config import NodeConfig, TaskDef
+from yptask.config.node import NodeConfig
+from yptask.config.tasks import TaskDef
 from yptask.node import Node
+from yptask.wire import codec
+from yptask.wire.bertrpc import Call, ErrorReply, NoReply, Reply, decode_packet, frame
 
 EXAMPLES = 60
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from yptask.group_commit import JournalThread
-from yptask.journal import Envelope, Journal
+from yptask.store.group_commit import JournalThread
+from yptask.store.journal import Envelope, Journal
 
 
 @pytest.fixture

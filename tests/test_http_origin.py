@@ -14,10 +14,11 @@ import aiohttp
 import pytest
 from support import ALONE, ECHO
 
-from yptask.config import NodeConfig, TaskDef
+from yptask.access.passwords import hash_password
+from yptask.config.node import NodeConfig
+from yptask.config.tasks import TaskDef
 from yptask.errors import ProtocolError, Unauthorized, wire_code
 from yptask.node import Node
-from yptask.passwords import hash_password
 from yptask.web import auth
 from yptask.web.auth import Guard, LoginThrottle
 from yptask.web.origin import OriginCheck, host_name

@@ -24,12 +24,12 @@ import aiohttp
 import pytest
 from support import TEST_WORKERS, NodeProcess, read_records, until, wait_for
 
-from yptask import ingress
-from yptask.bertrpc import Call, ErrorReply, Reply, decode_packet, frame
 from yptask.errors import ConfigError, ProtocolError, wire_code
-from yptask.group_commit import JournalThread
-from yptask.journal import Envelope, Journal
+from yptask.ingress import checks as ingress
+from yptask.store.group_commit import JournalThread
+from yptask.store.journal import Envelope, Journal
 from yptask.web.rpc import ANSWER_FACTOR, ANSWER_SLACK_BYTES
+from yptask.wire.bertrpc import Call, ErrorReply, Reply, decode_packet, frame
 
 INVALID_REQUEST = wire_code(ProtocolError).jsonrpc_code
 INVALID_PARAMS = wire_code(ConfigError).jsonrpc_code

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from yptask.errors import ConfigError
-from yptask.journal import Envelope, Journal
+from yptask.store.journal import Envelope, Journal
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_bad_fsync_level_is_refused(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys
-    from yptask.journal import Envelope, Journal
+    from yptask.store.journal import Envelope, Journal
     j = Journal(sys.argv[1], synchronous="FULL")
     for i in range(10**6):
         j.append([(Envelope(f"m{i}", "a.b", {"i": i}, 0.0), ["t"])])

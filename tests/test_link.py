@@ -12,9 +12,9 @@ import struct
 
 import pytest
 
-from yptask import codec
+from yptask.cluster.link import Identity, Link, LinkRefused, accept, dial
 from yptask.errors import LinkError, UnknownTask
-from yptask.link import Identity, Link, LinkRefused, accept, dial
+from yptask.wire import codec
 
 COOKIE = b"s3cret-cookie"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from yptask.membership import Member, Membership, MemberState
+from yptask.cluster.membership import Member, Membership, MemberState
 
 
 def member(name: str = "b", boot: str = "boot-1") -> Member:

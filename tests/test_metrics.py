@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from yptask.metrics import MAX_FAILURES, Failure, TaskMetrics
+from yptask.delivery.metrics import MAX_FAILURES, Failure, TaskMetrics
 
 
 class Clock:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from support import ALONE, ECHO, TEST_WORKERS, until
 
-from yptask.config import NodeConfig, TaskDef
+from yptask.config.node import NodeConfig
+from yptask.config.tasks import TaskDef
 from yptask.errors import (
     CallTimeout,
     ConfigError,

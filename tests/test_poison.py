@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from support import TEST_WORKERS, NodeProcess, read_records, until, wait_for
 
-from yptask.codec import DEFAULT_MAX_DEPTH
 from yptask.errors import EncodeError
-from yptask.journal import Envelope, Journal
+from yptask.store.journal import Envelope, Journal
+from yptask.wire.codec import DEFAULT_MAX_DEPTH
 
 TASKS = """
 [[task]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yptask.replicated import (
+from yptask.store.replicated import (
     Entry,
     HybridClock,
     ReplicatedStore,

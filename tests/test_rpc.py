@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 from support import ALONE, ECHO
 
-from yptask.config import NodeConfig, TaskDef
+from yptask.config.node import NodeConfig
+from yptask.config.tasks import TaskDef
 from yptask.errors import (
     ConfigError,
     DecodeError,

@@ -26,8 +26,6 @@ from support import (
     worker_env,
 )
 
-from yptask import codec
-from yptask.bertrpc import Call, Info, NoReply, Reply, decode_packet, frame
 from yptask.errors import (
     CallTimeout,
     EncodeError,
@@ -38,6 +36,8 @@ from yptask.errors import (
     WorkerExited,
 )
 from yptask.tasks.runner import EXIT_PROTOCOL, EXIT_SETUP_FAILED
+from yptask.wire import codec
+from yptask.wire.bertrpc import Call, Info, NoReply, Reply, decode_packet, frame
 
 SETUP = {"task": "sample", "node": "test-node", "settings": {}}
 

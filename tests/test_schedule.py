@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from yptask.errors import ConfigError
-from yptask.schedule import TimerDef, due_fires, fire_id, next_fire
+from yptask.timers.schedule import TimerDef, due_fires, fire_id, next_fire
 
 
 def at(text: str, zone: str = "UTC") -> float:

@@ -186,7 +186,7 @@ def test_the_console_status_view_shows_why(tmp_path: Path) -> None:
     require_browser()
     from playwright.sync_api import sync_playwright
 
-    from yptask.passwords import hash_password
+    from yptask.access.passwords import hash_password
 
     (tmp_path / "node.toml").write_text(
         f'[node]\nconsole_password_hash = "{hash_password("pw-start-failure")}"\n')

@@ -17,10 +17,10 @@ import pytest
 from support import SeededNode, read_records, recording_task, wait_for
 
 from yptask.errors import LinkError
-from yptask.replicated import HybridClock, ReplicatedStore
-from yptask.schedule import TimerDef, fire_id
-from yptask.timer_lease import Lease, Voter, quorum
-from yptask.timer_runner import TIMER_KEY, TIMER_STATE_KEY, TimerRunner
+from yptask.store.replicated import HybridClock, ReplicatedStore
+from yptask.timers.leader import TIMER_KEY, TIMER_STATE_KEY, TimerRunner
+from yptask.timers.lease import Lease, Voter, quorum
+from yptask.timers.schedule import TimerDef, fire_id
 
 pytestmark = pytest.mark.timeout(240)
 

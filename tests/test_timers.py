@@ -11,7 +11,8 @@ import json
 import pytest
 from support import ALONE, TEST_WORKERS, until
 
-from yptask.config import NodeConfig, TaskDef
+from yptask.config.node import NodeConfig
+from yptask.config.tasks import TaskDef
 from yptask.errors import ConfigError, UnknownTimer
 from yptask.node import Node
 

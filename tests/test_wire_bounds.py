@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from support import ECHO, NodeProcess, wait_for
 
-from yptask import codec
-from yptask.bertrpc import Call, ErrorReply, Info, Reply, decode_packet, frame, parse_packet
-from yptask.codec import decode, describe, encode
-from yptask.decoding import OFF_LOOP_BYTES, PRE_AUTH, PUBLISHER, Decoder, InflationBudget
 from yptask.errors import DecodeError, ProtocolError
+from yptask.wire import codec
+from yptask.wire.bertrpc import Call, ErrorReply, Info, Reply, decode_packet, frame, parse_packet
+from yptask.wire.codec import decode, describe, encode
+from yptask.wire.decoding import OFF_LOOP_BYTES, PRE_AUTH, PUBLISHER, Decoder, InflationBudget
 
 
 def compressed(value: object, level: int = 9) -> bytes:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from support import ALONE, TEST_WORKERS, NodeProcess, until, wait_for
 
-from yptask.config import NodeConfig
+from yptask.config.node import NodeConfig
 from yptask.node import Node
 
 FAULTS = {"name": "faults", "messages": ["faults.*"], "worker_class": "faults:Faults",

@@ -21,15 +21,16 @@ from typing import Any
 from aiohttp import web
 
 from yptask.log_limit import LogLimiter
+from yptask.service import Service
 from yptask.web.auth import SESSION_COOKIE, SESSION_TTL_S, Guard, is_loopback
 from yptask.web.origin import OriginCheck
-from yptask.web.rpc import PublisherNode, RPCEndpoint
+from yptask.web.rpc import RPCEndpoint
 
 __all__ = ["GUARD", "NODE", "make_app"]
 
 log = logging.getLogger(__name__)
 
-NODE = web.AppKey("node", PublisherNode)
+NODE = web.AppKey("node", Service)
 GUARD = web.AppKey("guard", Guard)
 # What strangers cause (refused addresses, failed logins) is logged a line every few seconds.
 STRANGERS = web.AppKey("strangers", LogLimiter)
@@ -44,10 +45,10 @@ _PAGE_HEADERS = {**_NO_STORE, "X-Frame-Options": "DENY", "X-Content-Type-Options
                                             "frame-ancestors 'none'"}
 
 
-def make_app(node: PublisherNode, admin_token: str | None = None) -> web.Application:
+def make_app(node: Service, admin_token: str | None = None) -> web.Application:
     """Build the node's HTTP application; `app[NODE]` is the node, `app[GUARD]` its rules.
 
-    `admin_token`: the node's admin token (`yptask.node_secrets`); without one, only
+    `admin_token`: the node's admin token (`yptask.access.secrets`); without one, only
     the console password administers it."""
     config = node.config
     guard = Guard(config.console_password_hash, config.http_host, admin_token=admin_token,

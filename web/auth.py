@@ -21,7 +21,7 @@ A publisher token (`api_tokens`, one per application) grants `cast` and `call`
 only; without publisher tokens, publishing is open to whoever reaches the node.
 An allow-list of networks (`allow_from`) closes every surface to other addresses.
 
-Passwords are hashed with scrypt (`yptask.passwords`), which costs about 40 ms
+Passwords are hashed with scrypt (`yptask.access.passwords`), which costs about 40 ms
 and 16 MiB a check on purpose: checks run one at a time on their own thread,
 never on the executor the node uses for anything else, a few at most wait for
 it, and an address with too many failures is refused without one
@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from yptask.addresses import is_loopback
-from yptask.passwords import verify_password
+from yptask.access.addresses import is_loopback
+from yptask.access.passwords import verify_password
 
 __all__ = ["CSRF_HEADER", "SESSION_COOKIE", "SESSION_TTL_S", "Guard", "LoginThrottle",
            "is_loopback"]

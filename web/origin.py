@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
-from yptask.addresses import address_literal
+from yptask.access.addresses import address_literal
 from yptask.errors import ProtocolError, Unauthorized, YPTaskError, wire_code
 from yptask.log_limit import LogLimiter
 

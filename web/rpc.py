@@ -25,13 +25,11 @@ import logging
 import math
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from jsonrpcserver import Error, Success, async_dispatch_to_serializable
 
-from yptask import ingress
-from yptask.config import NodeConfig
 from yptask.errors import (
     ConfigError,
     DecodeError,
@@ -43,9 +41,11 @@ from yptask.errors import (
     YPTaskError,
     wire_code,
 )
+from yptask.ingress import checks as ingress
+from yptask.service import Service
 from yptask.web.auth import Guard
 
-__all__ = ["METHODS", "PublisherNode", "RPCEndpoint", "error_data", "request_problem"]
+__all__ = ["METHODS", "RPCEndpoint", "error_data", "request_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -61,54 +61,6 @@ PUBLIC_METHODS = frozenset({"cast", "call"})  # publishing; the rest is administ
 # and may be any size: they are not bounded here.
 ANSWER_FACTOR = 4
 ANSWER_SLACK_BYTES = 4096
-
-
-class PublisherNode(Protocol):
-    """What the publisher API needs from a node (`yptask.node.Node` provides it)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def config(self) -> NodeConfig: ...
-
-    async def cast(self, name: Any, msg: Any, /, *, id: Any = None, priority: Any = 0
-                   ) -> Any: ...
-
-    async def cast_many(self, casts: list[tuple[Any, Any, Any, Any]], /) -> list[Any]: ...
-
-    async def call(self, name: str, msg: Any, /, *, timeout_s: float) -> Any: ...
-
-    async def list_tasks(self) -> Any: ...
-
-    async def get_task(self, name: str, /) -> Any: ...
-
-    async def put_task(self, definition: dict[str, Any], /) -> Any: ...
-
-    async def delete_task(self, name: str, /) -> Any: ...
-
-    async def restart_task(self, name: str, /) -> Any: ...
-
-    async def status(self) -> Any: ...
-
-    async def nodes(self) -> Any: ...
-    async def forget_node(self, name: str) -> Any: ...
-
-    async def failures(self, limit: int, /) -> Any: ...
-
-    async def metrics(self, step_s: int, span_s: int, /) -> Any: ...
-
-    async def list_timers(self) -> Any: ...
-
-    async def get_timer(self, name: str, /) -> Any: ...
-
-    async def put_timer(self, definition: dict[str, Any], /) -> Any: ...
-
-    async def delete_timer(self, name: str, /) -> Any: ...
-
-    async def dead_letters(self, limit: int, /) -> Any: ...
-
-    async def replay(self, id: str, task: str | None, /) -> Any: ...
 
 
 # ---------------------------------------------------------------- parameter checks
@@ -135,85 +87,85 @@ def _integer(method: str, param: str, value: Any, *, minimum: int = -2**63,
 # ---------------------------------------------------------------- the methods
 
 
-async def _cast(node: PublisherNode, /, name: Any, msg: Any, id: Any = None,
+async def _cast(node: Service, /, name: Any, msg: Any, id: Any = None,
                 priority: Any = 0) -> Any:
-    # The node checks every field of a cast (yptask.ingress), whatever the surface.
+    # The node checks every field of a cast (yptask.ingress.checks), whatever the surface.
     return await node.cast(name, msg, id=id, priority=priority)
 
 
-async def _call(node: PublisherNode, /, name: Any, msg: Any, timeout: Any = 30) -> Any:
+async def _call(node: Service, /, name: Any, msg: Any, timeout: Any = 30) -> Any:
     return await node.call(_string("call", "name", name), msg,
                            timeout_s=ingress.check_timeout(timeout))
 
 
-async def _tasks_list(node: PublisherNode, /) -> Any:
+async def _tasks_list(node: Service, /) -> Any:
     return await node.list_tasks()
 
 
-async def _tasks_get(node: PublisherNode, /, name: Any) -> Any:
+async def _tasks_get(node: Service, /, name: Any) -> Any:
     return await node.get_task(_string("tasks.get", "name", name))
 
 
-async def _tasks_put(node: PublisherNode, /, definition: Any) -> Any:
+async def _tasks_put(node: Service, /, definition: Any) -> Any:
     if not isinstance(definition, dict):
         raise _bad("tasks.put", "definition", "an object (a task definition)", definition)
     return await node.put_task(definition)
 
 
-async def _tasks_delete(node: PublisherNode, /, name: Any) -> Any:
+async def _tasks_delete(node: Service, /, name: Any) -> Any:
     return await node.delete_task(_string("tasks.delete", "name", name))
 
 
-async def _tasks_restart(node: PublisherNode, /, name: Any) -> Any:
+async def _tasks_restart(node: Service, /, name: Any) -> Any:
     return await node.restart_task(_string("tasks.restart", "name", name))
 
 
-async def _timers_list(node: PublisherNode, /) -> Any:
+async def _timers_list(node: Service, /) -> Any:
     return await node.list_timers()
 
 
-async def _timers_get(node: PublisherNode, /, name: Any) -> Any:
+async def _timers_get(node: Service, /, name: Any) -> Any:
     return await node.get_timer(_string("timers.get", "name", name))
 
 
-async def _timers_put(node: PublisherNode, /, definition: Any) -> Any:
+async def _timers_put(node: Service, /, definition: Any) -> Any:
     if not isinstance(definition, dict):
         raise _bad("timers.put", "definition", "an object (a timer definition)", definition)
     return await node.put_timer(definition)
 
 
-async def _timers_delete(node: PublisherNode, /, name: Any) -> Any:
+async def _timers_delete(node: Service, /, name: Any) -> Any:
     return await node.delete_timer(_string("timers.delete", "name", name))
 
 
-async def _failures_list(node: PublisherNode, /, limit: Any = 100) -> Any:
+async def _failures_list(node: Service, /, limit: Any = 100) -> Any:
     return await node.failures(_integer("failures.list", "limit", limit, minimum=1,
                                         maximum=MAX_DEAD_LETTERS))
 
 
-async def _metrics(node: PublisherNode, /, step: Any = 10, span: Any = 600) -> Any:
+async def _metrics(node: Service, /, step: Any = 10, span: Any = 600) -> Any:
     return await node.metrics(_integer("metrics", "step", step, minimum=1, maximum=600),
                               _integer("metrics", "span", span, minimum=1, maximum=600))
 
 
-async def _nodes(node: PublisherNode, /) -> Any:
+async def _nodes(node: Service, /) -> Any:
     return await node.nodes()
 
 
-async def _nodes_forget(node: PublisherNode, /, name: Any) -> Any:
+async def _nodes_forget(node: Service, /, name: Any) -> Any:
     return await node.forget_node(_string("nodes.forget", "name", name))
 
 
-async def _status(node: PublisherNode, /) -> Any:
+async def _status(node: Service, /) -> Any:
     return await node.status()
 
 
-async def _dead_list(node: PublisherNode, /, limit: Any = 100) -> Any:
+async def _dead_list(node: Service, /, limit: Any = 100) -> Any:
     return await node.dead_letters(_integer("dead.list", "limit", limit, minimum=1,
                                                      maximum=MAX_DEAD_LETTERS))
 
 
-async def _dead_replay(node: PublisherNode, /, id: Any, task: Any = None) -> Any:
+async def _dead_replay(node: Service, /, id: Any, task: Any = None) -> Any:
     return await node.replay(_string("dead.replay", "id", id),
                              _string("dead.replay", "task", task, optional=True))
 
@@ -285,7 +237,7 @@ class _Signature:
         raise ConfigError(f"invalid params for {self.name}: {problem}; it takes {self.usage}")
 
 
-async def _invoke(fn: Method, signature: _Signature, node: PublisherNode,
+async def _invoke(fn: Method, signature: _Signature, node: Service,
                   params: list[Any] | dict[str, Any]) -> tuple[bool, Any]:
     """Run one method: (True, result), or (False, error object) for any failure:
     yptask errors by the wire table, anything else as a logged -32603."""
@@ -301,7 +253,7 @@ def _method(name: str, fn: Method) -> Method:
     """Wrap `fn(node, *params)` as a jsonrpcserver method that answers every failure itself."""
     signature = _Signature(name, fn)
 
-    async def method(node: PublisherNode, /, *args: Any, **kwargs: Any) -> Any:
+    async def method(node: Service, /, *args: Any, **kwargs: Any) -> Any:
         ok, value = await _invoke(fn, signature, node, kwargs if kwargs else list(args))
         return Success(value) if ok else Error(**value)
 
@@ -407,7 +359,7 @@ def _no_validation(request: Any) -> Any:
 class RPCEndpoint:
     """The `POST /rpc` handler of one node."""
 
-    def __init__(self, node: PublisherNode, guard: Guard | None = None) -> None:
+    def __init__(self, node: Service, guard: Guard | None = None) -> None:
         self.node = node
         self.guard = guard
         self.max_body_bytes = node.config.max_body_bytes

@@ -2,6 +2,6 @@
 
 import sys
 
-from yptask.cli import main
+from yptask.cli.main import main
 
 sys.exit(main())

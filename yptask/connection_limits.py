@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from yptask.config import NodeConfig
+    from yptask.config.node import NodeConfig
 
 __all__ = ["Caps", "ConnectionLimit", "RefusalLog", "caps", "default_caps", "guarded",
            "raise_fd_limit"]

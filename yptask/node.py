@@ -37,13 +37,17 @@ from typing import Any
 
 import pykka
 
-from yptask import __version__, ingress
-from yptask.bert_endpoint import BertEndpoint
-from yptask.client_ids import IDS_REQUEST, KNOWN, PENDING, Claims, ClientIds
-from yptask.cluster import Cluster, ClusterSettings
-from yptask.config import NodeConfig, TaskDef, load_tasks, validate_message_name
+from yptask import __version__
+from yptask.access.secrets import ADMIN_TOKEN_FILE, COOKIE_FILE, read_or_make
+from yptask.cluster.client_ids import IDS_REQUEST, KNOWN, PENDING, Claims, ClientIds
+from yptask.cluster.membership import Change
+from yptask.cluster.mesh import Cluster, ClusterSettings
+from yptask.config.node import NodeConfig
+from yptask.config.tasks import TaskDef, load_tasks, validate_message_name
 from yptask.connection_limits import caps
-from yptask.dispatch import TaskPool
+from yptask.delivery.forwarding import Forwarder
+from yptask.delivery.pool import TaskPool
+from yptask.endpoints.bert import BertEndpoint
 from yptask.errors import (
     CallTimeout,
     ConfigError,
@@ -59,13 +63,10 @@ from yptask.errors import (
     WorkerStartFailed,
     YPTaskError,
 )
-from yptask.forwarding import Forwarder
-from yptask.group_commit import JournalThread
-from yptask.journal import Envelope, Journal
-from yptask.membership import Change
-from yptask.node_secrets import ADMIN_TOKEN_FILE, COOKIE_FILE, read_or_make
-from yptask.replicated import Entry, HybridClock, ReplicatedStore
-from yptask.schedule import TimerDef
+from yptask.ingress import checks as ingress
+from yptask.store.group_commit import JournalThread
+from yptask.store.journal import Envelope, Journal
+from yptask.store.replicated import Entry, HybridClock, ReplicatedStore
 from yptask.supervision import (
     ChildSpec,
     Phase,
@@ -76,8 +77,9 @@ from yptask.supervision import (
 )
 from yptask.supervisors.task import NodePlace, TaskSupervisor
 from yptask.supervisors.worker import Outcome, ProcessGone, WorkerHooks
-from yptask.timer_runner import TIMER_KEY, TIMER_STATE_KEY, TimerRunner, timer_rows
-from yptask.worker_process import payload_size
+from yptask.timers.leader import TIMER_KEY, TIMER_STATE_KEY, TimerRunner, timer_rows
+from yptask.timers.schedule import TimerDef
+from yptask.workers.process import payload_size
 
 __all__ = ["Node"]
 
@@ -110,7 +112,7 @@ class Node:
         self.pools: dict[str, TaskPool] = {}
         self.stopping = False
         self.http_url = ""
-        self.admin_token = ""  # see yptask.node_secrets; read at start
+        self.admin_token = ""  # see yptask.access.secrets; read at start
         self._cluster_cookie = b""  # read at start, before any worker runs
         self.bert_address = ""
         self._bert: BertEndpoint | None = None
@@ -335,7 +337,7 @@ class Node:
         self.http_url = f"http://{host}:{port}"
 
     async def _start_http(self) -> None:
-        from yptask.http_server import HTTPLimits, HTTPServer
+        from yptask.endpoints.http_server import HTTPLimits, HTTPServer
         from yptask.web.app import make_app
 
         assert self._http_socket is not None
@@ -398,12 +400,12 @@ class Node:
                         ) -> list[dict[str, Any] | YPTaskError]:
         """Journal many casts, (name, msg, id, priority) each, in one group commit.
 
-        Every field is checked here, by the rules of `yptask.ingress`, whatever
+        Every field is checked here, by the rules of `yptask.ingress.checks`, whatever
         surface it came from. Answers each in order: its result as `cast` gives it,
         or the error that refused it (a refused cast stores nothing; the others
         are not affected, even when the journal itself refuses one of them).
         Only the timer leader casts `ticks`, with ids publishers may not use. Given
-        ids (ticks' too) are first claimed at their home nodes (yptask.client_ids).
+        ids (ticks' too) are first claimed at their home nodes (yptask.cluster.client_ids).
         """
         self._check_running()
         answers: list[dict[str, Any] | YPTaskError] = []
@@ -1082,7 +1084,7 @@ def _start_error_view(error: WorkerStartFailed | None) -> dict[str, Any]:
 
 
 def _envelope(term: Any, peer: str) -> Envelope:
-    """A forwarded message, as `yptask.forwarding.delivery_terms` wrote it."""
+    """A forwarded message, as `yptask.delivery.forwarding.delivery_terms` wrote it."""
     if not (isinstance(term, list) and len(term) == 6 and isinstance(term[0], str)
             and isinstance(term[1], str) and isinstance(term[3], (int, float))
             and isinstance(term[4], int)

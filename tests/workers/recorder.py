@@ -23,7 +23,7 @@ from typing import Any
 
 from yptask.tasks.base import BaseTask
 
-TICK_PREFIX = "timer:"  # yptask.schedule.fire_id: timer:NAME:SCHEDULED
+TICK_PREFIX = "timer:"  # yptask.timers.schedule.fire_id: timer:NAME:SCHEDULED
 
 
 def tick_of(message_id: str) -> float | None:

@@ -18,7 +18,7 @@ sends takes the node down. The node's `allow_from` list closes the endpoint to
 other addresses. A connection past `max_bert_connections` gets an `Overloaded`
 error and is closed; one with no whole frame for `bert_idle_timeout_s` is closed.
 
-Decoding is bounded by `yptask.decoding` (PUBLISHER, or the much smaller
+Decoding is bounded by `yptask.wire.decoding` (PUBLISHER, or the much smaller
 PRE_AUTH on a node with `api_tokens` until the connection shows a token,
 which also caps its frames at PRE_AUTH_MAX_FRAME), and big frames decode off
 the event loop.
@@ -32,8 +32,22 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from yptask import ingress
-from yptask.bertrpc import (
+from yptask.connection_limits import ConnectionLimit, caps, guarded
+from yptask.errors import (
+    ConfigError,
+    EncodeError,
+    FrameError,
+    NoSuchFunction,
+    NoSuchModule,
+    Overloaded,
+    ProtocolError,
+    Unauthorized,
+    YPTaskError,
+)
+from yptask.ingress import checks as ingress
+from yptask.log_limit import LogLimiter
+from yptask.web.auth import Guard
+from yptask.wire.bertrpc import (
     DEFAULT_MAX_FRAME,
     Call,
     Cast,
@@ -46,22 +60,8 @@ from yptask.bertrpc import (
     frame,
     parse_packet,
 )
-from yptask.codec import describe
-from yptask.connection_limits import ConnectionLimit, caps, guarded
-from yptask.decoding import PRE_AUTH, PUBLISHER, Decoder, InflationBudget
-from yptask.errors import (
-    ConfigError,
-    EncodeError,
-    FrameError,
-    NoSuchFunction,
-    NoSuchModule,
-    Overloaded,
-    ProtocolError,
-    Unauthorized,
-    YPTaskError,
-)
-from yptask.log_limit import LogLimiter
-from yptask.web.auth import Guard
+from yptask.wire.codec import describe
+from yptask.wire.decoding import PRE_AUTH, PUBLISHER, Decoder, InflationBudget
 
 if TYPE_CHECKING:
     from yptask.node import Node
@@ -202,7 +202,7 @@ class BertEndpoint:
                        if isinstance(opts, dict) else ingress.json_type(opts))
                 raise ConfigError("cast options must be a map: #{id => Id, priority => 0..9}; "
                                   f"got {got[:200]}")
-            # The node checks every field of a cast (yptask.ingress), whatever the surface.
+            # The node checks every field of a cast (yptask.ingress.checks), whatever the surface.
             return await self.node.cast(args[0], args[1], id=opts.get("id"),
                                         priority=opts.get("priority", 0))
         if call.function == "call" and len(args) in (2, 3):

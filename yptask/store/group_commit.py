@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from yptask.journal import Envelope, Journal
+from yptask.store.journal import Envelope, Journal
 
 __all__ = ["JournalThread"]
 

@@ -290,8 +290,8 @@ def _client(args: argparse.Namespace) -> Client:
 def _admin_token(args: argparse.Namespace) -> str | None:
     """$YPTASK_ADMIN_TOKEN, else the token in the data dir, but only for a node on
     loopback: the token of a node here is never sent to another machine."""
-    from yptask.addresses import is_loopback
-    from yptask.node_secrets import read_admin_token
+    from yptask.access.addresses import is_loopback
+    from yptask.access.secrets import read_admin_token
 
     if os.environ.get("YPTASK_ADMIN_TOKEN"):
         return os.environ["YPTASK_ADMIN_TOKEN"]
@@ -302,7 +302,7 @@ def _admin_token(args: argparse.Namespace) -> str | None:
 
 def _hash_password(args: argparse.Namespace) -> int:
     """Print a hash for `console_password_hash`, of a password typed (or piped) in."""
-    from yptask.passwords import hash_password
+    from yptask.access.passwords import hash_password
 
     if sys.stdin.isatty():
         password = getpass.getpass("console password: ")
@@ -454,7 +454,7 @@ def _read_file(path: str, load: Callable[[str], list[T]], table: str) -> list[T]
 
 
 def _task_apply(args: argparse.Namespace) -> int:
-    from yptask.config import load_tasks
+    from yptask.config.tasks import load_tasks
 
     tasks = _read_file(str(args.file), load_tasks, "task")
     client = _client(args)
@@ -508,7 +508,7 @@ def _timer_show(args: argparse.Namespace) -> int:
 
 
 def _timer_apply(args: argparse.Namespace) -> int:
-    from yptask.schedule import load_timers
+    from yptask.timers.schedule import load_timers
 
     timers = _read_file(str(args.file), load_timers, "timer")
     client = _client(args)

@@ -25,7 +25,7 @@ number that only grows). Every node is a voter and may become a candidate:
   between casting it and renewing.
 
 Pure bookkeeping apart from the ballot file: callers pass the time in, and the
-runner (`yptask.timer_runner`) does the asking over the links.
+runner (`yptask.timers.leader`) does the asking over the links.
 """
 
 from __future__ import annotations

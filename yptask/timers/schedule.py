@@ -31,7 +31,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from yptask.config import checked_definition, read_toml, validate_message_name
+from yptask.config.fields import checked_definition, read_toml
+from yptask.config.tasks import validate_message_name
 from yptask.errors import ConfigError
 
 __all__ = ["MISFIRE_POLICIES", "ON_TIME_S", "TimerDef", "due_fires", "fire_id", "load_timers",

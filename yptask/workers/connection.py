@@ -6,7 +6,7 @@ message at a time, as the worker does. While the worker is idle, the node's
 event loop may run one call on it itself (`call_on_loop`), which spares two
 thread wake-ups per call; `lock` is held by whichever side is speaking on the
 pipes. Spawning is shared with the asyncio variant
-(`yptask.worker_process.spawn_process`). A call that times out, or a worker
+(`yptask.workers.process.spawn_process`). A call that times out, or a worker
 that breaks the protocol, gets the worker's process group killed: its state
 is unknown. Whatever is left of the group once the worker has exited (children
 that ignored the SIGTERM of a stop) is killed too: the group dies with its worker.
@@ -25,7 +25,8 @@ import time
 from collections import deque
 from typing import Any
 
-from yptask.bertrpc import (
+from yptask.errors import CallTimeout, ProtocolError, WorkerExited
+from yptask.wire.bertrpc import (
     Call,
     ErrorReply,
     FrameReader,
@@ -35,8 +36,7 @@ from yptask.bertrpc import (
     frame,
     write_frame,
 )
-from yptask.errors import CallTimeout, ProtocolError, WorkerExited
-from yptask.worker_process import WorkerSpec, spawn_process
+from yptask.workers.process import WorkerSpec, spawn_process
 
 __all__ = ["WorkerConnection"]
 

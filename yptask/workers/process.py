@@ -25,8 +25,9 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from yptask import codec
-from yptask.bertrpc import (
+from yptask.errors import CallTimeout, EncodeError, FrameError, ProtocolError, WorkerExited
+from yptask.wire import codec
+from yptask.wire.bertrpc import (
     DEFAULT_MAX_FRAME,
     Call,
     Cast,
@@ -36,8 +37,7 @@ from yptask.bertrpc import (
     decode_packet,
     frame,
 )
-from yptask.codec import Atom
-from yptask.errors import CallTimeout, EncodeError, FrameError, ProtocolError, WorkerExited
+from yptask.wire.codec import Atom
 
 __all__ = ["MAX_PAYLOAD_DEPTH", "WorkerProcess", "WorkerSpec", "handle_call", "payload_size",
            "spawn_process"]

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from yptask.config import TaskDef
+from yptask.cluster.membership import Member
+from yptask.config.tasks import TaskDef
 from yptask.errors import YPTaskError
-from yptask.group_commit import JournalThread
-from yptask.journal import Delivery, Journal
-from yptask.membership import Member
+from yptask.store.group_commit import JournalThread
+from yptask.store.journal import Delivery, Journal
 
 __all__ = ["Forwarder", "delivery_terms"]
 

@@ -30,7 +30,8 @@ from typing import Any
 
 import pykka
 
-from yptask.config import TaskDef
+from yptask.config.tasks import TaskDef
+from yptask.delivery.metrics import Failure, TaskMetrics
 from yptask.errors import (
     CallTimeout,
     EncodeError,
@@ -39,12 +40,11 @@ from yptask.errors import (
     WorkerExited,
     YPTaskError,
 )
-from yptask.group_commit import JournalThread
-from yptask.journal import Delivery, Journal
-from yptask.metrics import Failure, TaskMetrics
+from yptask.store.group_commit import JournalThread
+from yptask.store.journal import Delivery, Journal
 from yptask.supervisors.worker import Job, Outcome
-from yptask.worker_connection import WorkerConnection
-from yptask.worker_process import handle_call
+from yptask.workers.connection import WorkerConnection
+from yptask.workers.process import handle_call
 
 __all__ = ["TaskPool"]
 

@@ -48,9 +48,9 @@ from functools import partial
 from typing import Any
 
 from yptask.errors import ProtocolError, YPTaskError
-from yptask.group_commit import JournalThread
-from yptask.journal import IdReader, Journal
 from yptask.log_limit import LogLimiter
+from yptask.store.group_commit import JournalThread
+from yptask.store.journal import IdReader, Journal
 
 __all__ = [
     "IDS_REQUEST",

@@ -16,7 +16,7 @@ message and no second delivery, for as long as the id is remembered (the
 dedupe window, after the message is done).
 
 This class is synchronous and not thread-safe: one thread owns it (see
-`yptask.group_commit` for the writer that batches concurrent casts into
+`yptask.store.group_commit` for the writer that batches concurrent casts into
 one transaction).
 """
 
@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     died_at REAL NOT NULL,
     PRIMARY KEY (message_id, task)
 );
-CREATE TABLE IF NOT EXISTS client_ids (  -- ids homed here, taken elsewhere (yptask.client_ids)
+CREATE TABLE IF NOT EXISTS client_ids (  -- ids homed here, taken elsewhere (cluster/client_ids.py)
     id TEXT PRIMARY KEY,
     taken_at REAL NOT NULL
 );
@@ -416,7 +416,7 @@ class Journal:
 
 class IdReader:
     """A read-only connection of its own to a journal, for the client-id checks of
-    yptask.client_ids: they run beside the journal's thread (WAL lets them), so they
+    yptask.cluster.client_ids: they run beside the journal's thread (WAL lets them), so they
     never wait for its commits nor split its group commits. Used by one thread."""
 
     def __init__(self, path: str | Path) -> None:

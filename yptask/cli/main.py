@@ -3,7 +3,7 @@
 Each subcommand imports what it needs when it runs, so `yptask worker` (the
 command every Python worker process starts with) loads nothing heavy. The admin
 commands (`cast`, `call`, `restart`, `tasks`, `task`, `status`, `dead`) live in
-`yptask.cli_admin`, whose docstring lists their exit codes.
+`yptask.cli.admin`, whose docstring lists their exit codes.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ EPILOG = """examples:
   yptask dead --replay ID                       requeue one of them
 """
 
-# The admin commands (yptask.cli_admin), with their one-line help.
+# The admin commands (yptask.cli.admin), with their one-line help.
 ADMIN_COMMANDS = {
     "cast": "publish a message to every task subscribed to its name",
     "call": "have one worker handle a message now; print its answer",
@@ -76,15 +76,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(rest)
     if args.command == "node":
-        from yptask.node_main import main as node_main
+        from yptask.cli.node import main as node_main
 
         return node_main(rest)
     if args.command == "demo":
-        from yptask.demo import main as demo_main
+        from yptask.cli.demo import main as demo_main
 
         return demo_main()
     if args.command in ADMIN_COMMANDS:
-        from yptask.cli_admin import main as admin_main
+        from yptask.cli.admin import main as admin_main
 
         return admin_main([args.command, *rest])
     parser.print_help(sys.stderr)

@@ -12,7 +12,7 @@ Packets (bert-rpc.org, BERT-RPC 1.0):
             Type = protocol | server | user | proxy
 
 This module is shared by the worker side (blocking reads on file descriptors)
-and the node side (asyncio streams, in `yptask.worker_process`), so it imports
+and the node side (asyncio streams, in `yptask.workers.process`), so it imports
 only the standard library and yptask's protocol modules.
 """
 
@@ -24,8 +24,6 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from yptask import codec
-from yptask.codec import Atom
 from yptask.errors import (
     EncodeError,
     FrameError,
@@ -39,6 +37,8 @@ from yptask.errors import (
     error_class_for,
     wire_code,
 )
+from yptask.wire import codec
+from yptask.wire.codec import Atom
 
 __all__ = [
     "DEFAULT_MAX_FRAME",

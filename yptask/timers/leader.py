@@ -1,6 +1,6 @@
 """The timer leader: the one node that fires the cluster's cron timers, while its lease holds.
 
-Every node runs a `TimerRunner`. It votes in the timer lease (`yptask.timer_lease`)
+Every node runs a `TimerRunner`. It votes in the timer lease (`yptask.timers.lease`)
 and, when no one holds it, stands as a candidate (the lowest-named live node
 first, the others a moment later); only the holder fires, and only while its
 lease is valid, checked again before each tick. Timer definitions and each
@@ -32,9 +32,9 @@ from typing import Any
 
 from yptask.errors import ConfigError, ProtocolError, YPTaskError
 from yptask.log_limit import LogLimiter
-from yptask.replicated import Entry, ReplicatedStore
-from yptask.schedule import TimerDef, due_fires, fire_id, next_fire
-from yptask.timer_lease import Lease, Voter, merge_fires, quorum
+from yptask.store.replicated import Entry, ReplicatedStore
+from yptask.timers.lease import Lease, Voter, merge_fires, quorum
+from yptask.timers.schedule import TimerDef, due_fires, fire_id, next_fire
 
 __all__ = ["TIMER_KEY", "TIMER_STATE_KEY", "VOTER_KEY", "TimerRunner", "timer_rows"]
 

@@ -1,7 +1,7 @@
 """The ingress rules: what every field of a cast or a call must be before the node takes it.
 
 One set of rules for every surface (JSON-RPC in `yptask.web.rpc`, BERT-RPC in
-`yptask.bert_endpoint`, and in-process callers through `yptask.node.Node`),
+`yptask.endpoints.bert`, and in-process callers through `yptask.node.Node`),
 so a value refused on one is refused on all, with the same words. A refused
 field raises `ConfigError` (-32602, BERT server 102) naming the field and
 saying what it must be; the caller's other messages are not affected.
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 MAX_ID_CHARS = 128
-TICK_ID_PREFIX = "timer:"  # see yptask.schedule.fire_id
+TICK_ID_PREFIX = "timer:"  # see yptask.timers.schedule.fire_id
 MAX_NAME_CHARS = 255  # as validate_message_name
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
 MAX_TIMEOUT_S = 86_400.0  # a day: a call waits no longer, and the timer stays representable

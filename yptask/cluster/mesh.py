@@ -31,16 +31,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from yptask.codec import describe
+from yptask.cluster.discovery import DEFAULT_SERVICE_TYPE, Discovery, Sighting
+from yptask.cluster.link import HANDSHAKE_TIMEOUT_S, Identity, Link, LinkRefused, accept, dial
+from yptask.cluster.membership import Change, Member, Membership, MemberState
 from yptask.connection_limits import ConnectionLimit, guarded
-from yptask.decoding import Decoder
-from yptask.discovery import DEFAULT_SERVICE_TYPE, Discovery, Sighting
 from yptask.errors import LinkError, NoSuchFunction, ProtocolError, YPTaskError
-from yptask.link import HANDSHAKE_TIMEOUT_S, Identity, Link, LinkRefused, accept, dial
 from yptask.log_limit import LogLimiter
-from yptask.membership import Change, Member, Membership, MemberState
-from yptask.replicated import Entry, ReplicatedStore, digest_from_term, digest_to_term
+from yptask.store.replicated import Entry, ReplicatedStore, digest_from_term, digest_to_term
 from yptask.web.auth import Guard
+from yptask.wire.codec import describe
+from yptask.wire.decoding import Decoder
 
 __all__ = ["Cluster", "ClusterNode", "ClusterSettings"]
 

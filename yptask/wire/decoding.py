@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from yptask import codec
 from yptask.errors import DecodeError
+from yptask.wire import codec
 
 __all__ = ["LINK", "LINK_HANDSHAKE", "OFF_LOOP_BYTES", "PRE_AUTH", "PUBLISHER", "Bounds",
            "Decoder", "InflationBudget"]

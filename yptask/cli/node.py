@@ -79,7 +79,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     """Run a node until a stop signal; return the exit code."""
-    from yptask.config import NodeConfig
+    from yptask.config.node import NodeConfig
 
     args = parse_args(argv)
     overrides: dict[str, Any] = {"name": args.name, "data_dir": args.data_dir,

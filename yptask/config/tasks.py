@@ -1,0 +1,199 @@
+"""Task definitions: the model, its validation, TOML loading, topics.
+
+A task definition carries every field of the YPTask console plus yptask's
+delivery settings. `TaskDef.from_dict` is the one way in from outside (TOML
+files, the admin API, gossip): it checks every field and raises `ConfigError`
+naming the field, so nothing invalid is ever half-applied.
+
+Message names are dotted (`upai.photos.upload`); a task subscribes with
+patterns in which `*` stands for exactly one segment and `#` for any number
+of segments, zero included (AMQP topic rules).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yptask.config.fields import boolean, checked_definition, number, read_toml, string
+from yptask.errors import ConfigError
+
+__all__ = ["ANY_NODE", "TaskDef", "load_tasks", "topic_matches", "validate_message_name"]
+
+_SEGMENT = r"[A-Za-z0-9_-]+"
+_MESSAGE_NAME = re.compile(rf"{_SEGMENT}(\.{_SEGMENT})*")
+_PATTERN = re.compile(rf"({_SEGMENT}|\*|#)(\.({_SEGMENT}|\*|#))*")
+_TASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+_WORKER_CLASS = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ANY_NODE = "*"
+
+
+def validate_message_name(name: Any) -> str:
+    """Return `name` if it is a valid message name; raise ConfigError saying why not."""
+    if not isinstance(name, str) or not _MESSAGE_NAME.fullmatch(name) or len(name) > 255:
+        raise ConfigError(f"invalid message name {name!r}: use dotted segments of letters, "
+                          "digits, '_' and '-', e.g. 'upai.photos.upload'")
+    return name
+
+
+def topic_matches(pattern: str, name: str) -> bool:
+    """Return True if message `name` matches subscription `pattern` (`*` one segment, `#` any)."""
+    return _match(pattern.split("."), name.split("."))
+
+
+def _match(pattern: list[str], name: list[str]) -> bool:
+    if not pattern:
+        return not name
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, name[i:]) for i in range(len(name) + 1))
+    return bool(name) and head in ("*", name[0]) and _match(rest, name[1:])
+
+
+@dataclass(frozen=True)
+class TaskDef:
+    """One task: what it subscribes to, how its workers start, how many run where."""
+
+    name: str
+    messages: tuple[str, ...]
+    worker_class: str = ""  # MODULE:CLASS, served by the Python runner
+    command: tuple[str, ...] = ()  # or any argv that speaks the worker protocol
+    group: str = "default"
+    use_stdio: bool = False
+    stdout: str = ""  # log file of the workers' stdout; "" = the node's log folder
+    stderr: str = ""
+    debug: bool = False
+    max_idle_s: float = 300.0  # 0: never reap idle workers
+    env: Mapping[str, str] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    nodes: Mapping[str, int] = field(default_factory=lambda: {ANY_NODE: 1})
+    max_attempts: int = 5
+    retry_backoff_s: float = 1.0
+    message_timeout_s: float = 60.0
+    shutdown_timeout_s: float = 10.0
+    restart_generation: int = 0
+    max_queue: int = 100_000  # messages waiting here for this task; past it, casts are refused
+    # More than max_restarts worker restarts within restart_period_s put the task into a
+    # visible backoff (exponential, capped) instead of restarting on.
+    max_restarts: int = 5
+    restart_period_s: float = 10.0
+
+    def subscribes_to(self, message_name: str) -> bool:
+        """Return True if any of this task's patterns matches `message_name`."""
+        return any(topic_matches(p, message_name) for p in self.messages)
+
+    def workers_on(self, node_name: str) -> int:
+        """Return how many workers this task runs on `node_name` (the `*` row is the default)."""
+        return self.nodes.get(node_name, self.nodes.get(ANY_NODE, 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the definition as plain JSON/TOML-compatible data."""
+        data = asdict(self)
+        data["messages"] = list(self.messages)
+        data["command"] = list(self.command)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskDef:
+        """Build a checked definition from plain data; raise ConfigError naming the bad field.
+
+        An empty `worker_class` or `command` counts as not given: `to_dict` writes both,
+        one of them empty, so that what it writes reads back."""
+        if isinstance(data, Mapping):
+            data = {key: value for key, value in data.items()
+                    if not (key in _ONE_OF and value in ("", [], ()))}
+        label, values = checked_definition(data, _CHECKS, "task", ("name", "messages"))
+        if bool(values.get("worker_class")) == bool(values.get("command")):
+            raise ConfigError(f"{label}: give exactly one of 'worker_class' (MODULE:CLASS) "
+                              "or 'command' (an argv list)")
+        return cls(**values)
+
+
+_ONE_OF = ("worker_class", "command")  # how a task's workers start: exactly one of these
+
+
+def _messages(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError("must be a non-empty list of message names or patterns")
+    for pattern in value:
+        if not isinstance(pattern, str) or not _PATTERN.fullmatch(pattern):
+            raise ConfigError(f"{pattern!r} is not a message name or pattern "
+                              "(dotted segments; '*' = one segment, '#' = any)")
+    return tuple(dict.fromkeys(value))
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(a, str) and a for a in value):
+        raise ConfigError("must be a list of non-empty strings (an argv), e.g. "
+                          '["ruby", "worker.rb"]')
+    return tuple(value)
+
+
+def _env(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table of NAME = \"value\"")
+    for key, item in value.items():
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+            raise ConfigError(f"{key!r} is not an environment variable name")
+        if not isinstance(item, str):
+            raise ConfigError(f"{key}: value must be a string, got {item!r}")
+    return dict(value)
+
+
+def _settings(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError("must be a table with string keys")
+    return dict(value)
+
+
+def _nodes(value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise ConfigError('must be a table of node name = worker count ("*" = any node)')
+    for key, count in value.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{key!r} is not a node name")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 1000:
+            raise ConfigError(f"{key}: worker count must be an integer from 0 to 1000, "
+                              f"got {count!r}")
+    return dict(value)
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "name": string(_TASK_NAME, "start with a letter; letters, digits, '_', '.', '-'; "
+                                "at most 64 characters"),
+    "messages": _messages,
+    "worker_class": string(_WORKER_CLASS, "use MODULE:CLASS, e.g. 'myapp.tasks:Resizer'"),
+    "command": _command,
+    "group": string(),
+    "use_stdio": boolean,
+    "stdout": string(),
+    "stderr": string(),
+    "debug": boolean,
+    "max_idle_s": number(0),
+    "env": _env,
+    "settings": _settings,
+    "nodes": _nodes,
+    "max_attempts": number(1, integer=True),
+    "retry_backoff_s": number(0),
+    "message_timeout_s": number(0.001),
+    "shutdown_timeout_s": number(0),
+    "restart_generation": number(0, integer=True),
+    "max_queue": number(1, integer=True),
+    "max_restarts": number(0, integer=True),
+    "restart_period_s": number(0.001),
+}
+
+
+def load_tasks(path: str | Path) -> list[TaskDef]:
+    """Read task definitions (`[[task]]` tables) from a TOML file."""
+    data = read_toml(path, "task")
+    tasks = [TaskDef.from_dict(entry) for entry in data.get("task", [])]
+    names = [t.name for t in tasks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: task(s) defined twice: {', '.join(duplicates)}")
+    return tasks

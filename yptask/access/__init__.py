@@ -1,0 +1,1 @@
+"""Who may do what, independent of transport: addresses, passwords, the node's secrets."""

@@ -1,0 +1,1 @@
+"""The `yptask` command line: one module per command family."""

@@ -1,0 +1,1 @@
+"""The cluster: links between nodes, membership, discovery, cluster-wide client ids."""

@@ -1,0 +1,1 @@
+"""Cron timers: their schedule, the lease that picks one leader, the leader that fires them."""

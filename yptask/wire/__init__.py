@@ -1,0 +1,1 @@
+"""The wire formats: the BERT codec, BERT-RPC packets and framing, bounded decoding. Pure."""

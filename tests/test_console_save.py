@@ -20,7 +20,8 @@ import pytest
 from support import TEST_WORKERS, require_browser, until, wait_for
 from test_console_browser import PASSWORD, ConsoleNode, console_page
 
-from yptask.node import TASK_KEY, Node
+from yptask.node import Node
+from yptask.store.config_map import TASK_KEY
 from yptask.tasks.runner import runner_argv
 
 pytestmark = pytest.mark.timeout(300)
@@ -31,10 +32,10 @@ def same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def _stored(node: Node, task: str) -> Any:
+async def _stored(node: Node, task: str) -> Any:
     """The entry of `task` in the node's replicated config: a write gives it a new version."""
-    assert node._store is not None
-    return node._store.get(TASK_KEY + task)
+    assert node._config_map is not None
+    return await node._config_map.get(TASK_KEY + task)
 
 
 async def _running_pids(node: Node, task: str) -> list[int] | None:
@@ -48,12 +49,12 @@ async def test_an_unchanged_put_stores_nothing_and_restarts_nothing(node):
     # Given a task whose workers run
     pids = await until(lambda: _running_pids(node, "sample"), what="the sample workers")
     definition = await node.get_task("sample")
-    stored = _stored(node, "sample")
+    stored = await _stored(node, "sample")
     # When the very definition it has is put again
     answer = await node.put_task(definition)
     # Then it says nothing changed, nothing was written, and the same workers serve on
     assert answer["changed"] is False
-    assert _stored(node, "sample") == stored
+    assert await _stored(node, "sample") == stored
     assert same({k: v for k, v in answer.items() if k != "changed"}, definition)
     assert await node.call("sample.echo", 1) == 1
     assert await _running_pids(node, "sample") == pids

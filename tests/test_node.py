@@ -112,7 +112,7 @@ async def test_a_call_its_caller_gave_up_on_still_ends_and_frees_its_worker(star
     # Then the worker finishes that message (not killed), and the next call gets its own
     # answer from it, not the one the first caller left
     assert await node.call("upai.echo", "mine", timeout_s=10) == "mine"
-    assert node.pools["a"].live_workers == 1
+    assert node.running.pools["a"].live_workers == 1
     status = (await node.status())["tasks"]["a"]
     assert status["workers"] == {"n1": 1} and status["in_flight"] == 0
 
@@ -130,7 +130,7 @@ async def test_a_call_that_loses_its_worker_fails_and_the_worker_is_replaced(
     with pytest.raises(error):
         await node.call(name, msg, timeout_s=20)
     # A fresh worker takes the next call
-    assert await until(lambda: node.pools["a"].live_workers == 1, what="a new worker")
+    assert await until(lambda: node.running.pools["a"].live_workers == 1, what="a new worker")
     assert await node.call("upai.echo", 2, timeout_s=20) == 2
 
 
@@ -163,7 +163,7 @@ async def test_a_worker_dying_mid_message_causes_redelivery_with_the_next_attemp
     (record,) = await until(lambda: recorded(tmp_path, "a"), what="redelivery")
     assert (record["id"], record["attempt"]) == (cast["id"], 2)
     # and the supervisor replaced the dead worker
-    await until(lambda: node.pools["a"].free_workers == 1, what="a fresh worker")
+    await until(lambda: node.running.pools["a"].free_workers == 1, what="a fresh worker")
 
 
 async def test_a_message_queued_behind_a_crash_keeps_its_attempt(start_node, tmp_path):
@@ -205,7 +205,7 @@ async def test_big_messages_and_answers_do_not_jam_a_worker_pipe(start_node, tmp
     for _ in range(6):
         await node.cast("upai.echo", big)
     # Then every one is handled, none stuck behind a full pipe
-    await until(lambda: node.pools["a"].handled == 6, timeout_s=20, what="six big echoes")
+    await until(lambda: node.running.pools["a"].handled == 6, timeout_s=20, what="six big echoes")
 
 
 async def test_failing_messages_are_dead_lettered_with_their_error_and_can_be_replayed(
@@ -224,7 +224,7 @@ async def test_failing_messages_are_dead_lettered_with_their_error_and_can_be_re
     assert letter["error_class"] == "ValueError" and letter["error"] == "bad input"
     assert "handle_fail" in letter["traceback"]
     assert await node.replay(cast["id"]) == 1
-    await until(lambda: node.pools["a"].failed == 4, what="two more failed attempts")
+    await until(lambda: node.running.pools["a"].failed == 4, what="two more failed attempts")
     assert len(await until(node.dead_letters, what="dead again")) == 1
 
 
@@ -280,7 +280,7 @@ async def test_rolling_restart_interrupts_no_message_in_flight(start_node, tmp_p
     # Given two slow messages in flight
     await node.cast("upai.record_slowly", {"seconds": 1.0, "n": 1})
     await node.cast("upai.record_slowly", {"seconds": 1.0, "n": 2})
-    await until(lambda: node.pools["a"].in_flight == 2, what="two in flight")
+    await until(lambda: node.running.pools["a"].in_flight == 2, what="two in flight")
     # When the task is restarted
     result = await node.restart_task("a")
     # Then both finished on their first attempt, and new workers serve
@@ -308,7 +308,7 @@ async def test_restart_intensity_is_a_task_setting(start_node, tmp_path):
     node = await start_node([broken])
     # Then its first failure puts it into backoff, with no restart spent before
     await until(lambda: _state(node, "broken"), what="backoff")
-    assert node._supervisor_states["broken"][1].restarts == 0
+    assert node._tree._states["broken"][1].restarts == 0
     # And the default is the documented 5 restarts within 10 s
     default = sample_task("d", ["*.x"], tmp_path)
     assert (default.max_restarts, default.restart_period_s) == (5, 10.0)
@@ -428,7 +428,7 @@ async def test_edits_survive_a_restart_and_the_seed_is_applied_once(start_node, 
 async def test_stopping_lets_workers_finish_and_leaves_no_process(start_node, tmp_path):
     node = await start_node([sample_task("a", ["*.record_slowly"], tmp_path)])
     await node.cast("upai.record_slowly", {"seconds": 0.5, "n": 1})
-    await until(lambda: node.pools["a"].in_flight == 1, what="in flight")
+    await until(lambda: node.running.pools["a"].in_flight == 1, what="in flight")
     assert child_workers()
     await node.stop()
     assert [r["attempt"] for r in recorded(tmp_path, "a")] == [1]
@@ -456,7 +456,7 @@ async def test_the_journal_pruner_survives_an_error_of_the_journal(tmp_path, cap
     node = await Node.start(config, tasks=[TaskDef.from_dict(ECHO)])
     try:
         await node.cast("upai.echo", {"n": 1})
-        await until(lambda: node.pools["echo"].handled >= 1, what="handled")
+        await until(lambda: node.running.pools["echo"].handled >= 1, what="handled")
     finally:
         await node.stop()
     # and a journal that refuses to forget it (a fault of the store, made with a trigger)

@@ -17,8 +17,9 @@ import pytest
 from support import SeededNode, read_records, recording_task, wait_for
 
 from yptask.errors import LinkError
+from yptask.store.config_map import TIMER_KEY, TIMER_STATE_KEY, ConfigMap
 from yptask.store.replicated import HybridClock, ReplicatedStore
-from yptask.timers.leader import TIMER_KEY, TIMER_STATE_KEY, TimerRunner
+from yptask.timers.leader import TimerRunner
 from yptask.timers.lease import Lease, Voter, quorum
 from yptask.timers.schedule import TimerDef, fire_id
 
@@ -107,17 +108,15 @@ async def a_takeover(tmp_path: Path, peer: FakePeer) -> list[str]:
     async def record(name: str, payload: Any, message_id: str) -> None:
         cast.append(message_id)
 
-    async def publish(entries: list[Any]) -> None:
-        return None
-
     async def nothing_here(ids: list[str]) -> set[str]:
         return set()
 
-    runner = TimerRunner("b", store, cast=record, peers=lambda: ["c"], ask=peer.ask,
-                         publish=publish, ballot=tmp_path / "ballot", lease_s=3.0,
+    config = ConfigMap(store)
+    runner = TimerRunner("b", config, cast=record, peers=lambda: ["c"], ask=peer.ask,
+                         ballot=tmp_path / "ballot", lease_s=3.0,
                          known_here=nothing_here, wall=lambda: 1000.5)
     await runner._round()
-    store.close()
+    await config.close()
     return cast
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from yptask.errors import ConfigError
 
-__all__ = ["ADMIN_TOKEN_FILE", "COOKIE_FILE", "read_admin_token", "read_or_make"]
+__all__ = ["ADMIN_TOKEN_FILE", "COOKIE_FILE", "cluster_cookie", "read_admin_token", "read_or_make"]
 
 ADMIN_TOKEN_FILE = "admin-token"
 COOKIE_FILE = "cookie"
@@ -47,3 +47,11 @@ def read_admin_token(data_dir: Path) -> str | None:
         return read_or_make(data_dir / ADMIN_TOKEN_FILE, "admin token", make=False)
     except ConfigError:
         return None
+
+
+def cluster_cookie(cookie: str | None, cookie_file: Path | None, data_dir: Path) -> bytes:
+    """The cluster cookie: as given, from its file, or a random one kept in the data dir."""
+    if cookie is not None:
+        return cookie.encode()
+    path = cookie_file or data_dir / COOKIE_FILE
+    return read_or_make(path, "cluster cookie", make=cookie_file is None).encode()

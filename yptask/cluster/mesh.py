@@ -13,8 +13,10 @@ write is pushed to every peer at once, and every `sync_every_s` (and on every
 new link) a node trades digests with each peer and both take what they lack
 (anti-entropy), so a node that was away catches up when it returns.
 
-The node plugs in through `ClusterNode`: it applies config changes, answers
-forwarded deliveries and calls, and reports its load.
+The node plugs in through `ClusterNode`: it answers forwarded deliveries and
+calls, reports its load, and hears of members changing. Config entries go to
+and come from the node's `ConfigMap` (yptask.store.config_map), which tells the
+node's parts of every change itself.
 
 The node's `allow_from` networks cover the link port: a connection from
 elsewhere is closed before any handshake work, and a peer found at an
@@ -34,10 +36,12 @@ from typing import Any, Protocol
 from yptask.cluster.discovery import DEFAULT_SERVICE_TYPE, Discovery, Sighting
 from yptask.cluster.link import HANDSHAKE_TIMEOUT_S, Identity, Link, LinkRefused, accept, dial
 from yptask.cluster.membership import Change, Member, Membership, MemberState
-from yptask.connection_limits import ConnectionLimit, guarded
+from yptask.config.node import NodeConfig
+from yptask.connection_limits import ConnectionLimit, caps, guarded
 from yptask.errors import LinkError, NoSuchFunction, ProtocolError, YPTaskError
 from yptask.log_limit import LogLimiter
-from yptask.store.replicated import Entry, ReplicatedStore, digest_from_term, digest_to_term
+from yptask.store.config_map import ConfigMap
+from yptask.store.replicated import Entry, digest_from_term, digest_to_term
 from yptask.web.auth import Guard
 from yptask.wire.codec import describe
 from yptask.wire.decoding import Decoder
@@ -53,9 +57,7 @@ NODE_REQUESTS = frozenset({"deliver", "call"})  # link requests the node itself 
 class ClusterNode(Protocol):
     """What the cluster needs from its node."""
 
-    async def apply_config(self, changed: list[Entry]) -> None: ...
-
-    def load(self) -> dict[str, Any]: ...
+    def heartbeat_load(self) -> dict[str, Any]: ...
 
     async def link_request(self, peer: str, kind: str, args: list[Any]) -> Any: ...
 
@@ -85,6 +87,18 @@ class ClusterSettings:
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S  # for a stranger to authenticate
     allow_from: tuple[str, ...] = ()  # networks (CIDR) that may link; empty: any
 
+    @classmethod
+    def of(cls, c: NodeConfig, *, cookie: bytes, http_url: str, version: str
+           ) -> ClusterSettings:
+        """A node's settings, as its config gives them."""
+        seeds = tuple((host, int(port)) for host, _, port in (s.rpartition(":") for s in c.join))
+        return cls(cluster=c.cluster, name=c.name, cookie=cookie, link_host=c.link_host,
+                   link_port=c.link_port, http_url=http_url, seeds=seeds, mdns=c.mdns,
+                   service_type=c.mdns_type, heartbeat_s=c.heartbeat_s,
+                   suspect_after_s=c.down_after_s / 2, down_after_s=c.down_after_s,
+                   version=version, max_connections=caps(c).link,
+                   handshake_timeout_s=c.link_handshake_timeout_s, allow_from=c.allow_from)
+
 
 @dataclass
 class _Target:
@@ -101,12 +115,12 @@ class _Target:
 class Cluster:
     """Links, membership and config replication for one node."""
 
-    def __init__(self, settings: ClusterSettings, node: ClusterNode, store: ReplicatedStore,
+    def __init__(self, settings: ClusterSettings, node: ClusterNode, config: ConfigMap,
                  boot: str) -> None:
         self._strangers = LogLimiter(log)  # refused links: a line every few seconds
         self.settings = settings
         self.node = node
-        self.store = store
+        self.config = config
         self.me = Identity(settings.cluster, settings.name, boot)
         self.started_at = time.time()
         self.membership = Membership(settings.suspect_after_s, settings.down_after_s)
@@ -311,7 +325,7 @@ class Cluster:
 
     def _me_as_member(self) -> Member:
         return Member(self.me.name, self.me.boot, self.link_address, self.settings.http_url,
-                      self.started_at, load=self.node.load())
+                      self.started_at, load=self.node.heartbeat_load())
 
     def _gossip(self) -> list[list[Any]]:
         return [[m.name, m.link] for m in self.membership.alive()]
@@ -388,34 +402,26 @@ class Cluster:
 
     async def _sync(self, link: Link) -> None:
         """Anti-entropy with one peer: take what it has newer, give what we have newer."""
-        answer = await link.request("sync", [digest_to_term(self.store.digest())],
+        answer = await link.request("sync", [digest_to_term(await self.config.digest())],
                                     self._timeout())
         if not (isinstance(answer, list) and len(answer) == 2 and isinstance(answer[0], list)):
             raise ProtocolError(f"node {link.peer.name} answered sync with {describe(answer)}")
-        await self._merge([Entry.from_term(term) for term in answer[0]])
+        await self.config.merge([Entry.from_term(term) for term in answer[0]])
         theirs = digest_from_term(answer[1])
-        ours = [entry.to_term() for entry in await asyncio.to_thread(self.store.newer_than,
-                                                                     theirs)]
+        ours = [entry.to_term() for entry in await self.config.newer_than(theirs)]
         if ours:
             await link.request("push", [ours], self._timeout())
 
     async def _on_sync(self, link: Link, args: list[Any]) -> Any:
         theirs = digest_from_term(args[0] if args else None)
-        newer = await asyncio.to_thread(self.store.newer_than, theirs)
-        return [[entry.to_term() for entry in newer], digest_to_term(self.store.digest())]
+        newer = await self.config.newer_than(theirs)
+        return [[entry.to_term() for entry in newer], digest_to_term(await self.config.digest())]
 
     async def _on_push(self, link: Link, args: list[Any]) -> Any:
         if not args or not isinstance(args[0], list):
             raise ProtocolError("push takes [entries]")
-        await self._merge([Entry.from_term(term) for term in args[0]])
+        await self.config.merge([Entry.from_term(term) for term in args[0]])
         return None
-
-    async def _merge(self, entries: list[Entry]) -> None:
-        if not entries:
-            return
-        changed = await asyncio.to_thread(self.store.merge, entries)
-        if changed:
-            await self.node.apply_config(changed)
 
     # ------------------------------------------------------------------ helpers
 

@@ -3,8 +3,9 @@
 A cast is journaled on the node that received it, with one delivery per
 subscribed task, wherever the task runs. For a task with no worker on this
 node, its `Forwarder` claims a batch of its deliveries, picks a live node that
-runs it (the one with the shortest queue, from the load peers gossip in their
-heartbeats), and sends them in one `deliver` request. The receiver journals
+runs it (`pick_peer`: the one with the least work waiting and in flight, from
+the load peers gossip in their heartbeats; calls go by the same rule), and
+sends them in one `deliver` request. The receiver journals
 them and only then answers; only then are they acked here. If the request
 fails (the link breaks, the peer dies, times out, or refuses) the batch is
 released, attempts unspent, and sent again, to that node or another. So a
@@ -19,17 +20,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 from yptask.cluster.membership import Member
 from yptask.config.tasks import TaskDef
-from yptask.errors import YPTaskError
+from yptask.errors import ProtocolError, UnknownTask, YPTaskError
 from yptask.store.group_commit import JournalThread
-from yptask.store.journal import Delivery, Journal
+from yptask.store.journal import Delivery, Envelope, Journal
 
-__all__ = ["Forwarder", "delivery_terms"]
+__all__ = ["Forwarder", "accept_forwarded", "delivery_terms", "pick_peer"]
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,8 @@ class Forwarder:
         self._wake.set()
 
     def target(self) -> str | None:
-        """The live peer to send to: one running the task, with the shortest queue."""
-        name = self.task.name
-        runners = [m for m in self._peers() if self.task.workers_on(m.name) > 0]
-        if not runners:
-            return None
-        return min(runners, key=lambda m: (_queued(m, name), m.name)).name
+        """The live peer to send to (see pick_peer)."""
+        return pick_peer(self._peers(), [self.task])
 
     async def _forward_forever(self) -> None:
         name = self.task.name
@@ -125,9 +122,49 @@ def delivery_terms(batch: list[Delivery]) -> list[list[Any]]:
              d.message.priority, d.message.deadline] for d in batch]
 
 
-def _queued(member: Member, task: str) -> int:
+def pick_peer(members: list[Member], tasks: list[TaskDef]) -> str | None:
+    """The live peer to give work of `tasks` to: one running a worker of one of them, with
+    the least of their work waiting and in flight (ties: by name); None if none runs one."""
+    runners = [m for m in members if any(t.workers_on(m.name) > 0 for t in tasks)]
+    if not runners:
+        return None
+    return min(runners, key=lambda m: (sum(_busy(m, t.name) for t in tasks), m.name)).name
+
+
+def _busy(member: Member, task: str) -> int:
+    """Deliveries of `task` waiting and in flight on `member`, as it last said."""
     load = member.load.get(task)
     if not isinstance(load, dict):
         return 0
-    value = load.get("queued", 0)
-    return int(value) if isinstance(value, (int, float)) else 0
+    return sum(int(v) for key in ("queued", "in_flight")
+               if isinstance(v := load.get(key, 0), (int, float)) and not isinstance(v, bool))
+
+
+async def accept_forwarded(journal: JournalThread, peer: str, args: list[Any], *,
+                           node_name: str, pools: Mapping[str, Any],
+                           check_room: Callable[[list[str]], None]) -> int:
+    """Journal the deliveries a peer forwards for one of our tasks (its `deliver` request);
+    answer how many were new, once they are committed."""
+    if not (len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], list)):
+        raise ProtocolError(f"node {peer} sent a malformed deliver request")
+    task, terms = args
+    pool = pools.get(task)
+    if pool is None:
+        raise UnknownTask(f"node {node_name} has no task {task!r} (yet)")
+    check_room([task])  # the sender keeps them, and tries again later
+    envelopes = [_envelope(term, peer) for term in terms]
+    new = await journal.run(partial(Journal.accept_forwarded, envelopes=envelopes, task=task))
+    if new:
+        pool.notify()
+    return int(new)
+
+
+def _envelope(term: Any, peer: str) -> Envelope:
+    """A forwarded message, as `delivery_terms` wrote it."""
+    if not (isinstance(term, list) and len(term) == 6 and isinstance(term[0], str)
+            and isinstance(term[1], str) and isinstance(term[3], (int, float))
+            and isinstance(term[4], int)
+            and (term[5] is None or isinstance(term[5], (int, float)))):
+        raise ProtocolError(f"node {peer} forwarded a malformed message {term!r:.80}")
+    return Envelope(term[0], term[1], term[2], float(term[3]), term[4],
+                    None if term[5] is None else float(term[5]))

@@ -32,17 +32,14 @@ from typing import Any
 
 from yptask.errors import ConfigError, ProtocolError, YPTaskError
 from yptask.log_limit import LogLimiter
-from yptask.store.replicated import Entry, ReplicatedStore
+from yptask.store.config_map import TIMER_KEY, TIMER_STATE_KEY, VOTER_KEY, ConfigMap
 from yptask.timers.lease import Lease, Voter, merge_fires, quorum
 from yptask.timers.schedule import TimerDef, due_fires, fire_id, next_fire
 
-__all__ = ["TIMER_KEY", "TIMER_STATE_KEY", "VOTER_KEY", "TimerRunner", "timer_rows"]
+__all__ = ["TimerRunner", "timer_rows"]
 
 log = logging.getLogger(__name__)
 
-TIMER_KEY = "timer:"  # definitions in the replicated config map
-TIMER_STATE_KEY = "timer_state:"  # {"last_fire", "last_error", "last_error_at"} per timer
-VOTER_KEY = "voter:"  # the roster: every node that votes in the lease, {"since": wall}
 ROUND_S = 0.2
 STAGGER_S = 0.3  # a free lease: the n-th live node by name stands n times this late
 DOUBT_LEASES = 3  # a new leader waits this many leases to learn if a tick was cast before
@@ -54,21 +51,19 @@ Ask = Callable[[str, str, list[Any], float], Awaitable[Any]]  # (peer, kind, arg
 class TimerRunner:
     """Votes in the timer lease, stands for it when it is free, and fires while it holds it."""
 
-    def __init__(self, node_name: str, store: ReplicatedStore, *, cast: Cast,
-                 peers: Callable[[], list[str]], ask: Ask,
-                 publish: Callable[[list[Entry]], Awaitable[None]], ballot: Path,
+    def __init__(self, node_name: str, config: ConfigMap, *, cast: Cast,
+                 peers: Callable[[], list[str]], ask: Ask, ballot: Path,
                  lease_s: float, known_here: Callable[[list[str]], Awaitable[set[str]]],
                  settle_s: float = 0.0, wall: Callable[[], float] = time.time,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """`settle_s`: how long after its start this node stands for nothing, so that it
         hears of its peers (and whoever leads them) first; 0 for a node that has none."""
         self.node_name = node_name
-        self.store = store
+        self.config = config
         self.lease_s = lease_s
         self._cast = cast
         self._peers = peers
         self._ask_peer = ask
-        self._publish = publish
         self._wall = wall
         self._clock = clock
         self.voter = Voter(ballot, lease_s, clock())
@@ -85,7 +80,6 @@ class TimerRunner:
         # timer -> (its tick in doubt, since when): see _resolve_doubt
         self._doubt: dict[str, tuple[float, float]] = {}
         self._won_at: float | None = None  # wall time of the last new epoch won, till used
-        self._background: set[asyncio.Future[None]] = set()  # publishes of fired state
 
     # ------------------------------------------------------------------ for the node
 
@@ -115,6 +109,13 @@ class TimerRunner:
             await asyncio.to_thread(self.voter.save)
         return answer
 
+    async def on_tick_known(self, peer: str, args: list[Any]) -> list[str]:
+        """A new leader asks which of these tick ids this node journaled (_resolve_doubt)."""
+        if not (len(args) == 1 and isinstance(args[0], list)
+                and all(isinstance(i, str) for i in args[0]) and len(args[0]) <= 100):
+            raise ProtocolError(f"node {peer} sent a malformed tick_known request")
+        return sorted(await self._known_here(list(args[0])))
+
     async def on_release(self, peer: str, args: list[Any]) -> None:
         if len(args) != 2 or not isinstance(args[0], int):
             raise ProtocolError("lease_release takes [epoch, fires]")
@@ -122,10 +123,9 @@ class TimerRunner:
 
     async def start(self) -> None:
         """Join the roster (this node votes from now on) and start the rounds."""
-        if self.node_name not in await asyncio.to_thread(self.store.values, VOTER_KEY):
-            entry = await asyncio.to_thread(self.store.put, VOTER_KEY + self.node_name,
-                                            {"since": self._wall()})
-            await self._publish([entry])
+        if self.node_name not in await self.config.values(VOTER_KEY):
+            await self.config.put([(VOTER_KEY + self.node_name, {"since": self._wall()})],
+                                  wait=True)
         self._task = asyncio.get_running_loop().create_task(self._run_forever(),
                                                             name="timers")
 
@@ -135,21 +135,19 @@ class TimerRunner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await asyncio.gather(*self._background, return_exceptions=True)
         if self.lease.holding(self._clock()):
             self.lease.lost()
             args = [self.lease.epoch, self._fires]
             await asyncio.gather(*(self._quietly(peer, "lease_release", args)
                                    for peer in self._peers()))
             self.voter.release(self.node_name, self.lease.epoch, self._fires, self._clock())
-        entry = await asyncio.to_thread(self.store.put, VOTER_KEY + self.node_name, None)
-        await self._publish([entry])
+        await self.config.put([(VOTER_KEY + self.node_name, None)], wait=True)
 
     async def forget(self, name: str) -> bool:
         """Take `name` off the roster, on every node; False if it was not on it."""
-        if name not in await asyncio.to_thread(self.store.values, VOTER_KEY):
+        if name not in await self.config.values(VOTER_KEY):
             return False
-        await self._publish([await asyncio.to_thread(self.store.put, VOTER_KEY + name, None)])
+        await self.config.put([(VOTER_KEY + name, None)], wait=True)
         return True
 
     # ------------------------------------------------------------------ rounds
@@ -169,8 +167,9 @@ class TimerRunner:
             await asyncio.sleep(ROUND_S)
 
     async def _round(self) -> None:
-        definitions, states, roster = await asyncio.to_thread(self._read)
-        self._roster = roster
+        definitions, states, roster = await self.config.snapshot(TIMER_KEY, TIMER_STATE_KEY,
+                                                                 VOTER_KEY)
+        self._roster = set(roster)
         now = self._clock()
         if self.lease.holding(now):
             if self.lease.valid_until - now < self.lease_s * 2 / 3:
@@ -181,9 +180,7 @@ class TimerRunner:
         if self.lease.holding(self._clock()):
             changed = await self.fire_due(definitions, states)
             if changed:  # the voters know already; the store and the peers' copies follow
-                entries = await asyncio.to_thread(
-                    lambda: [self.store.put(key, value) for key, value in changed])
-                self._spawn(self._publish(entries))
+                await self.config.put(changed)
 
     def _may_stand(self, now: float) -> bool:
         holder = self.voter.promise(now)["holder"]
@@ -247,11 +244,6 @@ class TimerRunner:
 
     def _ask_timeout(self) -> float:
         return max(0.2, self.lease_s / 3)
-
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def _quietly(self, peer: str, kind: str, args: list[Any]) -> None:
         with contextlib.suppress(YPTaskError, asyncio.TimeoutError):
@@ -347,17 +339,14 @@ class TimerRunner:
             state["last_fire"] = accounted
         return state
 
-    def _read(self) -> tuple[dict[str, Any], dict[str, Any], set[str]]:
-        return (self.store.values(TIMER_KEY), self.store.values(TIMER_STATE_KEY),
-                set(self.store.values(VOTER_KEY)))
 
 
-def timer_rows(store: ReplicatedStore, lease: dict[str, Any]) -> list[dict[str, Any]]:
+def timer_rows(definitions: dict[str, Any], states: dict[str, Any], lease: dict[str, Any]
+               ) -> list[dict[str, Any]]:
     """Every timer with its state: last fire, next fire, last error, who fires it (the
     lease's `leader`, "" while none holds it) and in which `epoch`."""
-    states = store.values(TIMER_STATE_KEY)
     rows = []
-    for name, value in sorted(store.values(TIMER_KEY).items()):
+    for name, value in sorted(definitions.items()):
         state = states.get(name) or {}
         last = state.get("last_fire")
         try:

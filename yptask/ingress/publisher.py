@@ -1,0 +1,264 @@
+"""Publishing: a cast journaled for every subscribed task, a call run by one worker now.
+
+`Publisher` is where every cast and call enters the node, whatever surface it
+came by (JSON-RPC, BERT-RPC, a timer's tick, a peer's forwarded call): each
+field is checked here, by the rules of `yptask.ingress.checks`, once. A cast is
+answered once it is committed to the journal (in one group commit with the
+casts that came with it); a refused cast stores nothing and costs the others
+nothing. Given ids are first claimed at their home nodes
+(yptask.cluster.client_ids), so an id is taken once in the whole cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from yptask.cluster.client_ids import KNOWN, PENDING, Claims, ClientIds
+from yptask.cluster.membership import Member
+from yptask.config.node import NodeConfig
+from yptask.config.tasks import validate_message_name
+from yptask.delivery.forwarding import Request, pick_peer
+from yptask.delivery.load import Load
+from yptask.delivery.running import RunningTasks
+from yptask.errors import (
+    CallTimeout,
+    ConfigError,
+    EncodeError,
+    IdPending,
+    JournalError,
+    NodeStopping,
+    NoSubscriber,
+    Overloaded,
+    YPTaskError,
+)
+from yptask.ingress import checks
+from yptask.store.group_commit import JournalThread
+from yptask.store.journal import Envelope
+from yptask.workers.process import payload_size
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger(__name__)
+
+LINK_GRACE_S = 2.0  # a call sent to another node waits this much longer than its timeout
+Accepted = list[tuple[Envelope, list[str]]]  # a message to journal, and its tasks
+Places = list[tuple[int, dict[str, Any]]]  # (place in the answers, the answer)
+
+
+class Publisher:
+    """Casts and calls into one node."""
+
+    def __init__(self, config: NodeConfig, journal: JournalThread, running: RunningTasks,
+                 load: Load, stopping: Callable[[], bool]) -> None:
+        self.config = config
+        self.name = config.name
+        self._journal = journal
+        self._running = running
+        self._load = load
+        self._stopping = stopping
+        self._new_id = MessageIds()
+        self._ids: ClientIds | None = None  # from the cluster's start: before, alone
+        self._peers: Callable[[], list[Member]] = list
+        self._request: Request | None = None
+
+    def join(self, ids: ClientIds, peers: Callable[[], list[Member]], request: Request) -> None:
+        """The cluster runs: claim given ids at their homes, send calls to peers."""
+        self._ids, self._peers, self._request = ids, peers, request
+
+    def check_running(self) -> None:
+        if self._stopping():
+            raise NodeStopping(f"node {self.name} is stopping; send to another node or retry")
+
+    async def cast(self, name: Any, msg: Any, *, id: Any = None, priority: Any = 0,
+                   ticks: bool = False) -> dict[str, Any]:
+        """Journal a message for every subscribed task; return once it is committed."""
+        result = (await self.cast_many([(name, msg, id, priority)], ticks=ticks))[0]
+        if isinstance(result, YPTaskError):
+            raise result
+        return result
+
+    async def cast_many(self, casts: list[tuple[Any, Any, Any, Any]], *, ticks: bool = False
+                        ) -> list[dict[str, Any] | YPTaskError]:
+        """Journal many casts, (name, msg, id, priority) each, in one group commit.
+
+        Answers each in order: its result as `cast` gives it, or the error that
+        refused it (a refused cast stores nothing; the others are not affected, even
+        when the journal itself refuses one of them). Only the timer leader casts
+        `ticks`, with ids publishers may not use.
+        """
+        self.check_running()
+        answers: list[dict[str, Any] | YPTaskError] = []
+        accepted, results, given = self._checked(casts, answers, ticks=ticks)
+        claims = None
+        if given and self._ids is not None:
+            claims = await self._ids.claim(given)
+            accepted, results = _claimed(claims, accepted, results, answers)
+        added = await self._journal.append_many(accepted) if accepted else []
+        if claims is not None:
+            assert self._ids is not None
+            stored = [(envelope.id, not isinstance(new, Exception))
+                      for (envelope, _), new in zip(accepted, added, strict=True)]
+            self._ids.settle(claims, taken=[i for i, ok in stored if ok],
+                             released=[i for i, ok in stored if not ok])
+        notified: set[str] = set()
+        for (envelope, subscribed), new, (place, result) in zip(accepted, added, results,
+                                                                strict=True):
+            if isinstance(new, Exception):  # the others of its group commit are stored
+                answers[place] = _journal_refused(envelope, new)
+                continue
+            result["duplicate"] = not new
+            if new:
+                for task in subscribed:
+                    self._load.added(task)
+                    notified.add(task)
+        for task in notified:
+            self._running.notify(task)
+        return answers
+
+    def _checked(self, casts: list[tuple[Any, Any, Any, Any]],
+                 answers: list[dict[str, Any] | YPTaskError], *, ticks: bool
+                 ) -> tuple[Accepted, Places, list[str]]:
+        """Check every cast; answer the refused ones in `answers`, and return the others
+        (with their places in `answers`) and the ids they came with."""
+        accepted: Accepted = []
+        results: Places = []
+        given: list[str] = []  # the ids the casts came with (a publisher's, a tick's)
+        for given_name, msg, given_id, given_priority in casts:
+            try:
+                name = checks.check_name(given_name)
+                id = checks.check_id(given_id, tick=ticks)
+                priority = checks.check_priority(given_priority)
+                self.check_message(name, msg, journaled=True)
+                payload_json = _journal_text(msg)
+                subscribed = self._running.subscribers(name)
+                self._load.check_room(subscribed)
+            except YPTaskError as exc:
+                answers.append(exc)
+                continue
+            envelope = Envelope(id or self._new_id(), name, msg, time.time(), priority,
+                                payload_json=payload_json)
+            accepted.append((envelope, subscribed))
+            results.append((len(answers), {"id": envelope.id, "tasks": subscribed}))
+            answers.append(results[-1][1])
+            if id:
+                given.append(id)
+        return accepted, results, given
+
+    async def call(self, name: str, msg: Any, *, timeout_s: float = 30.0,
+                   here_only: bool = False) -> Any:
+        """Have one worker of a subscribed task handle `msg` now; return its result.
+
+        A task with workers here is preferred; otherwise the call goes to a live node
+        that runs one (unless `here_only`: it came from another node already).
+        """
+        self.check_running()
+        self.check_message(name, msg)
+        running = self._running
+        subscribed = [running.tasks[task] for task in running.subscribers(name)]
+        if not subscribed:
+            raise NoSubscriber(f"no task subscribes to {name!r}")
+        local = [t for t in subscribed if t.workers_on(self.name) > 0]
+        if not local:
+            peer = None if here_only else pick_peer(self._peers(), subscribed)
+            if peer is None:
+                raise NoSubscriber(f"task(s) {', '.join(t.name for t in subscribed)} subscribe "
+                                   f"to {name!r} but run no worker on a live node")
+            assert self._request is not None
+            return await self._request(peer, "call", [name, msg, timeout_s],
+                                       timeout_s + LINK_GRACE_S)
+        task = max(local, key=lambda t: running.pools[t.name].free_workers)
+        pool = running.pools[task.name]
+        meta = {"id": self._new_id(), "attempt": 1, "published_at": time.time(), "priority": 0}
+        try:
+            async with asyncio.timeout(timeout_s):  # not wait_for: no task per call
+                run = pool.run(name, msg, meta, task.message_timeout_s)
+                if pool.free_workers or pool.live_workers:  # the cheap test first
+                    outcome = await run
+                else:  # no worker runs: one must start first, and may not be able to
+                    outcome = await running.tree.once_started(
+                        task.name, lambda: pool.live_workers, run)
+        except TimeoutError:
+            raise CallTimeout(f"no answer to {name!r} from task {task.name} within "
+                              f"{timeout_s} s") from None
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.result
+
+    def check_message(self, name: str, msg: Any, *, journaled: bool = False) -> None:
+        """Refuse a message that cannot reach a worker (or, `journaled`, the journal)."""
+        validate_message_name(name)
+        checks.check_payload(msg, "cast" if journaled else "call", journaled=journaled)
+        try:
+            size = payload_size(msg)  # as deep as the packet that delivers it puts it
+        except EncodeError as exc:
+            raise EncodeError(f"message payload cannot travel to a worker: {exc}") from None
+        if size > self.config.max_payload_bytes:
+            raise ConfigError(f"message payload is {size} bytes encoded, over the node's limit "
+                              f"of {self.config.max_payload_bytes}")
+
+
+def _claimed(claims: Claims, accepted: Accepted, results: Places, answers: list[Any]
+             ) -> tuple[Accepted, Places]:
+    """The casts still to store once their ids' homes have answered: an id taken already
+    is answered as a duplicate, one another node is taking is refused (retryable)."""
+    kept: Accepted = []
+    kept_results: Places = []
+    for (envelope, subscribed), (place, result) in zip(accepted, results, strict=True):
+        verdict = claims.verdicts.get(envelope.id)
+        if verdict == KNOWN:
+            result["duplicate"] = True
+        elif verdict == PENDING:
+            answers[place] = IdPending(
+                f"id {envelope.id!r} is being taken by another cast, not yet stored: retry "
+                f"in a moment (it is then either taken by you or a duplicate)")
+        else:
+            kept.append((envelope, subscribed))
+            kept_results.append((place, result))
+    return kept, kept_results
+
+
+def _journal_refused(envelope: Envelope, exc: Exception) -> YPTaskError:
+    """The answer to a cast the journal refused after every check passed (logged here)."""
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:  # the disk is full
+        log.error("the journal is full: message %r (%s) refused: %s", envelope.id,
+                  envelope.name, exc)
+        return Overloaded("the node's journal is full (its disk has no room left): the "
+                          "message was not stored; retry later or on another node")
+    reference = uuid.uuid4().hex[:12]
+    log.error("the journal refused message %r (%s), reference %s", envelope.id, envelope.name,
+              reference, exc_info=exc)
+    return JournalError(f"Internal error: the journal could not store this message, so it was "
+                        f"not accepted; the node's log has the details under reference "
+                        f"{reference}", reference)
+
+
+def _journal_text(msg: Any) -> str:
+    """A cast's payload as the journal keeps it: JSON (a call's payload is never journaled)."""
+    try:
+        return json.dumps(msg, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise EncodeError(f"message payload cannot travel as JSON to the journal: {exc}") from None
+
+
+class MessageIds:
+    """Message ids that sort by time and are unique across nodes and restarts.
+
+    12 hex digits of milliseconds, 10 random hex digits drawn once per node start,
+    then a counter: far cheaper per cast than a uuid4 (a getrandom call each).
+    """
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(5).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{int(time.time() * 1000):012x}{self._prefix}{next(self._counter) & 0xFFFFFFFF:08x}"

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 from support import TEST_WORKERS, NodeProcess, read_records, wait_for
 
-from yptask.cli.admin import to_toml
+from yptask.cli.formats import to_toml
 
 T = TypeVar("T")
 

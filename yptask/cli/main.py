@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
         if rest and args.command is not None and not getattr(args, "passthrough", False):
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            # Said by the command's own parser, so its usage line is the one shown.
+            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(rest)}")
     except SystemExit as exc:  # argparse: --help (0) or a usage error (EXIT_USAGE)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.version:

@@ -51,7 +51,7 @@ def add_parsers(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """Add `node` and its options."""
     parser = sub.add_parser("node", help="run a node in the foreground",
                             description=__doc__.splitlines()[0])
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, parser=parser)
     parser.add_argument("--config", type=Path, help="node config file (TOML, a [node] table)")
     parser.add_argument("--name", help="node name (default: the host name)")
     parser.add_argument("--data-dir", type=Path, help="journal, task store and worker logs")

@@ -329,6 +329,16 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         assert "usage: yptask" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_no_command_prints_the_help_and_exits_2_like_any_usage_error(tmp_path: Path) -> None:
+    done = yptask(cwd=tmp_path)
+    assert done.returncode == 2
+    assert "usage: yptask" in done.stderr and "examples:" in done.stderr
+    # An argument a command does not take is shown with that command's usage
+    done = yptask("tasks", "extra", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "usage: yptask tasks" in done.stderr and "unrecognized arguments: extra" in done.stderr
+
+
 def test_a_reader_that_goes_away_is_not_a_traceback(node: Node) -> None:
     # Given stdout is a pipe nobody reads any more
     read_end, write_end = os.pipe()

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 from support import TEST_WORKERS, NodeProcess, read_records, wait_for
 
-from yptask.cli.admin import to_toml
+from yptask.cli.formats import to_toml
 
 T = TypeVar("T")
 
@@ -327,6 +327,16 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         done = yptask(*command, cwd=tmp_path)
         assert done.returncode == 2, command
         assert "usage: yptask" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_no_command_prints_the_help_and_exits_2_like_any_usage_error(tmp_path: Path) -> None:
+    done = yptask(cwd=tmp_path)
+    assert done.returncode == 2
+    assert "usage: yptask" in done.stderr and "examples:" in done.stderr
+    # An argument a command does not take is shown with that command's usage
+    done = yptask("tasks", "extra", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "usage: yptask tasks" in done.stderr and "unrecognized arguments: extra" in done.stderr
 
 
 def test_a_reader_that_goes_away_is_not_a_traceback(node: Node) -> None:

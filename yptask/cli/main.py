@@ -1,9 +1,24 @@
 """The `yptask` command line: a thin shell over the package.
 
-Each subcommand imports what it needs when it runs, so `yptask worker` (the
-command every Python worker process starts with) loads nothing heavy. The admin
-commands (`cast`, `call`, `restart`, `tasks`, `task`, `status`, `dead`) live in
-`yptask.cli.admin`, whose docstring lists their exit codes.
+`build_parser` has each command module add its own subcommands (`add_parsers`);
+each leaf sets `run`, the function that carries it out. Command modules import only
+the standard library and the client when the parser is built; what a command needs
+beyond that (the node, the config loaders, the worker runner) is imported when it
+runs. Exit codes: `yptask.cli.exits`, one table for every command.
+
+    yptask.cli.node      node            run a node in the foreground
+    yptask.cli.publish   cast, call      publish a message, or have one worker answer it
+    yptask.cli.tasks     restart, tasks, task show|apply|delete
+    yptask.cli.timers    timers, timer show|apply|delete
+    yptask.cli.status    status, nodes
+    yptask.cli.password  hash-password
+    yptask.cli.dead      dead            list or replay dead letters
+    yptask.cli.connect   the node's URL, the admin token, the client, the common options
+    yptask.cli.formats   tables, TOML, JSON arguments, clocks, the progress bar
+    yptask.cli.demo      demo            the example tasks, once, without a node
+
+`yptask worker` hands its arguments to the worker runner (`yptask.tasks.runner`),
+which parses them itself.
 """
 
 from __future__ import annotations
@@ -11,10 +26,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["EXIT_OK", "EXIT_USAGE", "main"]
+from yptask.cli import dead, node, password, publish, status, tasks, timers
+from yptask.cli.exits import EXIT_OK, EXIT_USAGE
 
-EXIT_OK = 0
-EXIT_USAGE = 64  # EX_USAGE: the command line is wrong
+__all__ = ["build_parser", "main"]
 
 EPILOG = """examples:
   yptask node                                   run a node with the example tasks
@@ -35,57 +50,60 @@ EPILOG = """examples:
   yptask dead --replay ID                       requeue one of them
 """
 
-# The admin commands (yptask.cli.admin), with their one-line help.
-ADMIN_COMMANDS = {
-    "cast": "publish a message to every task subscribed to its name",
-    "call": "have one worker handle a message now; print its answer",
-    "restart": "rolling restart of a task's workers",
-    "tasks": "list the tasks with their workers and state",
-    "task": "show, apply (from TOML) or delete task definitions",
-    "timers": "list the cron timers with their last and next fire",
-    "timer": "show, apply (from TOML) or delete timer definitions",
-    "status": "per task: workers, queued, in flight, handled, failed",
-    "nodes": "the cluster's members: state, addresses, boot time, last heard",
-    "hash-password": "print a console password hash for the node config",
-    "dead": "list dead letters, or replay one",
-}
+
+def _worker(args: argparse.Namespace) -> int:
+    from yptask.tasks.runner import main as worker_main
+
+    return worker_main(args.rest)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
-    argv = sys.argv[1:] if argv is None else argv
+def _demo(args: argparse.Namespace) -> int:
+    from yptask.cli.demo import main as demo_main
+
+    return demo_main()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; `yptask worker` alone takes arguments it does not know."""
     parser = argparse.ArgumentParser(
         prog="yptask", description="yptask: a supervised task cluster.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("worker", add_help=False,
-                        help="run a worker process for a BaseTask subclass (MODULE:CLASS)")
-    commands.add_parser("node", add_help=False, help="run a node in the foreground")
-    commands.add_parser("demo", help="start a worker of each example task and send it messages")
-    for name, help_text in ADMIN_COMMANDS.items():  # each parses its own arguments
-        commands.add_parser(name, add_help=False, help=help_text)
-    args, rest = parser.parse_known_args(argv)
+    # No options of its own (not even --help): the runner parses all it is given.
+    commands.add_parser("worker", add_help=False, help="run a worker process for a BaseTask "
+                        "subclass (MODULE:CLASS)").set_defaults(run=_worker, passthrough=True)
+    node.add_parsers(commands)
+    commands.add_parser("demo", help="start a worker of each example task and send it "
+                        "messages").set_defaults(run=_demo)
+    for module in (publish, tasks, timers, status, password, dead):
+        module.add_parsers(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code.
+
+    A usage error a command finds itself (`args.parser.error`) exits through
+    SystemExit(EXIT_USAGE) as argparse's own do; nothing else a command runs is caught
+    here, so a worker's own exit (`yptask worker`) stays its own.
+    """
+    parser = build_parser()
+    try:
+        args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+        if rest and args.command is not None and not getattr(args, "passthrough", False):
+            # Said by the command's own parser, so its usage line is the one shown.
+            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(rest)}")
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (EXIT_USAGE)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.version:
         from yptask import __version__
 
         print(__version__)
         return EXIT_OK
-    if args.command == "worker":
-        from yptask.tasks.runner import main as worker_main
-
-        return worker_main(rest)
-    if args.command == "node":
-        from yptask.cli.node import main as node_main
-
-        return node_main(rest)
-    if args.command == "demo":
-        from yptask.cli.demo import main as demo_main
-
-        return demo_main()
-    if args.command in ADMIN_COMMANDS:
-        from yptask.cli.admin import main as admin_main
-
-        return admin_main([args.command, *rest])
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args.rest = rest
+    code: int = args.run(args)
+    return code

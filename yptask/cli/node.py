@@ -21,15 +21,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import uvloop
-
-from yptask.connection_limits import raise_fd_limit
+from yptask.cli.connect import Subparsers
+from yptask.cli.exits import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
 from yptask.errors import ConfigError
 
-__all__ = ["EXIT_CONFIG", "EXIT_UNAVAILABLE", "main"]
-
-EXIT_CONFIG = 78  # EX_CONFIG: the configuration is wrong
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: e.g. a port is taken
+__all__ = ["add_parsers", "run"]
 
 
 class _NodeNameFilter(logging.Filter):
@@ -51,8 +47,11 @@ def _host_port(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="yptask node", description=__doc__.splitlines()[0])
+def add_parsers(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """Add `node` and its options."""
+    parser = sub.add_parser("node", help="run a node in the foreground",
+                            description=__doc__.splitlines()[0])
+    parser.set_defaults(run=run, parser=parser)
     parser.add_argument("--config", type=Path, help="node config file (TOML, a [node] table)")
     parser.add_argument("--name", help="node name (default: the host name)")
     parser.add_argument("--data-dir", type=Path, help="journal, task store and worker logs")
@@ -74,14 +73,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         default=None, help="start even if the journal is not the one this "
                         "node last ran with (emptied or replaced): what it held is lost")
     parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
 
 
-def main(argv: list[str]) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run a node until a stop signal; return the exit code."""
-    from yptask.config.node import NodeConfig
+    import uvloop
 
-    args = parse_args(argv)
+    from yptask.config.node import NodeConfig
+    from yptask.connection_limits import raise_fd_limit
+
     overrides: dict[str, Any] = {"name": args.name, "data_dir": args.data_dir,
                                  "tasks_file": args.tasks}
     if args.http:
@@ -134,4 +134,4 @@ async def _run(config: Any) -> int:
     await stop.wait()
     print(f"yptask node {node.name} stopping: running messages finish first", flush=True)
     await node.stop()
-    return 0
+    return EXIT_OK

@@ -19,6 +19,7 @@ import bert
 
 from yptask.wire import codec
 from yptask.wire.bertrpc import Call
+from yptask.wire.decode import decode
 
 MESSAGES: dict[str, Any] = {
     "typical cast": {"name": "upai.photos.upload",
@@ -47,8 +48,8 @@ def main() -> None:
     print(f"encode+decode round trips per second, {args.reps} reps x {args.loops}; "
           "min / median / max")
     for label, message in MESSAGES.items():
-        assert codec.decode(codec.encode(message)) == message
-        ours = rate(lambda m=message: codec.decode(codec.encode(m)), args.loops, args.reps)
+        assert decode(codec.encode(message)) == message
+        ours = rate(lambda m=message: decode(codec.encode(m)), args.loops, args.reps)
         theirs = rate(lambda m=message: bert.decode(bert.encode(m)), args.loops, args.reps)
         ratio = statistics.median(ours) / statistics.median(theirs)
         print(f"{label} ({len(codec.encode(message))} bytes yptask, "

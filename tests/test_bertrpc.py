@@ -36,6 +36,7 @@ from yptask.wire.bertrpc import (
     frame,
 )
 from yptask.wire.codec import Atom
+from yptask.wire.decode import decode
 
 
 @pytest.mark.parametrize("packet", [
@@ -54,7 +55,7 @@ def test_packets_survive_framing(packet):
 
 
 def test_call_is_the_bert_rpc_tuple():
-    term = codec.decode(frame(Call("yptask", "ping", []))[4:])
+    term = decode(frame(Call("yptask", "ping", []))[4:])
     assert term == (Atom("call"), Atom("yptask"), Atom("ping"), [])
 
 

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from yptask.errors import DecodeError, EncodeError, ProtocolError
-from yptask.wire.codec import Atom, Opaque, as_bytes, decode, encode
+from yptask.wire.codec import Atom, Opaque, as_bytes, encode
+from yptask.wire.decode import decode
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text()

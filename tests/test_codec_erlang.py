@@ -30,7 +30,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from yptask.wire.bertrpc import Call, ErrorReply, decode_packet, frame
-from yptask.wire.codec import Atom, Opaque, as_bytes, decode, encode
+from yptask.wire.codec import Atom, Opaque, as_bytes, encode
+from yptask.wire.decode import decode
 
 pytestmark = pytest.mark.erlang
 

@@ -24,8 +24,10 @@ from support import ECHO, NodeProcess, wait_for
 from yptask.errors import DecodeError, ProtocolError
 from yptask.wire import codec
 from yptask.wire.bertrpc import Call, ErrorReply, Info, Reply, decode_packet, frame, parse_packet
-from yptask.wire.codec import decode, describe, encode
+from yptask.wire.codec import encode
+from yptask.wire.decode import decode
 from yptask.wire.decoding import OFF_LOOP_BYTES, PRE_AUTH, PUBLISHER, Decoder, InflationBudget
+from yptask.wire.describe import describe
 
 
 def compressed(value: object, level: int = 9) -> bytes:
@@ -320,7 +322,7 @@ async def test_a_compressed_bomb_on_the_link_port_before_the_handshake_is_refuse
     stop = asyncio.Event()
     calls = asyncio.create_task(plain_calls(node.bert, stop))
     answers = await asyncio.gather(*(send_frames(node.link_address, [packed(bomb)], 1,
-                                                 codec.decode) for _ in range(6)))
+                                                 decode) for _ in range(6)))
     stop.set()
     # Then each is refused and closed without a challenge, and the node serves on
     assert answers == [[]] * 6
@@ -356,7 +358,7 @@ async def test_allow_from_closes_the_link_port_before_any_handshake(nodes, tmp_p
     fenced = nodes("fenced", config='allow_from = ["198.51.100.0/24"]\n', cluster=common)
     peer = nodes("peer", cluster=[*common, "--join", fenced.link])
     # When a stranger says hello on the fenced node's link port
-    answer = await send_frames(fenced.link_address, [packed(hello("0" * 64))], 1, codec.decode)
+    answer = await send_frames(fenced.link_address, [packed(hello("0" * 64))], 1, decode)
     # Then the connection is closed with no challenge, and the log says why
     assert answer == []
     wait_for(lambda: "not in allow_from" in fenced.log(), timeout_s=10,

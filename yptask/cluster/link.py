@@ -23,7 +23,7 @@ the far node arrives as the same error class here.
 
 Before the handshake a peer is a stranger: its frames are capped at 4 KiB and
 decoded within `yptask.wire.decoding.LINK_HANDSHAKE` (a few elements, shallow, no
-room to inflate), and what it sent is named in errors by `codec.describe`,
+room to inflate), and what it sent is named in errors by `describe`,
 never by a whole repr. After it, frames decode within `LINK`, big ones off
 the event loop.
 """
@@ -45,8 +45,8 @@ from typing import Any
 from yptask.errors import LinkError, ProtocolError, YPTaskError
 from yptask.wire import codec
 from yptask.wire.bertrpc import ErrorReply, Reply, answer_result, error_reply, parse_packet
-from yptask.wire.codec import describe
 from yptask.wire.decoding import LINK, LINK_HANDSHAKE, Decoder
+from yptask.wire.describe import describe
 
 __all__ = ["HANDSHAKE_TIMEOUT_S", "Identity", "Link", "LinkRefused", "accept", "dial"]
 

@@ -43,8 +43,8 @@ from yptask.log_limit import LogLimiter
 from yptask.store.config_map import ConfigMap
 from yptask.store.replicated import Entry, digest_from_term, digest_to_term
 from yptask.web.auth import Guard
-from yptask.wire.codec import describe
 from yptask.wire.decoding import Decoder
+from yptask.wire.describe import describe
 
 __all__ = ["Cluster", "ClusterNode", "ClusterSettings"]
 

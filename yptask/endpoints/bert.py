@@ -60,8 +60,8 @@ from yptask.wire.bertrpc import (
     frame,
     parse_packet,
 )
-from yptask.wire.codec import describe
 from yptask.wire.decoding import PRE_AUTH, PUBLISHER, Decoder, InflationBudget
+from yptask.wire.describe import describe
 
 if TYPE_CHECKING:
     from yptask.node import Node

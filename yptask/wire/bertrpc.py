@@ -39,6 +39,8 @@ from yptask.errors import (
 )
 from yptask.wire import codec
 from yptask.wire.codec import Atom
+from yptask.wire.decode import decode
+from yptask.wire.describe import describe
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -180,7 +182,7 @@ def answer_result(answer: Packet, expected: type[Reply | NoReply] = Reply) -> An
 def parse_packet(term: Any) -> Packet:
     """Return the packet a decoded term is; raise `ProtocolError` if it is none."""
     if type(term) is not tuple or not term:
-        raise ProtocolError(f"a BERT-RPC packet is a tuple, got {codec.describe(term)}")
+        raise ProtocolError(f"a BERT-RPC packet is a tuple, got {describe(term)}")
     kind = term[0]
     if (kind in (CALL, CAST)) and len(term) == 4:
         _, module, function, args = term
@@ -199,7 +201,7 @@ def parse_packet(term: Any) -> Packet:
         if type(term[1]) is not Atom or type(term[2]) is not list:
             raise ProtocolError("info command must be an atom and its options a list")
         return Info(term[1], term[2])
-    raise ProtocolError(f"not a BERT-RPC packet: {codec.describe(term)}")
+    raise ProtocolError(f"not a BERT-RPC packet: {describe(term)}")
 
 
 def _parse_error(body: Any) -> ErrorReply:
@@ -216,7 +218,7 @@ def _parse_error(body: Any) -> ErrorReply:
 
 def _text(value: Any) -> str:
     # an error's class, detail and backtrace lines are binaries; anything else is shown short
-    return str(value) if isinstance(value, str) else codec.describe(value)
+    return str(value) if isinstance(value, str) else describe(value)
 
 
 # --------------------------------------------------------------------------- frames
@@ -289,4 +291,4 @@ def write_frame(fd: int, data: bytes) -> None:
 
 def decode_packet(body: bytes) -> Packet:
     """Return the packet in a frame body; raise `ProtocolError` (or `DecodeError`) if none."""
-    return parse_packet(codec.decode(body))
+    return parse_packet(decode(body))

@@ -29,6 +29,8 @@ from typing import Any
 
 from yptask.errors import DecodeError
 from yptask.wire import codec
+from yptask.wire.decode import decode as decode_term
+from yptask.wire.decode import decoded_size
 
 __all__ = ["LINK", "LINK_HANDSHAKE", "OFF_LOOP_BYTES", "PRE_AUTH", "PUBLISHER", "Bounds",
            "Decoder", "InflationBudget"]
@@ -47,8 +49,8 @@ class Bounds:
 
     def decode(self, body: bytes) -> Any:
         """The term in `body`, decoded here and now within these bounds."""
-        return codec.decode(body, max_depth=self.max_depth, max_inflated=self.max_inflated,
-                            max_ratio=self.max_ratio, max_terms=self.max_terms)
+        return decode_term(body, max_depth=self.max_depth, max_inflated=self.max_inflated,
+                           max_ratio=self.max_ratio, max_terms=self.max_terms)
 
 
 PRE_AUTH = Bounds(max_inflated=64 * 1024, max_terms=4096)
@@ -93,7 +95,7 @@ class Decoder:
     async def decode(self, body: bytes, bounds: Bounds,
                      budget: InflationBudget | None = None) -> Any:
         """The term in `body`, within `bounds` (and `budget`); `DecodeError` if it is none."""
-        size = codec.decoded_size(body)
+        size = decoded_size(body)
         if budget is not None:  # what the codec would refuse to inflate costs nothing
             budget.spend(len(body), min(size, bounds.max_inflated, bounds.max_ratio * len(body)))
         if size <= OFF_LOOP_BYTES:

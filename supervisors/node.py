@@ -21,14 +21,9 @@ import pykka
 
 from yptask.config.tasks import TaskDef
 from yptask.errors import UnknownTask, WorkerStartFailed
-from yptask.supervision import (
-    ChildSpec,
-    Phase,
-    Registry,
-    Supervisor,
-    SupervisorFlags,
-    SupervisorState,
-)
+from yptask.supervision.policy import ChildSpec, SupervisorFlags
+from yptask.supervision.state import Phase, Registry, SupervisorState
+from yptask.supervision.supervisor import Supervisor
 from yptask.supervisors.task import NodePlace, TaskSupervisor
 from yptask.supervisors.worker import WorkerHooks
 

@@ -21,15 +21,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from yptask.config.tasks import TaskDef
-from yptask.supervision import (
-    BackoffPolicy,
-    ChildLink,
-    ChildSpec,
-    Registry,
-    Supervisor,
-    SupervisorFlags,
-    SupervisorState,
-)
+from yptask.supervision.child import ChildLink
+from yptask.supervision.policy import BackoffPolicy, ChildSpec, SupervisorFlags
+from yptask.supervision.state import Registry, SupervisorState
+from yptask.supervision.supervisor import Supervisor
 from yptask.supervisors.worker import WorkerActor, WorkerConfig, WorkerHooks
 from yptask.tasks.runner import runner_argv
 from yptask.workers.process import WorkerSpec

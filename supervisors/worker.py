@@ -48,7 +48,8 @@ from yptask.errors import (
     YPTaskError,
     last_line,
 )
-from yptask.supervision import ChildLink, ExitReason, Supervised
+from yptask.supervision.child import ChildLink, Supervised
+from yptask.supervision.policy import ExitReason
 from yptask.workers.connection import WorkerConnection
 from yptask.workers.process import WorkerSpec, handle_call
 

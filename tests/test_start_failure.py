@@ -23,16 +23,10 @@ import pytest
 from support import CHROMIUM, TEST_WORKERS, NodeProcess, read_records, require_browser, wait_for
 
 from yptask.errors import ChildStartFailed, WorkerStartFailed, wire_code
-from yptask.supervision import (
-    BackoffPolicy,
-    ChildLink,
-    ChildSpec,
-    Phase,
-    Supervised,
-    Supervisor,
-    SupervisorFlags,
-    SupervisorState,
-)
+from yptask.supervision.child import ChildLink, Supervised
+from yptask.supervision.policy import BackoffPolicy, ChildSpec, SupervisorFlags
+from yptask.supervision.state import Phase, SupervisorState
+from yptask.supervision.supervisor import Supervisor
 
 BROKEN_IMPORT = {"name": "broken_import", "messages": ["import.*"],
                  "worker_class": "broken_import:Broken", "env": {"PYTHONPATH": str(TEST_WORKERS)}}

@@ -12,24 +12,21 @@ import pykka
 import pytest
 
 from yptask.errors import DuplicateChild, NoSuchChild, SupervisionError
-from yptask.supervision import (
+from yptask.supervision.child import ChildLink, Exit, Supervised
+from yptask.supervision.policy import (
     BackoffPolicy,
-    ChildLink,
     ChildSpec,
-    Exit,
     ExitReason,
-    Phase,
     Restart,
     Strategy,
-    Supervised,
-    Supervisor,
     SupervisorFlags,
-    SupervisorState,
     backoff_delay,
     recent,
     should_restart,
     within_intensity,
 )
+from yptask.supervision.state import Phase, SupervisorState
+from yptask.supervision.supervisor import Supervisor
 
 T = 5.0  # timeout of every ask, stop and get in this file
 

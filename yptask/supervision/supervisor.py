@@ -1,18 +1,9 @@
-"""Generic OTP-style supervision for pykka actors: child specs, restarts, backoff, names.
+"""The generic `Supervisor` actor: starts, watches and restarts its children.
 
-Owns the generic behaviour only (yptask's concrete tree lives in `yptask.supervisors`):
-`ChildSpec` / `SupervisorFlags` / `BackoffPolicy` settings; `Supervised`, a base actor
-that reports its exits to its supervisor with `tell` ("crashed" from on_failure,
-"normal" from on_stop, "start_failed" when its `init()` hook raises, which pykka never
-reports; a `ChildStartFailed` from `init()` is an expected failure the child has logged
-itself, so no traceback is written for it); `Supervisor`, which starts children in
-order, stops them in reverse order, restarts them by restart type and strategy, and
-owns a `Registry` (child id -> current ref, as refs die on restart); and the pure
-rules `should_restart`, `recent`, `within_intensity`, `backoff_delay` (no actors, no
-clock). More than `intensity` restarts within `period_s` puts a supervisor into a
-visible BACKOFF phase (exponential, capped) rather than crashing it, unless
-`escalate` is set. Its state keeps the error
-of the last failed child start until a child starts again. No module-level state.
+It starts children in order, stops them in reverse order, restarts them by
+restart type and strategy (the rules in `yptask.supervision.policy`), backs
+off once restarts exceed the intensity, and owns a `Registry` (child id ->
+current ref). No module-level state.
 
 A supervisor may start its children in the background (`start_in_background`):
 its own start then returns at once and the children start from its inbox, with
@@ -24,157 +15,42 @@ its phase change, instead of asking it.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from types import TracebackType
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import pykka
 
 from yptask.errors import (
-    ChildStartFailed,
     DuplicateChild,
     NoSuchChild,
     RestartIntensityExceeded,
     SupervisionError,
 )
+from yptask.supervision.child import ChildLink, Exit, Supervised
+from yptask.supervision.policy import (
+    ActorRef,
+    ChildSpec,
+    ExitReason,
+    Restart,
+    StartFunc,
+    Strategy,
+    SupervisorFlags,
+    backoff_delay,
+    recent,
+    should_restart,
+    within_intensity,
+)
+from yptask.supervision.state import ChildInfo, Phase, Registry, SupervisorState
 
-__all__ = [
-    "BackoffPolicy", "ChildInfo", "ChildLink", "ChildSpec", "Exit", "ExitReason", "Phase",
-    "Registry", "Restart", "Strategy", "Supervised", "Supervisor", "SupervisorFlags",
-    "SupervisorState", "backoff_delay", "recent", "should_restart", "within_intensity",
-]
+__all__ = ["Supervisor"]
 
-log = logging.getLogger(__name__)
-
-ActorRef = pykka.ActorRef[Any]
-StartFunc = Callable[..., ActorRef]
-
-
-class Restart(enum.Enum):
-    """When a child is restarted (OTP restart types)."""
-
-    PERMANENT = "permanent"  # always
-    TRANSIENT = "transient"  # only after an abnormal exit
-    TEMPORARY = "temporary"  # never
-
-
-class Strategy(enum.Enum):
-    """Which children restart when one dies."""
-
-    ONE_FOR_ONE = "one_for_one"
-    ONE_FOR_ALL = "one_for_all"
-
-
-class ExitReason(enum.Enum):
-    """Why a supervised actor exited."""
-
-    NORMAL = "normal"
-    CRASHED = "crashed"
-    START_FAILED = "start_failed"
-
-
-class Phase(enum.Enum):
-    """A supervisor's phase: restarting at once, or waiting out a backoff delay."""
-
-    RUNNING = "running"
-    BACKOFF = "backoff"
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    """How to start one child: `start(*args, link=ChildLink, **kwargs)` returns its ref.
-
-    `start` is an actor class or a start function; Supervised children take `link=`.
-    """
-
-    id: str
-    start: type[pykka.Actor] | StartFunc
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    restart: Restart = Restart.PERMANENT
-    shutdown_s: float = 5.0  # graceful stop timeout; then the thread is left behind
-    start_timeout_s: float = 5.0  # how long to wait for a Supervised child's init()
-
-    def __post_init__(self) -> None:
-        if not self.id:
-            raise ValueError("a child spec needs a non-empty id")
-        if self.shutdown_s <= 0 or self.start_timeout_s <= 0:
-            raise ValueError(f"child {self.id!r}: shutdown_s and start_timeout_s must be > 0")
-
-
-@dataclass(frozen=True)
-class BackoffPolicy:
-    """The delay before retrying restarts once intensity is exceeded: exponential, capped."""
-
-    initial_s: float = 1.0
-    factor: float = 2.0
-    max_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.initial_s <= 0 or self.factor < 1 or self.max_s < self.initial_s:
-            raise ValueError(f"invalid {self!r}: need initial_s > 0, factor >= 1, "
-                             "max_s >= initial_s")
-
-
-@dataclass(frozen=True)
-class SupervisorFlags:
-    """Strategy, intensity (max restarts) within period_s, and what happens beyond it."""
-
-    strategy: Strategy = Strategy.ONE_FOR_ONE
-    intensity: int = 3
-    period_s: float = 5.0
-    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
-    escalate: bool = False  # True: crash the supervisor instead of backing off (OTP)
-
-    def __post_init__(self) -> None:
-        if self.intensity < 0 or self.period_s <= 0:
-            raise ValueError(f"invalid {self!r}: need intensity >= 0 and period_s > 0")
-
-
-def should_restart(restart: Restart, reason: ExitReason) -> bool:
-    """Whether a child of this restart type is restarted after exiting for this reason."""
-    if restart is Restart.PERMANENT:
-        return True
-    if restart is Restart.TRANSIENT:
-        return reason is not ExitReason.NORMAL
-    return False
-
-
-def recent(timestamps: Iterable[float], now: float, period_s: float) -> tuple[float, ...]:
-    """The restart times that still count at `now`: those less than `period_s` ago."""
-    return tuple(t for t in timestamps if now - t < period_s)
-
-
-def within_intensity(timestamps: Iterable[float], now: float, intensity: int,
-                     period_s: float) -> bool:
-    """Whether one more restart at `now` keeps restarts within `period_s` at most `intensity`."""
-    return len(recent(timestamps, now, period_s)) + 1 <= intensity
-
-
-def backoff_delay(attempt: int, policy: BackoffPolicy) -> float:
-    """The delay before backoff retry `attempt` (1, 2, ...): initial * factor**(n-1), capped."""
-    if attempt < 1:
-        raise ValueError(f"backoff attempts count from 1, got {attempt}")
-    try:
-        delay = policy.initial_s * policy.factor ** (attempt - 1)
-    except OverflowError:
-        return policy.max_s
-    return min(delay, policy.max_s)
-
-
-@dataclass(frozen=True)
-class Exit:
-    """What a supervised child tells its supervisor when it exits (OTP's EXIT signal)."""
-
-    child_id: str
-    urn: str
-    reason: ExitReason
+# The package's name, as before the split: operators and tests filter on it.
+log = logging.getLogger("yptask.supervision")
 
 
 @dataclass(frozen=True)
@@ -185,121 +61,6 @@ class _Retry:
 @dataclass(frozen=True)
 class _StartChildren:
     """Start the children not started yet (a supervisor that starts them in the background)."""
-
-
-class ChildLink:
-    """A child's tie to its supervisor: where to report exits, and whether init() is done."""
-
-    def __init__(self, supervisor: ActorRef, child_id: str) -> None:
-        self.supervisor = supervisor
-        self.child_id = child_id
-        self.started = threading.Event()  # set once init() returned or raised
-        self.error: str | None = None  # set before `started` when init() raised
-        self.cause: Exception | None = None  # what init() raised, with `error`
-
-
-class Supervised(pykka.ThreadingActor):
-    """An actor that reports its exits to its supervisor. Override `init()` and `terminate()`.
-
-    Do not override `on_start`, `on_stop` or `on_failure` without calling super().
-    """
-
-    def __init__(self, *, link: ChildLink | None = None) -> None:
-        super().__init__()
-        self._link = link
-
-    def init(self) -> None:
-        """Set up, in the actor's thread; raising here is a failed start, handled as a crash."""
-
-    def terminate(self, reason: ExitReason) -> None:
-        """Clean up, in the actor's thread, on a normal stop or after a crash."""
-
-    def on_start(self) -> None:
-        try:
-            self.init()
-        except Exception as exc:
-            if self._link is not None:
-                self._link.error, self._link.cause = repr(exc), exc
-            self._report(ExitReason.START_FAILED)
-            if not isinstance(exc, ChildStartFailed):
-                raise  # unexpected: pykka logs it with its traceback, and stops the actor
-            # Expected and logged by the child: stop as pykka would, without a traceback.
-            pykka.ActorRegistry.unregister(self.actor_ref)
-            self.actor_stopped.set()
-        finally:
-            if self._link is not None:
-                self._link.started.set()
-
-    def on_stop(self) -> None:
-        try:
-            self.terminate(ExitReason.NORMAL)
-        finally:
-            self._report(ExitReason.NORMAL)
-
-    def on_failure(self, exception_type: type[BaseException] | None,
-                   exception_value: BaseException | None,
-                   traceback: TracebackType | None) -> None:
-        try:
-            self.terminate(ExitReason.CRASHED)
-        finally:
-            self._report(ExitReason.CRASHED)
-
-    def _report(self, reason: ExitReason) -> None:
-        """Tell the supervisor (never ask: it may be waiting on us); a dead one is no error."""
-        if self._link is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                self._link.supervisor.tell(Exit(self._link.child_id, self.actor_urn, reason))
-
-
-class Registry:
-    """Child id -> the child's current ref. Thread-safe, so callers resolve without an ask."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._refs: dict[str, ActorRef] = {}
-
-    def whereis(self, name: str) -> ActorRef | None:
-        """The live ref registered under `name`, or None (not running, or restarting)."""
-        with self._lock:
-            ref = self._refs.get(name)
-        return ref if ref is not None and ref.is_alive() else None
-
-    def register(self, name: str, ref: ActorRef) -> None:
-        with self._lock:
-            self._refs[name] = ref
-
-    def unregister(self, name: str, urn: str | None) -> None:
-        """Forget `name` if it still points at the actor `urn` (a newer ref is kept)."""
-        with self._lock:
-            ref = self._refs.get(name)
-            if ref is not None and ref.actor_urn == urn:
-                del self._refs[name]
-
-
-@dataclass(frozen=True)
-class ChildInfo:
-    """A copy of one child's entry; `ref` is None while the child waits for a restart."""
-
-    id: str
-    ref: ActorRef | None
-    restart: Restart
-    restarts: int
-
-
-@dataclass(frozen=True)
-class SupervisorState:
-    """A copy of a supervisor's state; the retry fields are set only in BACKOFF."""
-
-    name: str
-    phase: Phase
-    restarts: int  # restart events since start (one per one_for_all round)
-    backoff_attempt: int
-    next_retry_at: float | None  # on the supervisor's clock
-    retry_in_s: float | None
-    pending: tuple[str, ...]  # child ids waiting for the retry
-    running: int = 0  # children alive now
-    starting: tuple[str, ...] = ()  # child ids being started, or waiting for their first start
-    start_error: Exception | None = None  # why the last child start failed, until one starts
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Generic OTP-style supervision for pykka actors (the concrete tree: yptask.supervisors)."""

@@ -17,7 +17,8 @@ dedupe window, after the message is done).
 
 This class is synchronous and not thread-safe: one thread owns it (see
 `yptask.store.group_commit` for the writer that batches concurrent casts into
-one transaction).
+one transaction). Its tables, and how the SQLite file is opened, are in
+`yptask.store.journal_db`.
 """
 
 from __future__ import annotations
@@ -31,56 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yptask.errors import ConfigError
+from yptask.store.journal_db import Transaction, connect
 
 __all__ = ["DeadLetter", "Delivery", "Envelope", "IdReader", "Journal"]
 
 ID_CHUNK = 400  # ids per query: two lists of them stay under SQLite's 999 parameters
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    payload TEXT NOT NULL,          -- JSON
-    published_at REAL NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    deadline REAL,
-    done_at REAL                    -- set when its last delivery ends; kept for dedupe
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT NOT NULL REFERENCES messages(id),
-    task TEXT NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,  -- the message's, here so the ready index orders by it
-    attempt INTEGER NOT NULL DEFAULT 0,   -- attempts spent: handler runs started so far
-    state TEXT NOT NULL DEFAULT 'queued', -- queued | inflight (claimed) | started (by a handler)
-    not_before REAL NOT NULL DEFAULT 0,
-    last_error TEXT,
-    UNIQUE (message_id, task)
-);
-CREATE INDEX IF NOT EXISTS deliveries_ready
-    ON deliveries (task, state, priority DESC, seq);
-CREATE TABLE IF NOT EXISTS received (   -- every delivery this journal took, cast or forwarded
-    message_id TEXT NOT NULL,
-    task TEXT NOT NULL,
-    PRIMARY KEY (message_id, task)
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    message_id TEXT NOT NULL,
-    task TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    error_class TEXT NOT NULL,
-    error TEXT NOT NULL,
-    traceback TEXT NOT NULL,
-    died_at REAL NOT NULL,
-    PRIMARY KEY (message_id, task)
-);
-CREATE TABLE IF NOT EXISTS client_ids (  -- ids homed here, taken elsewhere (cluster/client_ids.py)
-    id TEXT PRIMARY KEY,
-    taken_at REAL NOT NULL
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -126,15 +82,8 @@ class Journal:
     """The node's durable message store. Owned by one thread."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ConfigError(f"journal fsync level {synchronous!r}: use OFF, NORMAL, FULL "
-                              "or EXTRA (SQLite's synchronous)")
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self._db = connect(self.path, synchronous)
         self.recover()
 
     def close(self) -> None:
@@ -410,8 +359,8 @@ class Journal:
         self._db.executemany("UPDATE messages SET done_at = ? WHERE id = ?",
                              [(time.time(), mid) for mid in message_ids])
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self) -> Transaction:
+        return Transaction(self._db)
 
 
 class IdReader:
@@ -441,19 +390,3 @@ def _known_client_ids(db: sqlite3.Connection, ids: list[str]) -> set[str]:
             f"SELECT id FROM client_ids WHERE id IN ({marks}) UNION"
             f" SELECT id FROM messages WHERE id IN ({marks})", chunk * 2))
     return known
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if not exc_type:
-            self._db.execute("COMMIT")
-        elif self._db.in_transaction:  # some errors end the transaction in SQLite already
-            self._db.execute("ROLLBACK")

@@ -76,10 +76,7 @@ ATOM_UTF8 = 118
 SMALL_ATOM_UTF8 = 119
 V4_PORT = 120
 
-U16 = struct.Struct(">H")
-U32 = struct.Struct(">I")
-I32 = struct.Struct(">i")
-DOUBLE = struct.Struct(">d")
+_U16 = struct.Struct(">H")
 _TAG_U8 = struct.Struct(">BB")
 _TAG_U32 = struct.Struct(">BI")
 _TAG_I32 = struct.Struct(">Bi")
@@ -266,10 +263,10 @@ def _encode_new_atom(v: str, out: bytearray) -> None:
     b = v.encode("utf-8")
     if len(b) == len(v):
         out.append(ATOM)
-        out += U16.pack(len(b))
+        out += _U16.pack(len(b))
     elif len(b) < 256:
         out += _TAG_U8.pack(SMALL_ATOM_UTF8, len(b))
     else:
         out.append(ATOM_UTF8)
-        out += U16.pack(len(b))
+        out += _U16.pack(len(b))
     out += b

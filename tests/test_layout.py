@@ -28,7 +28,10 @@ NODE = "yptask/node.py"
 # Only node.py wires the concrete tree and the web surface into the node.
 WIRING_ONLY = ("yptask.supervisors", "yptask.web")
 # The worker side runs in a worker process: the standard library and the protocol only.
-WORKER_SIDE_ALLOWED = ("yptask.wire", "yptask.errors", "yptask.tasks")
+# The worker side runs in the worker process: the protocol, and the publisher client for
+# BaseTask.cast/call (standard library only, like the runner).
+WORKER_SIDE_ALLOWED = ("yptask.wire", "yptask.errors", "yptask.tasks", "yptask.client",
+                       "yptask.http_connection")
 
 
 @dataclass(frozen=True)
@@ -188,8 +191,8 @@ def test_the_worker_side_imports_only_the_stdlib_and_the_protocol() -> None:
                       and not within(i, WORKER_SIDE_ALLOWED)})
         if bad:
             wrong.append(f"{m.rel}: imports {', '.join(bad)}; the worker side may import "
-                         "only the standard library, yptask.wire, yptask.errors and "
-                         f"yptask.tasks")
+                         "only the standard library, yptask.wire, yptask.errors, "
+                         f"yptask.tasks and the client")
     assert not wrong, "\n".join(wrong)
 
 

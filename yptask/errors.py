@@ -3,7 +3,8 @@
 Every error yptask raises derives from `YPTaskError`, in shallow families
 (config, protocol, rpc, ...). `WIRE_CODES` says how each family travels: as a
 BERT-RPC `{error, {Type, Code, Class, Detail, Backtrace}}` and as a JSON-RPC
-error code. Every transport uses `wire_code()` so the mapping lives here only.
+error code. Every transport uses `wire_code()` (and `wire_name()` for the class name
+it sends) so the mapping lives here only.
 
 BERT-RPC reserves codes 0-99; yptask's own codes start at 100.
 """
@@ -24,6 +25,7 @@ __all__ = [
     "FrameError",
     "HandlerError",
     "IdPending",
+    "InvalidParams",
     "JournalError",
     "LinkError",
     "NoSubscriber",
@@ -48,6 +50,7 @@ __all__ = [
     "error_class_for",
     "last_line",
     "wire_code",
+    "wire_name",
 ]
 
 
@@ -57,6 +60,15 @@ class YPTaskError(Exception):
 
 class ConfigError(YPTaskError):
     """Raised when a configuration or task definition is invalid."""
+
+
+class InvalidParams(ConfigError):
+    """Raised when a request's parameters are not what the operation takes (any transport).
+
+    A family of its own, so that a bad parameter is not mistaken for a bad
+    configuration; a subclass of ConfigError because on the wire it has always
+    been one (-32602, BERT server 102, class name "ConfigError": `wire_name`).
+    """
 
 
 class ProtocolError(YPTaskError):
@@ -261,6 +273,17 @@ def wire_code(exc: BaseException | type[BaseException]) -> WireCode:
         if code is not None:
             return code
     return WIRE_CODES[BaseException]  # pragma: no cover - BaseException is in every MRO
+
+
+# The class names some errors travel under, when it is not their own: what clients
+# have always been sent for them. Exact classes only.
+_WIRE_NAMES: dict[type[BaseException], str] = {InvalidParams: "ConfigError"}
+
+
+def wire_name(exc: BaseException) -> str:
+    """The class name an error is sent under (BERT-RPC `Class`, JSON-RPC `error_class`)."""
+    cls = type(exc)
+    return _WIRE_NAMES.get(cls) or cls.__name__
 
 
 def error_class_for(bert_type: str, code: int) -> type[YPTaskError] | None:

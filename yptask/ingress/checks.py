@@ -3,7 +3,7 @@
 One set of rules for every surface (JSON-RPC in `yptask.web.rpc`, BERT-RPC in
 `yptask.endpoints.bert`, and in-process callers through `yptask.node.Node`),
 so a value refused on one is refused on all, with the same words. A refused
-field raises `ConfigError` (-32602, BERT server 102) naming the field and
+field raises `InvalidParams` (-32602, BERT server 102) naming the field and
 saying what it must be; the caller's other messages are not affected.
 
 The rules:
@@ -29,7 +29,7 @@ import math
 import re
 from typing import Any
 
-from yptask.errors import ConfigError
+from yptask.errors import InvalidParams
 
 __all__ = [
     "MAX_ID_CHARS",
@@ -89,14 +89,14 @@ def shown(value: Any) -> str:
     return f"{json_type(value)} {text}".rstrip()
 
 
-def bad_param(method: str, param: str, wanted: str, value: Any) -> ConfigError:
+def bad_param(method: str, param: str, wanted: str, value: Any) -> InvalidParams:
     """The error for a parameter that is not what it must be (-32602, naming it)."""
-    return ConfigError(f"invalid params for {method}: {param!r} must be {wanted}, "
+    return InvalidParams(f"invalid params for {method}: {param!r} must be {wanted}, "
                        f"got {shown(value)}")
 
 
 def check_name(value: Any, method: str = "cast") -> str:
-    """A string short enough to be a message name, or ConfigError; `validate_message_name`
+    """A string short enough to be a message name, or InvalidParams; `validate_message_name`
     (which echoes the whole name in its error) decides the rest."""
     if not isinstance(value, str):
         raise bad_param(method, "name", "a string (a dotted message name)", value)
@@ -107,7 +107,7 @@ def check_name(value: Any, method: str = "cast") -> str:
 
 
 def check_id(value: Any, method: str = "cast", *, tick: bool = False) -> str | None:
-    """A message id (None: the node picks one), or ConfigError. Only the timer leader's
+    """A message id (None: the node picks one), or InvalidParams. Only the timer leader's
     ticks (`tick`) may carry an id in the form of a tick's, so none can be forged."""
     if value is None:
         return None
@@ -121,7 +121,7 @@ def check_id(value: Any, method: str = "cast", *, tick: bool = False) -> str | N
 
 
 def check_priority(value: Any, method: str = "cast") -> int:
-    """A message priority, or ConfigError."""
+    """A message priority, or InvalidParams."""
     if isinstance(value, int) and not isinstance(value, bool) \
             and MIN_PRIORITY <= value <= MAX_PRIORITY:
         return value
@@ -130,7 +130,7 @@ def check_priority(value: Any, method: str = "cast") -> int:
 
 
 def check_timeout(value: Any, method: str = "call") -> float:
-    """A call's timeout in seconds, or ConfigError."""
+    """A call's timeout in seconds, or InvalidParams."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             seconds = float(value)
@@ -145,12 +145,12 @@ def check_timeout(value: Any, method: str = "call") -> float:
 def check_payload(msg: Any, method: str, *, journaled: bool) -> None:
     """Refuse a payload a worker (or, `journaled`, the journal) cannot take as it is.
 
-    The ConfigError names where in the payload the refused value is (`msg.a[2]`).
+    The InvalidParams names where in the payload the refused value is (`msg.a[2]`).
     """
     problem = _payload_problem(msg, journaled)
     if problem is not None:
         path, what = problem
-        raise ConfigError(f"invalid params for {method}: {path} {what}")
+        raise InvalidParams(f"invalid params for {method}: {path} {what}")
 
 
 # A node of the payload walk: (parent node, key or index); the root is None.

@@ -31,9 +31,9 @@ from yptask.delivery.load import Load
 from yptask.delivery.running import RunningTasks
 from yptask.errors import (
     CallTimeout,
-    ConfigError,
     EncodeError,
     IdPending,
+    InvalidParams,
     JournalError,
     NodeStopping,
     NoSubscriber,
@@ -202,8 +202,8 @@ class Publisher:
         except EncodeError as exc:
             raise EncodeError(f"message payload cannot travel to a worker: {exc}") from None
         if size > self.config.max_payload_bytes:
-            raise ConfigError(f"message payload is {size} bytes encoded, over the node's limit "
-                              f"of {self.config.max_payload_bytes}")
+            raise InvalidParams(f"message payload is {size} bytes encoded, over the node's limit "
+                                f"of {self.config.max_payload_bytes}")
 
 
 def _claimed(claims: Claims, accepted: Accepted, results: Places, answers: list[Any]

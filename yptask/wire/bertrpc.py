@@ -36,6 +36,7 @@ from yptask.errors import (
     YPTaskError,
     error_class_for,
     wire_code,
+    wire_name,
 )
 from yptask.wire import codec
 from yptask.wire.codec import Atom
@@ -163,7 +164,7 @@ def error_reply(exc: BaseException, *, with_traceback: bool = False) -> ErrorRep
         return ErrorReply(code.bert_type, code.bert_code, exc.error_class, exc.detail,
                           exc.backtrace)
     backtrace = traceback.format_exception(exc) if with_traceback else []
-    return ErrorReply(code.bert_type, code.bert_code, type(exc).__name__, str(exc), backtrace)
+    return ErrorReply(code.bert_type, code.bert_code, wire_name(exc), str(exc), backtrace)
 
 
 def answer_result(answer: Packet, expected: type[Reply | NoReply] = Reply) -> Any:

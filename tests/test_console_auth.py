@@ -12,6 +12,7 @@ import pytest
 from support import ALONE, ECHO
 
 from yptask.access.passwords import check_hash, hash_password
+from yptask.access.policy import AccessPolicy
 from yptask.client import Client
 from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef
@@ -91,10 +92,10 @@ async def test_the_cli_and_scripts_use_the_password(node):
 
 
 def test_a_node_beyond_loopback_without_a_password_serves_no_console():
-    assert "no console password" in Guard(None, "0.0.0.0").console_refusal()
-    assert Guard(None, "127.0.0.1").console_refusal() is None
-    assert Guard(None, "::1").console_refusal() is None
-    assert Guard(HASH, "10.1.2.3").console_refusal() is None
+    assert "no console password" in Guard(AccessPolicy(), "0.0.0.0").console_refusal()
+    assert Guard(AccessPolicy(), "127.0.0.1").console_refusal() is None
+    assert Guard(AccessPolicy(), "::1").console_refusal() is None
+    assert Guard(AccessPolicy(password_hash=HASH), "10.1.2.3").console_refusal() is None
 
 
 def test_only_real_password_hashes_are_accepted_in_the_config():

@@ -14,13 +14,14 @@ import aiohttp
 import pytest
 from support import ALONE, ECHO
 
+from yptask.access import policy
 from yptask.access.passwords import hash_password
+from yptask.access.policy import AccessPolicy
+from yptask.access.throttle import LoginThrottle
 from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef
 from yptask.errors import ProtocolError, Unauthorized, wire_code
 from yptask.node import Node
-from yptask.web import auth
-from yptask.web.auth import Guard, LoginThrottle
 from yptask.web.origin import OriginCheck, host_name
 
 PWN = {"name": "pwn", "messages": ["p.x"], "command": ["sh", "-c", "id > pwned"],
@@ -180,30 +181,30 @@ def test_failed_logins_are_throttled_per_address():
 async def test_password_guesses_cost_bounded_work_and_get_throttled(monkeypatch):
     # Given a node with a password, and a count of the scrypt checks it really runs
     checks: list[str] = []
-    real = auth.verify_password
+    real = policy.verify_password
 
     def counted(password: str, encoded: str) -> bool:
         checks.append(password)
         return real(password, encoded)
 
-    monkeypatch.setattr(auth, "verify_password", counted)
-    guard = Guard(hash_password("the right password"), "127.0.0.1", admin_token="t" * 32)
+    monkeypatch.setattr(policy, "verify_password", counted)
+    access = AccessPolicy(password_hash=hash_password("the right password"), admin_token="t" * 32)
     # When one address sends 40 wrong guesses at once
-    results = await asyncio.gather(*(guard._secret_ok(f"guess {i}", "10.0.0.9")
+    results = await asyncio.gather(*(access.secret_ok(f"guess {i}", "10.0.0.9")
                                      for i in range(40)))
     # Then all fail, and few ran scrypt: the rest waited for nothing
     assert not any(results)
-    assert len(checks) <= auth.MAX_PENDING_CHECKS + guard.throttle.max_failures
+    assert len(checks) <= policy.MAX_PENDING_CHECKS + access.throttle.max_failures
     # And once over the limit, that address runs no check at all, even for the password
     ran = len(checks)
-    for i in range(guard.throttle.max_failures):
-        await guard._secret_ok(f"more {i}", "10.0.0.9")
-    assert await guard._secret_ok("the right password", "10.0.0.9") is False
+    for i in range(access.throttle.max_failures):
+        await access.secret_ok(f"more {i}", "10.0.0.9")
+    assert await access.secret_ok("the right password", "10.0.0.9") is False
     assert len(checks) == ran
     # while another address, and the admin token, still get in
-    assert await guard._secret_ok("the right password", "10.0.0.10") is True
-    assert await guard._secret_ok("t" * 32, "10.0.0.9") is True
-    guard.close()
+    assert await access.secret_ok("the right password", "10.0.0.10") is True
+    assert await access.secret_ok("t" * 32, "10.0.0.9") is True
+    access.close()
 
 
 async def test_the_console_assets_are_served_by_name_only(node):

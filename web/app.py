@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from yptask.access.policy import AccessPolicy
 from yptask.log_limit import LogLimiter
 from yptask.service import Service
 from yptask.web.auth import SESSION_COOKIE, SESSION_TTL_S, Guard, is_loopback
@@ -45,17 +46,20 @@ _PAGE_HEADERS = {**_NO_STORE, "X-Frame-Options": "DENY", "X-Content-Type-Options
                                             "frame-ancestors 'none'"}
 
 
-def make_app(node: Service, admin_token: str | None = None) -> web.Application:
+def make_app(node: Service, admin_token: str | None = None,
+             access: AccessPolicy | None = None) -> web.Application:
     """Build the node's HTTP application; `app[NODE]` is the node, `app[GUARD]` its rules.
 
-    `admin_token`: the node's admin token (`yptask.access.secrets`); without one, only
-    the console password administers it."""
+    `access`: the node's access rules, shared with its other surfaces; by default
+    the ones its config sets, with `admin_token` (`yptask.access.secrets`) as the
+    admin token (without one, only the console password administers it)."""
     config = node.config
-    guard = Guard(config.console_password_hash, config.http_host, admin_token=admin_token,
-                  tokens=config.api_tokens, allow_from=config.allow_from)
+    if access is None:
+        access = AccessPolicy.from_config(config, admin_token)
+    guard = Guard(access, config.http_host)
     if guard.console_refusal():
         log.warning("%s", guard.console_refusal())
-    if not guard.tokens and not is_loopback(config.http_host):
+    if access.publishing_open and not is_loopback(config.http_host):
         log.warning("SECURITY: this node listens on %s with no publisher tokens: anyone who "
                     "reaches it may cast and call", config.http_host)
     origins = OriginCheck(config.http_host, allowed_hosts=config.http_allowed_hosts,
@@ -63,7 +67,7 @@ def make_app(node: Service, admin_token: str | None = None) -> web.Application:
     # The allow-list check is a middleware only where there is a list: one less layer
     # around every request otherwise. It comes first: a stranger learns nothing more.
     app = web.Application(client_max_size=config.max_body_bytes + _HEADROOM_BYTES,
-                          middlewares=[_allow_list] if guard.networks else [])
+                          middlewares=[_allow_list] if access.allow_list else [])
     app[NODE] = node
     app[GUARD] = guard
     app[STRANGERS] = LogLimiter(log)
@@ -80,7 +84,7 @@ def make_app(node: Service, admin_token: str | None = None) -> web.Application:
 
 @web.middleware
 async def _allow_list(request: web.Request, handler: Any) -> web.StreamResponse:
-    if not request.app[GUARD].address_allowed(request.remote):
+    if not request.app[GUARD].access.address_allowed(request.remote):
         request.app[STRANGERS].warning("refused HTTP from %s: not in allow_from",
                                        request.remote)
         return web.Response(status=403, text="this address may not use this node\n")

@@ -21,40 +21,32 @@ A publisher token (`api_tokens`, one per application) grants `cast` and `call`
 only; without publisher tokens, publishing is open to whoever reaches the node.
 An allow-list of networks (`allow_from`) closes every surface to other addresses.
 
-Passwords are hashed with scrypt (`yptask.access.passwords`), which costs about 40 ms
-and 16 MiB a check on purpose: checks run one at a time on their own thread,
-never on the executor the node uses for anything else, a few at most wait for
-it, and an address with too many failures is refused without one
-(`LoginThrottle`). Tokens are compared in constant time.
+The rules themselves (allow-list, tokens, the password and its throttle) are
+`yptask.access.policy.AccessPolicy`, which the BERT-RPC endpoint asks too; this
+module reads them off HTTP requests and keeps the console's sessions.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import hashlib
 import hmac
-import ipaddress
 import secrets
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from yptask.access.addresses import is_loopback
-from yptask.access.passwords import verify_password
+from yptask.access.policy import PUBLISHING, AccessPolicy
 
-__all__ = ["CSRF_HEADER", "SESSION_COOKIE", "SESSION_TTL_S", "Guard", "LoginThrottle",
+__all__ = ["CSRF_HEADER", "SESSION_COOKIE", "SESSION_TTL_S", "Guard", "RequestAccess",
            "is_loopback"]
 
 SESSION_COOKIE = "yptask_session"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_TTL_S = 12 * 3600
 MAX_SESSIONS = 1000  # past this, the oldest session is forgotten
-MAX_PENDING_CHECKS = 4  # password checks that may wait for the checking thread
 
 
 @dataclass
@@ -63,91 +55,27 @@ class _Session:
     expires: float
 
 
-@dataclass
-class LoginThrottle:
-    """Failed logins per address: past `max_failures` within `window_s`, an address is
-    refused without a password check until its oldest failure leaves the window."""
-
-    max_failures: int = 10
-    window_s: float = 60.0
-    max_addresses: int = 10_000  # the table is bounded too: the oldest address goes first
-    _failures: dict[str, list[float]] = field(default_factory=dict)
-
-    def blocked_for_s(self, address: str, now: float | None = None) -> float:
-        """How long `address` must wait before its next try (0: it may try now)."""
-        now = time.monotonic() if now is None else now
-        recent = [t for t in self._failures.get(address, ()) if t > now - self.window_s]
-        if recent:
-            self._failures[address] = recent
-        else:
-            self._failures.pop(address, None)
-        if len(recent) < self.max_failures:
-            return 0.0
-        return recent[0] + self.window_s - now
-
-    def failed(self, address: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if address not in self._failures and len(self._failures) >= self.max_addresses:
-            del self._failures[next(iter(self._failures))]
-        self._failures.setdefault(address, []).append(now)
-
-
 class Guard:
-    """The node's access rules, applied to console pages and admin methods."""
+    """The node's access rules (`AccessPolicy`) as HTTP applies them: to console pages,
+    sessions and the JSON-RPC methods."""
 
-    def __init__(self, password_hash: str | None, http_host: str, *,
-                 admin_token: str | None = None, tokens: Mapping[str, str] | None = None,
-                 allow_from: Sequence[str] = (),
-                 throttle: LoginThrottle | None = None) -> None:
-        self.password_hash = password_hash
-        self.admin_token = admin_token
+    def __init__(self, access: AccessPolicy, http_host: str) -> None:
+        self.access = access
         self.loopback = is_loopback(http_host)
-        self.tokens = dict(tokens or {})  # application -> its publisher API token
-        self.networks = [ipaddress.ip_network(net, strict=False) for net in allow_from]
-        self.throttle = throttle or LoginThrottle()
         self._sessions: dict[str, _Session] = {}
-        self._good_passwords: set[str] = set()  # digests of passwords already verified
-        self._checker: ThreadPoolExecutor | None = None  # scrypt's own thread, made on need
-        self._pending_checks = 0
-
-    @property
-    def required(self) -> bool:
-        """Is there a console password (besides the admin token)?"""
-        return self.password_hash is not None
-
-    def address_allowed(self, remote: str | None) -> bool:
-        """Is a peer at `remote` on the allow-list (when there is one)?"""
-        if not self.networks:
-            return True
-        try:
-            address = ipaddress.ip_address(remote or "")
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
-
-    def application(self, token: str) -> str | None:
-        """The application a publisher token belongs to, or None."""
-        for name, known in self.tokens.items():
-            if hmac.compare_digest(known.encode(), token.encode()):
-                return name
-        return None
-
-    def is_admin_token(self, token: str) -> bool:
-        return self.admin_token is not None and hmac.compare_digest(
-            self.admin_token.encode(), token.encode())
 
     async def may_publish(self, request: web.Request) -> bool:
         """cast and call: open, unless tokens are configured (then a token, or admin rights)."""
-        if not self.tokens:
+        if self.access.publishing_open:
             return True
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and self.application(token.strip()) is not None:
+        if scheme.lower() == "bearer" and self.access.application(token.strip()) is not None:
             return True
         return await self.may_administer(request)
 
     def console_refusal(self) -> str | None:
         """Why the console is off, or None if it is served."""
-        if self.password_hash is None and not self.loopback:
+        if self.access.password_hash is None and not self.loopback:
             return ("the console is off: this node listens beyond loopback and has no "
                     "console password; set console_password_hash in its config "
                     "(make one with `yptask hash-password`)")
@@ -156,7 +84,7 @@ class Guard:
     async def login(self, secret: str, address: str) -> tuple[str, str] | None:
         """Check the password (or the admin token); return a new session's
         (cookie token, CSRF token), or None."""
-        if not await self._secret_ok(secret, address):
+        if not await self.access.secret_ok(secret, address):
             return None
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         if len(self._sessions) >= MAX_SESSIONS:
@@ -190,49 +118,45 @@ class Guard:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         scheme = scheme.lower()
         if scheme == "bearer":
-            return self.is_admin_token(value.strip())
+            return self.access.is_admin_token(value.strip())
         if scheme != "basic":
             return False
         try:
             _, _, secret = base64.b64decode(value, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return False
-        return await self._secret_ok(secret, request.remote or "")
+        return await self.access.secret_ok(secret, request.remote or "")
 
     def blocked_for_s(self, address: str) -> float:
         """How long an address with too many failed logins must wait (0: it may try)."""
-        return self.throttle.blocked_for_s(address)
+        return self.access.blocked_for_s(address)
 
-    async def _secret_ok(self, secret: str, address: str) -> bool:
-        """Is `secret` the admin token or the password? Failures count against `address`."""
-        if self.is_admin_token(secret):
-            return True
-        if self.password_hash is None or self.throttle.blocked_for_s(address) > 0:
-            return False
-        # a password that passed is remembered (as a digest), so its next use costs nothing
-        key = hashlib.sha256(secret.encode()).hexdigest()
-        if key in self._good_passwords:
-            return True
-        if await self._verify(secret):
-            self._good_passwords.add(key)
-            return True
-        self.throttle.failed(address)
-        return False
 
-    async def _verify(self, password: str) -> bool:
-        """scrypt, on its own thread, one at a time; False at once when too many wait."""
-        assert self.password_hash is not None
-        if self._pending_checks >= MAX_PENDING_CHECKS:
-            return False
-        if self._checker is None:
-            self._checker = ThreadPoolExecutor(1, thread_name_prefix="password-check")
-        self._pending_checks += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._checker, verify_password, password, self.password_hash)
-        finally:
-            self._pending_checks -= 1
+class RequestAccess:
+    """What one HTTP request may call, asked of the node's Guard at most once per kind."""
 
-    def close(self) -> None:
-        if self._checker is not None:
-            self._checker.shutdown(wait=False, cancel_futures=True)
+    def __init__(self, guard: Guard, request: web.Request) -> None:
+        self.guard = guard
+        self.request = request
+        self._answers: dict[bool, bool] = {}  # publishing method? -> allowed
+
+    async def allows(self, method: str) -> bool:
+        public = method in PUBLISHING
+        if public not in self._answers:
+            self._answers[public] = await (self.guard.may_publish(self.request) if public
+                                           else self.guard.may_administer(self.request))
+        return self._answers[public]
+
+    def why(self, method: str) -> str:
+        wait_s = self.guard.blocked_for_s(self.request.remote or "")
+        if wait_s > 0:
+            return (f"{method} is refused: too many failed password checks from this "
+                    f"address; wait {int(wait_s) + 1} s")
+        if method in PUBLISHING:
+            return (f"{method} needs a publisher token: send Authorization: Bearer TOKEN "
+                    "(YPTASK_TOKEN for the CLI)")
+        return (f"{method} needs the node's admin token or console password: send "
+                "Authorization: Bearer ADMIN_TOKEN (the file admin-token in the node's data "
+                "dir, which the CLI reads itself: --data-dir or YPTASK_DATA_DIR), or the "
+                "console password as HTTP Basic auth (YPTASK_PASSWORD), or log in to the "
+                "console")

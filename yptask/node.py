@@ -38,6 +38,7 @@ from typing import Any
 import pykka
 
 from yptask import __version__
+from yptask.access.policy import AccessPolicy
 from yptask.access.secrets import ADMIN_TOKEN_FILE, cluster_cookie, read_or_make
 from yptask.cluster.client_ids import IDS_REQUEST, ClientIds
 from yptask.cluster.membership import Change
@@ -164,11 +165,12 @@ class Node:
 
         assert self._http_socket is not None
         c = self.config
-        self._http = HTTPServer(make_app(self, self.admin_token), HTTPLimits(
+        access = AccessPolicy.from_config(c, self.admin_token)  # one set of rules, both surfaces
+        self._http = HTTPServer(make_app(self, access=access), HTTPLimits(
             caps(c).http, head_timeout_s=c.http_head_timeout_s,
             keepalive_timeout_s=c.http_keepalive_timeout_s))
         await self._http.start(self._http_socket)
-        self._bert = BertEndpoint(self)
+        self._bert = BertEndpoint(self, access)
         await self._bert.start(c.bert_host, c.bert_port)
         self.bert_address = self._bert.address
 

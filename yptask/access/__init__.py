@@ -1,1 +1,1 @@
-"""Who may do what, independent of transport: addresses, passwords, the node's secrets."""
+"""Who may do what, whatever the transport: the policy, allow-list, passwords, secrets."""

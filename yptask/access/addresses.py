@@ -1,10 +1,14 @@
-"""What a host string names: an address literal, loopback or not (standard library only)."""
+"""Addresses: what a host string names (a literal, loopback or not), and the allow-list.
+
+Standard library only.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
-__all__ = ["address_literal", "is_loopback"]
+__all__ = ["AllowList", "address_literal", "is_loopback"]
 
 
 def address_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -21,3 +25,23 @@ def is_loopback(host: str) -> bool:
         return True
     address = address_literal(host)
     return address is not None and address.is_loopback
+
+
+class AllowList:
+    """The networks a node serves (`allow_from`); with none, every address is served."""
+
+    def __init__(self, networks: Sequence[str] = ()) -> None:
+        self.networks = [ipaddress.ip_network(net, strict=False) for net in networks]
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def allows(self, remote: str | None) -> bool:
+        """Is a peer at `remote` on the list (when there is one)?"""
+        if not self.networks:
+            return True
+        try:
+            address = ipaddress.ip_address(remote or "")
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)

@@ -3,7 +3,7 @@
 Each is a random string made at the node's first start, in a file only the
 node's user may read (0600), and kept across restarts. Whoever can read the
 data dir holds them: the cookie joins a cluster, the admin token administers
-the node (`yptask.web.auth`), which is how the CLI on the same machine gets in
+the node (`yptask.access.policy`), which is how the CLI on the same machine gets in
 without a password.
 """
 

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from yptask.access.addresses import AllowList
 from yptask.cluster.discovery import DEFAULT_SERVICE_TYPE, Discovery, Sighting
 from yptask.cluster.link import HANDSHAKE_TIMEOUT_S, Identity, Link, LinkRefused, accept, dial
 from yptask.cluster.membership import Change, Member, Membership, MemberState
@@ -42,7 +43,6 @@ from yptask.errors import LinkError, NoSuchFunction, ProtocolError, YPTaskError
 from yptask.log_limit import LogLimiter
 from yptask.store.config_map import ConfigMap
 from yptask.store.replicated import Entry, digest_from_term, digest_to_term
-from yptask.web.auth import Guard
 from yptask.wire.decoding import Decoder
 from yptask.wire.describe import describe
 
@@ -130,7 +130,7 @@ class Cluster:
         self._targets: dict[tuple[str, int], _Target] = {}
         self._server: asyncio.Server | None = None
         self._discovery: Discovery | None = None
-        self._guard = Guard(None, settings.link_host, allow_from=settings.allow_from)
+        self._allowed = AllowList(settings.allow_from)
         self._decoder = Decoder("link decode")
         self._background: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -253,7 +253,7 @@ class Cluster:
             # into a partition gives up soon, so a fresh one links as soon as it heals.
             link = await dial(target.host, target.port, me=self.me,
                               cookie=self.settings.cookie, handler=self._handle,
-                              decoder=self._decoder, allowed=self._guard.address_allowed,
+                              decoder=self._decoder, allowed=self._allowed.allows,
                               timeout_s=self._timeout())
         except LinkRefused as exc:
             log.warning("link to %s refused: %s", where, exc)
@@ -294,7 +294,7 @@ class Cluster:
     async def _on_connect(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        if not self._guard.address_allowed(peer[0] if peer else None):
+        if not self._allowed.allows(peer[0] if peer else None):
             self._strangers.warning("refused a link from %s: not in allow_from", peer)
             writer.close()
             return

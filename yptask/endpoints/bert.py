@@ -15,8 +15,9 @@ table in `yptask.errors`. A frame that is no term gets a protocol error and the
 connection serves on; a frame header over the cap, or input ending inside a
 frame, gets a protocol error and the connection is closed. Nothing a client
 sends takes the node down. The node's `allow_from` list closes the endpoint to
-other addresses. A connection past `max_bert_connections` gets an `Overloaded`
-error and is closed; one with no whole frame for `bert_idle_timeout_s` is closed.
+other addresses (who may publish is the node's `yptask.access.policy.AccessPolicy`).
+A connection past `max_bert_connections` gets an `Overloaded` error and is
+closed; one with no whole frame for `bert_idle_timeout_s` is closed.
 
 Decoding is bounded by `yptask.wire.decoding` (PUBLISHER, or the much smaller
 PRE_AUTH on a node with `api_tokens` until the connection shows a token,
@@ -32,6 +33,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from yptask.access.policy import AccessPolicy
 from yptask.connection_limits import ConnectionLimit, caps, guarded
 from yptask.errors import (
     ConfigError,
@@ -46,7 +48,6 @@ from yptask.errors import (
 )
 from yptask.ingress import checks as ingress
 from yptask.log_limit import LogLimiter
-from yptask.web.auth import Guard
 from yptask.wire.bertrpc import (
     DEFAULT_MAX_FRAME,
     Call,
@@ -77,13 +78,12 @@ PRE_AUTH_MAX_FRAME = 64 * 1024  # before a token: room for {info, auth, [Token]}
 class BertEndpoint:
     """A TCP server speaking BERT-RPC to publishers, in front of one node."""
 
-    def __init__(self, node: Node, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, node: Node, access: AccessPolicy,
+                 max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._strangers = LogLimiter(log)  # refusals: a line every few seconds
         self.node = node
+        self.access = access
         self.max_frame = max_frame
-        config = node.config
-        self.guard = Guard(config.console_password_hash, config.bert_host,
-                           tokens=config.api_tokens, allow_from=config.allow_from)
         self._server: asyncio.Server | None = None
         self._decoder = Decoder("bert decode")
         self.address = ""
@@ -108,9 +108,9 @@ class BertEndpoint:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        connection = _Connection(authorized=not self.guard.tokens)
+        connection = _Connection(authorized=self.access.publishing_open)
         try:
-            if not self.guard.address_allowed(peer[0] if peer else None):
+            if not self.access.address_allowed(peer[0] if peer else None):
                 self._strangers.warning("refused BERT-RPC from %s: not in allow_from", peer)
                 await self._send(writer, error_reply(Unauthorized(
                     "this address may not use this node")))
@@ -173,7 +173,7 @@ class BertEndpoint:
             if packet.command == "auth":  # {info, auth, [Token]}: for the calls that follow
                 token = packet.options[0] if packet.options else None
                 connection.authorized = connection.authorized or (
-                    isinstance(token, str) and self.guard.application(token) is not None)
+                    isinstance(token, str) and self.access.application(token) is not None)
             return None
         if not connection.authorized:
             return error_reply(Unauthorized(

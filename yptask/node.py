@@ -285,7 +285,7 @@ class Node:
     async def cast_many(self, casts: list[tuple[Any, Any, Any, Any]]) -> list[Any]:
         return await self.publisher.cast_many(casts)
 
-    async def call(self, name: str, msg: Any, *, timeout_s: float = 30.0) -> Any:
+    async def call(self, name: Any, msg: Any, *, timeout_s: Any = 30.0) -> Any:
         return await self.publisher.call(name, msg, timeout_s=timeout_s)
 
     async def list_tasks(self) -> list[dict[str, Any]]:

@@ -1,8 +1,10 @@
 """The one facade every transport calls: JSON-RPC (web/rpc.py), BERT-RPC (endpoints/bert.py).
 
 A transport parses its wire format and calls these operations; it never sees
-the node itself. The operations check their own arguments (yptask.ingress), so
-every transport refuses the same input with the same error.
+the node itself. `cast`, `cast_many` and `call` take the fields as the wire
+brought them and check every one (`yptask.ingress.checks`), so every transport
+refuses the same input with the same error (`InvalidParams`). Who may call
+them is `yptask.access`, which each transport asks with its own credentials.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Service(Protocol):
 
     async def cast_many(self, casts: list[tuple[Any, Any, Any, Any]], /) -> list[Any]: ...
 
-    async def call(self, name: str, msg: Any, /, *, timeout_s: float) -> Any: ...
+    async def call(self, name: Any, msg: Any, /, *, timeout_s: Any) -> Any: ...
 
     async def list_tasks(self) -> Any: ...
 

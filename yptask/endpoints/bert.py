@@ -23,6 +23,10 @@ Decoding is bounded by `yptask.wire.decoding` (PUBLISHER, or the much smaller
 PRE_AUTH on a node with `api_tokens` until the connection shows a token,
 which also caps its frames at PRE_AUTH_MAX_FRAME), and big frames decode off
 the event loop.
+
+The endpoint only decodes: it takes a call's fields apart and hands them, as
+they came, to the node's `yptask.service.Service`, which checks every one
+(`yptask.ingress.checks`) exactly as it does for JSON-RPC.
 """
 
 from __future__ import annotations
@@ -31,14 +35,14 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from yptask.access.policy import AccessPolicy
 from yptask.connection_limits import ConnectionLimit, caps, guarded
 from yptask.errors import (
-    ConfigError,
     EncodeError,
     FrameError,
+    InvalidParams,
     NoSuchFunction,
     NoSuchModule,
     Overloaded,
@@ -48,6 +52,7 @@ from yptask.errors import (
 )
 from yptask.ingress import checks as ingress
 from yptask.log_limit import LogLimiter
+from yptask.service import Service
 from yptask.wire.bertrpc import (
     DEFAULT_MAX_FRAME,
     Call,
@@ -62,10 +67,6 @@ from yptask.wire.bertrpc import (
     parse_packet,
 )
 from yptask.wire.decoding import PRE_AUTH, PUBLISHER, Decoder, InflationBudget
-from yptask.wire.describe import describe
-
-if TYPE_CHECKING:
-    from yptask.node import Node
 
 __all__ = ["BertEndpoint"]
 
@@ -78,7 +79,7 @@ PRE_AUTH_MAX_FRAME = 64 * 1024  # before a token: room for {info, auth, [Token]}
 class BertEndpoint:
     """A TCP server speaking BERT-RPC to publishers, in front of one node."""
 
-    def __init__(self, node: Node, access: AccessPolicy,
+    def __init__(self, node: Service, access: AccessPolicy,
                  max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._strangers = LogLimiter(log)  # refusals: a line every few seconds
         self.node = node
@@ -200,14 +201,13 @@ class BertEndpoint:
             if not isinstance(opts, dict) or not opts.keys() <= _CAST_OPTIONS:
                 got = (f"the key(s) {', '.join(map(repr, opts.keys() - _CAST_OPTIONS))}"
                        if isinstance(opts, dict) else ingress.json_type(opts))
-                raise ConfigError("cast options must be a map: #{id => Id, priority => 0..9}; "
-                                  f"got {got[:200]}")
-            # The node checks every field of a cast (yptask.ingress.checks), whatever the surface.
+                raise InvalidParams("cast options must be a map: #{id => Id, priority => 0..9}; "
+                                    f"got {got[:200]}")
             return await self.node.cast(args[0], args[1], id=opts.get("id"),
                                         priority=opts.get("priority", 0))
         if call.function == "call" and len(args) in (2, 3):
-            timeout = ingress.check_timeout(args[2] if len(args) == 3 else 30)
-            return await self.node.call(_name(args[0]), args[1], timeout_s=timeout)
+            return await self.node.call(args[0], args[1],
+                                        timeout_s=args[2] if len(args) == 3 else 30)
         raise NoSuchFunction(f"no function yptask:{call.function}/{len(args)}; the endpoint "
                              "serves cast/2, cast/3, call/2 and call/3")
 
@@ -228,12 +228,4 @@ class _Connection:
 
     authorized: bool
     inflation: InflationBudget = field(default_factory=InflationBudget)
-
-
-def _name(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"a message name is a binary or an atom, got {describe(value)}")
-    return str(value)
-
-
 

@@ -153,13 +153,16 @@ class Publisher:
                 given.append(id)
         return accepted, results, given
 
-    async def call(self, name: str, msg: Any, *, timeout_s: float = 30.0,
+    async def call(self, name: Any, msg: Any, *, timeout_s: Any = 30.0,
                    here_only: bool = False) -> Any:
         """Have one worker of a subscribed task handle `msg` now; return its result.
 
         A task with workers here is preferred; otherwise the call goes to a live node
         that runs one (unless `here_only`: it came from another node already).
+        Every field is checked here (`yptask.ingress.checks`), whatever the surface.
         """
+        name = checks.check_name(name, "call")
+        timeout_s = checks.check_timeout(timeout_s)
         self.check_running()
         self.check_message(name, msg)
         running = self._running

@@ -1,0 +1,233 @@
+"""The JSON-RPC method table: each method's parameters, bound and checked, then the service.
+
+One entry per method of the publisher API (`cast`, `call`, `tasks.*`,
+`timers.*`, `status`, `nodes*`, `failures.list`, `metrics`, `dead.*`): its
+signature is its parameters, by position or by name, with their defaults.
+The publishing methods pass what they were sent to the node as it came: the
+node checks every field of a cast and a call (`yptask.ingress.checks`),
+whatever the surface. The admin methods, which only JSON-RPC offers, check
+their own parameters here (a name is a string, a limit an integer in range,
+a definition an object). Every refusal is an `InvalidParams` (-32602) naming
+the method and the parameter.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from jsonrpcserver import Error, Success
+
+from yptask.errors import InvalidParams, YPTaskError
+from yptask.ingress import checks as ingress
+from yptask.service import Service
+from yptask.web.jsonrpc import error_object, internal_error
+
+__all__ = ["CALL", "CAST", "MAX_DEAD_LETTERS", "METHODS", "Signature", "call", "invoke"]
+
+MAX_DEAD_LETTERS = 1_000_000  # the largest `limit` dead.list accepts
+
+_bad = ingress.bad_param
+
+
+def _string(method: str, param: str, value: Any, *, optional: bool = False) -> Any:
+    if isinstance(value, str) or (optional and value is None):
+        return value
+    raise _bad(method, param, "a string" + (" or null" if optional else ""), value)
+
+
+def _integer(method: str, param: str, value: Any, *, minimum: int = -2**63,
+             maximum: int = 2**63 - 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(method, param, "an integer", value)
+    if not minimum <= value <= maximum:
+        raise _bad(method, param, f"an integer from {minimum} to {maximum}", value)
+    return value
+
+
+def _object(method: str, param: str, value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(method, param, f"an object ({what})", value)
+    return value
+
+
+# ---------------------------------------------------------------- the methods
+
+
+async def _cast(node: Service, /, name: Any, msg: Any, id: Any = None,
+                priority: Any = 0) -> Any:
+    return await node.cast(name, msg, id=id, priority=priority)
+
+
+async def call(node: Service, /, name: Any, msg: Any, timeout: Any = 30) -> Any:
+    """`call`, answered by the endpoint directly (the hot path skips jsonrpcserver)."""
+    return await node.call(name, msg, timeout_s=timeout)
+
+
+async def _tasks_list(node: Service, /) -> Any:
+    return await node.list_tasks()
+
+
+async def _tasks_get(node: Service, /, name: Any) -> Any:
+    return await node.get_task(_string("tasks.get", "name", name))
+
+
+async def _tasks_put(node: Service, /, definition: Any) -> Any:
+    return await node.put_task(_object("tasks.put", "definition", definition,
+                                       "a task definition"))
+
+
+async def _tasks_delete(node: Service, /, name: Any) -> Any:
+    return await node.delete_task(_string("tasks.delete", "name", name))
+
+
+async def _tasks_restart(node: Service, /, name: Any) -> Any:
+    return await node.restart_task(_string("tasks.restart", "name", name))
+
+
+async def _timers_list(node: Service, /) -> Any:
+    return await node.list_timers()
+
+
+async def _timers_get(node: Service, /, name: Any) -> Any:
+    return await node.get_timer(_string("timers.get", "name", name))
+
+
+async def _timers_put(node: Service, /, definition: Any) -> Any:
+    return await node.put_timer(_object("timers.put", "definition", definition,
+                                        "a timer definition"))
+
+
+async def _timers_delete(node: Service, /, name: Any) -> Any:
+    return await node.delete_timer(_string("timers.delete", "name", name))
+
+
+async def _failures_list(node: Service, /, limit: Any = 100) -> Any:
+    return await node.failures(_integer("failures.list", "limit", limit, minimum=1,
+                                        maximum=MAX_DEAD_LETTERS))
+
+
+async def _metrics(node: Service, /, step: Any = 10, span: Any = 600) -> Any:
+    return await node.metrics(_integer("metrics", "step", step, minimum=1, maximum=600),
+                              _integer("metrics", "span", span, minimum=1, maximum=600))
+
+
+async def _nodes(node: Service, /) -> Any:
+    return await node.nodes()
+
+
+async def _nodes_forget(node: Service, /, name: Any) -> Any:
+    return await node.forget_node(_string("nodes.forget", "name", name))
+
+
+async def _status(node: Service, /) -> Any:
+    return await node.status()
+
+
+async def _dead_list(node: Service, /, limit: Any = 100) -> Any:
+    return await node.dead_letters(_integer("dead.list", "limit", limit, minimum=1,
+                                            maximum=MAX_DEAD_LETTERS))
+
+
+async def _dead_replay(node: Service, /, id: Any, task: Any = None) -> Any:
+    return await node.replay(_string("dead.replay", "id", id),
+                             _string("dead.replay", "task", task, optional=True))
+
+
+# ---------------------------------------------------------------- binding and the table
+
+
+Method = Callable[..., Awaitable[Any]]
+
+
+def _describe_param(param: inspect.Parameter) -> str:
+    return param.name if param.default is param.empty else f"{param.name}={param.default!r}"
+
+
+class Signature:
+    """Binds a request's params to a method's parameters, quickly, with a clear error."""
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        self.name = name
+        self.signature = inspect.signature(fn)
+        params = list(self.signature.parameters.values())[1:]  # after the node
+        self.names = [p.name for p in params]
+        self.known = frozenset(self.names)
+        self.defaults = [p.default for p in params]
+        self.required = sum(1 for p in params if p.default is p.empty)
+        self.usage = f"{name}({', '.join(_describe_param(p) for p in params)})"
+
+    def bind(self, params: list[Any] | dict[str, Any]) -> list[Any]:
+        """The arguments in parameter order, defaults filled in; InvalidParams if they do
+        not fit (-32602, naming the method and its parameters)."""
+        if isinstance(params, list):
+            if self.required <= len(params) <= len(self.names):
+                return [*params, *self.defaults[len(params):]]
+        elif params.keys() <= self.known and all(
+                name in params for name in self.names[:self.required]):
+            return [params.get(name, default)
+                    for name, default in zip(self.names, self.defaults, strict=True)]
+        try:  # only to word the error as Python would
+            if isinstance(params, list):
+                self.signature.bind(None, *params)
+            else:
+                self.signature.bind(None, **params)
+            problem = "they do not fit"
+        except TypeError as exc:
+            problem = str(exc)
+        raise InvalidParams(f"invalid params for {self.name}: {problem}; it takes {self.usage}")
+
+
+async def invoke(fn: Method, signature: Signature, node: Service,
+                 params: list[Any] | dict[str, Any]) -> tuple[bool, Any]:
+    """Run one method: (True, result), or (False, error object) for any failure:
+    yptask errors by the wire table, anything else as a logged -32603."""
+    try:
+        return True, await fn(node, *signature.bind(params))
+    except YPTaskError as exc:
+        return False, error_object(exc)
+    except Exception as exc:
+        return False, internal_error(exc, f"method {signature.name}")
+
+
+def _method(name: str, fn: Method) -> Method:
+    """Wrap `fn(node, *params)` as a jsonrpcserver method that answers every failure itself."""
+    signature = Signature(name, fn)
+
+    async def method(node: Service, /, *args: Any, **kwargs: Any) -> Any:
+        ok, value = await invoke(fn, signature, node, kwargs if kwargs else list(args))
+        return Success(value) if ok else Error(**value)
+
+    method.__name__ = method.__qualname__ = f"rpc_{name.replace('.', '_')}"
+    # jsonrpcserver checks every call against inspect.signature(method), which is slow to
+    # compute each time; the wrapper takes anything, so give it its signature once.
+    method.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
+    return method
+
+
+_IMPLEMENTATIONS: dict[str, Method] = {
+    "cast": _cast,
+    "call": call,
+    "tasks.list": _tasks_list,
+    "tasks.get": _tasks_get,
+    "tasks.put": _tasks_put,
+    "tasks.delete": _tasks_delete,
+    "tasks.restart": _tasks_restart,
+    "status": _status,
+    "nodes": _nodes,
+    "nodes.forget": _nodes_forget,
+    "failures.list": _failures_list,
+    "metrics": _metrics,
+    "timers.list": _timers_list,
+    "timers.get": _timers_get,
+    "timers.put": _timers_put,
+    "timers.delete": _timers_delete,
+    "dead.list": _dead_list,
+    "dead.replay": _dead_replay,
+}
+
+# The method table, passed to jsonrpcserver as `methods=` (never its global registry).
+METHODS: dict[str, Method] = {name: _method(name, fn) for name, fn in _IMPLEMENTATIONS.items()}
+CAST = Signature("cast", _cast)
+CALL = Signature("call", call)

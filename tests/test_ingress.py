@@ -24,12 +24,12 @@ import aiohttp
 import pytest
 from support import TEST_WORKERS, NodeProcess, read_records, until, wait_for
 
-from yptask.errors import ConfigError, ProtocolError, wire_code
+from yptask.errors import ConfigError, InvalidParams, ProtocolError, wire_code
 from yptask.ingress import checks as ingress
 from yptask.store.group_commit import JournalThread
 from yptask.store.journal import Envelope, Journal
-from yptask.web.rpc import ANSWER_FACTOR, ANSWER_SLACK_BYTES
-from yptask.wire.bertrpc import Call, ErrorReply, Reply, decode_packet, frame
+from yptask.web.rpc import ANSWER_FACTOR, ANSWER_SLACK_BYTES, error_data
+from yptask.wire.bertrpc import Call, ErrorReply, Reply, decode_packet, error_reply, frame
 
 INVALID_REQUEST = wire_code(ProtocolError).jsonrpc_code
 INVALID_PARAMS = wire_code(ConfigError).jsonrpc_code
@@ -270,6 +270,17 @@ def test_payload_rules(msg, journaled, refused):
     else:
         with pytest.raises(ConfigError, match=re.escape(refused)):
             ingress.check_payload(msg, "cast", journaled=journaled)
+
+
+def test_a_bad_parameter_is_invalid_params_and_travels_as_it_always_did():
+    # Given a field refused by the ingress rules
+    refused = ingress.bad_param("cast", "id", "a string", 7)
+    # Then it is its own family in-process, still a ConfigError for older callers,
+    assert isinstance(refused, InvalidParams) and isinstance(refused, ConfigError)
+    # and on both wires it has ConfigError's code and class name, as clients expect
+    assert wire_code(refused) == wire_code(ConfigError)
+    assert error_reply(refused).error_class == "ConfigError"
+    assert error_data(refused) == {"error_class": "ConfigError"}
 
 
 # ------------------------------------------------------------------ isolation in the journal

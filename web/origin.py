@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiohttp import web
 
 from yptask.access.addresses import address_literal
-from yptask.errors import ProtocolError, Unauthorized, YPTaskError, wire_code
+from yptask.errors import ProtocolError, Unauthorized, YPTaskError, wire_code, wire_name
 from yptask.log_limit import LogLimiter
 
 __all__ = ["Handler", "OriginCheck", "host_name"]
@@ -138,5 +138,5 @@ def _refuse(request: web.Request, status: int, error: YPTaskError) -> web.Respon
         return web.json_response(
             {"jsonrpc": "2.0", "id": None, "error": {
                 "code": wire_code(error).jsonrpc_code, "message": str(error),
-                "data": {"error_class": type(error).__name__}}}, status=status)
+                "data": {"error_class": wire_name(error)}}}, status=status)
     return web.Response(status=status, text=f"{error}\n")

@@ -6,10 +6,11 @@ A real node in this process with a console password, spoken to over real HTTP.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import aiohttp
 import pytest
-from support import ALONE, ECHO
+from support import ALONE, ECHO, until
 
 from yptask.access.passwords import check_hash, hash_password
 from yptask.access.policy import AccessPolicy
@@ -104,3 +105,20 @@ def test_only_real_password_hashes_are_accepted_in_the_config():
         NodeConfig.from_dict({"console_password_hash": "plain-text-password"})
     with pytest.raises(ConfigError, match="at least 8"):
         hash_password("short")
+
+
+async def test_a_stopped_node_leaves_no_password_thread_behind(tmp_path):
+    # Given a node whose password has been checked (scrypt runs on a thread of its own)
+    started = await Node.start(NodeConfig(name="checked", data_dir=tmp_path / "data",
+                                          console_password_hash=HASH, **ALONE),
+                               tasks=[TaskDef.from_dict(ECHO)])
+    try:
+        await asyncio.to_thread(Client(started.http_url + "/rpc", password=PASSWORD).tasks)
+        assert any(t.name.startswith("password-check") for t in threading.enumerate())
+    finally:
+        # When it stops
+        await started.stop()
+    # Then that thread ends with it
+    assert await until(lambda: not any(t.name.startswith("password-check")
+                                       for t in threading.enumerate()),
+                       what="the password thread to end")

@@ -93,6 +93,7 @@ class Node:
         self._http_socket: socket.socket | None = None
         self._http: Any = None  # endpoints.http_server.HTTPServer, once serving
         self._bert: BertEndpoint | None = None
+        self._access: AccessPolicy | None = None
         self._journal: JournalThread | None = None
         self._config_map: ConfigMap | None = None
         self._tree: NodeTree | None = None
@@ -165,7 +166,8 @@ class Node:
 
         assert self._http_socket is not None
         c = self.config
-        access = AccessPolicy.from_config(c, self.admin_token)  # one set of rules, both surfaces
+        # one set of rules, both surfaces
+        access = self._access = AccessPolicy.from_config(c, self.admin_token)
         self._http = HTTPServer(make_app(self, access=access), HTTPLimits(
             caps(c).http, head_timeout_s=c.http_head_timeout_s,
             keepalive_timeout_s=c.http_keepalive_timeout_s))
@@ -233,6 +235,8 @@ class Node:
             await self._http.cleanup()
         elif self._http_socket is not None:  # bound, never served
             self._http_socket.close()
+        if self._access is not None:
+            self._access.close()  # its password thread
         if running is not None:
             await running.stop_claiming()
         log.info("node %s: no new claims; waiting for the workers' current messages", self.name)

@@ -48,7 +48,7 @@ async def _running_pids(node: Node, task: str) -> list[int] | None:
 async def test_an_unchanged_put_stores_nothing_and_restarts_nothing(node):
     # Given a task whose workers run
     pids = await until(lambda: _running_pids(node, "sample"), what="the sample workers")
-    definition = await node.get_task("sample")
+    definition = await node.task("sample")
     stored = await _stored(node, "sample")
     # When the very definition it has is put again
     answer = await node.put_task(definition)
@@ -64,13 +64,13 @@ async def test_an_unchanged_put_stores_nothing_and_restarts_nothing(node):
 
 async def test_a_value_that_changes_its_type_alone_is_a_change(node):
     # Given a task whose workers were told a setting 1
-    definition = {**(await node.get_task("sample")), "settings": {"n": 1}}
+    definition = {**(await node.task("sample")), "settings": {"n": 1}}
     await node.put_task(definition)
     await until(lambda: _sees(node, {"n": 1}), what="the workers to see n = 1")
     # When the setting becomes true (equal to 1 in Python, a different JSON value)
     answer = await node.put_task({**definition, "settings": {"n": True}})
     # Then that is a change: stored, and the workers are replaced by ones that see it
-    assert same((await node.get_task("sample"))["settings"], {"n": True})
+    assert same((await node.task("sample"))["settings"], {"n": True})
     await until(lambda: _sees(node, {"n": True}), what="the workers to see n = true")
     assert answer["changed"] is True
 

@@ -48,7 +48,7 @@ def put_pwn() -> dict:
 
 
 async def task_names(node: Node) -> list[str]:
-    return [t["name"] for t in await node.list_tasks()]
+    return [t["name"] for t in await node.tasks()]
 
 
 async def test_a_text_plain_post_like_a_no_cors_fetch_runs_nothing(node):

@@ -240,14 +240,14 @@ async def test_a_message_for_a_task_running_nowhere_waits_until_it_runs(start_no
     node = await start_node([sample_task("a", ["*.record"], tmp_path, nodes={"*": 0})])
     await node.cast("upai.record", {"n": 1})
     assert (await node.status())["tasks"]["a"]["queued"] == 1
-    definition = await node.get_task("a")
+    definition = await node.task("a")
     await node.put_task({**definition, "nodes": {"n1": 1}})
     await until(lambda: recorded(tmp_path, "a"), what="the waiting message")
 
 
 async def test_worker_count_follows_the_definition_live(start_node, tmp_path):
     node = await start_node([sample_task("a", ["*.record"], tmp_path)])
-    definition = await node.get_task("a")
+    definition = await node.task("a")
     # (a put answers before its workers have started or stopped)
     await node.put_task({**definition, "nodes": {"*": 3}})
     await until(lambda: _task_status(node, "a", {"workers": {"n1": 3}, "state": "running"}),
@@ -282,14 +282,14 @@ async def test_rolling_restart_interrupts_no_message_in_flight(start_node, tmp_p
     await node.cast("upai.record_slowly", {"seconds": 1.0, "n": 2})
     await until(lambda: node.running.pools["a"].in_flight == 2, what="two in flight")
     # When the task is restarted
-    result = await node.restart_task("a")
+    result = await node.restart("a")
     # Then both finished on their first attempt, and new workers serve
     assert result == {"task": "a", "generation": 1, "replaced": 2, "workers": 2}
     records = await until(lambda: len(recorded(tmp_path, "a")) == 2 and
                           recorded(tmp_path, "a"), what="both slow messages")
     assert [r["attempt"] for r in records] == [1, 1]
     assert await node.call("upai.echo", 2) == 2
-    assert (await node.get_task("a"))["restart_generation"] == 1
+    assert (await node.task("a"))["restart_generation"] == 1
 
 
 async def test_a_task_whose_workers_cannot_start_backs_off_and_the_node_serves_on(
@@ -327,9 +327,9 @@ async def test_invalid_requests_get_clear_errors(start_node, tmp_path):
     with pytest.raises(ConfigError, match="over the node's limit"):
         await node.cast("upai.echo", "x" * 2_000_000)
     with pytest.raises(UnknownTask):
-        await node.restart_task("nope")
+        await node.restart("nope")
     with pytest.raises(ConfigError, match="'max_attempts'"):
-        await node.put_task({**(await node.get_task("a")), "max_attempts": 0})
+        await node.put_task({**(await node.task("a")), "max_attempts": 0})
     with pytest.raises(CallTimeout):
         await node.call("upai.sleep", {"seconds": 2}, timeout_s=0.05)
 
@@ -345,7 +345,7 @@ async def test_a_full_queue_refuses_casts_and_takes_them_again_once_drained(star
         await node.cast("upai.record", {"n": 3})
     assert (await node.status())["tasks"]["a"]["queued"] == 3
     # When workers start and drain the queue, casts are taken again
-    await node.put_task({**(await node.get_task("a")), "nodes": {"*": 1}})
+    await node.put_task({**(await node.task("a")), "nodes": {"*": 1}})
     await until(lambda: len(recorded(tmp_path, "a")) == 3, what="the queue drained")
     await until(_accepts(node), what="casts accepted again")
     assert {r["id"] for r in recorded(tmp_path, "a")} >= {a["id"] for a in accepted}
@@ -422,7 +422,7 @@ async def test_edits_survive_a_restart_and_the_seed_is_applied_once(start_node, 
     await node.delete_task("a")
     await node.stop()
     again = await start_node([sample_task("a", ["*.echo"], tmp_path)])
-    assert [t["name"] for t in await again.list_tasks()] == ["b"]
+    assert [t["name"] for t in await again.tasks()] == ["b"]
 
 
 async def test_stopping_lets_workers_finish_and_leaves_no_process(start_node, tmp_path):
@@ -480,17 +480,17 @@ async def test_an_update_whose_workers_cannot_start_is_stored_and_says_so(
     node = await start_node([sample_task("a", ["*.echo"], tmp_path)])
     assert await node.call("upai.echo", 1) == 1
     # When it is updated to a class that cannot be imported
-    stored = await node.put_task({**(await node.get_task("a")),
+    stored = await node.put_task({**(await node.task("a")),
                                   "worker_class": "no_such_module:Nothing"})
     # Then the update is stored, and status says its workers could not start, and why
     assert stored["worker_class"] == "no_such_module:Nothing"
-    assert (await node.get_task("a"))["worker_class"] == "no_such_module:Nothing"
+    assert (await node.task("a"))["worker_class"] == "no_such_module:Nothing"
     status = await until(lambda: _failed_update(node, "a"), what="the update failed")
     assert "failed to start" in status["error"]
     # while the workers of the definition before it serve on (no capacity was dropped)
     assert await node.call("upai.echo", 2) == 2
     # And a good definition after it clears the state
-    await node.put_task({**(await node.get_task("a")), "worker_class": "sample:Sample"})
+    await node.put_task({**(await node.task("a")), "worker_class": "sample:Sample"})
     await until(lambda: _state_is(node, "a", "running"), what="running again")
 
 

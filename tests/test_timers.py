@@ -44,7 +44,7 @@ async def test_a_timer_fires_each_tick_once_and_follows_edits_and_deletes(node, 
     await until(lambda: len(records(tmp_path)) >= 2, what="two ticks")
     ids = [r["id"] for r in records(tmp_path)]
     assert all(i.startswith("timer:beat:") for i in ids) and len(set(ids)) == len(ids)
-    row = await node.get_timer("beat")
+    row = await node.timer("beat")
     assert row["last_fire"] is not None and row["next_fire"] > row["last_fire"]
     # An edit takes effect on the next tick, without a restart
     await node.put_timer({**EVERY_SECOND, "payload": {"v": 2}})
@@ -52,7 +52,7 @@ async def test_a_timer_fires_each_tick_once_and_follows_edits_and_deletes(node, 
     # A delete stops it
     await node.delete_timer("beat")
     with pytest.raises(UnknownTimer):
-        await node.get_timer("beat")
+        await node.timer("beat")
     await asyncio.sleep(1.5)  # let a tick in flight land
     count = len(records(tmp_path))
     await asyncio.sleep(1.5)
@@ -68,14 +68,14 @@ async def test_a_tick_that_cannot_be_cast_shows_as_the_last_error_and_is_retried
 
 
 async def _with_error(node: Node):
-    row = await node.get_timer("beat")
+    row = await node.timer("beat")
     return row if row["last_error"] else None
 
 
 async def test_impossible_timers_are_refused_at_save(node):
     with pytest.raises(ConfigError, match="'cron'"):
         await node.put_timer({**EVERY_SECOND, "cron": "0 0 31 2 *"})
-    assert await node.list_timers() == []
+    assert await node.timers() == []
 
 
 async def test_publishers_cannot_forge_a_tick(node, tmp_path):

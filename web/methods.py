@@ -66,11 +66,11 @@ async def call(node: Service, /, name: Any, msg: Any, timeout: Any = 30) -> Any:
 
 
 async def _tasks_list(node: Service, /) -> Any:
-    return await node.list_tasks()
+    return await node.tasks()
 
 
 async def _tasks_get(node: Service, /, name: Any) -> Any:
-    return await node.get_task(_string("tasks.get", "name", name))
+    return await node.task(_string("tasks.get", "name", name))
 
 
 async def _tasks_put(node: Service, /, definition: Any) -> Any:
@@ -83,15 +83,15 @@ async def _tasks_delete(node: Service, /, name: Any) -> Any:
 
 
 async def _tasks_restart(node: Service, /, name: Any) -> Any:
-    return await node.restart_task(_string("tasks.restart", "name", name))
+    return await node.restart(_string("tasks.restart", "name", name))
 
 
 async def _timers_list(node: Service, /) -> Any:
-    return await node.list_timers()
+    return await node.timers()
 
 
 async def _timers_get(node: Service, /, name: Any) -> Any:
-    return await node.get_timer(_string("timers.get", "name", name))
+    return await node.timer(_string("timers.get", "name", name))
 
 
 async def _timers_put(node: Service, /, definition: Any) -> Any:

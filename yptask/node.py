@@ -88,7 +88,7 @@ class Node:
         self.bert_address = ""
         self.admin_token = ""  # see yptask.access.secrets; read at start
         self.cluster: Cluster | None = None
-        self.timers: TimerRunner | None = None
+        self.timer_runner: TimerRunner | None = None
         self._worker_pids: dict[int, str] = {}  # live worker process -> its task
         self._http_socket: socket.socket | None = None
         self._http: Any = None  # endpoints.http_server.HTTPServer, once serving
@@ -184,7 +184,7 @@ class Node:
         self.cluster = cluster = Cluster(settings, self, config_map, self.boot)
         config_map.push_with(cluster.publish_now)
         peer_names = lambda: [m.name for m in cluster.up()]  # noqa: E731
-        self.timers = timers = TimerRunner(
+        self.timer_runner = timers = TimerRunner(
             self.name, config_map, cast=self._cast_tick, peers=peer_names, ask=cluster.request,
             ballot=self.data_dir / TIMER_BALLOT_FILE, lease_s=c.timer_lease_s,
             known_here=self._known_ids, settle_s=self._timer_settle_s())
@@ -223,8 +223,8 @@ class Node:
         if running is not None:
             await self.load.stop()
             await running.stop_following()
-        if self.timers is not None:
-            await self.timers.stop()
+        if self.timer_runner is not None:
+            await self.timer_runner.stop()
         if self._ids is not None:
             await self._ids.close()
         if self.cluster is not None:
@@ -292,11 +292,11 @@ class Node:
     async def call(self, name: Any, msg: Any, *, timeout_s: Any = 30.0) -> Any:
         return await self.publisher.call(name, msg, timeout_s=timeout_s)
 
-    async def list_tasks(self) -> list[dict[str, Any]]:
-        return await self.task_admin.list_tasks()
+    async def tasks(self) -> list[dict[str, Any]]:
+        return await self.task_admin.tasks()
 
-    async def get_task(self, name: str) -> dict[str, Any]:
-        return await self.task_admin.get_task(name)
+    async def task(self, name: str) -> dict[str, Any]:
+        return await self.task_admin.task(name)
 
     async def put_task(self, definition: dict[str, Any]) -> dict[str, Any]:
         return await self.task_admin.put_task(definition)
@@ -304,14 +304,14 @@ class Node:
     async def delete_task(self, name: str) -> None:
         await self.task_admin.delete_task(name)
 
-    async def restart_task(self, name: str) -> dict[str, Any]:
-        return await self.task_admin.restart_task(name)
+    async def restart(self, name: str) -> dict[str, Any]:
+        return await self.task_admin.restart(name)
 
-    async def list_timers(self) -> list[dict[str, Any]]:
-        return await self.timer_admin.list_timers()
+    async def timers(self) -> list[dict[str, Any]]:
+        return await self.timer_admin.timers()
 
-    async def get_timer(self, name: str) -> dict[str, Any]:
-        return await self.timer_admin.get_timer(name)
+    async def timer(self, name: str) -> dict[str, Any]:
+        return await self.timer_admin.timer(name)
 
     async def put_timer(self, definition: dict[str, Any]) -> dict[str, Any]:
         return await self.timer_admin.put_timer(definition)

@@ -32,11 +32,11 @@ class TaskAdmin:
         self._running = running
         self._check_running = check_running
 
-    async def list_tasks(self) -> list[dict[str, Any]]:
+    async def tasks(self) -> list[dict[str, Any]]:
         tasks = self._running.tasks
         return [t.to_dict() for t in sorted(tasks.values(), key=lambda t: t.name)]
 
-    async def get_task(self, name: str) -> dict[str, Any]:
+    async def task(self, name: str) -> dict[str, Any]:
         return self._running.task(name).to_dict()
 
     async def put_task(self, definition: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +65,7 @@ class TaskAdmin:
         self._running.task(name)
         await self._config.put([(TASK_KEY + name, None)])
 
-    async def restart_task(self, name: str) -> dict[str, Any]:
+    async def restart(self, name: str) -> dict[str, Any]:
         """Rolling restart, on every node: each worker is replaced by one running the code
         now on disk (a new restart generation in the replicated definition). Answers once
         this node's workers are replaced."""

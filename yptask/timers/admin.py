@@ -38,7 +38,7 @@ class TimerAdmin:
         epoch; a node that is up cannot be forgotten."""
         self._runner, self._is_up = runner, is_up
 
-    async def list_timers(self) -> list[dict[str, Any]]:
+    async def timers(self) -> list[dict[str, Any]]:
         """Every timer with its last fire, next fire, last error and the leader firing it."""
         runner = self._runner
         lease = ({"leader": runner.leader(), "epoch": runner.epoch()}
@@ -46,8 +46,8 @@ class TimerAdmin:
         definitions, states = await self._config.snapshot(TIMER_KEY, TIMER_STATE_KEY)
         return timer_rows(definitions, states, lease)
 
-    async def get_timer(self, name: str) -> dict[str, Any]:
-        for row in await self.list_timers():
+    async def timer(self, name: str) -> dict[str, Any]:
+        for row in await self.timers():
             if row["name"] == name:
                 return row
         raise UnknownTimer(f"no timer named {name!r}; `yptask timers` lists them")
@@ -63,12 +63,12 @@ class TimerAdmin:
             items.append((TIMER_STATE_KEY + timer.name, {"last_fire": time.time()}))
         await self._config.put(items)
         log.info("timer %s saved", timer.name)
-        return await self.get_timer(timer.name)
+        return await self.timer(timer.name)
 
     async def delete_timer(self, name: str) -> None:
         """Delete a timer, on every node."""
         self._check_running()
-        await self.get_timer(name)
+        await self.timer(name)
         await self._config.put([(TIMER_KEY + name, None), (TIMER_STATE_KEY + name, None)])
         log.info("timer %s deleted", name)
 

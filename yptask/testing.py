@@ -297,16 +297,17 @@ class NodeProcess:
     def batch(self, requests: Sequence[tuple[str, Sequence[object] | Mapping[str, object]]],
               *, admin: bool = True, timeout_s: float | None = None) -> list[dict[str, Any]]:
         """Send (method, params) requests as one JSON-RPC batch, with the admin token or
-        (`admin=False`) as an anonymous publisher; return the answers in request order."""
-        answers = self.post(json.dumps([
+        (`admin=False`) as an anonymous publisher; return the answers as the node sent
+        them, each with the index of its request as its id."""
+        return list(self.post(json.dumps([
             {"jsonrpc": "2.0", "id": i, "method": method,
              "params": dict(params) if isinstance(params, Mapping) else list(params)}
-            for i, (method, params) in enumerate(requests)]), admin=admin, timeout_s=timeout_s)
-        return sorted(answers, key=lambda a: a["id"])
+            for i, (method, params) in enumerate(requests)]), admin=admin, timeout_s=timeout_s))
 
     def cast_batch(self, name: str, payloads: list[dict[str, Any]]) -> list[str]:
         """Cast many messages in one JSON-RPC batch; return their ids."""
-        return [a["result"]["id"] for a in self.batch([("cast", [name, p]) for p in payloads])]
+        answers = self.batch([("cast", [name, p]) for p in payloads])
+        return [a["result"]["id"] for a in sorted(answers, key=lambda a: a["id"])]
 
     def post(self, body: str, *, admin: bool = True, timeout_s: float | None = None) -> Any:
         """POST a JSON-RPC body on a connection of its own; the decoded answer. Raises

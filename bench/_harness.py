@@ -50,10 +50,6 @@ class BenchNode(NodeProcess):
             tasks=tasks or TASKS.format(workers=workers, runs_on=runs_on, max_idle_s=max_idle_s),
             config=f'[node]\njournal_sync = "{journal_sync}"\n' + (cluster or "mdns = false\n"))
 
-    def __enter__(self) -> BenchNode:
-        super().__enter__()
-        return self
-
     def stop(self, timeout_s: float | None = None) -> None:
         super().stop(timeout_s)
         self._tmp.cleanup()

@@ -99,13 +99,10 @@ class SeededNode(NodeProcess):
 
     def __init__(self, tmp: Path, name: str, tasks: str, join: str | None, *,
                  cluster: str = "test", settings: str = "") -> None:
-        folder = tmp / name
-        folder.mkdir(exist_ok=True)
-        (folder / "node.toml").write_text(
-            f'[node]\ncluster = "{cluster}"\ncookie = "cookie-{cluster}-123"\nmdns = false\n'
-            f'heartbeat_s = 0.25\n{settings}')
-        args = ["--config", str(folder / "node.toml"), *(["--join", join] if join else [])]
-        super().__init__(folder, tasks, name, cluster=args)
+        super().__init__(
+            tmp / name, tasks, name, cluster=["--join", join] if join else [],
+            config=f'[node]\ncluster = "{cluster}"\ncookie = "cookie-{cluster}-123"\n'
+                   f'mdns = false\nheartbeat_s = 0.25\n{settings}')
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from yptask.client import error_from_jsonrpc
 
@@ -175,7 +175,7 @@ class NodeProcess:
         """Ours with `env` over it, or None: the node inherits ours as it is."""
         return None if self.env is None else {**os.environ, **self.env}
 
-    def __enter__(self) -> NodeProcess:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

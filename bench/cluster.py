@@ -18,25 +18,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import time
-import urllib.request
 import uuid
-from typing import Any
+from collections.abc import Callable
 
 import throughput
 from _harness import BenchNode, summary
 
+from yptask.testing import wait_for
+
 POLL_S = 0.01
-
-
-def rpc(node: BenchNode, method: str, *params: Any) -> Any:
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
-    request = urllib.request.Request(node.url, body, node.headers)
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["result"]
 
 
 def cluster_settings() -> str:
@@ -44,18 +37,14 @@ def cluster_settings() -> str:
     return f'cluster = "bench"\ncookie = "bench-cookie-1"\nmdns_type = "{service_type}"\n'
 
 
-def until(predicate: Any, timeout_s: float = 30.0) -> float:
+def until(predicate: Callable[[], object], timeout_s: float = 30.0) -> float:
     """Poll until true; return when it became true (perf_counter)."""
-    deadline = time.perf_counter() + timeout_s
-    while not predicate():
-        if time.perf_counter() > deadline:
-            raise TimeoutError("the cluster did not get there in time")
-        time.sleep(POLL_S)
+    wait_for(predicate, timeout_s, "the cluster", interval_s=POLL_S)
     return time.perf_counter()
 
 
 def all_alive(nodes: list[BenchNode]) -> bool:
-    return all(sum(m["state"] == "alive" for m in rpc(n, "nodes")) == len(nodes) for n in nodes)
+    return all(sum(m["state"] == "alive" for m in n.rpc("nodes")) == len(nodes) for n in nodes)
 
 
 def convergence_and_detection(rounds: int) -> None:
@@ -64,13 +53,13 @@ def convergence_and_detection(rounds: int) -> None:
         nodes = [stack.enter_context(BenchNode(workers=1, name=f"n{i}", cluster=settings))
                  for i in range(1, 6)]
         until(lambda: all_alive(nodes))
-        task = rpc(nodes[0], "tasks.get", "noop")
+        task = nodes[0].rpc("tasks.get", "noop")
         times = []
         for r in range(rounds * 3):
             writer = nodes[r % 5]
             start = time.perf_counter()
-            rpc(writer, "tasks.put", {**task, "settings": {"round": r}})
-            done = until(lambda r=r: all(rpc(n, "tasks.get", "noop")["settings"] == {"round": r}
+            writer.rpc("tasks.put", {**task, "settings": {"round": r}})
+            done = until(lambda r=r: all(n.rpc("tasks.get", "noop")["settings"] == {"round": r}
                                          for n in nodes))
             times.append((done - start) * 1000)
         print(f"  config edit on one node -> served by all 5:  {summary(times)} ms "
@@ -79,7 +68,7 @@ def convergence_and_detection(rounds: int) -> None:
         start = time.perf_counter()
         os.kill(victim.pid, signal.SIGKILL)
         until(lambda: all(any(m["name"] == victim.name and m["state"] == "down"
-                              for m in rpc(n, "nodes")) for n in nodes[:-1]))
+                              for m in n.rpc("nodes")) for n in nodes[:-1]))
         print(f"  kill -9 of one node -> all 4 others say down: "
               f"{(time.perf_counter() - start):.2f} s (down_after_s 3.0)")
 
@@ -91,10 +80,10 @@ def cross_node_throughput(n: int, rounds: int) -> None:
         until(lambda: all_alive([work, entry]))
         figures = []
         for _ in range(rounds):
-            before = rpc(work, "status")["tasks"]["noop"]["handled"]
+            before = work.rpc("status")["tasks"]["noop"]["handled"]
             start = time.perf_counter()
             asyncio.run(publish_batches(entry.url, n))
-            until(lambda b=before: rpc(work, "status")["tasks"]["noop"]["handled"] >= b + n,
+            until(lambda b=before: work.rpc("status")["tasks"]["noop"]["handled"] >= b + n,
                   timeout_s=600)
             figures.append(n / (time.perf_counter() - start))
     with BenchNode(workers=2) as alone:

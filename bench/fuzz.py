@@ -224,7 +224,7 @@ async def send(surface: str, node: BenchNode, session: aiohttp.ClientSession, da
                                 headers={"Content-Type": "application/json"}) as response:
             return http_refused(response.status, await response.text())
     if surface == "bert":
-        return bert_refused(await exchange(node.bert, data))
+        return bert_refused(await exchange(node.bert_address, data))
     await exchange(node.link, data)  # a stranger never gets past the handshake
     return True
 

@@ -11,18 +11,11 @@ handles the message. The goal is well under 300 ms from arrival to answer.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-import urllib.request
 
 from _harness import BenchNode, summary
 
-
-def rpc(node: BenchNode, method: str, *params: object) -> object:
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-    request = urllib.request.Request(node.url, body.encode(), node.headers)
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())["result"]
+from yptask.testing import wait_for
 
 
 def main() -> None:
@@ -32,12 +25,10 @@ def main() -> None:
     samples = []
     with BenchNode(workers=1, max_idle_s=0.5) as node:
         for i in range(args.rounds):
-            deadline = time.monotonic() + 30
-            while rpc(node, "status")["tasks"]["noop"]["pids"]:  # type: ignore[index]
-                assert time.monotonic() < deadline, "the idle worker was never reaped"
-                time.sleep(0.05)
+            wait_for(lambda: not node.rpc("status")["tasks"]["noop"]["pids"], timeout_s=30,
+                     what="the idle worker to be reaped")
             start = time.perf_counter()
-            assert rpc(node, "call", "bench.echo", {"i": i}) == {"i": i}
+            assert node.rpc("call", "bench.echo", {"i": i}, timeout_s=60) == {"i": i}
             samples.append((time.perf_counter() - start) * 1e3)
     print(f"call answered by a worker spawned on demand, {args.rounds} rounds: "
           f"{summary(samples, '{:.0f}')} ms (min / median / max)")

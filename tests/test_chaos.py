@@ -16,8 +16,9 @@ import pytest
 from support import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-from chaos import leader_of, run_chaos
+from chaos import run_chaos
 from chaos_check import Cast, DeadLetter, History, check
+from chaos_nodes import leader_of
 
 sys.path.insert(0, str(REPO / "tests" / "workers"))
 from recorder import tick_of

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO, TEST_WORKERS, read_records, wait_for
+from support import REPO, TEST_WORKERS, NodeProcess, read_records, wait_for
 
 sys.path.insert(0, str(REPO / "bench"))
 from chaos_net import ip, namespaces_unavailable, star  # one copy for both
@@ -81,48 +81,29 @@ nodes = {{ "*" = 1 }}
 """
 
 
-class NamespacedNode:
-    """A `yptask node` inside a namespace, bound to that namespace's address."""
+class NamespacedNode(NodeProcess):
+    """A `yptask node` inside a namespace, bound to that namespace's address; started here."""
 
     def __init__(self, tmp: Path, space: str, name: str, address: str) -> None:
-        self.space, self.name, self.url = space, name, ""
-        folder = self.folder = tmp / name
-        folder.mkdir()
-        (folder / "node.toml").write_text(
-            '[node]\ncluster = "lab"\ncookie = "lab-cookie-42"\n'
-            'heartbeat_s = 0.25\ndown_after_s = 2.0\ntimer_lease_s = 2.0\n')
-        (folder / "tasks.toml").write_text(TASKS.replace("@RECORDS@", str(tmp)))
-        self.log = folder / "node.log"
-        argv = ["ip", "netns", "exec", space, "yptask", "node", "--name", name,
-                "--config", str(folder / "node.toml"), "--data-dir", str(folder / "data"),
-                "--tasks", str(folder / "tasks.toml"), "--http", f"{address}:0",
-                "--bert", f"{address}:0", "--link", f"{address}:0"]
-        with open(self.log, "a") as log:
-            # `ip netns exec` execs the node, so this PID is the node's
-            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True,
-                                         cwd=folder)
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if "JSON-RPC" in line:
-                self.url = line.split()[-1]
-                return
-        raise AssertionError(f"node {name} did not start: {self.log.read_text()[-2000:]}")
+        self.space = space
+        super().__init__(
+            tmp / name, TASKS.replace("@RECORDS@", str(tmp)), name, cluster=[],
+            config='[node]\ncluster = "lab"\ncookie = "lab-cookie-42"\n'
+                   'heartbeat_s = 0.25\ndown_after_s = 2.0\ntimer_lease_s = 2.0\n',
+            prefix=["ip", "netns", "exec", space], http=f"{address}:0", bert=f"{address}:0",
+            link=f"{address}:0")
+        self.start()
 
     def yptask(self, *args: str) -> Any:
         done = subprocess.run(["ip", "netns", "exec", self.space, "yptask", *args, "--json",
                                "--url", self.url], check=False, capture_output=True, text=True,
-                              timeout=30, env={**os.environ, "YPTASK_ADMIN_TOKEN": (
-                                  self.folder / "data" / "admin-token").read_text().strip()})
+                              timeout=30,
+                              env={**os.environ, "YPTASK_ADMIN_TOKEN": self.admin_token})
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
     def members(self) -> dict[str, str]:
         return {m["name"]: m["state"] for m in self.yptask("nodes")}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def test_a_node_cut_off_is_declared_down_and_catches_up_when_its_link_returns(
@@ -155,7 +136,7 @@ def test_a_node_cut_off_is_declared_down_and_catches_up_when_its_link_returns(
                      >= set(ids), timeout_s=20, what="the queued casts to reach n3")
         finally:
             for node in nodes:
-                node.stop()
+                node.kill()
 
 
 def test_a_partitioned_timer_leader_stops_firing_and_no_tick_is_doubled_or_missed(
@@ -201,7 +182,7 @@ def test_a_partitioned_timer_leader_stops_firing_and_no_tick_is_doubled_or_misse
             assert not doubled, f"{len(doubled)} tick(s) handled twice: {doubled}"
         finally:
             for node in nodes:
-                node.stop()
+                node.kill()
 
 
 def _timer_file(folder: Path) -> Path:

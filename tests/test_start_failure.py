@@ -68,7 +68,7 @@ def start_error(node: NodeProcess, task: str) -> dict[str, Any] | None:
 
 def post(node: NodeProcess, method: str, *params: Any) -> dict[str, Any]:
     """The whole JSON-RPC answer, errors included."""
-    answer: dict[str, Any] = node._post(json.dumps(
+    answer: dict[str, Any] = node.post(json.dumps(
         {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
     return answer
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +26,7 @@ from yptask.supervision.policy import (
 )
 from yptask.supervision.state import Phase, SupervisorState
 from yptask.supervision.supervisor import Supervisor
+from yptask.testing import wait_for
 
 T = 5.0  # timeout of every ask, stop and get in this file
 
@@ -100,14 +100,10 @@ def test_invalid_settings_raise_value_error(make: Callable[[], object]) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0,
-               interval: float = 0.005) -> None:
-    """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(interval)
+def wait_until(predicate: Callable[[], object]) -> None:
+    """Poll `predicate` quickly (these children start in microseconds) until it is true;
+    fail the test after 5 s."""
+    wait_for(predicate, timeout_s=5.0, what="the condition", interval_s=0.005)
 
 
 class Journal:

@@ -25,7 +25,8 @@ from yptask.supervision.policy import ChildSpec, SupervisorFlags
 from yptask.supervision.state import Phase, Registry, SupervisorState
 from yptask.supervision.supervisor import Supervisor
 from yptask.supervisors.task import NodePlace, TaskSupervisor
-from yptask.supervisors.worker import WorkerHooks
+from yptask.workers.exits import ExitWatch
+from yptask.workers.port import PoolPort
 
 __all__ = ["ASK_TIMEOUT_S", "NodeTree"]
 
@@ -39,10 +40,11 @@ T = TypeVar("T")
 class NodeTree:
     """The root supervisor of one node and the states its task supervisors publish."""
 
-    def __init__(self, place: NodePlace, hooks: WorkerHooks,
+    def __init__(self, place: NodePlace, exits: ExitWatch, pool_of: Callable[[str], PoolPort],
                  loop: asyncio.AbstractEventLoop) -> None:
         self.place = place
-        self._hooks = hooks
+        self._exits = exits
+        self._pool_of = pool_of  # a task's pool: created before its supervisor, lives as long
         self._loop = loop
         self._root: pykka.ActorProxy[Supervisor] | None = None
         self._registry: Registry | None = None
@@ -165,7 +167,8 @@ class NodeTree:
     def _task_child(self, task: TaskDef, *, start_in_background: bool = False) -> ChildSpec:
         """The spec of a task's supervisor: at the node's start its workers start before the
         node is ready; a task created later answers its creator first."""
-        return ChildSpec(id=task.name, start=TaskSupervisor, args=(task, self.place, self._hooks),
+        return ChildSpec(id=task.name, start=TaskSupervisor,
+                         args=(task, self.place, self._pool_of(task.name), self._exits),
                          kwargs={"publish": partial(self._published_by, task.name),
                                  "start_in_background": start_in_background},
                          shutdown_s=ASK_TIMEOUT_S, start_timeout_s=ASK_TIMEOUT_S)

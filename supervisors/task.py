@@ -1,7 +1,8 @@
 """The task supervisor: one per task on a node; keeps that task's worker actors running.
 
 A `Supervisor` (one_for_one; restarts beyond the intensity put the task into
-a visible backoff) whose children are `WorkerActor`s. It follows its task's
+a visible backoff) whose children are `WorkerActor`s, each handed the task's
+pool (as a `PoolPort`) and the node's exit watch. It follows its task's
 definition live: `resize()` adds or drains workers, and `rolling_restart()`
 replaces them one at a time, new before old, so no message in flight is
 interrupted and capacity never drops to zero.
@@ -25,8 +26,10 @@ from yptask.supervision.child import ChildLink
 from yptask.supervision.policy import BackoffPolicy, ChildSpec, SupervisorFlags
 from yptask.supervision.state import Registry, SupervisorState
 from yptask.supervision.supervisor import Supervisor
-from yptask.supervisors.worker import WorkerActor, WorkerConfig, WorkerHooks
+from yptask.supervisors.worker import WorkerActor, WorkerConfig
 from yptask.tasks.runner import runner_argv
+from yptask.workers.exits import ExitWatch
+from yptask.workers.port import PoolPort
 from yptask.workers.process import WorkerSpec
 
 __all__ = ["NodePlace", "TaskSupervisor", "worker_spec"]
@@ -70,13 +73,14 @@ def worker_spec(task: TaskDef, node: NodePlace) -> WorkerSpec:
 class TaskSupervisor(Supervisor):
     """Supervises the worker actors of one task on this node."""
 
-    def __init__(self, task: TaskDef, node: NodePlace, hooks: WorkerHooks, *,
+    def __init__(self, task: TaskDef, node: NodePlace, pool: PoolPort, exits: ExitWatch, *,
                  link: ChildLink | None = None, start_in_background: bool = False,
                  publish: Callable[[str, SupervisorState], None] | None = None) -> None:
         self.task = task
         self.node = node
         self.node_name = node.name
-        self.hooks = hooks
+        self.pool = pool  # the task's pool, for as long as the task lives
+        self.exits = exits
         self._serial = 0
         children = [self._child_spec() for _ in range(task.workers_on(node.name))]
         super().__init__(children, _flags(task), name=f"task {task.name}", registry=Registry(),
@@ -93,7 +97,7 @@ class TaskSupervisor(Supervisor):
         return ChildSpec(
             id=f"{task.name}/g{task.restart_generation}/w{self._serial}", start=WorkerActor,
             args=(WorkerConfig(task.name, spec, info, SETUP_TIMEOUT_S, task.shutdown_timeout_s),
-                  self.hooks),
+                  self.pool, self.exits),
             shutdown_s=shutdown_s, start_timeout_s=SETUP_TIMEOUT_S + 5.0)
 
     def worker_ids(self) -> list[str]:
@@ -142,6 +146,6 @@ class TaskSupervisor(Supervisor):
     def _retire(self, child_id: str) -> None:
         ref = self.registry.whereis(child_id)
         if ref is not None:
-            self.hooks.retire(self.task.name, ref)  # the pool hands it no more jobs
+            self.pool.retire(ref)  # the pool hands it no more jobs
         self.terminate_child(child_id)
 

@@ -1,24 +1,25 @@
 """The Worker actor: owns one worker OS process and its pipes, runs one job at a time.
 
-Started by its task's supervisor. `init()` spawns the process and calls its
-`setup`; then the actor offers itself to its task's pool (the asyncio side)
-and runs the `Job`s the pool hands it, in its own thread, with the blocking
-`WorkerConnection`. After each job it takes the next claimed one from the
-pool itself, and writes some into the worker's pipe ahead of reading the
-oldest answer (as many as keep a fast worker busy, see PIPELINE_DEPTH), so
-the worker never waits between messages (it still handles them one at a
-time). The job at the head of the pipe, the one the worker is on, is reported
-through `Job.started` (a frame the worker has not read yet is not started:
-its attempt is not spent). Each job's outcome goes back through `Job.done`.
-While the actor is idle, the pool may run a call on its pipes from the event
-loop, holding the connection's lock, which the actor takes before touching
-them again. When the process dies, hangs past the message timeout or breaks
-the protocol, the oldest unanswered job is reported as lost (so it is
-redelivered), the ones queued behind it as never started, and the actor
-crashes on purpose: its supervisor starts a fresh worker. A job whose message cannot be encoded for
-the worker fails for good (it is dead-lettered) and the worker serves on; any
-other error while the actor holds jobs settles them all before it propagates,
-so no delivery is left in flight.
+Started by its task's supervisor. `init()` spawns the process, has the node's
+exit watch watch it, and calls its `setup`; then the actor offers itself to
+its task's pool (through the pool's port, `PoolPort`) and runs the `Job`s the
+pool hands it, in its own thread, with the blocking `WorkerConnection`. After
+each job it takes the next claimed one from the pool itself, and writes some
+into the worker's pipe ahead of reading the oldest answer (as many as keep a
+fast worker busy, see PIPELINE_DEPTH), so the worker never waits between
+messages (it still handles them one at a time). The job at the head of the
+pipe, the one the worker is on, is reported through `Job.started` (a frame the
+worker has not read yet is not started: its attempt is not spent). Each job's
+outcome goes back through `Job.done`. While the actor is idle, the pool may
+run a call on its pipes from the event loop, having claimed the connection,
+which the actor holds before touching them again. When the process dies, hangs
+past the message timeout or breaks the protocol, the oldest unanswered job is
+reported as lost (so it is redelivered), the ones queued behind it as never
+started, and the actor crashes on purpose: its supervisor starts a fresh
+worker. A job whose message cannot be encoded for the worker fails for good
+(it is dead-lettered) and the worker serves on; any other error while the
+actor holds jobs settles them all before it propagates, so no delivery is left
+in flight.
 
 A worker that cannot start (it exits, or its setup fails, before it serves) is an
 expected failure: `init()` logs one warning naming the task, the exit status, the
@@ -32,12 +33,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
+
+import pykka
 
 from yptask.errors import (
     CallTimeout,
@@ -46,27 +48,20 @@ from yptask.errors import (
     WorkerExited,
     WorkerStartFailed,
     YPTaskError,
+    exit_text,
     last_line,
 )
 from yptask.supervision.child import ChildLink, Supervised
 from yptask.supervision.policy import ExitReason
 from yptask.workers.connection import WorkerConnection
+from yptask.workers.exits import ExitWatch
+from yptask.workers.job import ANSWER_WAITING_S, PIPELINE_DEPTH, SLOW_ANSWER_S, Job, Outcome
+from yptask.workers.port import PoolPort
 from yptask.workers.process import WorkerSpec, handle_call
 
-__all__ = ["Job", "Outcome", "ProcessGone", "WorkerActor", "WorkerConfig", "WorkerHooks"]
+__all__ = ["ProcessGone", "WorkerActor", "WorkerConfig"]
 
 log = logging.getLogger(__name__)
-
-# Jobs written into a worker's pipe ahead of the answer being read, at most. While the
-# node's event loop is busy, this thread can wait milliseconds for the GIL after each read:
-# the pipe must hold enough work to keep the worker busy meanwhile (with 4 jobs the workers
-# of a no-op task sat idle 80% of the time under load). The depth adapts per worker: it
-# doubles when an answer was already waiting to be read (the worker ran ahead of us), and
-# halves when the worker kept us waiting longer than SLOW_ANSWER_S, so slow messages stay
-# with the pool, for whichever worker is free first, rather than queue behind a busy one.
-PIPELINE_DEPTH = 32
-SLOW_ANSWER_S = 0.005  # the interpreter's GIL switch interval: about the longest GIL wait
-ANSWER_WAITING_S = 50e-6  # an answer read within this had arrived before we asked
 # What a failed start keeps of the worker's stderr: its last lines, and at most this much.
 STDERR_TAIL_LINES = 20
 STDERR_TAIL_BYTES = 4096
@@ -76,49 +71,10 @@ EXIT_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """How a job ended: a result, a handler's error, or a lost worker (then redeliver)."""
-
-    result: Any = None
-    error: YPTaskError | None = None
-    worker_lost: bool = False
-    started: bool = True  # False: the worker never read it, so no attempt was spent
-    duration_s: float | None = None  # how long the handler took, when it answered
-    permanent: bool = False  # the message itself cannot be delivered: no retry can help
-
-
-@dataclass(frozen=True)
-class Job:
-    """One message for a worker. `done` is called once, in the worker's thread; `started`,
-    if given, before it, in the same thread, once the worker is on this job."""
-
-    name: str
-    payload: Any
-    meta: dict[str, Any]
-    timeout_s: float
-    done: Callable[[Outcome], None]
-    started: Callable[[], None] | None = None
-
-
-@dataclass(frozen=True)
 class ProcessGone:
     """Told to a worker actor when its process exited while it was idle."""
 
     pid: int
-
-
-@dataclass(frozen=True)
-class WorkerHooks:
-    """How a worker actor reaches the node: thread-safe callbacks, supplied by the node."""
-
-    # (task, actor ref, connection): the worker is free for a job; while it is idle the
-    # pool may run a call on its connection itself, holding the connection's lock
-    ready: Callable[[str, Any, WorkerConnection], None]
-    watch: Callable[[str, int, Any], None]  # (task, pid, ref): tell ProcessGone when it exits
-    # (task, actor ref): hand this worker no more jobs; returns once the pool knows
-    retire: Callable[[str, Any], None]
-    # (task, actor ref): the next claimed delivery for this worker, or None
-    pull: Callable[[str, Any], Job | None]
 
 
 @dataclass(frozen=True)
@@ -135,12 +91,13 @@ class WorkerConfig:
 class WorkerActor(Supervised):
     """One worker process of one task."""
 
-    def __init__(self, config: WorkerConfig, hooks: WorkerHooks, *,
+    def __init__(self, config: WorkerConfig, pool: PoolPort, exits: ExitWatch, *,
                  link: ChildLink | None = None) -> None:
         super().__init__(link=link)
         self.config = config
         self.task = config.task
-        self.hooks = hooks
+        self.pool = pool
+        self.exits = exits
         self.conn: WorkerConnection | None = None
         self.handled = 0
         self._busy_since = 0.0  # when the worker started on the oldest unanswered job
@@ -154,7 +111,8 @@ class WorkerActor(Supervised):
         except OSError as exc:  # not even started (a command not found, with no cwd)
             raise self._start_failed("not started", stderr_from, reason=str(exc)) from None
         try:
-            self.hooks.watch(self.task, self.conn.pid, self.actor_ref)
+            pid = self.conn.pid
+            self.exits.watch(self.task, pid, partial(_tell, self.actor_ref, ProcessGone(pid)))
             self.conn.call("yptask", "setup", [self.config.setup_info],
                            self.config.setup_timeout_s)
         except BaseException as exc:
@@ -166,8 +124,8 @@ class WorkerActor(Supervised):
             if not isinstance(exc, YPTaskError):
                 raise
             reason = None if exited else str(exc)
-            raise self._start_failed(_exit_text(code), stderr_from, reason=reason) from None
-        self.hooks.ready(self.task, self.actor_ref, self.conn)
+            raise self._start_failed(exit_text(code), stderr_from, reason=reason) from None
+        self.pool.worker_ready(self.actor_ref, self.conn)
 
     def _exits_within(self, timeout_s: float) -> bool:
         """Whether the worker process exits within `timeout_s`."""
@@ -192,11 +150,11 @@ class WorkerActor(Supervised):
     def on_receive(self, message: Any) -> Any:
         assert self.conn is not None
         if isinstance(message, Job):
-            with self.conn.lock:
+            with self.conn.held():
                 self._run_jobs(message)
-            self.hooks.ready(self.task, self.actor_ref, self.conn)
+            self.pool.worker_ready(self.actor_ref, self.conn)
         elif isinstance(message, ProcessGone) and self.conn.pid == message.pid:
-            with self.conn.lock:  # a call the pool runs on it ends first (the pipe closed)
+            with self.conn.held():  # a call the pool runs on it ends first (the pipe closed)
                 raise WorkerExited(f"worker {message.pid} of task {self.task} exited while "
                                    "idle")
         return None
@@ -215,7 +173,7 @@ class WorkerActor(Supervised):
             while True:
                 while len(window) < self._depth:
                     if held is None:
-                        held = self.hooks.pull(self.task, self.actor_ref)
+                        held = self.pool.pull(self.actor_ref)
                         if held is None:
                             break
                     if not window:  # the worker starts on it now
@@ -242,8 +200,8 @@ class WorkerActor(Supervised):
         except EncodeError as exc:  # nothing was written: the worker serves on
             log.error("message %s cannot be sent to a worker of task %s: %s",
                       job.meta.get("id"), self.task, exc)
-            job.done(Outcome(error=EncodeError(f"the message cannot be encoded for its "
-                                               f"worker: {exc}"), permanent=True))
+            job.done(Outcome.refused(EncodeError(f"the message cannot be encoded for its "
+                                                 f"worker: {exc}")))
             return True
         if sent:
             window.append(job)
@@ -260,9 +218,9 @@ class WorkerActor(Supervised):
         except (WorkerExited, CallTimeout, ProtocolError):
             raise  # crash on purpose (the jobs are settled): a fresh worker is started
         except YPTaskError as exc:  # the handler raised, or has no handler for the name
-            window.popleft().done(Outcome(error=exc, duration_s=self._took()))
+            window.popleft().done(Outcome.failed(exc, self._took()))
         else:
-            window.popleft().done(Outcome(result=result, duration_s=self._took()))
+            window.popleft().done(Outcome.handled(result, self._took()))
         if window:  # the worker takes the next job from its pipe at once
             _begin(window[0])
         self._adapt(waited_s=time.monotonic() - asked, written=len(window) + 1)
@@ -286,7 +244,7 @@ class WorkerActor(Supervised):
     def terminate(self, reason: ExitReason) -> None:
         if self.conn is None:
             return
-        with self.conn.lock:  # a call the pool is running on this idle worker ends first
+        with self.conn.held():  # a call the pool is running on this idle worker ends first
             if reason is ExitReason.NORMAL:
                 self.conn.stop(self.config.shutdown_timeout_s)
             else:
@@ -320,16 +278,6 @@ def _tail(path: str | None, start: int) -> str:
     return ""
 
 
-def _exit_text(code: int) -> str:
-    """An exit status as `waitstatus_to_exitcode` gives it, for people: negative is a signal."""
-    if code >= 0:
-        return f"status {code}"
-    try:
-        return f"signal {-code} ({signal.Signals(-code).name})"
-    except ValueError:
-        return f"signal {-code}"
-
-
 def _begin(job: Job) -> None:
     if job.started is not None:
         job.started()
@@ -339,7 +287,12 @@ def _lose(window: deque[Job], error: YPTaskError, held: Job | None) -> None:
     """Settle the jobs of a worker that is gone: the oldest unanswered one may have
     started (a spent attempt); the ones behind it, and `held`, were never read."""
     if window:
-        window.popleft().done(Outcome(error=error, worker_lost=True))
+        window.popleft().done(Outcome.lost(error))
     for job in (*window, *([held] if held is not None else [])):
-        job.done(Outcome(error=error, worker_lost=True, started=False))
+        job.done(Outcome.unstarted(error))
     window.clear()
+
+
+def _tell(ref: Any, message: Any) -> None:
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)

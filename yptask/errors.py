@@ -11,6 +11,7 @@ BERT-RPC reserves codes 0-99; yptask's own codes start at 100.
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass
 
@@ -47,7 +48,9 @@ __all__ = [
     "WorkerExited",
     "WorkerStartFailed",
     "YPTaskError",
+    "describe",
     "error_class_for",
+    "exit_text",
     "last_line",
     "wire_code",
     "wire_name",
@@ -218,6 +221,24 @@ class WorkerStartFailed(ChildStartFailed):
                    + (f"; its stderr log is {stderr_log}" if stderr_log else "")
                    + "; fix the task's command, class or environment and put it again",
                    task=task, exit=exit, stderr_tail=stderr_tail, stderr_log=stderr_log)
+
+
+def describe(error: YPTaskError) -> tuple[str, str, str]:
+    """A failed attempt's error as (class, message, traceback): the handler's own, or ours."""
+    if isinstance(error, HandlerError):
+        return error.error_class, error.detail, "\n".join(error.backtrace)
+    return type(error).__name__, str(error), ""
+
+
+def exit_text(code: int) -> str:
+    """An exit status as `os.waitstatus_to_exitcode` gives it, for people (a
+    `WorkerStartFailed.exit`): negative is a signal."""
+    if code >= 0:
+        return f"status {code}"
+    try:
+        return f"signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:
+        return f"signal {-code}"
 
 
 def last_line(text: str) -> str:

@@ -26,7 +26,6 @@ outcome is still acked), then the journal closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -34,8 +33,6 @@ from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import pykka
 
 from yptask import __version__
 from yptask.access.policy import AccessPolicy
@@ -62,9 +59,9 @@ from yptask.store.journal_file import JOURNAL_FILES, open_checked, prune_forever
 from yptask.store.replicated import HybridClock, ReplicatedStore
 from yptask.supervisors.node import NodeTree
 from yptask.supervisors.task import NodePlace
-from yptask.supervisors.worker import ProcessGone, WorkerHooks
 from yptask.timers.admin import TimerAdmin
 from yptask.timers.leader import TimerRunner
+from yptask.workers.exits import ExitWatch
 
 __all__ = ["Node"]
 
@@ -89,7 +86,7 @@ class Node:
         self.admin_token = ""  # see yptask.access.secrets; read at start
         self.cluster: Cluster | None = None
         self.timer_runner: TimerRunner | None = None
-        self._worker_pids: dict[int, str] = {}  # live worker process -> its task
+        self._exits = ExitWatch(loop)  # every worker's exit, and the pids of each task
         self._http_socket: socket.socket | None = None
         self._http: Any = None  # endpoints.http_server.HTTPServer, once serving
         self._bert: BertEndpoint | None = None
@@ -139,9 +136,8 @@ class Node:
     def _build(self, journal: JournalThread, config_map: ConfigMap) -> None:
         """The rooms, wired to each other (nothing runs yet)."""
         place = NodePlace(self.name, self.data_dir, self.log_dir, self.http_url + "/rpc")
-        hooks = WorkerHooks(ready=self._worker_ready, watch=self._watch_worker,
-                            retire=self._retire_worker, pull=self._pull_job)
-        self._tree = NodeTree(place, hooks, self.loop)
+        self._tree = NodeTree(place, self._exits, lambda task: self.running.pools[task],
+                              self.loop)
         self.running = RunningTasks(self.name, journal, config_map, self._tree)
         self.load = Load(self.name, journal, self.running,
                          max_journal_mb=self.config.max_journal_mb,
@@ -149,7 +145,7 @@ class Node:
         self.publisher = Publisher(self.config, journal, self.running, self.load,
                                    lambda: self.stopping)
         check = self.publisher.check_running
-        self.inspector = Inspector(self.name, journal, self.running, self._pids)
+        self.inspector = Inspector(self.name, journal, self.running, self._exits.pids)
         self.task_admin = TaskAdmin(self.name, config_map, self.running, check)
         self.timer_admin = TimerAdmin(self.name, config_map, check)
 
@@ -340,46 +336,3 @@ class Node:
 
     async def forget_node(self, name: str) -> dict[str, Any]:
         return await self.timer_admin.forget_node(name)
-
-    # ------------------------------------------------------------------ worker hooks
-
-    def _pids(self, task: str) -> list[int]:
-        return [p for p, t in self._worker_pids.items() if t == task]
-
-    def _worker_ready(self, task: str, ref: Any, conn: Any) -> None:  # any thread
-        pool = self.running.pools.get(task)
-        if pool is not None:
-            pool.worker_ready(ref, conn)
-
-    def _pull_job(self, task: str, ref: Any) -> Any:  # actor thread
-        pool = self.running.pools.get(task)
-        return None if pool is None else pool.pull(ref)
-
-    def _retire_worker(self, task: str, ref: Any) -> None:  # actor thread
-        pool = self.running.pools.get(task)
-        if pool is not None:
-            pool.retire(ref)
-
-    def _watch_worker(self, task: str, pid: int, ref: Any) -> None:  # actor thread
-        self.loop.call_soon_threadsafe(self._add_pid_watch, task, pid, ref)
-
-    def _add_pid_watch(self, task: str, pid: int, ref: Any) -> None:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            _tell(ref, ProcessGone(pid))
-            return
-        self._worker_pids[pid] = task
-
-        def exited() -> None:
-            self.loop.remove_reader(pidfd)
-            os.close(pidfd)
-            self._worker_pids.pop(pid, None)
-            _tell(ref, ProcessGone(pid))
-
-        self.loop.add_reader(pidfd, exited)
-
-
-def _tell(ref: Any, message: Any) -> None:
-    with contextlib.suppress(pykka.ActorDeadError):
-        ref.tell(message)

@@ -12,8 +12,9 @@ message takes the next one from the backlog itself, in its own thread, and its
 ack or failure goes straight to the journal thread: the event loop is not
 involved per message, only once per claim. Idle workers are handed work by
 the loop. A call (request/reply) goes to a free worker without the journal:
-the loop writes it on the worker's pipe and reads the answer itself, holding
-the connection's lock (the idle actor does not touch its pipes meanwhile).
+the loop has the worker's connection run it, having claimed it (the idle actor
+does not touch its pipes meanwhile). `TaskPool` is the `PoolPort` its task's
+worker actors are handed: it lives as long as its task.
 """
 
 from __future__ import annotations
@@ -32,19 +33,11 @@ import pykka
 
 from yptask.config.tasks import TaskDef
 from yptask.delivery.metrics import Failure, TaskMetrics
-from yptask.errors import (
-    CallTimeout,
-    EncodeError,
-    HandlerError,
-    ProtocolError,
-    WorkerExited,
-    YPTaskError,
-)
+from yptask.errors import CallTimeout, WorkerExited, describe
 from yptask.store.group_commit import JournalThread
 from yptask.store.journal import Delivery, Journal
-from yptask.supervisors.worker import Job, Outcome
 from yptask.workers.connection import WorkerConnection
-from yptask.workers.process import handle_call
+from yptask.workers.job import BACKLOG_PER_WORKER, MAX_CLAIM, Ending, Job, Outcome, delivery_meta
 
 __all__ = ["TaskPool"]
 
@@ -56,15 +49,10 @@ JOB_GRACE_S = 10.0
 # With nothing claimable, look again this often (retries come due without a signal).
 IDLE_POLL_S = 0.5
 SPAWN_TIMEOUT_S = 60.0
-# Claimed ahead per worker: enough to refill a worker's pipeline (see PIPELINE_DEPTH) twice,
-# so that workers pulling in their own threads rarely find the backlog empty; a new
-# high-priority message waits behind at most this many, plus a pipeline, per worker.
-BACKLOG_PER_WORKER = 64
-MAX_CLAIM = 256
 
 
 class TaskPool:
-    """The free workers of one task on this node, and the loop that feeds them."""
+    """The free workers of one task on this node, and the loop that feeds them (a `PoolPort`)."""
 
     def __init__(self, task: TaskDef, node_name: str, journal: JournalThread,
                  loop: asyncio.AbstractEventLoop, supervisor: Callable[[], Any]) -> None:
@@ -163,7 +151,7 @@ class TaskPool:
         """Run one message on a free worker of this task and return the outcome."""
         while True:
             outcome = await self._run_on(await self._acquire(), name, payload, meta, timeout_s)
-            if outcome.started or not outcome.worker_lost:
+            if outcome.ending is not Ending.UNSTARTED:
                 return outcome
             # the worker stopped (a restart, a reap) before it could take the call: next one
 
@@ -248,12 +236,12 @@ class TaskPool:
                       timeout_s: float) -> Outcome:
         """Run a call on the idle worker `ref` (calls are counted in handled/failed like casts).
 
-        The loop speaks on the worker's pipes itself when it can take the connection's
-        lock (the usual case: the actor thread waits for jobs and does not touch them),
-        which spares two thread wake-ups; otherwise the job goes to the actor.
+        The loop has the connection run it when it can claim it (the usual case: the actor
+        thread waits for jobs and does not touch the pipes), which spares two thread
+        wake-ups; otherwise the job goes to the actor.
         """
         conn = self._connections.get(ref.actor_urn)
-        if conn is not None and conn.lock.acquire(blocking=False):
+        if conn is not None and conn.claim():
             exchange = self.loop.create_task(
                 self._exchange(ref, conn, name=name, payload=payload, meta=meta,
                                timeout_s=timeout_s))
@@ -262,16 +250,13 @@ class TaskPool:
 
     async def _exchange(self, ref: Any, conn: WorkerConnection, *, name: str, payload: Any,
                         meta: dict[str, Any], timeout_s: float) -> Outcome:
-        """A call on an idle worker's pipes, run by the loop with its connection's lock held.
+        """A call on an idle worker's claimed connection, run by the loop.
 
         A task of its own: a caller who stops waiting leaves the worker to answer, and
         the worker is free again once it has.
         """
         self._started()
-        try:
-            outcome = await _call_on_loop(conn, (name, payload, meta), timeout_s)
-        finally:
-            conn.lock.release()
+        outcome = await conn.handle_claimed(name, payload, meta, timeout_s)
         if not outcome.worker_lost:
             self._add_free(ref, conn)  # its actor never knew: the worker is free again
         self._ended(outcome)
@@ -292,14 +277,12 @@ class TaskPool:
         try:
             ref.tell(Job(name, payload, meta, timeout_s, done))
         except pykka.ActorDeadError:
-            done(Outcome(error=WorkerExited("the worker stopped before taking the job"),
-                         worker_lost=True, started=False))
+            done(Outcome.unstarted(WorkerExited("the worker stopped before taking the job")))
         try:
             async with asyncio.timeout(timeout_s + JOB_GRACE_S):
                 return await future
         except TimeoutError:
-            lost = Outcome(error=CallTimeout(f"no outcome within {timeout_s} s"),
-                           worker_lost=True)
+            lost = Outcome.lost(CallTimeout(f"no outcome within {timeout_s} s"))
             done(lost)
             return lost
 
@@ -311,12 +294,12 @@ class TaskPool:
         """Count the outcome of a call or a delivery. Any thread."""
         with self._counts:
             self.in_flight -= 1
-            if outcome.error is None:
+            if outcome.ending is Ending.HANDLED:
                 self.handled += 1
             elif outcome.started:
                 self.failed += 1
         if outcome.started:
-            self.metrics.record(ok=outcome.error is None, latency_s=outcome.duration_s)
+            self.metrics.record(ok=outcome.ending is Ending.HANDLED, latency_s=outcome.duration_s)
 
     async def _deliver_forever(self) -> None:
         task = self.task.name
@@ -360,10 +343,8 @@ class TaskPool:
     def _job(self, delivery: Delivery) -> Job:
         """A job for one claimed delivery; its outcome is settled in whichever thread ends it."""
         message = delivery.message
-        meta = {"id": message.id, "attempt": delivery.attempt,
-                "published_at": message.published_at, "priority": message.priority}
-        if message.deadline is not None:
-            meta["deadline"] = message.deadline
+        meta = delivery_meta(message.id, delivery.attempt, message.published_at,
+                             message.priority, message.deadline)
         settled = threading.Lock()
 
         def done(outcome: Outcome) -> None:
@@ -380,71 +361,40 @@ class TaskPool:
         try:
             ref.tell(job)
         except pykka.ActorDeadError:
-            job.done(Outcome(error=WorkerExited("the worker stopped before taking the job"),
-                             worker_lost=True))
+            job.done(Outcome.lost(WorkerExited("the worker stopped before taking the job")))
             return
-        lost = Outcome(error=CallTimeout("the job got no outcome; its worker vanished"),
-                       worker_lost=True)
+        lost = Outcome.lost(CallTimeout("the job got no outcome; its worker vanished"))
         self.loop.call_later(job.timeout_s + JOB_GRACE_S, job.done, lost)
 
     def _settle_delivery(self, delivery: Delivery, outcome: Outcome) -> None:
         """Ack a handled delivery or record its failure; runs in a worker's thread (or the loop)."""
         self._ended(outcome)
-        if outcome.error is not None and outcome.started:
-            error_class, detail, backtrace = describe(outcome.error)
-            message = delivery.message
-            self.metrics.failed(Failure(message.id, delivery.task, message.name,
-                                        delivery.attempt, error_class, detail, backtrace,
-                                        time.time()))
-        if outcome.error is None:
-            self.journal.ack_nowait(delivery.message.id, delivery.task)
-        elif not outcome.started:
-            self.journal.run_nowait(partial(Journal.release, message_id=delivery.message.id,
+        message = delivery.message
+        if outcome.ending is Ending.HANDLED:
+            self.journal.ack_nowait(message.id, delivery.task)
+            return
+        if outcome.ending is Ending.UNSTARTED:  # no attempt spent: it is claimable again
+            self.journal.run_nowait(partial(Journal.release, message_id=message.id,
                                             task=delivery.task))
             self.loop.call_soon_threadsafe(self._work_queued.set)
-        else:
-            self.journal.run_nowait(partial(_fail, delivery=delivery, error=outcome.error,
-                                            task=self.task, permanent=outcome.permanent))
+            return
+        assert outcome.error is not None
+        described = describe(outcome.error)
+        self.metrics.failed(Failure(message.id, delivery.task, message.name, delivery.attempt,
+                                    *described, time.time()))
+        self.journal.run_nowait(partial(_fail, delivery=delivery, error=outcome.error,
+                                        described=described, task=self.task,
+                                        permanent=outcome.ending is Ending.REFUSED))
 
 
-async def _call_on_loop(conn: WorkerConnection, args: tuple[str, Any, dict[str, Any]],
-                        timeout_s: float) -> Outcome:
-    """Run `handle(Name, Payload, Meta)` on an idle worker's connection, from the loop."""
-    if conn.stopped:
-        return Outcome(error=WorkerExited("the worker stopped before taking the call"),
-                       worker_lost=True, started=False)
-    start = time.monotonic()
-    try:
-        result = await conn.call_on_loop(handle_call(*args), timeout_s)
-    except EncodeError as exc:  # nothing was written: the worker is still free
-        return Outcome(error=exc)
-    except (WorkerExited, CallTimeout, ProtocolError) as exc:
-        # The worker is gone or killed: its actor learns it from the process's exit.
-        return Outcome(error=exc, worker_lost=True)
-    except YPTaskError as exc:  # the handler raised, or has no handler for the name
-        return Outcome(error=exc, duration_s=time.monotonic() - start)
-    except Exception as exc:  # a bug on our side: the worker's protocol state is unknown
-        log.exception("a call on worker %d failed unexpectedly; killing it", conn.pid)
-        conn.kill()
-        return Outcome(error=WorkerExited(f"the call failed on the node ({exc!r}); its worker "
-                                          "was killed"), worker_lost=True)
-    return Outcome(result=result, duration_s=time.monotonic() - start)
-
-
-def describe(error: YPTaskError) -> tuple[str, str, str]:
-    """An attempt's error as (class, message, traceback): the handler's own, or ours."""
-    if isinstance(error, HandlerError):
-        return error.error_class, error.detail, "\n".join(error.backtrace)
-    return type(error).__name__, str(error), ""
-
-
-def _fail(journal: Journal, delivery: Delivery, error: YPTaskError, task: TaskDef,
-          permanent: bool = False) -> bool:
-    """Record a failed attempt (in the journal thread); return True if it was dead-lettered.
+def _fail(journal: Journal, delivery: Delivery, error: Exception, *,
+          described: tuple[str, str, str], task: TaskDef, permanent: bool = False) -> bool:
+    """Record a failed attempt, its error `described` (in the journal thread); return True
+    if it was dead-lettered.
 
     A `permanent` failure (the message itself cannot be delivered) is dead-lettered at once.
     """
-    error_class, detail, backtrace = describe(error)
+    error_class, detail, backtrace = described
     # Exponential backoff between attempts: 1x, 2x, 4x ... the task's retry backoff.
     retry_after = task.retry_backoff_s * 2 ** max(0, delivery.attempt - 1)
     max_attempts = 0 if permanent else task.max_attempts

@@ -1,15 +1,16 @@
-"""A connection to one worker process: blocking for its actor's thread, or asyncio for one call.
+"""The one owner of a worker's pipes: every frame to and from a worker goes through here.
 
-The node's Worker actors each own one of these: the actor's thread writes
-calls, waits for each answer with a deadline (`select`), and so handles one
-message at a time, as the worker does. While the worker is idle, the node's
-event loop may run one call on it itself (`call_on_loop`), which spares two
-thread wake-ups per call; `lock` is held by whichever side is speaking on the
-pipes. Spawning is shared with the asyncio variant
-(`yptask.workers.process.spawn_process`). A call that times out, or a worker
-that breaks the protocol, gets the worker's process group killed: its state
-is unknown. Whatever is left of the group once the worker has exited (children
-that ignored the SIGTERM of a stop) is killed too: the group dies with its worker.
+A `WorkerConnection` spawns one worker process (`yptask.workers.process`) and
+holds both ends of its protocol pipes, and the one way to stop or kill it. Its
+Worker actor's thread writes calls, waits for each answer with a deadline
+(`select`), and so handles one message at a time, as the worker does. While the
+worker is idle, the node's event loop may run one call on it itself
+(`claim` then `handle_claimed`), which spares two thread wake-ups per call; the
+actor holds the connection (`held`) whenever it speaks on the pipes, so only one
+side does at a time. A call that times out, or a worker that breaks the
+protocol, gets the worker's process group killed: its state is unknown.
+Whatever is left of the group once the worker has exited (children that ignored
+the SIGTERM of a stop) is killed too: the group dies with its worker.
 """
 
 from __future__ import annotations
@@ -23,29 +24,27 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
-from yptask.errors import CallTimeout, ProtocolError, WorkerExited
+from yptask.errors import CallTimeout, EncodeError, ProtocolError, WorkerExited, YPTaskError
 from yptask.wire.bertrpc import (
     Call,
     ErrorReply,
     FrameReader,
+    NoReply,
     Reply,
     answer_result,
     decode_packet,
     frame,
     write_frame,
 )
-from yptask.workers.process import WorkerSpec, spawn_process
+from yptask.workers.job import PIPE_ROOM, Outcome
+from yptask.workers.process import WorkerSpec, handle_call, spawn_process
 
 __all__ = ["WorkerConnection"]
 
 log = logging.getLogger(__name__)
-
-# Bytes of unanswered calls that may wait in a worker's input pipe. Well under the
-# 64 KiB of a Linux pipe, so writing them never blocks: a write that blocked while the
-# worker blocks writing a long answer (which nobody reads meanwhile) would deadlock.
-PIPE_ROOM = 32 * 1024
 
 
 class WorkerConnection:
@@ -63,8 +62,8 @@ class WorkerConnection:
         self._outgoing: list[bytes] = []  # calls sent and not yet written: one write for all
         self._incoming = FrameReader(self._from_worker, spec.max_frame)
         # Held while speaking on the pipes: by the actor's thread while it runs jobs, by the
-        # event loop during `call_on_loop`, and around stopping the process.
-        self.lock = threading.Lock()
+        # event loop from `claim` to the end of `handle_claimed`, and around stopping.
+        self._lock = threading.Lock()
         log.info("worker started: pid %d %s", self.pid, " ".join(spec.argv))
 
     @property
@@ -124,15 +123,63 @@ class WorkerConnection:
             raise self._killed(exc, timeout_s) from None
         return self._answer(body)
 
-    async def call_on_loop(self, packet: Call, timeout_s: float) -> Any:
-        """`call`, run by the event loop: for an idle worker, with `lock` held, whose
-        pipes are empty. Raises as `call` does."""
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Speak on the pipes from this thread: once a call the loop runs on them has ended."""
+        with self._lock:
+            yield
+
+    def claim(self) -> bool:
+        """Take the pipes of an idle worker for one call from the loop (`handle_claimed`);
+        False if its actor is on them."""
+        return self._lock.acquire(blocking=False)
+
+    async def handle_claimed(self, name: str, payload: Any, meta: dict[str, Any],
+                             timeout_s: float) -> Outcome:
+        """Have the worker handle one message, from the loop, on pipes taken with `claim`
+        (released here); the outcome, never an error."""
+        try:
+            return await self._handle_on_loop(name, payload, meta, timeout_s)
+        finally:
+            self._lock.release()
+
+    async def _handle_on_loop(self, name: str, payload: Any, meta: dict[str, Any],
+                              timeout_s: float) -> Outcome:
+        if self.stopped:
+            return Outcome.unstarted(WorkerExited("the worker stopped before taking the call"))
+        start = time.monotonic()
+        try:
+            result = await self.call_on_loop(handle_call(name, payload, meta), timeout_s)
+        except EncodeError as exc:  # nothing was written: the worker is still free
+            return Outcome.failed(exc)
+        except (WorkerExited, CallTimeout, ProtocolError) as exc:
+            # The worker is gone or killed: its actor learns it from the process's exit.
+            return Outcome.lost(exc)
+        except YPTaskError as exc:  # the handler raised, or has no handler for the name
+            return Outcome.failed(exc, time.monotonic() - start)
+        except Exception as exc:  # a bug on our side: the worker's protocol state is unknown
+            log.exception("a call on worker %d failed unexpectedly; killing it", self.pid)
+            self.kill()
+            return Outcome.lost(WorkerExited(f"the call failed on the node ({exc!r}); its "
+                                             "worker was killed"))
+        return Outcome.handled(result, time.monotonic() - start)
+
+    async def call_on_loop(self, packet: Call, timeout_s: float | None,
+                           expected: type[Reply | NoReply] = Reply) -> Any:
+        """`call`, run by the event loop, for an idle worker whose pipes are empty (taken
+        with `claim`, or with no actor at all). Raises as `call` does; `expected=NoReply`
+        for a cast."""
         sent = self.send(packet)
         assert sent and len(self._unanswered) == 1, "call_on_loop() is for an idle worker"
         if self._unanswered.popleft() <= PIPE_ROOM:
             self.flush()  # into an empty pipe, with room for it: this write does not block
         else:  # the worker reads it as it is written; the loop does not wait for that
             await asyncio.to_thread(self.flush)
+        return self._answer(await self.frame_on_loop(timeout_s), expected)
+
+    async def frame_on_loop(self, timeout_s: float | None) -> bytes:
+        """The next frame from the worker, awaited on the loop; a worker that sends none
+        within `timeout_s`, or a bad one, is killed."""
         loop = asyncio.get_running_loop()
         arrived: asyncio.Future[bytes] = loop.create_future()
 
@@ -150,15 +197,23 @@ class WorkerConnection:
             if body is not None and not arrived.done():
                 arrived.set_result(body)
 
+        if (body := self._incoming.buffered()) is not None:
+            return body
         loop.add_reader(self._from_worker, readable)
         try:
             async with asyncio.timeout(timeout_s):
-                body = await arrived
+                return await arrived
         except (TimeoutError, ProtocolError) as exc:
             raise self._killed(exc, timeout_s) from None
         finally:
             loop.remove_reader(self._from_worker)
-        return self._answer(body)
+
+    def write_raw(self, data: bytes) -> None:
+        """Write bytes into the worker's input as they are: frames the node itself never
+        sends, that expect no answer (tests, benchmarks)."""
+        if self.stopped:
+            raise WorkerExited(f"worker {self.pid} is stopped")
+        write_frame(self._to_worker, data)
 
     def _killed(self, exc: Exception, timeout_s: float | None) -> CallTimeout | ProtocolError:
         """Kill a worker that gave no proper answer; return the error saying why."""
@@ -167,15 +222,15 @@ class WorkerConnection:
             return CallTimeout(f"worker {self.pid} gave no answer within {timeout_s} s; killed")
         return ProtocolError(f"worker {self.pid} broke the protocol ({exc}); killed")
 
-    def _answer(self, body: bytes) -> Any:
+    def _answer(self, body: bytes, expected: type[Reply | NoReply] = Reply) -> Any:
         """The result an answer frame carries; raise its error, or kill a worker that
         broke the protocol and raise `ProtocolError`."""
         try:
             answer = decode_packet(body)
         except ProtocolError as exc:
             raise self._killed(exc, None) from None
-        if isinstance(answer, (Reply, ErrorReply)):
-            return answer_result(answer)
+        if isinstance(answer, (expected, ErrorReply)):
+            return answer_result(answer, expected)
         self.kill()
         raise ProtocolError(f"worker {self.pid} answered a {type(answer).__name__}; killed")
 
@@ -196,7 +251,7 @@ class WorkerConnection:
         # The signal goes first: after EOF a Python worker may already be finalizing,
         # when a SIGTERM would kill it with the default action instead of being handled.
         self._signal_group(signal.SIGTERM)
-        self._close_input()
+        self.close_input()
         deadline = time.monotonic() + timeout_s
         while self.poll() is None:
             if time.monotonic() >= deadline:
@@ -209,7 +264,7 @@ class WorkerConnection:
     def kill(self) -> None:
         """SIGKILL the worker's process group, the worker itself exited or not. Never raises."""
         self._signal_group(signal.SIGKILL)
-        self._close_input()
+        self.close_input()
 
     def poll(self) -> int | None:
         """Return the exit status if the process has exited (reaping it), else None."""
@@ -247,7 +302,8 @@ class WorkerConnection:
         self.returncode = os.waitstatus_to_exitcode(status)
         log.info("worker exited: pid %d status %d", self.pid, self.returncode)
 
-    def _close_input(self) -> None:
+    def close_input(self) -> None:
+        """Close the worker's input: at its end a worker finishes and exits."""
         if self._to_worker >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._to_worker)

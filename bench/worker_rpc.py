@@ -21,7 +21,8 @@ import sys
 import time
 
 from yptask.tasks.runner import runner_argv
-from yptask.workers.process import WorkerProcess, WorkerSpec
+from yptask.workers.process import WorkerSpec
+from yptask.workers.standalone import WorkerProcess
 
 RUNNER = runner_argv("yptask.tasks.echo:Echo")
 # The floor: read a frame on fd 3, write it back on fd 4, nothing else.
@@ -62,8 +63,8 @@ async def bare_rtts(worker: WorkerProcess, calls: int) -> list[float]:
     samples = []
     for _ in range(calls):
         start = time.perf_counter()
-        worker._writer.write(frame)
-        await worker._reader.readexactly(204)
+        worker.write(frame)
+        await worker.read_frame()
         samples.append(time.perf_counter() - start)
     return samples
 

@@ -10,7 +10,8 @@ from support import ALONE, ECHO, SAMPLE, worker_env
 from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef
 from yptask.node import Node
-from yptask.workers.process import WorkerProcess, WorkerSpec
+from yptask.workers.process import WorkerSpec
+from yptask.workers.standalone import WorkerProcess
 
 Spawn = Callable[..., Awaitable[WorkerProcess]]
 

@@ -8,13 +8,11 @@ protocol from the doc alone.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import signal
 import struct
 import subprocess
 import sys
-import termios
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -64,13 +62,11 @@ async def start(spawn, kind: str, settings: dict | None = None):
 
 async def until_worker_has_read_its_input(worker, deadline_s: float = 30) -> None:
     """Poll until the worker has taken every byte we wrote from its input pipe."""
-    pipe = worker._writer.transport.get_extra_info("pipe")
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline_s
     while True:
         await asyncio.sleep(0.01)
-        buffered = struct.unpack("i", fcntl.ioctl(pipe.fileno(), termios.FIONREAD, b"\0" * 4))[0]
-        if buffered == 0 and not worker._writer.transport.get_write_buffer_size():
+        if worker.unread_input() == 0:
             return
         assert loop.time() < end, "the worker never read its input"
 
@@ -112,7 +108,7 @@ async def test_unknown_message_module_and_function_get_documented_errors(spawn, 
 
 async def test_end_of_input_lets_the_worker_exit_zero(spawn, worker_kind):
     worker = await start(spawn, worker_kind)
-    worker._writer.close()
+    worker.close_input()
     assert await asyncio.wait_for(worker.wait(), 30) == 0
 
 
@@ -130,9 +126,8 @@ async def test_sigterm_lets_the_current_message_finish_then_exit_zero(spawn, wor
 
 async def test_garbage_frame_gets_a_protocol_error_and_the_worker_serves_on(spawn, worker_kind):
     worker = await start(spawn, worker_kind)
-    worker._writer.write(struct.pack(">I", 5) + b"\x83\x00\x01\x02\x03")
-    header = await worker._reader.readexactly(4)
-    answer = decode_packet(await worker._reader.readexactly(struct.unpack(">I", header)[0]))
+    worker.write(struct.pack(">I", 5) + b"\x83\x00\x01\x02\x03")
+    answer = decode_packet(await worker.read_frame())
     assert answer.type == "protocol"
     assert await worker.handle("upai.echo", "after garbage") == "after garbage"
 
@@ -140,7 +135,7 @@ async def test_garbage_frame_gets_a_protocol_error_and_the_worker_serves_on(spaw
 async def test_cast_is_accepted_at_once_and_info_packets_are_tolerated(spawn, worker_kind):
     worker = await start(spawn, worker_kind)
     await worker.cast("yptask", "handle", ["upai.echo", {"a": 1}, {}])
-    worker._writer.write(frame(Info("cache", [])))
+    worker.write(frame(Info("cache", [])))
     assert await worker.handle("upai.echo", "after info") == "after info"
 
 

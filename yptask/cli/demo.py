@@ -15,7 +15,8 @@ from typing import Any
 
 from yptask.errors import YPTaskError
 from yptask.tasks.runner import runner_argv
-from yptask.workers.process import WorkerProcess, WorkerSpec
+from yptask.workers.process import WorkerSpec
+from yptask.workers.standalone import WorkerProcess
 
 # (task name, worker class, settings, [(message name, payload), ...])
 EXAMPLES: list[tuple[str, str, dict[str, Any], list[tuple[str, Any]]]] = [

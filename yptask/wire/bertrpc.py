@@ -12,7 +12,7 @@ Packets (bert-rpc.org, BERT-RPC 1.0):
             Type = protocol | server | user | proxy
 
 This module is shared by the worker side (blocking reads on file descriptors)
-and the node side (asyncio streams, in `yptask.workers.process`), so it imports
+and the node side (`yptask.workers.connection`, from threads and the loop), so it imports
 only the standard library and yptask's protocol modules.
 """
 

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import select
 import signal
+import struct
+import termios
 import threading
 import time
 from collections import deque
@@ -207,6 +210,13 @@ class WorkerConnection:
             raise self._killed(exc, timeout_s) from None
         finally:
             loop.remove_reader(self._from_worker)
+
+    def unread_input(self) -> int:
+        """Bytes written into the worker's input that it has not read yet (0 once closed)."""
+        if self.stopped:
+            return 0
+        unread = fcntl.ioctl(self._to_worker, termios.FIONREAD, b"\0" * 4)
+        return int(struct.unpack("i", unread)[0])
 
     def write_raw(self, data: bytes) -> None:
         """Write bytes into the worker's input as they are: frames the node itself never

@@ -38,6 +38,7 @@ from yptask.store.group_commit import JournalThread
 from yptask.store.journal import Delivery, Journal
 from yptask.workers.connection import WorkerConnection
 from yptask.workers.job import BACKLOG_PER_WORKER, MAX_CLAIM, Ending, Job, Outcome, delivery_meta
+from yptask.workers.port import PoolPort
 
 __all__ = ["TaskPool"]
 
@@ -51,8 +52,8 @@ IDLE_POLL_S = 0.5
 SPAWN_TIMEOUT_S = 60.0
 
 
-class TaskPool:
-    """The free workers of one task on this node, and the loop that feeds them (a `PoolPort`)."""
+class TaskPool(PoolPort):
+    """The free workers of one task on this node, and the loop that feeds them."""
 
     def __init__(self, task: TaskDef, node_name: str, journal: JournalThread,
                  loop: asyncio.AbstractEventLoop, supervisor: Callable[[], Any]) -> None:

@@ -50,6 +50,8 @@ JOB_GRACE_S = 10.0
 # With nothing claimable, look again this often (retries come due without a signal).
 IDLE_POLL_S = 0.5
 SPAWN_TIMEOUT_S = 60.0
+# Bound once: on 3.11 an enum member lookup costs about 0.2 us, and these run per message.
+_HANDLED, _REFUSED, _UNSTARTED = Ending.HANDLED, Ending.REFUSED, Ending.UNSTARTED
 
 
 class TaskPool(PoolPort):
@@ -152,7 +154,7 @@ class TaskPool(PoolPort):
         """Run one message on a free worker of this task and return the outcome."""
         while True:
             outcome = await self._run_on(await self._acquire(), name, payload, meta, timeout_s)
-            if outcome.ending is not Ending.UNSTARTED:
+            if outcome.ending is not _UNSTARTED:
                 return outcome
             # the worker stopped (a restart, a reap) before it could take the call: next one
 
@@ -293,14 +295,15 @@ class TaskPool(PoolPort):
 
     def _ended(self, outcome: Outcome) -> None:
         """Count the outcome of a call or a delivery. Any thread."""
+        ending = outcome.ending
         with self._counts:
             self.in_flight -= 1
-            if outcome.ending is Ending.HANDLED:
+            if ending is _HANDLED:
                 self.handled += 1
-            elif outcome.started:
+            elif ending is not _UNSTARTED:
                 self.failed += 1
-        if outcome.started:
-            self.metrics.record(ok=outcome.ending is Ending.HANDLED, latency_s=outcome.duration_s)
+        if ending is not _UNSTARTED:
+            self.metrics.record(ok=ending is _HANDLED, latency_s=outcome.duration_s)
 
     async def _deliver_forever(self) -> None:
         task = self.task.name
@@ -371,10 +374,10 @@ class TaskPool(PoolPort):
         """Ack a handled delivery or record its failure; runs in a worker's thread (or the loop)."""
         self._ended(outcome)
         message = delivery.message
-        if outcome.ending is Ending.HANDLED:
+        if outcome.ending is _HANDLED:
             self.journal.ack_nowait(message.id, delivery.task)
             return
-        if outcome.ending is Ending.UNSTARTED:  # no attempt spent: it is claimable again
+        if outcome.ending is _UNSTARTED:  # no attempt spent: it is claimable again
             self.journal.run_nowait(partial(Journal.release, message_id=message.id,
                                             task=delivery.task))
             self.loop.call_soon_threadsafe(self._work_queued.set)
@@ -385,7 +388,7 @@ class TaskPool(PoolPort):
                                     *described, time.time()))
         self.journal.run_nowait(partial(_fail, delivery=delivery, error=outcome.error,
                                         described=described, task=self.task,
-                                        permanent=outcome.ending is Ending.REFUSED))
+                                        permanent=outcome.ending is _REFUSED))
 
 
 def _fail(journal: Journal, delivery: Delivery, error: Exception, *,

@@ -27,7 +27,6 @@ import termios
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 from yptask.errors import CallTimeout, EncodeError, ProtocolError, WorkerExited, YPTaskError
@@ -126,11 +125,10 @@ class WorkerConnection:
             raise self._killed(exc, timeout_s) from None
         return self._answer(body)
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Speak on the pipes from this thread: once a call the loop runs on them has ended."""
-        with self._lock:
-            yield
+    def held(self) -> contextlib.AbstractContextManager[bool]:
+        """`with conn.held():` speak on the pipes from this thread, once a call the loop
+        runs on them has ended. (The lock itself: no wrapper per job.)"""
+        return self._lock
 
     def claim(self) -> bool:
         """Take the pipes of an idle worker for one call from the loop (`handle_claimed`);

@@ -33,7 +33,7 @@ import pykka
 
 from yptask.config.tasks import TaskDef
 from yptask.delivery.metrics import Failure, TaskMetrics
-from yptask.errors import CallTimeout, WorkerExited, describe
+from yptask.errors import CallTimeout, WorkerExited, YPTaskError, describe
 from yptask.store.group_commit import JournalThread
 from yptask.store.journal import Delivery, Journal
 from yptask.workers.connection import WorkerConnection
@@ -391,7 +391,7 @@ class TaskPool(PoolPort):
                                         permanent=outcome.ending is _REFUSED))
 
 
-def _fail(journal: Journal, delivery: Delivery, error: Exception, *,
+def _fail(journal: Journal, delivery: Delivery, error: YPTaskError, *,
           described: tuple[str, str, str], task: TaskDef, permanent: bool = False) -> bool:
     """Record a failed attempt, its error `described` (in the journal thread); return True
     if it was dead-lettered.

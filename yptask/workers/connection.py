@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 
 
 class WorkerConnection:
-    """One worker OS process and the blocking ends of its protocol pipes. Not thread-safe."""
+    """One worker OS process and both ends of its protocol pipes. Whoever speaks on them
+    holds the connection first (`held` in a thread, `claim` on the loop)."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec

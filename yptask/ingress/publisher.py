@@ -43,6 +43,7 @@ from yptask.errors import (
 from yptask.ingress import checks
 from yptask.store.group_commit import JournalThread
 from yptask.store.journal import Envelope
+from yptask.workers.job import delivery_meta
 from yptask.workers.process import payload_size
 
 __all__ = ["Publisher"]
@@ -180,7 +181,7 @@ class Publisher:
                                        timeout_s + LINK_GRACE_S)
         task = max(local, key=lambda t: running.pools[t.name].free_workers)
         pool = running.pools[task.name]
-        meta = {"id": self._new_id(), "attempt": 1, "published_at": time.time(), "priority": 0}
+        meta = delivery_meta(self._new_id(), 1, time.time(), 0)
         try:
             async with asyncio.timeout(timeout_s):  # not wait_for: no task per call
                 run = pool.run(name, msg, meta, task.message_timeout_s)

@@ -215,7 +215,7 @@ class Node:
         self.stopping = True
         if self._pruner is not None:
             self._pruner.cancel()
-        running = getattr(self, "running", None)
+        running = getattr(self, "running", None)  # built once the journal is open
         if running is not None:
             await self.load.stop()
             await running.stop_following()

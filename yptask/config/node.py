@@ -42,7 +42,7 @@ class NodeConfig:
     dedupe_window_s: float = 24 * 3600.0  # how long a done message's id is remembered
     max_journal_mb: float = 4096.0  # past this journal size on disk, casts are refused
     log_dir: Path | None = None  # workers' stdout/stderr; None: data_dir / "logs"
-    # The cluster (see yptask/cluster.py). Nodes join when they share the cluster name
+    # The cluster (see yptask/cluster/mesh.py). Nodes join when they share the cluster name
     # and the cookie; a node with neither set keeps a random cookie in its data dir.
     cluster: str = "yptask"
     cookie: str | None = None  # the shared secret itself ...
@@ -54,10 +54,10 @@ class NodeConfig:
     mdns_type: str = "_yptask._tcp.local."
     heartbeat_s: float = 0.5
     down_after_s: float = 3.0  # silent this long: declared down (suspect at half)
-    # The timer leader's lease (see yptask/timer_lease.py): a dead leader's timers move to
+    # The timer leader's lease (see yptask/timers/lease.py): a dead leader's timers move to
     # another node this long after its last renewal.
     timer_lease_s: float = 3.0
-    # A cast's own id is checked at its home node (see yptask/client_ids.py): answered
+    # A cast's own id is checked at its home node (see yptask/cluster/client_ids.py): answered
     # within this, or the local journal alone dedupes it; a claim not settled this long
     # (its node died before storing the message) is dropped.
     client_id_wait_s: float = 1.0

@@ -109,6 +109,7 @@ def full_definition(tmp: Any) -> dict[str, Any]:
         "max_queue": 777,
         "max_restarts": 7,
         "restart_period_s": 30.5,
+        "paused": True,  # its workers run all the same
     }
 
 
@@ -133,7 +134,8 @@ def page(console):
 
 def _pids(console: ConsoleNode, task: str) -> list[int] | None:
     status = console.client().status()["tasks"][task]
-    return status["pids"] if status["state"] == "running" and len(status["pids"]) == 2 else None
+    up = status["state"] in ("running", "paused")
+    return status["pids"] if up and len(status["pids"]) == 2 else None
 
 
 def _open(page, task: str) -> None:

@@ -86,6 +86,14 @@ async def _tasks_restart(node: Service, /, name: Any) -> Any:
     return await node.restart(_string("tasks.restart", "name", name))
 
 
+async def _tasks_pause(node: Service, /, name: Any) -> Any:
+    return await node.pause(_string("tasks.pause", "name", name))
+
+
+async def _tasks_resume(node: Service, /, name: Any) -> Any:
+    return await node.resume(_string("tasks.resume", "name", name))
+
+
 async def _timers_list(node: Service, /) -> Any:
     return await node.timers()
 
@@ -214,6 +222,8 @@ _IMPLEMENTATIONS: dict[str, Method] = {
     "tasks.put": _tasks_put,
     "tasks.delete": _tasks_delete,
     "tasks.restart": _tasks_restart,
+    "tasks.pause": _tasks_pause,
+    "tasks.resume": _tasks_resume,
     "status": _status,
     "nodes": _nodes,
     "nodes.forget": _nodes_forget,

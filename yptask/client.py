@@ -153,6 +153,14 @@ class Client:
         """Rolling restart of a task's workers."""
         return _expect(self.request("tasks.restart", {"name": name}), dict, "tasks.restart")
 
+    def pause(self, name: str) -> dict[str, Any]:
+        """Pause a task on every node: its casts are journaled and wait for the resume."""
+        return _expect(self.request("tasks.pause", {"name": name}), dict, "tasks.pause")
+
+    def resume(self, name: str) -> dict[str, Any]:
+        """Resume a paused task: what waited is delivered."""
+        return _expect(self.request("tasks.resume", {"name": name}), dict, "tasks.resume")
+
     def status(self) -> dict[str, Any]:
         """The node's status: per task, workers, state and counters."""
         return _expect(self.request("status"), dict, "status")

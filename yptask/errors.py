@@ -41,6 +41,7 @@ __all__ = [
     "RemoteError",
     "RestartIntensityExceeded",
     "SupervisionError",
+    "TaskPaused",
     "Unauthorized",
     "UnknownTask",
     "UnknownTimer",
@@ -169,6 +170,10 @@ class NodeStopping(YPTaskError):
     """Raised when a request reaches a node that is shutting down."""
 
 
+class TaskPaused(YPTaskError):
+    """Raised when a call is for a task that is paused (its casts wait for the resume)."""
+
+
 class Unauthorized(YPTaskError):
     """Raised when a request needs the console password (or a session) and has neither."""
 
@@ -280,6 +285,7 @@ WIRE_CODES: dict[type[BaseException], WireCode] = {
     SupervisionError: WireCode("server", 110, -32010),
     LinkError: WireCode("server", 114, -32014),
     Unauthorized: WireCode("server", 115, -32015),
+    TaskPaused: WireCode("server", 117, -32017),
     HandlerError: WireCode("user", 100, -32000),
     YPTaskError: WireCode("server", 0, -32603),
     BaseException: WireCode("server", 0, -32603),

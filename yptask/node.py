@@ -303,6 +303,12 @@ class Node:
     async def restart(self, name: str) -> dict[str, Any]:
         return await self.task_admin.restart(name)
 
+    async def pause(self, name: str) -> dict[str, Any]:
+        return await self.task_admin.pause(name)
+
+    async def resume(self, name: str) -> dict[str, Any]:
+        return await self.task_admin.pause(name, paused=False)
+
     async def timers(self) -> list[dict[str, Any]]:
         return await self.timer_admin.timers()
 

@@ -8,7 +8,7 @@ runs. Exit codes: `yptask.cli.exits`, one table for every command.
 
     yptask.cli.node      node            run a node in the foreground
     yptask.cli.publish   cast, call      publish a message, or have one worker answer it
-    yptask.cli.tasks     restart, tasks, task show|apply|delete
+    yptask.cli.tasks     restart, pause, resume, tasks, task show|apply|delete
     yptask.cli.timers    timers, timer show|apply|delete
     yptask.cli.status    status, nodes
     yptask.cli.password  hash-password

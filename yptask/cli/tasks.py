@@ -86,6 +86,14 @@ def _task_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _pause(args: argparse.Namespace) -> int:
+    paused = args.command == "pause"
+    stored = client(args).pause(args.task) if paused else client(args).resume(args.task)
+    done = "paused: its casts are journaled and wait" if paused else "resumed"
+    print(dump(stored) if args.json else f"task {args.task} {done}")
+    return EXIT_OK
+
+
 class _RestartWatch(threading.Thread):
     """Polls `status` while a rolling restart runs and moves the bar.
 
@@ -175,12 +183,17 @@ def _restart_with_bar(args: argparse.Namespace, node: Client, entry: Mapping[str
 
 
 def add_parsers(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    """Add `restart`, `tasks` and `task show|apply|delete`."""
+    """Add `restart`, `pause`, `resume`, `tasks` and `task show|apply|delete`."""
     restart = add_command(sub, "restart", _restart, "rolling restart: replace a task's "
                           "workers one at a time with workers running the code now on disk",
                           "rolling restart of a task's workers")
     restart.add_argument("task", metavar="TASK")
     restart.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    for verb, what in (("pause", "hold a task's messages on every node: casts are journaled, "
+                                 "nothing is delivered until it is resumed"),
+                       ("resume", "deliver a paused task's messages again")):
+        add_command(sub, verb, _pause, what, what).add_argument("task", metavar="TASK")
 
     add_command(sub, "tasks", _tasks, "list the tasks: name, group, messages, workers per "
                 "node, state", "list the tasks with their workers and state")

@@ -81,6 +81,9 @@ class TaskDef:
     # visible backoff (exponential, capped) instead of restarting on.
     max_restarts: int = 5
     restart_period_s: float = 10.0
+    # Paused: casts are accepted and journaled, nothing is handed to a worker (calls are
+    # refused) until it is resumed; on every node, across restarts.
+    paused: bool = False
 
     def subscribes_to(self, message_name: str) -> bool:
         """Return True if any of this task's patterns matches `message_name`."""
@@ -185,6 +188,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_queue": number(1, integer=True),
     "max_restarts": number(0, integer=True),
     "restart_period_s": number(0.001),
+    "paused": boolean,
 }
 
 

@@ -92,7 +92,7 @@ class TaskPool(PoolPort):
 
     def pull(self, ref: Any) -> Job | None:
         """The next claimed delivery as a job for `ref`, or None. Called in the worker's thread."""
-        if self._closing or ref.actor_urn in self._retired:
+        if self._closing or self.task.paused or ref.actor_urn in self._retired:
             return None
         try:
             delivery = self._backlog.popleft()
@@ -311,8 +311,8 @@ class TaskPool(PoolPort):
             self._work_queued.clear()  # whatever set it is looked at below
             self._claim_asked = False
             try:
-                if self.task.workers_on(self.node_name) == 0:  # its deliveries go elsewhere
-                    await self._release_backlog()
+                if self.task.paused or self.task.workers_on(self.node_name) == 0:
+                    await self._release_backlog()  # held in the journal, or sent elsewhere
                 elif len(self._backlog) < self._low_water():
                     limit = min(MAX_CLAIM, 2 * self._low_water() - len(self._backlog))
                     self._backlog.extend(await self.journal.run(

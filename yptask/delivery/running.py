@@ -206,11 +206,13 @@ class RunningTasks:
     def _update(self, old: TaskDef, task: TaskDef) -> None:
         name = task.name
         self.pools[name].task = task
+        self.pools[name].notify()  # resumed, perhaps: deliver what waits
         if name in self.forwarders:
             self.forwarders[name].task = task
             self.forwarders[name].notify()
         supervisor = self.tree.supervisor(name)
-        if same_definition(replace(old, nodes=task.nodes), task):  # only the counts
+        if same_definition(replace(old, nodes=task.nodes, paused=task.paused), task):
+            # only the counts, or paused: the workers serve on
             change = supervisor.resize(task.workers_on(self.node_name))
         else:  # anything else takes new workers
             change = supervisor.rolling_restart(task)

@@ -49,6 +49,10 @@ class Inspector:
             queued, inflight = await self._journal.run(partial(Journal.depth, task=name))
             state = tree.state(name)
             workers = {self.node_name: state["workers"], **self._workers_elsewhere(name)}
+            task = self._running.tasks.get(name)
+            if task is not None and task.paused and state["state"] in ("running", "idle",
+                                                                         "starting"):
+                state = {**state, "state": "paused"}
             if name in self._running.apply_errors:  # stored, but its workers could not start
                 state = {**state, "state": "update failed",
                          "error": self._running.apply_errors[name]}

@@ -65,6 +65,15 @@ class TaskAdmin:
         self._running.task(name)
         await self._config.put([(TASK_KEY + name, None)])
 
+    async def pause(self, name: str, paused: bool = True) -> dict[str, Any]:
+        """Pause (or resume) a task, on every node: while paused its casts are journaled and
+        wait; nothing is handed to its workers, which stay up. Answers the definition."""
+        self._check_running()
+        task = replace(self._running.task(name), paused=paused)
+        answer = await self.put_task(task.to_dict())
+        log.info("task %s %s", name, "paused" if paused else "resumed")
+        return answer
+
     async def restart(self, name: str) -> dict[str, Any]:
         """Rolling restart, on every node: each worker is replaced by one running the code
         now on disk (a new restart generation in the replicated definition). Answers once

@@ -38,6 +38,7 @@ from yptask.errors import (
     NodeStopping,
     NoSubscriber,
     Overloaded,
+    TaskPaused,
     YPTaskError,
 )
 from yptask.ingress import checks
@@ -170,6 +171,10 @@ class Publisher:
         subscribed = [running.tasks[task] for task in running.subscribers(name)]
         if not subscribed:
             raise NoSubscriber(f"no task subscribes to {name!r}")
+        if all(t.paused for t in subscribed):
+            raise TaskPaused(f"task(s) {', '.join(t.name for t in subscribed)} subscribed to "
+                             f"{name!r} are paused: resume one (`yptask resume TASK`), or cast")
+        subscribed = [t for t in subscribed if not t.paused]
         local = [t for t in subscribed if t.workers_on(self.name) > 0]
         if not local:
             peer = None if here_only else pick_peer(self._peers(), subscribed)

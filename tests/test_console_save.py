@@ -110,6 +110,7 @@ def full_definition(tmp: Any) -> dict[str, Any]:
         "max_restarts": 7,
         "restart_period_s": 30.5,
         "paused": True,  # its workers run all the same
+        "accepting": False,
     }
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "NoSuchHandler",
     "NoSuchModule",
     "NodeStopping",
+    "NotAccepting",
     "Overloaded",
     "ProtocolError",
     "RPCError",
@@ -174,6 +175,10 @@ class TaskPaused(YPTaskError):
     """Raised when a call is for a task that is paused (its casts wait for the resume)."""
 
 
+class NotAccepting(Overloaded):
+    """Raised when a cast or call is for a task an admin switched off (`accepting = false`)."""
+
+
 class Unauthorized(YPTaskError):
     """Raised when a request needs the console password (or a session) and has neither."""
 
@@ -286,6 +291,7 @@ WIRE_CODES: dict[type[BaseException], WireCode] = {
     LinkError: WireCode("server", 114, -32014),
     Unauthorized: WireCode("server", 115, -32015),
     TaskPaused: WireCode("server", 117, -32017),
+    NotAccepting: WireCode("server", 118, -32018),
     HandlerError: WireCode("user", 100, -32000),
     YPTaskError: WireCode("server", 0, -32603),
     BaseException: WireCode("server", 0, -32603),

@@ -117,10 +117,10 @@ const NUMBER_FIELDS = ["max_idle_s", "max_attempts", "retry_backoff_s", "message
   "shutdown_timeout_s", "max_queue", "max_restarts", "restart_period_s", "restart_generation"];
 const ROW_FIELDS = ["messages", "command", "env", "settings", "nodes"];
 const FORM_FIELDS = new Set([...TEXT_FIELDS, ...NUMBER_FIELDS, ...ROW_FIELDS, "use_stdio", "debug",
-  "paused"]);
+  "paused", "accepting"]);
 const NEW_TASK = { name: "", group: "default", worker_class: "", command: [], use_stdio: false,
-  stdout: "", stderr: "", debug: false, paused: false, messages: [], env: {}, settings: {},
-  nodes: { "*": 1 } };
+  stdout: "", stderr: "", debug: false, paused: false, accepting: true, messages: [], env: {},
+  settings: {}, nodes: { "*": 1 } };
 const JSON_NUMBER = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?$/;
 
 // Numbers of a definition keep the text the node wrote (2.0 stays 2.0, a 20-digit
@@ -186,6 +186,7 @@ function fillForm(task) {
   form.elements.use_stdio.value = t.use_stdio ? "yes" : "no";
   form.elements.debug.checked = Boolean(t.debug);
   form.elements.paused.checked = Boolean(t.paused);
+  form.elements.accepting.checked = t.accepting !== false;
   for (const kind of ROW_FIELDS) document.getElementById(`rows-${kind}`).replaceChildren();
   (t.messages || []).forEach((m) => addRow("messages", [m]));
   (t.command || []).forEach((a) => addRow("command", [a]));
@@ -232,6 +233,7 @@ function readForm() {
   task.use_stdio = form.elements.use_stdio.value === "yes";
   task.debug = form.elements.debug.checked;
   task.paused = form.elements.paused.checked;
+  task.accepting = form.elements.accepting.checked;
   task.messages = rowsOf("messages").map(([input]) => input.value);
   task.command = rowsOf("command").map(([input]) => input.value);
   task.env = table("env", (key, [, input]) => input.value);

@@ -84,6 +84,9 @@ class TaskDef:
     # Paused: casts are accepted and journaled, nothing is handed to a worker (calls are
     # refused) until it is resumed; on every node, across restarts.
     paused: bool = False
+    # Not accepting: casts and calls for it are refused with NotAccepting (the manual
+    # degrade switch); what was journaled before is still delivered.
+    accepting: bool = True
 
     def subscribes_to(self, message_name: str) -> bool:
         """Return True if any of this task's patterns matches `message_name`."""
@@ -189,6 +192,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_restarts": number(0, integer=True),
     "restart_period_s": number(0.001),
     "paused": boolean,
+    "accepting": boolean,
 }
 
 

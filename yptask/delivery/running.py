@@ -24,7 +24,7 @@ from yptask.cluster.membership import Member
 from yptask.config.tasks import TaskDef
 from yptask.delivery.forwarding import Forwarder, Request
 from yptask.delivery.pool import TaskPool
-from yptask.errors import ConfigError, UnknownTask, WorkerStartFailed
+from yptask.errors import ConfigError, NotAccepting, UnknownTask, WorkerStartFailed
 from yptask.store.config_map import TASK_KEY, ConfigMap
 from yptask.store.group_commit import JournalThread
 from yptask.store.replicated import Entry
@@ -138,6 +138,13 @@ class RunningTasks:
             self._subscriptions[name] = subscribed
         return subscribed
 
+    def check_accepting(self, tasks: list[str]) -> None:
+        """Refuse a message for a task an admin switched off (`accepting = false`)."""
+        for name in tasks:
+            if not self.tasks[name].accepting:
+                raise NotAccepting(f"task {name} is not accepting messages (an admin set "
+                                   "accepting = false); retry later, or ask for it back on")
+
     def notify(self, task: str) -> None:
         """New deliveries of `task` are journaled here: its pool and forwarder look now."""
         if task in self.pools:
@@ -211,8 +218,9 @@ class RunningTasks:
             self.forwarders[name].task = task
             self.forwarders[name].notify()
         supervisor = self.tree.supervisor(name)
-        if same_definition(replace(old, nodes=task.nodes, paused=task.paused), task):
-            # only the counts, or paused: the workers serve on
+        if same_definition(replace(old, nodes=task.nodes, paused=task.paused,
+                                   accepting=task.accepting), task):
+            # only the counts, paused or accepting: the workers serve on
             change = supervisor.resize(task.workers_on(self.node_name))
         else:  # anything else takes new workers
             change = supervisor.rolling_restart(task)

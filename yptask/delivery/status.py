@@ -59,6 +59,7 @@ class Inspector:
             tasks[name] = {**pool.metrics.summary(), "workers": workers, "state": state["state"],
                            "queued": queued, "in_flight": inflight, "handled": pool.handled,
                            "failed": pool.failed, "pids": sorted(self._pids(name)),
+                           "accepting": task is None or task.accepting,
                            **({"error": state["error"]} if "error" in state else {}),
                            **_start_error_view(tree.start_error(name))}
         return {"node": self.node_name, "uptime_s": round(time.time() - self.started_at, 1),

@@ -142,6 +142,7 @@ class Publisher:
                 self.check_message(name, msg, journaled=True)
                 payload_json = _journal_text(msg)
                 subscribed = self._running.subscribers(name)
+                self._running.check_accepting(subscribed)
                 self._load.check_room(subscribed)
             except YPTaskError as exc:
                 answers.append(exc)
@@ -171,6 +172,7 @@ class Publisher:
         subscribed = [running.tasks[task] for task in running.subscribers(name)]
         if not subscribed:
             raise NoSubscriber(f"no task subscribes to {name!r}")
+        self._running.check_accepting([t.name for t in subscribed])
         if all(t.paused for t in subscribed):
             raise TaskPaused(f"task(s) {', '.join(t.name for t in subscribed)} subscribed to "
                              f"{name!r} are paused: resume one (`yptask resume TASK`), or cast")

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import TEST_WORKERS, NodeProcess, read_records, until, wait_for
+from support import NodeProcess, read_records, recording_task, until, wait_for
 
 from yptask.errors import ConfigError, InvalidParams, ProtocolError, wire_code
 from yptask.ingress import checks as ingress
@@ -34,19 +34,6 @@ from yptask.wire.bertrpc import Call, ErrorReply, Reply, decode_packet, error_re
 INVALID_REQUEST = wire_code(ProtocolError).jsonrpc_code
 INVALID_PARAMS = wire_code(ConfigError).jsonrpc_code
 BERT_INVALID_PARAMS = (wire_code(ConfigError).bert_type, wire_code(ConfigError).bert_code)
-
-# One worker: it handles deliveries in journal order, so once a later cast is
-# recorded every earlier accepted one is too.
-TASKS = """
-[[task]]
-name = "rec"
-worker_class = "sample:Sample"
-messages = ["*.record"]
-env = {{ PYTHONPATH = "{workers}" }}
-settings = {{ record_path = "{record}" }}
-nodes = {{ "*" = 1 }}
-"""
-
 
 class IngressNode(NodeProcess):
     """A node process whose task `rec` records what it handles, with its BERT-RPC address."""
@@ -64,8 +51,9 @@ class IngressNode(NodeProcess):
 
 @pytest.fixture
 def node_process(tmp_path: Path) -> Iterator[IngressNode]:
-    node = IngressNode(tmp_path, TASKS.format(workers=TEST_WORKERS,
-                                              record=tmp_path / "rec.jsonl"))
+    # One worker (recording_task's): it handles deliveries in journal order, so once a later
+    # cast is recorded every earlier accepted one is too.
+    node = IngressNode(tmp_path, recording_task("rec", "*.record", tmp_path / "rec.jsonl"))
     try:
         node.start()
         yield node

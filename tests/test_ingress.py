@@ -35,6 +35,7 @@ INVALID_REQUEST = wire_code(ProtocolError).jsonrpc_code
 INVALID_PARAMS = wire_code(ConfigError).jsonrpc_code
 BERT_INVALID_PARAMS = (wire_code(ConfigError).bert_type, wire_code(ConfigError).bert_code)
 
+
 class IngressNode(NodeProcess):
     """A node process whose task `rec` records what it handles, with its BERT-RPC address."""
 

@@ -111,6 +111,11 @@ def full_definition(tmp: Any) -> dict[str, Any]:
         "restart_period_s": 30.5,
         "paused": True,  # its workers run all the same
         "accepting": False,
+        "default_priority": 6,
+        "priority_tickets": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        "message_ttl_s": 90.5,
+        "rate_limit": "6000/min",
+        "rate_limit_key": "user.id",
     }
 
 

@@ -21,7 +21,8 @@ from typing import Any
 from yptask.config.fields import boolean, checked_definition, number, read_toml, string
 from yptask.errors import ConfigError
 
-__all__ = ["ANY_NODE", "TaskDef", "load_tasks", "topic_matches", "validate_message_name"]
+__all__ = ["ANY_NODE", "TaskDef", "load_tasks", "parse_rate", "topic_matches",
+           "validate_message_name"]
 
 _SEGMENT = r"[A-Za-z0-9_-]+"
 _MESSAGE_NAME = re.compile(rf"{_SEGMENT}(\.{_SEGMENT})*")
@@ -87,6 +88,18 @@ class TaskDef:
     # Not accepting: casts and calls for it are refused with NotAccepting (the manual
     # degrade switch); what was journaled before is still delivered.
     accepting: bool = True
+    # Priorities (0 lowest to 9): the one a cast without its own gets, and the lottery
+    # tickets of each level (ten integers; empty: DEFAULT_TICKETS) that share this
+    # task's workers among the levels waiting (yptask.delivery.lottery).
+    default_priority: int = 0
+    priority_tickets: tuple[int, ...] = ()
+    # A message not handed to a worker within this many seconds of its cast expires
+    # (0: never; a cast's own ttl_s or deadline comes first).
+    message_ttl_s: float = 0.0
+    # At most this many deliveries started in the whole cluster ("100/s", "6000/min",
+    # "10/h"; "": no limit), per distinct value of the payload's `rate_limit_key` if set.
+    rate_limit: str = ""
+    rate_limit_key: str = ""
 
     def subscribes_to(self, message_name: str) -> bool:
         """Return True if any of this task's patterns matches `message_name`."""
@@ -101,6 +114,7 @@ class TaskDef:
         data = asdict(self)
         data["messages"] = list(self.messages)
         data["command"] = list(self.command)
+        data["priority_tickets"] = list(self.priority_tickets)
         return data
 
     @classmethod
@@ -156,6 +170,48 @@ def _settings(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _priority(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise ConfigError(f"must be an integer from 0 (lowest) to 9, got {value!r}")
+    return value
+
+
+def _tickets(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or (value and len(value) != 10) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 1_000_000
+            for n in value) or (value and not any(value)):
+        raise ConfigError("must be ten integers from 0 to 1000000, the lottery tickets of "
+                          "priorities 0 to 9 (not all 0), or [] for the defaults; got "
+                          f"{value!r:.80}")
+    return tuple(value)
+
+
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*")
+RATE_UNITS_S = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+                "h": 3600.0, "hour": 3600.0}
+
+
+def parse_rate(text: str) -> tuple[float, float] | None:
+    """A rate limit's (count, per seconds), e.g. "100/s" -> (100.0, 1.0); "" -> None."""
+    if not text:
+        return None
+    match = _RATE.fullmatch(text)
+    if match is None:
+        raise ConfigError(f"{text!r} is not a rate: use COUNT/UNIT, UNIT one of s, min, h "
+                          "(e.g. \"100/s\", \"6000/min\")")
+    count = float(match[1])
+    if count <= 0:
+        raise ConfigError(f"{text!r}: the count must be over 0 (\"\" is no limit)")
+    return count, RATE_UNITS_S[match[2]]
+
+
+def _rate(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"must be a string such as \"100/s\" or \"6000/min\", got {value!r}")
+    parse_rate(value)
+    return value
+
+
 def _nodes(value: Any) -> dict[str, int]:
     if not isinstance(value, Mapping):
         raise ConfigError('must be a table of node name = worker count ("*" = any node)')
@@ -193,6 +249,12 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "restart_period_s": number(0.001),
     "paused": boolean,
     "accepting": boolean,
+    "default_priority": _priority,
+    "priority_tickets": _tickets,
+    "message_ttl_s": number(0),
+    "rate_limit": _rate,
+    "rate_limit_key": string(re.compile(r"|[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*"),
+                             "a key of the message payload, dotted for a nested one"),
 }
 
 

@@ -27,7 +27,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,9 @@ class Envelope:
     published_at: float
     priority: int = 0
     deadline: float | None = None
+    trace_id: str | None = None
+    parent_id: str | None = None  # the message whose handler cast this one
+    not_before: float = 0.0  # deliver no sooner (a delayed cast); 0: at once
     # the payload as JSON, when the caller has it already (it is not encoded twice)
     payload_json: str | None = field(default=None, compare=False, repr=False)
 
@@ -152,16 +155,14 @@ class Journal:
 
     def _insert(self, envelope: Envelope, tasks: Iterable[str]) -> bool:
         """Write one message and its deliveries; False if its id was known (nothing written)."""
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO messages (id, name, payload, published_at, priority,"
-            " deadline) VALUES (?, ?, ?, ?, ?, ?)",
-            (envelope.id, envelope.name, envelope.payload_text(),
-             envelope.published_at, envelope.priority, envelope.deadline))
-        if cursor.rowcount != 1:
+        if self._insert_message(envelope) != 1:
             return False
-        rows = [(envelope.id, task, envelope.priority) for task in dict.fromkeys(tasks)]
+        priorities = tasks if isinstance(tasks, Mapping) else {}
+        rows = [(envelope.id, task, priorities.get(task, envelope.priority), envelope.not_before)
+                for task in dict.fromkeys(tasks)]
         self._db.executemany(
-            "INSERT INTO deliveries (message_id, task, priority) VALUES (?, ?, ?)", rows)
+            "INSERT INTO deliveries (message_id, task, priority, not_before)"
+            " VALUES (?, ?, ?, ?)", rows)
         # so that the same message forwarded here later is not taken again
         self._db.executemany("INSERT OR IGNORE INTO received VALUES (?, ?)",
                              [row[:2] for row in rows])
@@ -184,17 +185,23 @@ class Journal:
                                         (envelope.id, task)).rowcount:
                     continue
                 new += 1
-                self._db.execute(
-                    "INSERT OR IGNORE INTO messages (id, name, payload, published_at, priority,"
-                    " deadline) VALUES (?, ?, ?, ?, ?, ?)",
-                    (envelope.id, envelope.name, envelope.payload_text(),
-                     envelope.published_at, envelope.priority, envelope.deadline))
+                self._insert_message(envelope)
                 self._db.execute("UPDATE messages SET done_at = NULL WHERE id = ?",
                                  (envelope.id,))
                 self._db.execute(
-                    "INSERT OR IGNORE INTO deliveries (message_id, task, priority)"
-                    " VALUES (?, ?, ?)", (envelope.id, task, envelope.priority))
+                    "INSERT OR IGNORE INTO deliveries (message_id, task, priority, not_before)"
+                    " VALUES (?, ?, ?, ?)", (envelope.id, task, envelope.priority,
+                                             envelope.not_before))
         return new
+
+    def _insert_message(self, envelope: Envelope) -> int:
+        """Write a message (not its deliveries); 0 if its id was known (nothing written)."""
+        return self._db.execute(
+            "INSERT OR IGNORE INTO messages (id, name, payload, published_at, priority,"
+            " deadline, trace_id, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (envelope.id, envelope.name, envelope.payload_text(), envelope.published_at,
+             envelope.priority, envelope.deadline, envelope.trace_id,
+             envelope.parent_id)).rowcount
 
     def claim(self, task: str, limit: int = 1, now: float | None = None) -> list[Delivery]:
         """Take up to `limit` ready deliveries of `task` (highest priority, then oldest).
@@ -204,16 +211,14 @@ class Journal:
         now = time.time() if now is None else now
         with self._transaction():
             rows = self._db.execute(
-                "SELECT d.seq, d.attempt, m.id, m.name, m.payload, m.published_at, m.priority,"
-                " m.deadline FROM deliveries d JOIN messages m ON m.id = d.message_id"
+                f"SELECT d.seq, d.attempt, {_ENVELOPE_COLUMNS} FROM deliveries d"
+                " JOIN messages m ON m.id = d.message_id"
                 " WHERE d.task = ? AND d.state = 'queued' AND d.not_before <= ?"
                 " ORDER BY d.priority DESC, d.seq LIMIT ?", (task, now, limit)).fetchall()
             self._db.executemany(
                 "UPDATE deliveries SET state = 'inflight' WHERE seq = ?",
                 [(row[0],) for row in rows])
-        return [Delivery(Envelope(mid, name, json.loads(payload), published, priority, deadline),
-                         task, attempt + 1)
-                for _, attempt, mid, name, payload, published, priority, deadline in rows]
+        return [Delivery(_envelope(row[2:]), task, row[1] + 1) for row in rows]
 
     def ack(self, message_id: str, task: str) -> None:
         """Forget a delivery its task has handled."""
@@ -318,12 +323,11 @@ class Journal:
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Return the most recent dead letters."""
         rows = self._db.execute(
-            "SELECT m.id, m.name, m.payload, m.published_at, m.priority, m.deadline, d.task,"
-            " d.attempt, d.error_class, d.error, d.traceback, d.died_at FROM dead_letters d"
-            " JOIN messages m ON m.id = d.message_id ORDER BY d.died_at DESC LIMIT ?",
-            (limit,)).fetchall()
-        return [DeadLetter(Envelope(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5]), *r[6:])
-                for r in rows]
+            f"SELECT {_DEAD_ENVELOPE_COLUMNS}, d.task, d.attempt, d.error_class, d.error,"
+            " d.traceback, d.died_at FROM dead_letters d JOIN messages m ON m.id = d.message_id"
+            " ORDER BY d.died_at DESC LIMIT ?", (limit,)).fetchall()
+        width = len(_ENVELOPE_FIELDS)
+        return [DeadLetter(_envelope(r[:width]), *r[width:]) for r in rows]
 
     # ------------------------------------------------------------------ client ids
 
@@ -361,6 +365,20 @@ class Journal:
 
     def _transaction(self) -> Transaction:
         return Transaction(self._db)
+
+
+# An envelope as the reads select it: a delivery's priority (its task's), the message's rest.
+_ENVELOPE_FIELDS = ("m.id", "m.name", "m.payload", "m.published_at", "d.priority", "m.deadline",
+                    "m.trace_id", "m.parent_id")
+_ENVELOPE_COLUMNS = ", ".join(_ENVELOPE_FIELDS)
+_DEAD_ENVELOPE_COLUMNS = _ENVELOPE_COLUMNS.replace("d.priority", "m.priority")  # d: dead_letters
+
+
+def _envelope(row: tuple[Any, ...]) -> Envelope:
+    """The envelope of a row selected as _ENVELOPE_COLUMNS."""
+    mid, name, payload, published, priority, deadline, trace_id, parent_id = row
+    return Envelope(mid, name, json.loads(payload), published, priority, deadline, trace_id,
+                    parent_id)
 
 
 class IdReader:

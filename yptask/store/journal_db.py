@@ -22,7 +22,9 @@ CREATE TABLE IF NOT EXISTS messages (
     published_at REAL NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,
     deadline REAL,
-    done_at REAL                    -- set when its last delivery ends; kept for dedupe
+    done_at REAL,                   -- set when its last delivery ends; kept for dedupe
+    trace_id TEXT,                  -- its W3C trace (yptask.ingress.trace)
+    parent_id TEXT                  -- the message whose handler cast it, if one did
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -52,6 +54,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     died_at REAL NOT NULL,
     PRIMARY KEY (message_id, task)
 );
+CREATE INDEX IF NOT EXISTS messages_trace ON messages (trace_id) WHERE trace_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS client_ids (  -- ids homed here, taken elsewhere (cluster/client_ids.py)
     id TEXT PRIMARY KEY,
     taken_at REAL NOT NULL
@@ -68,8 +71,20 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous.upper()}")
     db.execute("PRAGMA foreign_keys=ON")
+    _add_columns(db)
     db.executescript(SCHEMA)
     return db
+
+
+# Columns added since the first schema: a journal made before them gets them at its next open.
+ADDED_COLUMNS = (("messages", "trace_id", "TEXT"), ("messages", "parent_id", "TEXT"))
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, column, kind in ADDED_COLUMNS:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if have and column not in have:  # an empty `have`: the table is new, SCHEMA makes it
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 class Transaction:

@@ -78,13 +78,22 @@ class BaseTask:
         self._rpc: Client | None = None  # the node's JSON-RPC client, made on first use
 
     def cast(self, name: str, msg: Any, **options: Any) -> dict[str, Any]:
-        """Publish a message from inside a handler, through the node that runs this worker."""
-        return self._client().cast(name, msg, **options)
+        """Publish a message from inside a handler, through the node that runs this worker.
+
+        It carries on the trace of the message being handled, with that message as its
+        parent (`yptask trace` shows the tree); `options` are `Client.cast`'s."""
+        return self._client().cast(name, msg, **{**self._cause(), **options})
 
     def call(self, name: str, msg: Any, timeout: float = 30.0) -> Any:
         """Call another task from inside a handler. Never call a name that only this task
         handles with one worker: the call would wait for this very worker."""
         return self._client().call(name, msg, timeout=timeout)
+
+    def _cause(self) -> dict[str, Any]:
+        """The trace options of what this handler sends: its message's trace, its id."""
+        meta = self.message.meta if self.message is not None else {}
+        cause = {"traceparent": meta.get("traceparent"), "parent": meta.get("id")}
+        return {key: value for key, value in cause.items() if isinstance(value, str)}
 
     def _client(self) -> Client:
         if self._rpc is None:

@@ -307,7 +307,7 @@ async def test_an_unknown_method_is_method_not_found(node, http):
 @pytest.mark.parametrize(("method", "params", "named"), [
     ("cast", ["upai.echo"], "'msg'"),
     ("cast", {"name": "upai.echo", "msg": {}, "color": "red"}, "'color'"),
-    ("cast", ["upai.echo", {}, None, 1, "surplus"], "too many"),
+    ("cast", ["upai.echo", {}, None, 1, *[None] * 6, "surplus"], "too many"),
     ("cast", {"name": "upai.echo", "msg": {}, "priority": "5"}, "'priority'"),
     ("cast", {"name": 5, "msg": {}}, "'name'"),
     ("call", {"name": "upai.echo", "msg": {}, "timeout": 0}, "'timeout'"),

@@ -14,6 +14,7 @@ from support import ALONE, TEST_WORKERS, until
 from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef
 from yptask.errors import ConfigError, UnknownTimer
+from yptask.ingress.cast import CastRequest
 from yptask.node import Node
 
 
@@ -84,7 +85,7 @@ async def test_publishers_cannot_forge_a_tick(node, tmp_path):
         await node.cast("tick.record", {"forged": True}, id="timer:beat:1700000000.000")
     saved = await node.put_timer(EVERY_SECOND)
     forged = f"timer:beat:{saved['next_fire'] + 1:.3f}"
-    (refused,) = await node.cast_many([("tick.record", {"forged": True}, forged, 0)])
+    (refused,) = await node.cast_many([CastRequest("tick.record", {"forged": True}, forged)])
     assert isinstance(refused, ConfigError) and "timer:" in str(refused)
     await until(lambda: any(r["id"] == forged for r in records(tmp_path)), timeout_s=15)
     assert all(r["payload"] == {"v": 1} for r in records(tmp_path))

@@ -55,9 +55,14 @@ def _object(method: str, param: str, value: Any, what: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- the methods
 
 
-async def _cast(node: Service, /, name: Any, msg: Any, id: Any = None,
-                priority: Any = 0) -> Any:
-    return await node.cast(name, msg, id=id, priority=priority)
+# JSON-RPC params may come by position, so the wire's order is this signature's.
+async def _cast(node: Service, /, name: Any, msg: Any, id: Any = None,  # noqa: PLR0917
+                priority: Any = None,
+                ttl_s: Any = None, deadline: Any = None, delay_s: Any = None, at: Any = None,
+                traceparent: Any = None, parent: Any = None) -> Any:
+    """`cast`: its parameters are CastRequest's, in its order (the endpoint binds them)."""
+    return await node.cast(name, msg, id=id, priority=priority, ttl_s=ttl_s, deadline=deadline,
+                           delay_s=delay_s, at=at, traceparent=traceparent, parent=parent)
 
 
 async def call(node: Service, /, name: Any, msg: Any, timeout: Any = 30) -> Any:

@@ -33,6 +33,7 @@ from yptask.errors import (
     YPTaskError,
 )
 from yptask.ingress import checks as ingress
+from yptask.ingress.cast import CastRequest
 from yptask.service import Service
 from yptask.web.auth import Guard, RequestAccess
 from yptask.web.jsonrpc import (
@@ -187,7 +188,7 @@ class RPCEndpoint:
     async def _casts(self, casts: list[tuple[int, dict[str, Any], list[Any]]],
                      answers: list[str | None]) -> None:
         """Journal the casts of a body in one group commit; answer each in its place."""
-        arguments = [(args[0], args[1], args[2], args[3]) for _, _, args in casts]
+        arguments = [CastRequest(*args) for _, _, args in casts]
         try:
             results = await self.node.cast_many(arguments)
         except YPTaskError as exc:  # the node refuses them all (it is stopping)

@@ -118,10 +118,22 @@ class Client:
 
     # ------------------------------------------------------------------ publishing
 
-    def cast(self, name: str, msg: Any, *, id: str | None = None,
-             priority: int = 0) -> dict[str, Any]:
-        """Publish `msg` under `name`; return {"id", "tasks", "duplicate"} once it is stored."""
-        params = {"name": name, "msg": msg, "id": id, "priority": priority}
+    def cast(self, name: str, msg: Any, *, id: str | None = None, priority: int | None = None,
+             ttl_s: float | None = None, deadline: float | None = None,
+             delay_s: float | None = None, at: float | None = None,
+             traceparent: str | None = None, parent: str | None = None) -> dict[str, Any]:
+        """Publish `msg` under `name`; return {"id", "tasks", "duplicate"} once it is stored.
+
+        priority: 0 (lowest) to 9, default each task's own; ttl_s or deadline (epoch
+        seconds): expire unless handed to a worker by then; delay_s or at: deliver no
+        sooner (the answer then has "not_before"); traceparent: the W3C trace to join;
+        parent: the id of the message whose handler casts this one. docs/api.md has more.
+        """
+        params = {"name": name, "msg": msg, "id": id, "priority": priority, "ttl_s": ttl_s,
+                  "deadline": deadline, "delay_s": delay_s, "at": at,
+                  "traceparent": traceparent, "parent": parent}
+        params = {key: value for key, value in params.items()
+                  if value is not None or key in ("name", "msg")}
         return _expect(self.request("cast", params), dict, "cast")
 
     def call(self, name: str, msg: Any, *, timeout: float = 30.0) -> Any:

@@ -51,6 +51,7 @@ from yptask.delivery.task_admin import TaskAdmin
 from yptask.endpoints.bert import BertEndpoint
 from yptask.endpoints.ports import bind_http, check_free
 from yptask.errors import ProtocolError
+from yptask.ingress.cast import CastRequest
 from yptask.ingress.publisher import Publisher
 from yptask.store.config_map import TASK_KEY, ConfigMap
 from yptask.store.group_commit import JournalThread
@@ -278,11 +279,10 @@ class Node:
 
     # ------------------------------------------------------------------ the service
 
-    async def cast(self, name: Any, msg: Any, *, id: Any = None, priority: Any = 0
-                   ) -> dict[str, Any]:
-        return await self.publisher.cast(name, msg, id=id, priority=priority)
+    async def cast(self, name: Any, msg: Any, **options: Any) -> dict[str, Any]:
+        return await self.publisher.cast(name, msg, **options)
 
-    async def cast_many(self, casts: list[tuple[Any, Any, Any, Any]]) -> list[Any]:
+    async def cast_many(self, casts: list[CastRequest]) -> list[Any]:
         return await self.publisher.cast_many(casts)
 
     async def call(self, name: Any, msg: Any, *, timeout_s: Any = 30.0) -> Any:

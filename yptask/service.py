@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from yptask.config.node import NodeConfig
+from yptask.ingress.cast import CastRequest
 
 __all__ = ["Service"]
 
@@ -25,10 +26,9 @@ class Service(Protocol):
     @property
     def config(self) -> NodeConfig: ...
 
-    async def cast(self, name: Any, msg: Any, /, *, id: Any = None, priority: Any = 0
-                   ) -> Any: ...
+    async def cast(self, name: Any, msg: Any, /, **options: Any) -> Any: ...
 
-    async def cast_many(self, casts: list[tuple[Any, Any, Any, Any]], /) -> list[Any]: ...
+    async def cast_many(self, casts: list[CastRequest], /) -> list[Any]: ...
 
     async def call(self, name: Any, msg: Any, /, *, timeout_s: Any) -> Any: ...
 

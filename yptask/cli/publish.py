@@ -10,25 +10,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from yptask.cli.connect import Subparsers, add_command, client
 from yptask.cli.exits import EXIT_FAILED, EXIT_OK
 from yptask.cli.formats import dump, json_argument, positive_float
 from yptask.errors import HandlerError
+from yptask.ingress.cast import CAST_OPTIONS
 
 __all__ = ["add_parsers"]
 
 
 def _cast(args: argparse.Namespace) -> int:
     msg = json_argument(args.msg, "JSON (the message)")
-    result = client(args).cast(args.name, msg, id=args.id, priority=args.priority)
+    options = {name: value for name in CAST_OPTIONS
+               if (value := getattr(args, name, None)) is not None}
+    result = client(args).cast(args.name, msg, **options)
     if args.json:
         print(dump(result))
     else:
         tasks = ", ".join(result.get("tasks") or []) or "no task"
         note = "  (duplicate: already accepted, not sent again)" if result.get("duplicate") \
             else ""
-        print(f"{result.get('id')}  -> {tasks}{note}")
+        due = result.get("not_before")
+        when = f"  (due {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(due))})" \
+            if isinstance(due, (int, float)) else ""
+        print(f"{result.get('id')}  -> {tasks}{note}{when}")
     if not result.get("tasks"):
         print(f"yptask: warning: no task subscribes to {args.name!r}; the message went "
               "nowhere (`yptask tasks` lists the subscriptions)", file=sys.stderr)
@@ -57,8 +64,18 @@ def add_parsers(sub: Subparsers[argparse.ArgumentParser]) -> None:
     cast.add_argument("name", metavar="NAME", help="message name, e.g. upai.photos.upload")
     cast.add_argument("msg", metavar="JSON", help="the message, as JSON ('-': read stdin)")
     cast.add_argument("--id", help="message id (a repeated id is not sent again)")
-    cast.add_argument("--priority", type=int, default=0, metavar="N",
-                      help="higher goes first (default 0)")
+    cast.add_argument("--priority", type=int, metavar="N",
+                      help="0 (lowest) to 9; default: each task's default_priority")
+    cast.add_argument("--ttl", dest="ttl_s", type=float, metavar="S",
+                      help="expire unless handed to a worker within S seconds")
+    cast.add_argument("--deadline", type=float, metavar="EPOCH",
+                      help="expire unless handed to a worker by this time (epoch seconds)")
+    cast.add_argument("--delay", dest="delay_s", type=float, metavar="S",
+                      help="deliver no sooner than S seconds from now")
+    cast.add_argument("--at", type=float, metavar="EPOCH",
+                      help="deliver no sooner than this time (epoch seconds)")
+    cast.add_argument("--traceparent", metavar="TP",
+                      help="the W3C trace context to join (default: a new trace)")
 
     call = add_command(sub, "call", _call, "have one worker handle a message now; print its "
                        "answer as JSON", "have one worker handle a message now; print its answer")

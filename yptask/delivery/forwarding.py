@@ -119,7 +119,8 @@ class Forwarder:
 def delivery_terms(batch: list[Delivery]) -> list[list[Any]]:
     """The messages of a batch as the `deliver` request carries them."""
     return [[d.message.id, d.message.name, d.message.payload, d.message.published_at,
-             d.message.priority, d.message.deadline] for d in batch]
+             d.message.priority, d.message.deadline, d.message.trace_id, d.message.parent_id]
+            for d in batch]
 
 
 def pick_peer(members: list[Member], tasks: list[TaskDef]) -> str | None:
@@ -160,11 +161,14 @@ async def accept_forwarded(journal: JournalThread, peer: str, args: list[Any], *
 
 
 def _envelope(term: Any, peer: str) -> Envelope:
-    """A forwarded message, as `delivery_terms` wrote it."""
-    if not (isinstance(term, list) and len(term) == 6 and isinstance(term[0], str)
+    """A forwarded message, as `delivery_terms` wrote it (a node before trace ids wrote
+    the first six fields only)."""
+    if not (isinstance(term, list) and len(term) in (6, 8) and isinstance(term[0], str)
             and isinstance(term[1], str) and isinstance(term[3], (int, float))
             and isinstance(term[4], int)
-            and (term[5] is None or isinstance(term[5], (int, float)))):
+            and (term[5] is None or isinstance(term[5], (int, float)))
+            and all(t is None or isinstance(t, str) for t in term[6:])):
         raise ProtocolError(f"node {peer} forwarded a malformed message {term!r:.80}")
+    trace_id, parent_id = term[6:] if len(term) == 8 else (None, None)
     return Envelope(term[0], term[1], term[2], float(term[3]), term[4],
-                    None if term[5] is None else float(term[5]))
+                    None if term[5] is None else float(term[5]), trace_id, parent_id)

@@ -348,7 +348,8 @@ class TaskPool(PoolPort):
         """A job for one claimed delivery; its outcome is settled in whichever thread ends it."""
         message = delivery.message
         meta = delivery_meta(message.id, delivery.attempt, message.published_at,
-                             message.priority, message.deadline)
+                             message.priority, deadline=message.deadline,
+                             trace_id=message.trace_id, parent_id=message.parent_id)
         settled = threading.Lock()
 
         def done(outcome: Outcome) -> None:

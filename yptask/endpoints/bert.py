@@ -3,7 +3,9 @@
 Serves module `yptask`, one packet at a time per connection:
 
     {call, yptask, cast, [Name, Msg]}            -> {reply, #{id, tasks, duplicate}}
-    {call, yptask, cast, [Name, Msg, Opts]}      Opts: #{id => Binary, priority => 0..9}
+    {call, yptask, cast, [Name, Msg, Opts]}      Opts: #{id => Binary, priority => 0..9,
+                                                 ttl_s, deadline, delay_s, at, traceparent,
+                                                 parent} (each optional; docs/api.md)
     {call, yptask, call, [Name, Msg, Timeout]}   -> {reply, Result}   (Timeout in seconds)
     {cast, yptask, cast, [Name, Msg | _]}        -> {noreply} once the message is journaled
     {info, auth, [Token]}                        a publisher token for what follows,
@@ -51,6 +53,7 @@ from yptask.errors import (
     YPTaskError,
 )
 from yptask.ingress import checks as ingress
+from yptask.ingress.cast import CAST_OPTIONS
 from yptask.log_limit import LogLimiter
 from yptask.service import Service
 from yptask.wire.bertrpc import (
@@ -71,7 +74,7 @@ from yptask.wire.decoding import PRE_AUTH, PUBLISHER, Decoder, InflationBudget
 __all__ = ["BertEndpoint"]
 
 log = logging.getLogger(__name__)
-_CAST_OPTIONS = frozenset({"id", "priority"})
+_CAST_OPTIONS = frozenset(CAST_OPTIONS)
 
 PRE_AUTH_MAX_FRAME = 64 * 1024  # before a token: room for {info, auth, [Token]} and more
 
@@ -201,10 +204,10 @@ class BertEndpoint:
             if not isinstance(opts, dict) or not opts.keys() <= _CAST_OPTIONS:
                 got = (f"the key(s) {', '.join(map(repr, opts.keys() - _CAST_OPTIONS))}"
                        if isinstance(opts, dict) else ingress.json_type(opts))
-                raise InvalidParams("cast options must be a map: #{id => Id, priority => 0..9}; "
+                raise InvalidParams("cast options must be a map with the keys "
+                                    f"{', '.join(CAST_OPTIONS)} (each optional); "
                                     f"got {got[:200]}")
-            return await self.node.cast(args[0], args[1], id=opts.get("id"),
-                                        priority=opts.get("priority", 0))
+            return await self.node.cast(args[0], args[1], **{str(k): v for k, v in opts.items()})
         if call.function == "call" and len(args) in (2, 3):
             return await self.node.call(args[0], args[1],
                                         timeout_s=args[2] if len(args) == 3 else 30)

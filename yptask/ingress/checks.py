@@ -17,6 +17,11 @@ The rules:
   `MAX_PRIORITY`; higher is handled first;
 - a call's timeout is a finite number of seconds, over 0 and at most
   `MAX_TIMEOUT_S`;
+- a cast's `ttl_s` (over 0) and `delay_s` (0 or more) are finite numbers of
+  seconds of at most `MAX_DELAY_S`; its `deadline` and `at` are epoch seconds
+  within `MAX_DELAY_S` from now (checked together in `yptask.ingress.cast`);
+- a `traceparent` is a W3C trace context (`yptask.ingress.trace`); a `parent`
+  is a message id;
 - a payload's strings (map keys too) are valid Unicode; a journaled payload
   (a cast's) is also exactly what JSON holds, so it comes back as it was sent:
   maps with string keys, lists, strings, booleans, null, finite floats and
@@ -27,11 +32,13 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from typing import Any
 
 from yptask.errors import InvalidParams
 
 __all__ = [
+    "MAX_DELAY_S",
     "MAX_ID_CHARS",
     "MAX_NAME_CHARS",
     "MAX_PRIORITY",
@@ -39,10 +46,12 @@ __all__ = [
     "MIN_PRIORITY",
     "TICK_ID_PREFIX",
     "bad_param",
+    "check_epoch",
     "check_id",
     "check_name",
     "check_payload",
     "check_priority",
+    "check_seconds",
     "check_timeout",
     "json_type",
     "shown",
@@ -53,6 +62,7 @@ MAX_ID_CHARS = 128
 TICK_ID_PREFIX = "timer:"  # see yptask.timers.schedule.fire_id
 MAX_NAME_CHARS = 255  # as validate_message_name
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
+MAX_DELAY_S = 366 * 86_400.0  # a year and a day: how far ahead a cast may be due or expire
 MAX_TIMEOUT_S = 86_400.0  # a day: a call waits no longer, and the timer stays representable
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 MAX_SHOWN_CHARS = 40  # of a refused value echoed in an error: answers stay small
@@ -106,17 +116,18 @@ def check_name(value: Any, method: str = "cast") -> str:
     return str(value)  # an Erlang atom is a str subclass
 
 
-def check_id(value: Any, method: str = "cast", *, tick: bool = False) -> str | None:
+def check_id(value: Any, method: str = "cast", *, tick: bool = False, param: str = "id"
+             ) -> str | None:
     """A message id (None: the node picks one), or InvalidParams. Only the timer leader's
     ticks (`tick`) may carry an id in the form of a tick's, so none can be forged."""
     if value is None:
         return None
     if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and valid_text(value):
         if value.startswith(TICK_ID_PREFIX) and not tick:
-            raise bad_param(method, "id", f"an id not starting with {TICK_ID_PREFIX!r} "
+            raise bad_param(method, param, f"an id not starting with {TICK_ID_PREFIX!r} "
                                            "(the ids of timer ticks)", value)
         return str(value)
-    raise bad_param(method, "id", f"null or a string of 1 to {MAX_ID_CHARS} characters, "
+    raise bad_param(method, param, f"null or a string of 1 to {MAX_ID_CHARS} characters, "
                                    "valid Unicode", value)
 
 
@@ -129,13 +140,40 @@ def check_priority(value: Any, method: str = "cast") -> int:
                                         f"{MAX_PRIORITY} (highest)", value)
 
 
+def check_seconds(value: Any, param: str, *, minimum_exclusive: bool = False) -> float:
+    """A cast's span of seconds (`ttl_s` over 0, `delay_s` 0 or more), or InvalidParams."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = _float(value)
+        if (seconds > 0 or (seconds == 0 and not minimum_exclusive)) and seconds <= MAX_DELAY_S:
+            return seconds
+    floor = "over 0" if minimum_exclusive else "of 0 or more"
+    raise bad_param("cast", param, f"a number of seconds {floor} and at most {MAX_DELAY_S:g}",
+                    value)
+
+
+def check_epoch(value: Any, param: str, now: float | None = None) -> float:
+    """A cast's point in time (`deadline`, `at`) in epoch seconds, or InvalidParams: not more
+    than MAX_DELAY_S from now either way (a time in milliseconds is refused, not misread)."""
+    now = time.time() if now is None else now
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        when = _float(value)
+        if abs(when - now) <= MAX_DELAY_S:
+            return when
+    raise bad_param("cast", param, "a time in epoch seconds (as time.time() gives it) within "
+                                   "a year of now", value)
+
+
+def _float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int too big for a float
+        return math.inf
+
+
 def check_timeout(value: Any, method: str = "call") -> float:
     """A call's timeout in seconds, or InvalidParams."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int too big for a float
-            seconds = math.inf
+        seconds = _float(value)
         if 0 < seconds <= MAX_TIMEOUT_S:
             return seconds
     raise bad_param(method, "timeout", f"a number of seconds over 0 and at most {MAX_TIMEOUT_S:g}",

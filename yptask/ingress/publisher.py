@@ -42,6 +42,8 @@ from yptask.errors import (
     YPTaskError,
 )
 from yptask.ingress import checks
+from yptask.ingress.cast import CastRequest, CastTimes
+from yptask.ingress.trace import check_traceparent, new_trace_id
 from yptask.store.group_commit import JournalThread
 from yptask.store.journal import Envelope
 from yptask.workers.job import delivery_meta
@@ -52,7 +54,7 @@ __all__ = ["Publisher"]
 log = logging.getLogger(__name__)
 
 LINK_GRACE_S = 2.0  # a call sent to another node waits this much longer than its timeout
-Accepted = list[tuple[Envelope, list[str]]]  # a message to journal, and its tasks
+Accepted = list[tuple[Envelope, dict[str, int]]]  # a message to journal, its tasks' priorities
 Places = list[tuple[int, dict[str, Any]]]  # (place in the answers, the answer)
 
 
@@ -80,17 +82,19 @@ class Publisher:
         if self._stopping():
             raise NodeStopping(f"node {self.name} is stopping; send to another node or retry")
 
-    async def cast(self, name: Any, msg: Any, *, id: Any = None, priority: Any = 0,
-                   ticks: bool = False) -> dict[str, Any]:
-        """Journal a message for every subscribed task; return once it is committed."""
-        result = (await self.cast_many([(name, msg, id, priority)], ticks=ticks))[0]
+    async def cast(self, name: Any, msg: Any, *, ticks: bool = False, **options: Any
+                   ) -> dict[str, Any]:
+        """Journal a message for every subscribed task; return once it is committed.
+
+        `options` are those of `CastRequest` (id, priority, ttl_s, ...)."""
+        result = (await self.cast_many([CastRequest(name, msg, **options)], ticks=ticks))[0]
         if isinstance(result, YPTaskError):
             raise result
         return result
 
-    async def cast_many(self, casts: list[tuple[Any, Any, Any, Any]], *, ticks: bool = False
+    async def cast_many(self, casts: list[CastRequest], *, ticks: bool = False
                         ) -> list[dict[str, Any] | YPTaskError]:
-        """Journal many casts, (name, msg, id, priority) each, in one group commit.
+        """Journal many casts in one group commit.
 
         Answers each in order: its result as `cast` gives it, or the error that
         refused it (a refused cast stores nothing; the others are not affected, even
@@ -126,7 +130,7 @@ class Publisher:
             self._running.notify(task)
         return answers
 
-    def _checked(self, casts: list[tuple[Any, Any, Any, Any]],
+    def _checked(self, casts: list[CastRequest],
                  answers: list[dict[str, Any] | YPTaskError], *, ticks: bool
                  ) -> tuple[Accepted, Places, list[str]]:
         """Check every cast; answer the refused ones in `answers`, and return the others
@@ -134,27 +138,44 @@ class Publisher:
         accepted: Accepted = []
         results: Places = []
         given: list[str] = []  # the ids the casts came with (a publisher's, a tick's)
-        for given_name, msg, given_id, given_priority in casts:
+        for cast in casts:
             try:
-                name = checks.check_name(given_name)
-                id = checks.check_id(given_id, tick=ticks)
-                priority = checks.check_priority(given_priority)
-                self.check_message(name, msg, journaled=True)
-                payload_json = _journal_text(msg)
-                subscribed = self._running.subscribers(name)
-                self._running.check_accepting(subscribed)
-                self._load.check_room(subscribed)
+                envelope, subscribed = self._envelope(cast, ticks=ticks)
             except YPTaskError as exc:
                 answers.append(exc)
                 continue
-            envelope = Envelope(id or self._new_id(), name, msg, time.time(), priority,
-                                payload_json=payload_json)
             accepted.append((envelope, subscribed))
-            results.append((len(answers), {"id": envelope.id, "tasks": subscribed}))
-            answers.append(results[-1][1])
-            if id:
-                given.append(id)
+            result = {"id": envelope.id, "tasks": list(subscribed)}
+            if envelope.not_before:
+                result["not_before"] = envelope.not_before
+            results.append((len(answers), result))
+            answers.append(result)
+            if cast.id is not None:
+                given.append(envelope.id)
         return accepted, results, given
+
+    def _envelope(self, cast: CastRequest, *, ticks: bool) -> tuple[Envelope, dict[str, int]]:
+        """The checked message of a cast, and its tasks with the priority of each delivery."""
+        name = checks.check_name(cast.name)
+        id = checks.check_id(cast.id, tick=ticks)
+        priority = None if cast.priority is None else checks.check_priority(cast.priority)
+        now = time.time()
+        times = CastTimes.of(cast, now)
+        trace_id = check_traceparent(cast.traceparent) or new_trace_id()
+        parent = checks.check_id(cast.parent, tick=True, param="parent")  # a tick may be one
+        self.check_message(name, cast.msg, journaled=True)
+        payload_json = _journal_text(cast.msg)
+        subscribed = self._running.subscribers(name)
+        self._running.check_accepting(subscribed)
+        self._load.check_room(subscribed)
+        tasks = self._running.tasks
+        priorities = {task: tasks[task].default_priority if priority is None else priority
+                      for task in subscribed}
+        envelope = Envelope(id or self._new_id(), name, cast.msg, now,
+                            checks.MIN_PRIORITY if priority is None else priority,
+                            times.deadline, trace_id, parent, times.not_before,
+                            payload_json=payload_json)
+        return envelope, priorities
 
     async def call(self, name: Any, msg: Any, *, timeout_s: Any = 30.0,
                    here_only: bool = False) -> Any:

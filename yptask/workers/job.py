@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from yptask.errors import YPTaskError
+from yptask.ingress.trace import traceparent_of
 
 __all__ = ["ANSWER_WAITING_S", "BACKLOG_PER_WORKER", "MAX_CLAIM", "PIPELINE_DEPTH", "PIPE_ROOM",
            "SLOW_ANSWER_S", "Ending", "Job", "Outcome", "delivery_meta"]
@@ -102,11 +103,19 @@ class Job:
     started: Callable[[], None] | None = None
 
 
-def delivery_meta(message_id: str, attempt: int, published_at: float, priority: int,
-                  deadline: float | None = None) -> dict[str, Any]:
-    """The meta a handler is given with a message (`deadline` only when it has one)."""
-    meta = {"id": message_id, "attempt": attempt, "published_at": published_at,
-            "priority": priority}
+def delivery_meta(message_id: str, attempt: int, published_at: float, priority: int, *,
+                  deadline: float | None = None, trace_id: str | None = None,
+                  parent_id: str | None = None) -> dict[str, Any]:
+    """The meta a handler is given with a message (`deadline`, the trace and the parent
+    only when it has them). `traceparent` names this message as the parent span of what
+    its handler casts or calls next."""
+    meta: dict[str, Any] = {"id": message_id, "attempt": attempt,
+                            "published_at": published_at, "priority": priority}
     if deadline is not None:
         meta["deadline"] = deadline
+    if trace_id is not None:
+        meta["trace_id"] = trace_id
+        meta["traceparent"] = traceparent_of(trace_id, message_id)
+    if parent_id is not None:
+        meta["parent_id"] = parent_id
     return meta

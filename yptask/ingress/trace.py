@@ -1,0 +1,60 @@
+"""Trace ids: the W3C trace context (`traceparent`) every cast and call belongs to.
+
+A traceparent is `00-<trace id: 32 hex>-<parent span: 16 hex>-<flags: 2 hex>`
+(https://www.w3.org/TR/trace-context/). A cast or call that brings one joins
+its trace; one that brings none starts a trace of its own. Each message is a
+span of its trace, whose span id is derived from its message id
+(`span_of`), so it needs no column of its own: the traceparent a handler is
+given (`traceparent_of`) names its message as the parent of whatever it casts
+or calls next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Any
+
+from yptask.ingress.checks import bad_param
+
+__all__ = ["check_traceparent", "new_trace_id", "span_of", "traceparent_of"]
+
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_WANTED = "a W3C traceparent: '00-' 32 hex digits '-' 16 hex digits '-' 2 hex digits"
+
+
+def new_trace_id() -> str:
+    """A fresh random trace id (32 lowercase hex digits, never all zeros)."""
+    while True:
+        trace_id = os.urandom(16).hex()
+        if trace_id.strip("0"):
+            return trace_id
+
+
+def check_traceparent(value: Any, method: str = "cast") -> str | None:
+    """The trace id of a given traceparent (None: none given), or InvalidParams.
+
+    Upper-case hex is taken (lower-cased); version ff and all-zero ids are refused, as the
+    W3C text says; a version after 00 may carry more fields after the flags."""
+    if value is None:
+        return None
+    if isinstance(value, str) and len(value) <= 512:
+        text = value.strip().lower()
+        match = _TRACEPARENT.match(text)
+        if match and (len(text) == 55 or (match[1] != "00" and text[55:56] == "-")):
+            version, trace_id, span, _ = match.groups()
+            if version != "ff" and trace_id.strip("0") and span.strip("0"):
+                return trace_id
+    raise bad_param(method, "traceparent", _WANTED, value)
+
+
+def span_of(message_id: str) -> str:
+    """The span id of a message: 16 hex digits derived from its id (never all zeros)."""
+    span = hashlib.blake2b(message_id.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return span if span.strip("0") else "0000000000000001"
+
+
+def traceparent_of(trace_id: str, message_id: str) -> str:
+    """The traceparent of a message of a trace: what its handler passes on."""
+    return f"00-{trace_id}-{span_of(message_id)}-01"

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EXAMPLES = 5  # ids shown with a violated property
+EXPIRED = "Expired"  # the error class of a dead letter whose deadline passed
+EARLY_SLACK_S = 0.01  # clock reads of the publisher and the workers, on one machine
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,9 @@ class Cast:
     tasks: tuple[str, ...]
     node: str
     at: float
+    priority: int = 0
+    not_before: float = 0.0  # a delayed cast: due then (the node's answer), else 0
+    deadline: float | None = None  # a cast with a ttl: expires then unless handed out
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,11 @@ class DeadLetter:
     task: str
     attempt: int
     node: str
+    error_class: str = ""  # "Expired": its deadline passed before a worker took it
+
+    @property
+    def expired(self) -> bool:
+        return self.error_class == EXPIRED
 
 
 @dataclass
@@ -61,8 +71,9 @@ class Property:
 
 
 def check(history: History) -> list[Property]:
-    return [casts_handled(history), ticks_exactly_once(history),
-            config_converges(history), members_listed(history), attempts_before_dead(history)]
+    return [casts_handled(history), delayed_not_early(history), expired_only_with_deadline(history),
+            ticks_exactly_once(history), config_converges(history), members_listed(history),
+            attempts_before_dead(history)]
 
 
 def _finished(runs: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
@@ -83,12 +94,36 @@ def casts_handled(history: History) -> Property:
     done = _finished(history.runs)
     wanted = {(c.id, task) for c in history.casts for task in c.tasks}
     missing = lost(history)
-    dead = len(wanted & {(d.id, d.task) for d in history.dead})
+    dead = {(d.id, d.task) for d in history.dead if not d.expired}
+    expired = {(d.id, d.task) for d in history.dead if d.expired}
     twice = sum(1 for pair in wanted if done[pair] > 1)
-    figure = (f"{len(history.casts)} casts, {len(wanted)} deliveries: lost {len(missing)}, "
-              f"dead {dead}, handled twice {twice} (allowed)")
+    delayed = sum(1 for c in history.casts if c.not_before)
+    figure = (f"{len(history.casts)} casts ({delayed} delayed), {len(wanted)} deliveries: "
+              f"lost {len(missing)}, dead {len(wanted & dead)}, expired "
+              f"{len(wanted & expired)} (not lost), handled twice {twice} (allowed)")
     return Property("every accepted cast handled by each subscribed task", figure, not missing,
                     tuple(f"{i} for {t}" for i, t in missing[:EXAMPLES]))
+
+
+def delayed_not_early(history: History) -> Property:
+    """No handler run of a delayed cast starts before the time it was due."""
+    due = {c.id: c.not_before for c in history.casts if c.not_before}
+    early = sorted({(r["id"], r["task"]) for r in history.runs if r.get("phase") == "start"
+                    and r["id"] in due and r["at"] < due[r["id"]] - EARLY_SLACK_S})
+    figure = f"{len(due)} delayed casts, {len(early)} run before they were due"
+    return Property("no delayed cast runs before it is due", figure, not early,
+                    tuple(f"{i} for {t}" for i, t in early[:EXAMPLES]))
+
+
+def expired_only_with_deadline(history: History) -> Property:
+    """Only a cast given a deadline expires, and not before it (nothing else is dropped)."""
+    deadline = {c.id: c.deadline for c in history.casts}
+    wrong = sorted({(d.id, d.task) for d in history.dead
+                    if d.expired and deadline.get(d.id) is None})
+    figure = (f"{sum(1 for d in history.dead if d.expired)} expired, {len(wrong)} of them "
+              "without a deadline")
+    return Property("only casts with a deadline expire", figure, not wrong,
+                    tuple(f"{i} for {t}" for i, t in wrong[:EXAMPLES]))
 
 
 def handled_ticks(history: History) -> dict[float, list[dict[str, Any]]]:
@@ -157,8 +192,8 @@ def attempts_before_dead(history: History) -> Property:
     for r in history.runs:
         if r.get("phase") == "start":
             started[(r["id"], r["task"])].append(r["attempt"])
-    early = sorted({(d.id, d.task) for d in history.dead
-                    if len(started[(d.id, d.task)]) < history.max_attempts.get(d.task, 1)})
+    early = sorted({(d.id, d.task) for d in history.dead if not d.expired
+                    and len(started[(d.id, d.task)]) < history.max_attempts.get(d.task, 1)})
     figure = f"{len(history.dead)} dead letters, {len(early)} with fewer runs than max_attempts"
     return Property("dead letters only after max_attempts runs", figure, not early, tuple(
         f"{i} for {t}: {len(started[(i, t)])} run(s), attempts {sorted(started[(i, t)])}"

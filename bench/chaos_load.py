@@ -2,10 +2,13 @@
 
 The publisher casts `BATCH` messages at a time at `rate` per second, round robin
 over the nodes, as an anonymous publisher; every 20th message is marked for
-`flaky` to fail. Every accepted cast goes into the history with the tasks the
-node named, the node and the time; a batch a node did not answer (it died,
-hangs, or is cut off) goes again, same ids, to the next node, and so does what
-a node refused (overloaded, stopping).
+`flaky` to fail. The stream mixes the message controls: priorities 0 to 9 in turn,
+every DELAY_EVERY-th cast delayed (`delay_s`), every TTL_EVERY-th with a deadline
+(`ttl_s`: it may expire, which the checker counts apart from lost). Every
+accepted cast goes into the history with the tasks the node named, the node and
+the time; a batch a node did not answer (it died, hangs, or is cut off) goes
+again, same ids, to the next node, and so does what a node refused
+(overloaded, stopping).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from chaos_nodes import ChaosNode
 BATCH = 25
 FAIL_EVERY = 20  # every 20th cast is one that `flaky` fails
 RETRY_S = 0.05
+DELAY_EVERY, DELAYS_S = 7, (0.3, 1.0, 2.5)
+TTL_EVERY, TTL_S = 11, 3.0
 
 
 class Publisher:
@@ -37,8 +42,7 @@ class Publisher:
             ahead = sent / self.rate - (time.monotonic() - start)
             if ahead > 0 and self.stop.wait(ahead):
                 break
-            pending = {f"chaos-{sent + i}": {"n": sent + i, "fail": (sent + i) % FAIL_EVERY == 0}
-                       for i in range(BATCH)}
+            pending = {f"chaos-{n}": _cast_params(n) for n in range(sent, sent + BATCH)}
             while pending and not self.stop.is_set():
                 node = self.nodes[self.turn % len(self.nodes)]
                 self.turn += 1
@@ -57,15 +61,28 @@ class Publisher:
         Whether the node answered."""
         ids = list(pending)
         try:
-            answers = node.batch([("cast", {"name": "chaos.record", "msg": pending[mid],
-                                            "id": mid}) for mid in ids], admin=False)
+            answers = node.batch([("cast", {"name": "chaos.record", "id": mid, **pending[mid]})
+                                  for mid in ids], admin=False)
         except (OSError, ValueError):
             return False
         now = time.time()
         for answer in answers:
             if "result" in answer:
                 mid = ids[answer["id"]]
-                self.history.casts.append(Cast(mid, tuple(answer["result"]["tasks"]),
-                                               node.name, now))
-                del pending[mid]
+                params, result = pending.pop(mid), answer["result"]
+                ttl = params.get("ttl_s")
+                # a resend's deadline is the first acceptance's or later: later is the safe side
+                self.history.casts.append(Cast(
+                    mid, tuple(result["tasks"]), node.name, now, params["priority"],
+                    result.get("not_before", 0.0), None if ttl is None else now + ttl))
         return True
+
+
+def _cast_params(n: int) -> dict[str, Any]:
+    """The cast of the n-th message: its payload and the controls it carries."""
+    params: dict[str, Any] = {"msg": {"n": n, "fail": n % FAIL_EVERY == 0}, "priority": n % 10}
+    if n % DELAY_EVERY == 0:
+        params["delay_s"] = DELAYS_S[n // DELAY_EVERY % len(DELAYS_S)]
+    if n % TTL_EVERY == 0:
+        params["ttl_s"] = TTL_S
+    return params

@@ -142,6 +142,7 @@ class Cluster:
         letters = []
         for node in self.nodes:
             with contextlib.suppress(*RPC_FAILED):
-                letters += [DeadLetter(d["id"], d["task"], d["attempt"], node.name)
+                letters += [DeadLetter(d["id"], d["task"], d["attempt"], node.name,
+                                       d.get("error_class", ""))
                             for d in node.rpc("dead.list", limit=100_000)]
         return letters

@@ -90,6 +90,37 @@ def test_a_dead_letter_after_max_attempts_real_runs_is_fine():
     assert failed(history) == {}
 
 
+def test_an_expired_cast_with_a_deadline_is_counted_apart_never_lost():
+    history = good()
+    history.casts.append(Cast("e", ("flaky",), "c2", 0.0, deadline=3.0))
+    history.dead.append(DeadLetter("e", "flaky", 0, "c2", "Expired"))
+    assert failed(history) == {}
+    assert "expired 1 (not lost)" in check(history)[0].figure
+
+
+@pytest.mark.parametrize(("change", "violated", "figure"), [
+    (lambda h: (h.casts.append(Cast("d", ("flaky",), "c1", 0.0, not_before=50.0)),
+                h.runs.extend([{**run("d", "flaky", phase="start"), "at": 49.0},
+                               run("d", "flaky")])),
+     "no delayed cast runs before it is due", "1 run before they were due"),
+    (lambda h: (h.casts.append(Cast("x", ("flaky",), "c1", 0.0)),
+                h.dead.append(DeadLetter("x", "flaky", 0, "c1", "Expired"))),
+     "only casts with a deadline expire", "1 of them without a deadline"),
+])
+def test_the_controls_properties_fail_on_a_history_that_breaks_them(change, violated, figure):
+    history = good()
+    change(history)
+    assert list(failed(history)) == [violated]
+    assert figure in failed(history)[violated]
+
+
+def test_a_delayed_cast_run_once_due_is_fine():
+    history = good()
+    history.casts.append(Cast("d", ("flaky",), "c1", 0.0, not_before=50.0))
+    history.runs += [{**run("d", "flaky", phase="start"), "at": 50.2}, run("d", "flaky")]
+    assert failed(history) == {}
+
+
 def test_the_timer_leader_is_read_from_any_shape_timers_list_gives():
     assert leader_of([{"name": "t", "leader": "c2"}]) == "c2"
     assert leader_of([{"name": "t", "leader": {"name": "c3", "epoch": 4}}]) == "c3"

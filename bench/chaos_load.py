@@ -43,6 +43,7 @@ class Publisher:
             if ahead > 0 and self.stop.wait(ahead):
                 break
             pending = {f"chaos-{n}": _cast_params(n) for n in range(sent, sent + BATCH)}
+            first_sent = time.time()
             while pending and not self.stop.is_set():
                 node = self.nodes[self.turn % len(self.nodes)]
                 self.turn += 1
@@ -50,15 +51,20 @@ class Publisher:
                     if not any(n.live for n in self.nodes):
                         self.stop.wait(RETRY_S)
                     continue
-                if not self._cast(node, pending):
+                if not self._cast(node, pending, first_sent):
                     continue  # it died or hangs: the same ids go to the next node
                 if pending:
                     self.stop.wait(RETRY_S)  # refused (overloaded, stopping): again, elsewhere
             sent += BATCH
 
-    def _cast(self, node: ChaosNode, pending: dict[str, dict[str, Any]]) -> bool:
+    def _cast(self, node: ChaosNode, pending: dict[str, dict[str, Any]], first_sent: float
+              ) -> bool:
         """Cast the pending messages on `node`; take the accepted ones off `pending`.
-        Whether the node answered."""
+        Whether the node answered.
+
+        A delayed cast is recorded as due `delay_s` after it was first sent: a node that
+        took it but died before answering made it due from then, and a resend's answer
+        (a duplicate) says a later time than the one stored."""
         ids = list(pending)
         try:
             answers = node.batch([("cast", {"name": "chaos.record", "id": mid, **pending[mid]})
@@ -70,11 +76,11 @@ class Publisher:
             if "result" in answer:
                 mid = ids[answer["id"]]
                 params, result = pending.pop(mid), answer["result"]
-                ttl = params.get("ttl_s")
-                # a resend's deadline is the first acceptance's or later: later is the safe side
+                ttl, delay = params.get("ttl_s"), params.get("delay_s")
                 self.history.casts.append(Cast(
                     mid, tuple(result["tasks"]), node.name, now, params["priority"],
-                    result.get("not_before", 0.0), None if ttl is None else now + ttl))
+                    0.0 if delay is None else first_sent + delay,
+                    None if ttl is None else now + ttl))
         return True
 
 

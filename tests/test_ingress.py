@@ -85,9 +85,11 @@ async def post(http: aiohttp.ClientSession, node: NodeProcess, body: bytes) -> t
         return response.status, await response.read()
 
 
-def cast_body(msg: Any, *rest: Any, id: Any = 1) -> bytes:
-    return json.dumps({"jsonrpc": "2.0", "id": id, "method": "cast",
-                       "params": ["upai.record", msg, *rest]}).encode()
+def cast_body(msg: Any, *rest: Any, id: Any = 1, **options: Any) -> bytes:
+    """A cast of `msg`: params by position (`rest`), or by name if `options` are given."""
+    params: Any = ({"name": "upai.record", "msg": msg, **options} if options
+                   else ["upai.record", msg, *rest])
+    return json.dumps({"jsonrpc": "2.0", "id": id, "method": "cast", "params": params}).encode()
 
 
 class Bert:
@@ -127,6 +129,21 @@ BAD_HTTP = [
      "msg.s"),
     (b'{"jsonrpc":"2.0","id":1,"method":"cast","params":["upai.record",{"\\ud800":1}]}',
      "msg"),
+    (cast_body({"bad": 8}, priority=12), "'priority'"),
+    (cast_body({"bad": 9}, ttl_s=-1), "'ttl_s'"),
+    (cast_body({"bad": 10}, ttl_s=0), "'ttl_s'"),
+    (cast_body({"bad": 11}, ttl_s="5"), "'ttl_s'"),
+    (cast_body({"bad": 12}, ttl_s=5, deadline=2e9), "'deadline'"),
+    (cast_body({"bad": 13}, deadline=1.0), "'deadline'"),  # 1970: no time near now
+    (cast_body({"bad": 14}, deadline=1_700_000_000), "'deadline'"),  # passed: never deliverable
+    (cast_body({"bad": 15}, delay_s=-0.5), "'delay_s'"),
+    (cast_body({"bad": 16}, at=1.9e12), "'at'"),  # milliseconds, not seconds
+    (cast_body({"bad": 17}, delay_s=1, at=2e9), "'at'"),
+    (cast_body({"bad": 18}, delay_s=60, ttl_s=30), "'delay_s'"),  # expires before it is due
+    (cast_body({"bad": 19}, traceparent="00-abc-def-01"), "'traceparent'"),
+    (cast_body({"bad": 20}, traceparent="00-" + "0" * 32 + "-" + "1" * 16 + "-01"),
+     "'traceparent'"),
+    (cast_body({"bad": 21}, parent=5), "'parent'"),
 ]
 # Bad casts over BERT-RPC: (cast arguments, the field its error must name).
 BAD_BERT = [
@@ -136,6 +153,9 @@ BAD_BERT = [
     (("upai.record", {"bad": 14, "big": -2**64}), "msg.big"),
     (("upai.record", {"bad": 15, "s": b"\xc3"}), "msg.s"),
     (("upai.record", {"bad": 16}, {"priorty": 1}), "'priorty'"),
+    (("upai.record", {"bad": 17}, {"ttl_s": -3}), "'ttl_s'"),
+    (("upai.record", {"bad": 18}, {"delay_s": 10**400}), "'delay_s'"),
+    (("upai.record", {"bad": 19}, {"traceparent": "nope"}), "'traceparent'"),
 ]
 
 

@@ -284,10 +284,11 @@ class NodeProcess:
         body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": named or params}
         return dict(self.post(json.dumps(body), timeout_s=timeout_s))
 
-    def cast(self, name: str, msg: object, *, id: str | None = None,
-             priority: int = 0) -> dict[str, Any]:
-        """Publish `msg` under `name`; return {"id", "tasks", "duplicate"} once it is stored."""
-        return dict(self.rpc("cast", name=name, msg=msg, id=id, priority=priority))
+    def cast(self, name: str, msg: object, **options: object) -> dict[str, Any]:
+        """Publish `msg` under `name` with the cast `options` given (id, priority, ttl_s ...);
+        return {"id", "tasks", "duplicate"} once it is stored."""
+        given = {key: value for key, value in options.items() if value is not None}
+        return dict(self.rpc("cast", name=name, msg=msg, **given))
 
     def call(self, name: str, msg: object, timeout: float = 30.0) -> Any:
         """Have one subscribed worker handle `msg`; return its result."""

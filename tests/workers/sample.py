@@ -68,7 +68,7 @@ class Sample(BaseTask):
         assert self.message is not None
         line = {"id": self.message.id, "attempt": self.message.attempt,
                 "name": self.message.name, "payload": msg, "pid": os.getpid(),
-                "at": time.time()}
+                "at": time.time(), "meta": self.message.meta}
         with open(self.settings["record_path"], "a") as f:
             f.write(json.dumps(line) + "\n")
         return "recorded"

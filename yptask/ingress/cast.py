@@ -55,6 +55,9 @@ class CastTimes:
     @classmethod
     def of(cls, cast: CastRequest, now: float | None = None) -> CastTimes:
         """Check the time fields of `cast` (at most one of ttl_s/deadline, delay_s/at)."""
+        if cast.ttl_s is None and cast.deadline is None and cast.delay_s is None \
+                and cast.at is None:
+            return AT_ONCE  # the usual cast: nothing to check
         now = time.time() if now is None else now
         for one, other in (("ttl_s", "deadline"), ("delay_s", "at")):
             if getattr(cast, one) is not None and getattr(cast, other) is not None:
@@ -75,3 +78,6 @@ class CastTimes:
             raise InvalidParams(f"invalid params for cast: the deadline ('ttl_s'/'deadline') "
                                 f"is not after {what}: the message could never be delivered")
         return cls(not_before if not_before > now else 0.0, deadline)
+
+
+AT_ONCE = CastTimes()

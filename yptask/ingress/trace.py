@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
 from typing import Any
 
@@ -24,12 +25,14 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 _WANTED = "a W3C traceparent: '00-' 32 hex digits '-' 16 hex digits '-' 2 hex digits"
 
 
+# Seeded once from the OS: a trace id per cast from os.urandom would cost a system call
+# each. W3C asks trace ids to be random and unique, not unguessable.
+_random = random.Random(os.urandom(32))
+
+
 def new_trace_id() -> str:
     """A fresh random trace id (32 lowercase hex digits, never all zeros)."""
-    while True:
-        trace_id = os.urandom(16).hex()
-        if trace_id.strip("0"):
-            return trace_id
+    return f"{_random.getrandbits(128) or 1:032x}"
 
 
 def check_traceparent(value: Any, method: str = "cast") -> str | None:

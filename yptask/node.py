@@ -199,7 +199,7 @@ class Node:
         self.inspector.join(cluster.up, ids.status)
         self.timer_admin.led_by(timers, cluster.membership.is_up)
         self.running.forward_with(cluster.up, cluster.request)
-        self.cancels.join(cluster.up, cluster.request)
+        self.cancels.join(cluster.up, cluster.request, lambda: list(cluster.membership.members))
         await timers.start()
 
     def _timer_settle_s(self) -> float:

@@ -14,7 +14,7 @@ handed out counts as cancelled: the pool drops it at hand-out
 running, its handler can ask `BaseTask.cancelled()` (`message.cancelled`),
 and if it fails it is dropped instead of retried.
 
-A node that is down or unreachable when the cancel is made is named in
+A member that is down, or does not answer, when the cancel is made is named in
 "unreached"; it does not learn of the cancel later (the replicated config map
 holds definitions, kept for good, not one key per message): cancel again once
 it is back. A peer that is reached but knows nothing of the id still keeps
@@ -66,11 +66,13 @@ class Cancels:
         self._pools = pools  # task -> its TaskPool on this node
         self._peers: Callable[[], list[Member]] = list
         self._request: Request | None = None
+        self._members: Callable[[], list[str]] = list
         self._recent: dict[str, None] = {}  # ids cancelled in this run, oldest first
 
-    def join(self, peers: Callable[[], list[Member]], request: Request) -> None:
-        """Once the cluster runs: its live peers, and how to ask one."""
-        self._peers, self._request = peers, request
+    def join(self, peers: Callable[[], list[Member]], request: Request,
+             members: Callable[[], list[str]]) -> None:
+        """Once the cluster runs: its live peers, how to ask one, every member's name."""
+        self._peers, self._request, self._members = peers, request, members
 
     async def cancel(self, message_id: Any) -> dict[str, Any]:
         """Cancel a message on every node that holds it (see the module docstring)."""
@@ -78,10 +80,11 @@ class Cancels:
         peers = [m.name for m in self._peers()]
         answers = await asyncio.gather(self.cancel_here(mid),
                                        *(self._ask(peer, mid) for peer in peers))
-        result: dict[str, Any] = {"cancelled": {}, "running": {}, "unreached": []}
+        down = sorted(set(self._members()) - set(peers) - {self.node_name})
+        result: dict[str, Any] = {"cancelled": {}, "running": {}, "unreached": down}
         for node, answer in zip([self.node_name, *peers], answers, strict=True):
             if answer is None:
-                result["unreached"].append(node)
+                result["unreached"] = sorted([*result["unreached"], node])
                 continue
             for key, tasks in zip(("cancelled", "running"), answer, strict=True):
                 if tasks:

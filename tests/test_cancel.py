@@ -159,10 +159,11 @@ class Watch(BaseTask):
 '''
 
 
-def test_a_running_handler_sees_its_message_cancelled_and_is_not_retried(tmp_path):
+def _watch_node(tmp_path: Path) -> tuple[NodeProcess, Path]:
+    """A node with one worker of the watch task, whose handler runs until cancelled."""
     (tmp_path / "watch.py").write_text(WATCH_TASK)
     records = tmp_path / "watch.jsonl"
-    node = NodeProcess(tmp_path, f"""
+    return NodeProcess(tmp_path, f"""
 [[task]]
 name = "watch"
 worker_class = "watch:Watch"
@@ -172,7 +173,15 @@ settings = {{ record_path = "{records}" }}
 max_attempts = 5
 retry_backoff_s = 0.05
 message_timeout_s = 100
-""")
+"""), records
+
+
+def _events(records: Path) -> list[tuple[str, str]]:
+    return [(r["id"], r["event"]) for r in read_records(records)]
+
+
+def test_a_running_handler_sees_its_message_cancelled_and_is_not_retried(tmp_path):
+    node, records = _watch_node(tmp_path)
     with node:
         # Given a handler running on a message
         mid = node.cast("x.watch", {})["id"]
@@ -291,3 +300,25 @@ def test_a_cancel_made_on_one_node_reaches_the_node_holding_the_message_and_stic
                 finally:
                     third.pause(False)
                 assert late["unreached"] == ["n3"]
+
+
+def test_a_message_claimed_behind_a_busy_worker_is_dropped_before_it_is_handed_out(tmp_path):
+    node, records = _watch_node(tmp_path)
+    with node:
+        # Given one worker busy with a message, and a second one claimed behind it
+        busy = node.cast("x.watch", {})["id"]
+        wait_for(lambda: _events(records) == [(busy, "started")], what="the first started")
+        behind = node.cast("x.watch", {})["id"]
+        wait_for(lambda: _status(node, "watch")["in_flight"] == 2, what="the second claimed")
+        # When the second is cancelled, it counts as cancelled, not running
+        assert node.rpc("cancel", behind) == {"cancelled": {"p1": ["watch"]}, "running": {},
+                                               "unreached": []}
+        # Then once the worker is free, the next message it takes is a later one
+        node.rpc("cancel", busy)
+        wait_for(lambda: (busy, "stopped") in _events(records), what="the first stopped")
+        later = node.cast("x.watch", {})["id"]
+        wait_for(lambda: (later, "started") in _events(records), what="a later one started")
+        assert behind not in {mid for mid, _ in _events(records)}
+        node.rpc("cancel", later)
+        wait_for(lambda: _status(node, "watch")["in_flight"] == 0, what="nothing in flight")
+        assert _status(node, "watch")["queued"] == 0

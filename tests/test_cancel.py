@@ -209,7 +209,9 @@ def test_cancel_over_bert_rpc_needs_the_admin_token(tmp_path):
         node.rpc("tasks.pause", "rec")
         mid = node.cast("x.record", {"n": 1})["id"]
         refused, answer = asyncio.run(_bert_cancel(node, mid))
-        assert isinstance(refused, ErrorReply) and "admin token" in str(refused.detail)
+        assert isinstance(refused, ErrorReply) and "admin token" in refused.detail
+        assert (refused.type, refused.code, refused.error_class) == ("server", 115,
+                                                                    "Unauthorized")
         assert isinstance(answer, Reply)
         assert answer.result == {"cancelled": {"p1": ["rec"]}, "running": {}, "unreached": []}
         assert _status(node, "rec")["queued"] == 0

@@ -15,9 +15,8 @@ Message ids are unique: a publisher that sends an id twice gets the first
 message and no second delivery, for as long as the id is remembered (the
 dedupe window, after the message is done).
 
-A cancelled id (`cancel`) is remembered for the dedupe window too: its waiting
-deliveries are deleted, none is made for it again (cast or forwarded), and one
-that was running when it was cancelled is dropped if it fails (no retry).
+A cancelled id (`cancel`) is kept for the dedupe window: no delivery of it is
+made again (cast or forwarded), and one running at the cancel is dropped if it fails.
 
 This class is synchronous and not thread-safe: one thread owns it (see
 `yptask.store.group_commit` for the writer that batches concurrent casts into
@@ -162,7 +161,7 @@ class Journal:
         if self._insert_message(envelope) != 1:
             return False
         priorities = tasks if isinstance(tasks, Mapping) else {}
-        rows = [] if self._is_cancelled(envelope.id) else [
+        rows = [] if self.cancelled(envelope.id) else [
             (envelope.id, task, priorities.get(task, envelope.priority), envelope.not_before)
             for task in dict.fromkeys(tasks)]
         self._db.executemany(
@@ -186,7 +185,7 @@ class Journal:
         new = 0
         with self._transaction():
             for envelope in envelopes:
-                if self._is_cancelled(envelope.id):
+                if self.cancelled(envelope.id):
                     continue  # the sender acks it all the same: it is gone everywhere
                 if not self._db.execute("INSERT OR IGNORE INTO received VALUES (?, ?)",
                                         (envelope.id, task)).rowcount:
@@ -259,7 +258,7 @@ class Journal:
                 " WHERE message_id = ? AND task = ?", (message_id, task)).fetchone()
             if row is None:
                 return False
-            if self._is_cancelled(message_id):  # cancelled while it ran: no retry, dropped
+            if self.cancelled(message_id):  # cancelled while it ran: no retry, dropped
                 self._forget([(message_id, task)])
                 return False
             if row[0] < max_attempts:
@@ -281,15 +280,12 @@ class Journal:
         with self._transaction():
             self._db.execute("INSERT OR IGNORE INTO cancelled VALUES (?, ?)",
                              (message_id, time.time() if now is None else now))
+            self._any_cancelled = True
             rows = self._db.execute("SELECT task, state FROM deliveries WHERE message_id = ?"
                                     " ORDER BY task", (message_id,)).fetchall()
             cancelled = [task for task, state in rows if state == "queued"]
             self._forget([(message_id, task) for task in cancelled])
         return cancelled, [task for task, state in rows if state != "queued"]
-
-    def cancelled(self, message_id: str) -> bool:
-        """Was this id cancelled here (within the dedupe window)?"""
-        return self._is_cancelled(message_id)
 
     def release(self, message_id: str, task: str) -> None:
         """Put back a claimed delivery that no worker started: its attempt is not spent."""
@@ -318,6 +314,7 @@ class Journal:
     def recover(self) -> int:
         """Requeue deliveries left claimed by a previous run; return how many. The attempt
         of one a handler had started is spent; the others cost none."""
+        self._note_cancels()
         with self._transaction():  # those of cancelled messages were running: dropped
             gone = self._db.execute("DELETE FROM deliveries WHERE message_id IN"
                                     " (SELECT message_id FROM cancelled) RETURNING message_id")
@@ -334,6 +331,7 @@ class Journal:
                 " (SELECT message_id FROM dead_letters)", (now - older_than_s,)).rowcount
             self._db.execute("DELETE FROM cancelled WHERE cancelled_at < ?",
                              (now - older_than_s,))
+            self._note_cancels()
             if pruned:
                 self._db.execute("DELETE FROM received WHERE message_id NOT IN"
                                  " (SELECT id FROM messages)")
@@ -379,9 +377,13 @@ class Journal:
 
     # ------------------------------------------------------------------ helpers
 
-    def _is_cancelled(self, message_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM cancelled WHERE message_id = ?",
-                                (message_id,)).fetchone() is not None
+    def cancelled(self, message_id: str) -> bool:
+        """Was this id cancelled here (within the dedupe window)? No query while none is."""
+        return self._any_cancelled and self._db.execute(
+            "SELECT 1 FROM cancelled WHERE message_id = ?", (message_id,)).fetchone() is not None
+
+    def _note_cancels(self) -> None:  # so that casts skip the lookup while nothing is cancelled
+        self._any_cancelled = self._db.execute("SELECT 1 FROM cancelled").fetchone() is not None
 
     def _forget(self, deliveries: list[tuple[str, str]]) -> None:
         """Delete deliveries, (message id, task) pairs, and finish the messages left empty."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["BaseTask", "Message", "handler_names", "handles"]
 
 HANDLER_PREFIX = "handle_"
+CANCELLED_CACHE_S = 0.2  # how long `cancelled()` trusts its last answer: a loop may call it
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -76,6 +78,7 @@ class BaseTask:
         self.logger = logging.getLogger(f"yptask.tasks.{self.task_name}")
         self.message: Message | None = None
         self._rpc: Client | None = None  # the node's JSON-RPC client, made on first use
+        self._cancel_seen: tuple[str, float, bool] | None = None  # (id, asked at, answer)
 
     def cast(self, name: str, msg: Any, **options: Any) -> dict[str, Any]:
         """Publish a message from inside a handler, through the node that runs this worker.
@@ -88,6 +91,21 @@ class BaseTask:
         """Call another task from inside a handler. Never call a name that only this task
         handles with one worker: the call would wait for this very worker."""
         return self._client().call(name, msg, timeout=timeout)
+
+    def cancelled(self) -> bool:
+        """Has the message being handled been cancelled (`yptask cancel ID`)? A long job
+        asks it at its safe points and returns early when True. The node is asked at most
+        every CANCELLED_CACHE_S; False between messages or for a message without an id."""
+        mid = self.message.id if self.message is not None else None
+        if not mid:
+            return False
+        now = time.monotonic()
+        seen = self._cancel_seen
+        if seen is not None and seen[0] == mid and (seen[2] or now - seen[1] < CANCELLED_CACHE_S):
+            return seen[2]  # a cancel is for good: once True, never asked again
+        answer = self._client().message_cancelled(mid)
+        self._cancel_seen = (mid, now, answer)
+        return answer
 
     def _cause(self) -> dict[str, Any]:
         """The trace options of what this handler sends: its message's trace, its id."""

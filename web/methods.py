@@ -1,7 +1,8 @@
 """The JSON-RPC method table: each method's parameters, bound and checked, then the service.
 
 One entry per method of the publisher API (`cast`, `call`, `tasks.*`,
-`timers.*`, `status`, `nodes*`, `failures.list`, `metrics`, `dead.*`): its
+`timers.*`, `status`, `nodes*`, `failures.list`, `metrics`, `dead.*`, `cancel`,
+`message.cancelled`): its
 signature is its parameters, by position or by name, with their defaults.
 The publishing methods pass what they were sent to the node as it came: the
 node checks every field of a cast and a call (`yptask.ingress.checks`),
@@ -148,6 +149,15 @@ async def _dead_replay(node: Service, /, id: Any, task: Any = None) -> Any:
                              _string("dead.replay", "task", task, optional=True))
 
 
+async def _cancel(node: Service, /, id: Any) -> Any:
+    """`cancel`: the node checks the id (InvalidParams naming 'id')."""
+    return await node.cancel(id)
+
+
+async def _message_cancelled(node: Service, /, id: Any) -> Any:
+    return await node.message_cancelled(id)
+
+
 # ---------------------------------------------------------------- binding and the table
 
 
@@ -240,6 +250,8 @@ _IMPLEMENTATIONS: dict[str, Method] = {
     "timers.delete": _timers_delete,
     "dead.list": _dead_list,
     "dead.replay": _dead_replay,
+    "cancel": _cancel,
+    "message.cancelled": _message_cancelled,
 }
 
 # The method table, passed to jsonrpcserver as `methods=` (never its global registry).

@@ -209,6 +209,16 @@ class Client:
         return _expect(self.request("dead.replay", {"id": id, "task": task}), int,
                        "dead.replay")
 
+    def cancel(self, id: str) -> dict[str, Any]:
+        """Cancel a message's waiting deliveries on every node (admin); return
+        {"cancelled": {node: [task]}, "running": {node: [task]}, "unreached": [node]}."""
+        return _expect(self.request("cancel", {"id": id}), dict, "cancel")
+
+    def message_cancelled(self, id: str) -> bool:
+        """Was the message cancelled on this node? (What `BaseTask.cancelled` asks.)"""
+        return _expect(self.request("message.cancelled", {"id": id}), bool,
+                       "message.cancelled")
+
     # ------------------------------------------------------------------ the wire
 
     def request(self, method: str, params: Mapping[str, Any] | list[Any] | None = None, *,

@@ -43,6 +43,7 @@ from yptask.cluster.mesh import Cluster, ClusterSettings
 from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef, load_tasks
 from yptask.connection_limits import caps
+from yptask.delivery.cancel import CANCEL_REQUEST, Cancels
 from yptask.delivery.forwarding import accept_forwarded
 from yptask.delivery.load import Load
 from yptask.delivery.running import RunningTasks
@@ -149,6 +150,8 @@ class Node:
         self.inspector = Inspector(self.name, journal, self.running, self._exits.pids)
         self.task_admin = TaskAdmin(self.name, config_map, self.running, check)
         self.timer_admin = TimerAdmin(self.name, config_map, check)
+        self.cancels = Cancels(self.name, journal, lambda: self.running.pools)
+        self.cancel, self.message_cancelled = self.cancels.cancel, self.cancels.cancelled
 
     async def _start_workers(self) -> None:
         assert self._tree is not None
@@ -188,13 +191,15 @@ class Node:
         self._ids = ids = ClientIds(self.name, journal, peer_names, cluster.request,
                                     wait_s=c.client_id_wait_s, pending_s=c.client_id_pending_s)
         for kind, handler in (("lease", timers.on_ask), ("lease_release", timers.on_release),
-                              ("tick_known", timers.on_tick_known), (IDS_REQUEST, ids.answer)):
+                              ("tick_known", timers.on_tick_known), (IDS_REQUEST, ids.answer),
+                              (CANCEL_REQUEST, self.cancels.answer)):
             cluster.serve(kind, handler)
         await cluster.start()
         self.publisher.join(ids, cluster.up, cluster.request)
         self.inspector.join(cluster.up, ids.status)
         self.timer_admin.led_by(timers, cluster.membership.is_up)
         self.running.forward_with(cluster.up, cluster.request)
+        self.cancels.join(cluster.up, cluster.request, lambda: list(cluster.membership.members))
         await timers.start()
 
     def _timer_settle_s(self) -> float:

@@ -2,8 +2,8 @@
 
 `AccessPolicy` owns the node's secrets as checks: the allow-list of networks
 (`allow_from`), the publisher tokens (`api_tokens`, one per application; they
-grant `cast` and `call` only, and without any publishing is open), the admin
-token (`yptask.access.secrets`) and the console password. The transports
+grant `cast`, `call` and `message.cancelled` only, and without any publishing is
+open), the admin token (`yptask.access.secrets`) and the console password. The transports
 parse their own credentials (HTTP headers and sessions in `yptask.web.auth`,
 `{info, auth, [Token]}` in `yptask.endpoints.bert`) and ask it.
 
@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["MAX_PENDING_CHECKS", "PUBLISHING", "AccessPolicy"]
 
 MAX_PENDING_CHECKS = 4  # password checks that may wait for the checking thread
-PUBLISHING = frozenset({"cast", "call"})  # what a publisher token grants; the rest is admin
+# what a publisher token grants; the rest is admin. message.cancelled: a handler's
+# BaseTask.cancelled() asks it with the same rights as its casts.
+PUBLISHING = frozenset({"cast", "call", "message.cancelled"})
 
 
 class AccessPolicy:

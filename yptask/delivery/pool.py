@@ -50,6 +50,7 @@ JOB_GRACE_S = 10.0
 # With nothing claimable, look again this often (retries come due without a signal).
 IDLE_POLL_S = 0.5
 SPAWN_TIMEOUT_S = 60.0
+MAX_CANCELLED = 1000  # cancelled ids a pool watches for at hand-out (oldest forgotten)
 # Bound once: on 3.11 an enum member lookup costs about 0.2 us, and these run per message.
 _HANDLED, _REFUSED, _UNSTARTED = Ending.HANDLED, Ending.REFUSED, Ending.UNSTARTED
 
@@ -76,6 +77,7 @@ class TaskPool(PoolPort):
         self._work_queued = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._backlog: deque[Delivery] = deque()  # claimed, not yet handed out (thread-safe)
+        self._cancelled: dict[str, None] = {}  # ids cancelled since claimed: dropped at hand-out
         self._claim_asked = False  # a worker thread asked the loop to claim more
         self._closing = False
         self._counts = threading.Lock()
@@ -94,9 +96,8 @@ class TaskPool(PoolPort):
         """The next claimed delivery as a job for `ref`, or None. Called in the worker's thread."""
         if self._closing or self.task.paused or ref.actor_urn in self._retired:
             return None
-        try:
-            delivery = self._backlog.popleft()
-        except IndexError:
+        delivery = self._pop()
+        if delivery is None:
             return None
         if len(self._backlog) < self._low_water() and not self._claim_asked:
             self._claim_asked = True  # one wake-up of the loop, not one per pull
@@ -322,7 +323,10 @@ class TaskPool(PoolPort):
             while self._backlog and self._free:  # work for idle workers
                 ref = self._free.popleft()
                 if ref.is_alive() and ref.actor_urn not in self._retired:
-                    self._hand(ref, self._job(self._backlog.popleft()))
+                    if (delivery := self._pop()) is None:
+                        self._free.appendleft(ref)
+                        break
+                    self._hand(ref, self._job(delivery))
             if self._backlog and not self._free:
                 self._request_workers()
             # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that comes
@@ -334,11 +338,31 @@ class TaskPool(PoolPort):
     async def _release_backlog(self) -> None:
         """Put back what was claimed for workers this node no longer runs."""
         released = []
-        while self._backlog:
-            delivery = self._backlog.popleft()
+        while (delivery := self._pop()) is not None:
             released.append((delivery.message.id, delivery.task))
         if released:
             await self.journal.run(partial(Journal.release_many, deliveries=released))
+
+    def drop_cancelled(self, message_id: str) -> bool:
+        """A message was cancelled: drop it if it is claimed here and not yet handed out;
+        is it? (Cheap on the hot path: one dict lookup per hand-out, while any is pending.)"""
+        self._cancelled[message_id] = None
+        if len(self._cancelled) > MAX_CANCELLED:  # ids whose delivery ran already
+            self._cancelled.pop(next(iter(self._cancelled)), None)
+        return any(d.message.id == message_id for d in self._backlog.copy())
+
+    def _pop(self) -> Delivery | None:
+        """The next claimed delivery, or None; cancelled ones are forgotten on the way."""
+        while True:
+            try:
+                delivery = self._backlog.popleft()
+            except IndexError:
+                return None
+            mid = delivery.message.id
+            if not self._cancelled or mid not in self._cancelled:
+                return delivery
+            self._cancelled.pop(mid, None)
+            self.journal.ack_nowait(delivery.message.id, delivery.task)  # deletes it
 
     def _low_water(self) -> int:
         """Below this many claimed deliveries, claim more (up to twice as many)."""

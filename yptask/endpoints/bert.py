@@ -8,8 +8,11 @@ Serves module `yptask`, one packet at a time per connection:
                                                  parent} (each optional; docs/api.md)
     {call, yptask, call, [Name, Msg, Timeout]}   -> {reply, Result}   (Timeout in seconds)
     {cast, yptask, cast, [Name, Msg | _]}        -> {noreply} once the message is journaled
+    {call, yptask, cancel, [Id]}                 -> {reply, #{cancelled, running, unreached}}
+                                                 admin: after {info, auth, [AdminToken]}
     {info, auth, [Token]}                        a publisher token for what follows,
-                                                 on a node with `api_tokens`; never answered
+                                                 on a node with `api_tokens`, or the node's
+                                                 admin token (also for cancel); never answered
     {info, ...}                                  tolerated, never answered
 
 Errors are `{error, {Type, Code, Class, Detail, Backtrace}}` coded by the one
@@ -176,8 +179,10 @@ class BertEndpoint:
         if isinstance(packet, Info):
             if packet.command == "auth":  # {info, auth, [Token]}: for the calls that follow
                 token = packet.options[0] if packet.options else None
-                connection.authorized = connection.authorized or (
-                    isinstance(token, str) and self.access.application(token) is not None)
+                if isinstance(token, str):
+                    connection.admin = connection.admin or self.access.is_admin_token(token)
+                    connection.authorized = connection.authorized or connection.admin or (
+                        self.access.application(token) is not None)
             return None
         if not connection.authorized:
             return error_reply(Unauthorized(
@@ -187,15 +192,15 @@ class BertEndpoint:
                 f"the endpoint serves calls and casts; it got a {type(packet).__name__}"))
         try:
             if isinstance(packet, Cast):
-                await self._dispatch(packet)
+                await self._dispatch(packet, connection)
                 return NoReply()
-            return Reply(await self._dispatch(packet))
+            return Reply(await self._dispatch(packet, connection))
         except Exception as exc:
             if not isinstance(exc, YPTaskError):
                 log.exception("BERT-RPC %s:%s failed", packet.module, packet.function)
             return error_reply(exc)
 
-    async def _dispatch(self, call: Call) -> Any:
+    async def _dispatch(self, call: Call, connection: _Connection) -> Any:
         if call.module != "yptask":
             raise NoSuchModule(f"no module '{call.module}'; the endpoint serves 'yptask'")
         args = call.args
@@ -211,8 +216,13 @@ class BertEndpoint:
         if call.function == "call" and len(args) in (2, 3):
             return await self.node.call(args[0], args[1],
                                         timeout_s=args[2] if len(args) == 3 else 30)
+        if call.function == "cancel" and len(args) == 1:
+            if not connection.admin:
+                raise Unauthorized("cancel needs the node's admin token: send "
+                                   "{info, auth, [AdminToken]} first")
+            return await self.node.cancel(args[0])
         raise NoSuchFunction(f"no function yptask:{call.function}/{len(args)}; the endpoint "
-                             "serves cast/2, cast/3, call/2 and call/3")
+                             "serves cast/2, cast/3, call/2, call/3 and cancel/1")
 
     async def _send(self, writer: asyncio.StreamWriter, packet: Reply | NoReply | ErrorReply
                     ) -> None:
@@ -230,5 +240,6 @@ class _Connection:
     its compressed frames still inflate by?"""
 
     authorized: bool
+    admin: bool = False  # showed the node's admin token (for cancel)
     inflation: InflationBudget = field(default_factory=InflationBudget)
 

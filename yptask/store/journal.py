@@ -15,6 +15,9 @@ Message ids are unique: a publisher that sends an id twice gets the first
 message and no second delivery, for as long as the id is remembered (the
 dedupe window, after the message is done).
 
+A cancelled id (`cancel`) is kept for the dedupe window: no delivery of it is
+made again (cast or forwarded), and one running at the cancel is dropped if it fails.
+
 This class is synchronous and not thread-safe: one thread owns it (see
 `yptask.store.group_commit` for the writer that batches concurrent casts into
 one transaction). Its tables, and how the SQLite file is opened, are in
@@ -158,8 +161,9 @@ class Journal:
         if self._insert_message(envelope) != 1:
             return False
         priorities = tasks if isinstance(tasks, Mapping) else {}
-        rows = [(envelope.id, task, priorities.get(task, envelope.priority), envelope.not_before)
-                for task in dict.fromkeys(tasks)]
+        rows = [] if self.cancelled(envelope.id) else [
+            (envelope.id, task, priorities.get(task, envelope.priority), envelope.not_before)
+            for task in dict.fromkeys(tasks)]
         self._db.executemany(
             "INSERT INTO deliveries (message_id, task, priority, not_before)"
             " VALUES (?, ?, ?, ?)", rows)
@@ -181,6 +185,8 @@ class Journal:
         new = 0
         with self._transaction():
             for envelope in envelopes:
+                if self.cancelled(envelope.id):
+                    continue  # the sender acks it all the same: it is gone everywhere
                 if not self._db.execute("INSERT OR IGNORE INTO received VALUES (?, ?)",
                                         (envelope.id, task)).rowcount:
                     continue
@@ -235,9 +241,7 @@ class Journal:
                 "UPDATE deliveries SET state = 'started', attempt = attempt + 1"
                 " WHERE message_id = ? AND task = ? AND state = 'inflight'",
                 [pair for pair in started if pair not in done])
-            self._db.executemany("DELETE FROM deliveries WHERE message_id = ? AND task = ?",
-                                 deliveries)
-            self._finish_if_done(dict.fromkeys(mid for mid, _ in deliveries))
+            self._forget(deliveries)
 
     def fail(self, message_id: str, task: str, *, max_attempts: int, retry_after_s: float,
              error_class: str, error: str, traceback: str = "",
@@ -254,6 +258,9 @@ class Journal:
                 " WHERE message_id = ? AND task = ?", (message_id, task)).fetchone()
             if row is None:
                 return False
+            if self.cancelled(message_id):  # cancelled while it ran: no retry, dropped
+                self._forget([(message_id, task)])
+                return False
             if row[0] < max_attempts:
                 self._db.execute(
                     "UPDATE deliveries SET state = 'queued', attempt = ?, not_before = ?,"
@@ -263,10 +270,22 @@ class Journal:
             self._db.execute(
                 "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (message_id, task, row[0], error_class, error, traceback, now))
-            self._db.execute("DELETE FROM deliveries WHERE message_id = ? AND task = ?",
-                             (message_id, task))
-            self._finish_if_done([message_id])
+            self._forget([(message_id, task)])
             return True
+
+    def cancel(self, message_id: str, now: float | None = None) -> tuple[list[str], list[str]]:
+        """Cancel a message: delete its deliveries that wait (queued, delayed or waiting for
+        a retry) and remember its id, so none is made again. Returns (the tasks cancelled,
+        the tasks whose delivery is claimed or running: those are not stopped)."""
+        with self._transaction():
+            self._db.execute("INSERT OR IGNORE INTO cancelled VALUES (?, ?)",
+                             (message_id, time.time() if now is None else now))
+            self._any_cancelled = True
+            rows = self._db.execute("SELECT task, state FROM deliveries WHERE message_id = ?"
+                                    " ORDER BY task", (message_id,)).fetchall()
+            cancelled = [task for task, state in rows if state == "queued"]
+            self._forget([(message_id, task) for task in cancelled])
+        return cancelled, [task for task, state in rows if state != "queued"]
 
     def release(self, message_id: str, task: str) -> None:
         """Put back a claimed delivery that no worker started: its attempt is not spent."""
@@ -295,7 +314,11 @@ class Journal:
     def recover(self) -> int:
         """Requeue deliveries left claimed by a previous run; return how many. The attempt
         of one a handler had started is spent; the others cost none."""
-        with self._transaction():
+        self._note_cancels()
+        with self._transaction():  # those of cancelled messages were running: dropped
+            gone = self._db.execute("DELETE FROM deliveries WHERE message_id IN"
+                                    " (SELECT message_id FROM cancelled) RETURNING message_id")
+            self._finish_if_done({row[0]: None for row in gone.fetchall()})
             return self._db.execute("UPDATE deliveries SET state = 'queued'"
                                     " WHERE state IN ('inflight', 'started')").rowcount
 
@@ -306,6 +329,9 @@ class Journal:
             pruned = self._db.execute(
                 "DELETE FROM messages WHERE done_at IS NOT NULL AND done_at < ? AND id NOT IN"
                 " (SELECT message_id FROM dead_letters)", (now - older_than_s,)).rowcount
+            self._db.execute("DELETE FROM cancelled WHERE cancelled_at < ?",
+                             (now - older_than_s,))
+            self._note_cancels()
             if pruned:
                 self._db.execute("DELETE FROM received WHERE message_id NOT IN"
                                  " (SELECT id FROM messages)")
@@ -350,6 +376,20 @@ class Journal:
                                     (now - older_than_s,)).rowcount
 
     # ------------------------------------------------------------------ helpers
+
+    def cancelled(self, message_id: str) -> bool:
+        """Was this id cancelled here (within the dedupe window)? No query while none is."""
+        return self._any_cancelled and self._db.execute(
+            "SELECT 1 FROM cancelled WHERE message_id = ?", (message_id,)).fetchone() is not None
+
+    def _note_cancels(self) -> None:  # so that casts skip the lookup while nothing is cancelled
+        self._any_cancelled = self._db.execute("SELECT 1 FROM cancelled").fetchone() is not None
+
+    def _forget(self, deliveries: list[tuple[str, str]]) -> None:
+        """Delete deliveries, (message id, task) pairs, and finish the messages left empty."""
+        self._db.executemany("DELETE FROM deliveries WHERE message_id = ? AND task = ?",
+                             deliveries)
+        self._finish_if_done(dict.fromkeys(mid for mid, _ in deliveries))
 
     def _finish_if_done(self, message_ids: Iterable[str]) -> None:
         """Mark done those of the messages that have no delivery left."""

@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     PRIMARY KEY (message_id, task)
 );
 CREATE INDEX IF NOT EXISTS messages_trace ON messages (trace_id) WHERE trace_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS cancelled (   -- ids cancelled here (delivery/cancel.py): never delivered
+    message_id TEXT PRIMARY KEY,         -- again, even if cast or forwarded later, within the
+    cancelled_at REAL NOT NULL           -- dedupe window
+);
 CREATE TABLE IF NOT EXISTS client_ids (  -- ids homed here, taken elsewhere (cluster/client_ids.py)
     id TEXT PRIMARY KEY,
     taken_at REAL NOT NULL

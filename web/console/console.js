@@ -585,11 +585,13 @@ function castOptions() {
 async function send(event) {
   event.preventDefault();
   const reply = document.getElementById("send-reply");
+  reply.dataset.sent = "0";  // "1" once this send has its answer (or its error) shown
   let payload;
   try {
     payload = JSON.parse(document.getElementById("s-payload").value);
   } catch (error) {
     reply.textContent = `The payload is not JSON: ${error.message}`;
+    reply.dataset.sent = "1";
     return;
   }
   const name = document.getElementById("s-name").value.trim();
@@ -606,6 +608,7 @@ async function send(event) {
     reply.textContent = `${error.message}\n${JSON.stringify(error.rpc && error.rpc.data, null, 2)}`;
     reply.className = "error";
   }
+  reply.dataset.sent = "1";
 }
 
 // ---------------------------------------------------------------- start

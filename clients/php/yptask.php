@@ -5,6 +5,8 @@
  *     require 'yptask.php';
  *     $id = yptask_cast('upai.photos.upload', ['photo_id' => 7]);
  *     $answer = yptask_call('upai.echo', ['hello' => 'world'], 5);
+ *     $later = yptask_cast_result('upai.report', [], ['delay_s' => 3600, 'priority' => 7]);
+ *     $undone = yptask_cancel($later['id'], ['token' => $admin_token]);
  *
  * Load it once (require_once). The node's URL comes from the YPTASK_URL constant if defined, else the
  * YPTASK_URL environment variable, else http://127.0.0.1:8700/rpc. Requests go
@@ -12,6 +14,8 @@
  * extension is not needed; the json extension is (it is built in since PHP 8).
  * Every failure throws a YPTaskException carrying the JSON-RPC error code
  * (getCode(); 0 when the node could not be reached) and data (getData()).
+ * Credentials: the option 'token' (a publisher token, or the node's admin token for
+ * yptask_cancel), else the YPTASK_TOKEN environment variable, sent as a Bearer token.
  * PHP 8.2 compatible.
  */
 
@@ -55,34 +59,116 @@ function yptask_url(): string
     return ($env !== false && $env !== '') ? $env : 'http://127.0.0.1:8700/rpc';
 }
 
+/** The cast options the node takes, each sent only when given, as the node wants it. */
+const YPTASK_CAST_NUMBERS = ['priority', 'ttl_s', 'deadline', 'delay_s', 'at'];
+const YPTASK_CAST_STRINGS = ['id', 'traceparent', 'parent'];
+
 /**
  * Publish $msg under $name; return the message id once the node has stored it.
  *
- * $options: 'id' (your own id, to make a retry a no-op), 'priority' (int),
- * 'timeout' (seconds to wait for the node, default 10), 'url'.
+ * $options: 'id' (your own id, to make a retry a no-op), 'priority' (0 lowest to 9;
+ * default: each task's own), 'ttl_s' or 'deadline' (expire if not delivered within so
+ * many seconds, or by this epoch time), 'delay_s' or 'at' (deliver no sooner than so many
+ * seconds from now, or than this epoch time), 'traceparent' (a W3C trace context; default
+ * a new trace), 'parent' (the id of the message this one follows from); 'timeout'
+ * (seconds to wait for the node, default 10), 'url', 'token'. The node checks each option
+ * and names the one it refuses (a YPTaskException).
  */
 function yptask_cast(string $name, mixed $msg, array $options = []): string
 {
-    $params = ['name' => $name, 'msg' => yptask_payload($msg)];
-    if (isset($options['id'])) {
-        $params['id'] = (string) $options['id'];
-    }
-    if (isset($options['priority'])) {
-        $params['priority'] = (int) $options['priority'];
-    }
+    return (string) yptask_cast_result($name, $msg, $options)['id'];
+}
+
+/**
+ * yptask_cast, returning the node's whole answer: ['id' => ..., 'tasks' => [task, ...],
+ * 'duplicate' => bool] and 'not_before' (epoch seconds) for a delayed cast.
+ */
+function yptask_cast_result(string $name, mixed $msg, array $options = []): array
+{
+    $params = ['name' => $name, 'msg' => yptask_payload($msg)]
+        + yptask_options($options, YPTASK_CAST_NUMBERS, YPTASK_CAST_STRINGS);
     $result = yptask_request('cast', $params, (float) ($options['timeout'] ?? 10),
-                             isset($options['url']) ? (string) $options['url'] : null);
+                             yptask_option_url($options), yptask_token($options));
     if (!is_array($result) || !isset($result['id'])) {
         throw new YPTaskException('yptask: cast answered without a message id');
     }
-    return (string) $result['id'];
+    return $result;
 }
 
-/** Have one worker handle $msg and return its result; wait at most $timeout seconds. */
-function yptask_call(string $name, mixed $msg, int|float $timeout = 30): mixed
+/**
+ * Have one worker handle $msg and return its result; wait at most $timeout seconds.
+ *
+ * $options: 'traceparent', 'parent' (as for yptask_cast; sent only when given), 'url',
+ * 'token'.
+ */
+function yptask_call(string $name, mixed $msg, int|float $timeout = 30, array $options = []): mixed
 {
-    $params = ['name' => $name, 'msg' => yptask_payload($msg), 'timeout' => $timeout];
-    return yptask_request('call', $params, $timeout + 10.0);
+    $params = ['name' => $name, 'msg' => yptask_payload($msg), 'timeout' => $timeout]
+        + yptask_options($options, [], ['traceparent', 'parent']);
+    return yptask_request('call', $params, $timeout + 10.0, yptask_option_url($options),
+                          yptask_token($options));
+}
+
+/**
+ * Cancel the message $id where it has not started yet, on every node; return the node's
+ * answer: ['cancelled' => [node => [task, ...]], 'running' => [node => [task, ...]]]
+ * ('running': deliveries already handed to a worker, which finish).
+ *
+ * An admin method: $options 'token' (or YPTASK_TOKEN) must be the node's admin token
+ * (the file admin-token in its data dir). Also 'timeout' (default 10) and 'url'.
+ */
+function yptask_cancel(string $id, array $options = []): array
+{
+    $result = yptask_request('cancel', ['id' => $id], (float) ($options['timeout'] ?? 10),
+                             yptask_option_url($options), yptask_token($options));
+    if (!is_array($result)) {
+        throw new YPTaskException('yptask: cancel answered without its cancelled deliveries');
+    }
+    return $result;
+}
+
+/**
+ * The options of $options named in $numbers and $strings that are given (not null):
+ * numbers as int or float (a numeric string becomes one), strings as strings. Anything
+ * else is sent as it is, for the node to refuse by the field's name.
+ */
+function yptask_options(array $options, array $numbers, array $strings): array
+{
+    $params = [];
+    foreach ($numbers as $key) {
+        if (isset($options[$key])) {
+            $value = $options[$key];
+            $params[$key] = (is_string($value) && is_numeric($value)) ? $value + 0 : $value;
+        }
+    }
+    foreach ($strings as $key) {
+        if (isset($options[$key])) {
+            $value = $options[$key];
+            $params[$key] = (is_int($value) || is_string($value)) ? (string) $value : $value;
+        }
+    }
+    return $params;
+}
+
+function yptask_option_url(array $options): ?string
+{
+    return isset($options['url']) ? (string) $options['url'] : null;
+}
+
+/** The token to send: the option 'token', else $YPTASK_TOKEN, else none. */
+function yptask_token(array $options): ?string
+{
+    $token = null;
+    if (isset($options['token']) && $options['token'] !== '') {
+        $token = (string) $options['token'];
+    } elseif (($env = getenv('YPTASK_TOKEN')) !== false && $env !== '') {
+        $token = $env;
+    }
+    if ($token !== null && preg_match('/[\x00-\x1f\x7f]/', $token)) {
+        // it goes into a header line: a control character would end it
+        throw new YPTaskException("yptask: the 'token' option holds a control character");
+    }
+    return $token;
 }
 
 /** A payload of [] means "no fields": send it as {} rather than as an empty list. */
@@ -93,7 +179,7 @@ function yptask_payload(mixed $msg): mixed
 
 /** Send one JSON-RPC request to the node and return its result, or throw YPTaskException. */
 function yptask_request(string $method, array $params, float $timeout,
-                        ?string $url = null): mixed
+                        ?string $url = null, ?string $token = null): mixed
 {
     static $next_id = 0;
     $url = $url ?? yptask_url();
@@ -108,7 +194,8 @@ function yptask_request(string $method, array $params, float $timeout,
     }
     $context = stream_context_create(['http' => [
         'method' => 'POST',
-        'header' => "Content-Type: application/json\r\nAccept: application/json\r\n",
+        'header' => "Content-Type: application/json\r\nAccept: application/json\r\n"
+                    . ($token !== null ? "Authorization: Bearer $token\r\n" : ''),
         'content' => $body,
         'timeout' => $timeout,
         'ignore_errors' => true,  // read the JSON-RPC body of a 413 too

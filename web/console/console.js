@@ -2,7 +2,9 @@
 // Every text that comes from the node is put in with textContent, never as HTML.
 "use strict";
 
-const state = { csrf: "", node: "", tasks: [], selected: null, members: [], view: "tasks" };
+const state = { csrf: "", node: "", tasks: [], selected: null, members: [], view: "tasks",
+  missing: new Set() };
+const METHOD_NOT_FOUND = -32601;
 const REFRESH_MS = 2000;
 
 // ---------------------------------------------------------------- helpers
@@ -49,6 +51,25 @@ function notice(text, isError) {
   box.hidden = !text;
 }
 
+// A method a node may not have yet (an older node): its answer, or undefined when the node
+// answers "method not found"; the caller shows one line instead of an error each refresh.
+async function optional(method, params) {
+  try {
+    const result = await rpc(method, params);
+    state.missing.delete(method);
+    return result;
+  } catch (error) {
+    if (!error.rpc || error.rpc.code !== METHOD_NOT_FOUND) throw error;
+    state.missing.add(method);
+    return undefined;
+  }
+}
+
+function missingText(method) {
+  return `This node has no ${method} method yet (it answers "method not found"); ` +
+    "upgrade it to use this view.";
+}
+
 function fillRows(tbody, rows) {
   tbody.replaceChildren(...rows.map((cells) => el("tr", {}, ...cells.map((c) =>
     c instanceof Node ? el("td", {}, c) : el("td", { text: fmt(c) })))));
@@ -75,6 +96,7 @@ async function refresh() {
     else if (state.view === "nodes") await loadNodes();
     else if (state.view === "timers") await loadTimers();
     else if (state.view === "errors") await loadErrors();
+    else if (state.view === "scheduled") await loadScheduled();
   } catch (error) {
     notice(`The node did not answer: ${error.message}`, true);
   }
@@ -112,12 +134,13 @@ function select(name) {
 // The form's inputs, by the definition field each shows. A field of a definition that
 // has none (one a later node knows) is shown, and kept, in the "other fields" box: SAVE
 // sends every field the form shows, exactly as it shows it, and nothing else.
-const TEXT_FIELDS = ["name", "group", "worker_class", "stdout", "stderr"];
-const NUMBER_FIELDS = ["max_idle_s", "max_attempts", "retry_backoff_s", "message_timeout_s",
+const TEXT_FIELDS = ["name", "group", "worker_class", "stdout", "stderr", "rate_limit",
+  "rate_limit_key"];
+const NUMBER_FIELDS = ["default_priority", "message_ttl_s", "max_idle_s", "max_attempts", "retry_backoff_s", "message_timeout_s",
   "shutdown_timeout_s", "max_queue", "max_restarts", "restart_period_s", "restart_generation"];
 const ROW_FIELDS = ["messages", "command", "env", "settings", "nodes"];
 const FORM_FIELDS = new Set([...TEXT_FIELDS, ...NUMBER_FIELDS, ...ROW_FIELDS, "use_stdio", "debug",
-  "paused", "accepting"]);
+  "paused", "accepting", "priority_tickets"]);
 const NEW_TASK = { name: "", group: "default", worker_class: "", command: [], use_stdio: false,
   stdout: "", stderr: "", debug: false, paused: false, accepting: true, messages: [], env: {},
   settings: {}, nodes: { "*": 1 } };
@@ -187,6 +210,7 @@ function fillForm(task) {
   form.elements.debug.checked = Boolean(t.debug);
   form.elements.paused.checked = Boolean(t.paused);
   form.elements.accepting.checked = t.accepting !== false;
+  form.elements.priority_tickets.value = (t.priority_tickets || []).map(numberText).join(" ");
   for (const kind of ROW_FIELDS) document.getElementById(`rows-${kind}`).replaceChildren();
   (t.messages || []).forEach((m) => addRow("messages", [m]));
   (t.command || []).forEach((a) => addRow("command", [a]));
@@ -226,6 +250,15 @@ function settingValue(key, [, type, input]) {
   }
 }
 
+// Ten integers, one per priority level, as typed (spaces or commas between); the node
+// checks how many and their range, and names the field if they are wrong.
+function tickets(text) {
+  return text.split(/[\s,]+/).filter((word) => word !== "").map((word) => {
+    if (!/^-?[0-9]+$/.test(word)) throw formError("priority_tickets", `${JSON.stringify(word)} is not an integer`);
+    return Number(word);
+  });
+}
+
 function readForm() {
   const form = document.getElementById("task-form");
   const task = {};
@@ -234,6 +267,7 @@ function readForm() {
   task.debug = form.elements.debug.checked;
   task.paused = form.elements.paused.checked;
   task.accepting = form.elements.accepting.checked;
+  task.priority_tickets = tickets(form.elements.priority_tickets.value);
   task.messages = rowsOf("messages").map(([input]) => input.value);
   task.command = rowsOf("command").map(([input]) => input.value);
   task.env = table("env", (key, [, input]) => input.value);
@@ -322,7 +356,7 @@ async function loadStatus() {
     const t = status.tasks[name];
     const workers = Object.entries(t.workers).map(([n, c]) => `${n}:${c}`).join(" ");
     return [name, workers, taskState(t), t.queued, t.in_flight, t.handled_per_s, t.failed_per_s,
-      t.latency_ms.p50, t.latency_ms.p90, t.latency_ms.p99];
+      t.expired, t.latency_ms.p50, t.latency_ms.p90, t.latency_ms.p99];
   }));
   const plots = document.getElementById("plots");
   plots.replaceChildren(...names.map((name) => {
@@ -406,14 +440,25 @@ async function loadErrors() {
       el("summary", { text: `${clock(f.at)}  ${f.task}  ${f.name}  attempt ${f.attempt}  ${f.error_class}: ${f.error}` }),
       el("p", { text: `message ${f.id}` }),
       el("pre", { text: f.traceback || "(no traceback)" }))) : [el("p", { text: "No failures." })]));
-  document.getElementById("dead-letters").replaceChildren(...(dead.length ? dead.map((d) =>
-    el("details", { class: "dead-letter", "data-id": d.id },
-      el("summary", {}, el("span", { text: `${d.id}  ${d.task}  ${d.name}  ${d.error_class}: ${d.error}  ` }),
+  const filter = document.getElementById("dead-filter").value;
+  const shown = dead.filter((d) => filter === "all" || (d.error_class === EXPIRED) === (filter === "expired"));
+  document.getElementById("dead-letters").replaceChildren(...(shown.length ? shown.map((d) =>
+    el("details", { class: d.error_class === EXPIRED ? "dead-letter expired" : "dead-letter",
+      "data-id": d.id, "data-error-class": fmt(d.error_class) },
+      el("summary", {}, el("span", { text: `${d.id}  ${d.task}  ${d.name}  ${deadReason(d)}  ` }),
         el("button", { class: "replay", text: "Replay", onclick: () => replay(d.id, d.task) })),
       el("p", { text: `attempts ${d.attempt}, died ${clock(d.died_at)}` }),
       el("h4", { text: "Payload" }), el("pre", { text: JSON.stringify(d.payload, null, 2) }),
       el("h4", { text: "Traceback" }), el("pre", { text: d.traceback || "(none)" })))
     : [el("p", { text: "No dead letters." })]));
+}
+
+// Expired: never handed to a worker (its ttl_s, deadline or the task's message_ttl_s passed).
+const EXPIRED = "Expired";
+
+function deadReason(d) {
+  return d.error_class === EXPIRED ? `expired (not delivered in time): ${fmt(d.error)}`
+    : `${d.error_class}: ${d.error}`;
 }
 
 async function replay(id, task) {
@@ -429,30 +474,141 @@ async function replayAll() {
   await loadErrors();
 }
 
+// ---------------------------------------------------------------- scheduled and cancel
+
+async function loadScheduled() {
+  const rows = await optional("scheduled.list", { limit: 500 });
+  const missing = document.getElementById("scheduled-missing");
+  missing.hidden = rows !== undefined;
+  missing.textContent = rows === undefined ? missingText("scheduled.list") : "";
+  const tbody = document.querySelector("#scheduled-table tbody");
+  if (rows === undefined) {
+    tbody.replaceChildren();
+    return;
+  }
+  fillRows(tbody, rows.map((r) => [r.id, r.name, r.task, r.node, clock(r.not_before), r.kind,
+    r.attempt, r.priority,
+    el("button", { class: "cancel", "data-id": fmt(r.id), text: "Cancel", onclick: () => cancel(r.id) })]));
+  if (!rows.length) tbody.append(el("tr", {}, el("td", { colspan: "9", text: "Nothing is scheduled." })));
+}
+
+function perNode(answer) {
+  return Object.entries(answer || {}).map(([node, tasks]) => `${node}: ${tasks.join(", ")}`).join("; ");
+}
+
+async function cancel(id) {
+  if (!window.confirm(`Cancel message ${id} on every node?`)) return;
+  try {
+    const answer = await optional("cancel", { id });
+    if (answer === undefined) {
+      notice(missingText("cancel"), true);
+      return;
+    }
+    const cancelled = perNode(answer.cancelled);
+    const running = perNode(answer.running);
+    notice(`Message ${id}: ${cancelled ? `cancelled on ${cancelled}` : "nothing left to cancel"}` +
+      (running ? `; already running (not stopped): ${running}` : "") + ".");
+    await loadScheduled();
+  } catch (error) {
+    notice(`Cancel ${id}: ${error.message}`, true);
+  }
+}
+
+// ---------------------------------------------------------------- trace
+
+// A message's deliveries, whichever way the node lists them: [{task, node, state, ...}]
+// or {task: state | {node, state, ...}}.
+function deliveriesOf(m) {
+  const given = m.deliveries ?? m.tasks ?? [];
+  if (Array.isArray(given)) return given.map((d) => (typeof d === "object" && d ? d : { task: d }));
+  return Object.entries(given).map(([task, d]) => (typeof d === "object" && d ? { task, ...d } : { task, state: d }));
+}
+
+function traceNode(m, depth) {
+  const line = el("div", { class: "trace-message", "data-id": fmt(m.id), "data-depth": String(depth) },
+    el("div", { class: "trace-head", text: `${fmt(m.name)}  ${fmt(m.id)}  ${clock(m.published_at)}` +
+      (m.node ? `  from ${m.node}` : "") }),
+    el("ul", {}, ...deliveriesOf(m).map((d) => el("li", { class: "trace-task",
+      text: `${fmt(d.task)} on ${fmt(d.node)}: ${fmt(d.state)}` +
+        (d.attempt ? `, attempt ${d.attempt}` : "") + (d.error ? ` (${d.error})` : "") +
+        (d.at || d.done_at ? ` at ${clock(d.at || d.done_at)}` : "") }))));
+  line.style.marginLeft = `${depth * 1.5}em`;  // the CSSOM, allowed by the page's CSP
+  return line;
+}
+
+async function showTrace(event) {
+  event.preventDefault();
+  const id = document.getElementById("t-id").value.trim();
+  const title = document.getElementById("trace-title");
+  const tree = document.getElementById("trace-tree");
+  title.className = "";
+  tree.replaceChildren();
+  try {
+    const answer = await optional("trace", { id });
+    if (answer === undefined) {
+      title.textContent = missingText("trace");
+      return;
+    }
+    const messages = answer.messages || [];
+    title.textContent = `Trace ${answer.trace_id}: ${messages.length} message(s).`;
+    const ids = new Set(messages.map((m) => m.id));
+    const children = new Map();
+    for (const m of messages) {
+      const parent = ids.has(m.parent_id) ? m.parent_id : null;  // a parent outside: a root
+      if (!children.has(parent)) children.set(parent, []);
+      children.get(parent).push(m);
+    }
+    const walk = (parent, depth, seen) => (children.get(parent) || []).flatMap((m) =>
+      seen.has(m.id) ? [] : [traceNode(m, depth), ...walk(m.id, depth + 1, new Set([...seen, m.id]))]);
+    tree.replaceChildren(...walk(null, 0, new Set()));
+  } catch (error) {
+    title.textContent = error.message;
+    title.className = "error";
+  }
+}
+
 // ---------------------------------------------------------------- send
+
+// The cast options typed in, as numbers; an empty input is not sent (the node or the
+// task decides). The node checks them and names the field it refuses.
+function castOptions() {
+  const options = {};
+  for (const key of ["priority", "ttl_s", "delay_s"]) {
+    const input = document.getElementById(`s-${key}`);
+    if (input.value !== "" || input.validity.badInput) options[key] = input.validity.badInput ? input.value : Number(input.value);
+  }
+  const at = document.getElementById("s-at").value;
+  if (at) options.at = new Date(at).getTime() / 1000;  // local time, as the browser shows it
+  return options;
+}
 
 async function send(event) {
   event.preventDefault();
   const reply = document.getElementById("send-reply");
+  reply.dataset.sent = "0";  // "1" once this send has its answer (or its error) shown
   let payload;
   try {
     payload = JSON.parse(document.getElementById("s-payload").value);
   } catch (error) {
     reply.textContent = `The payload is not JSON: ${error.message}`;
+    reply.dataset.sent = "1";
     return;
   }
   const name = document.getElementById("s-name").value.trim();
   const mode = document.getElementById("s-mode").value;
+  const traceparent = document.getElementById("s-traceparent").value.trim();
+  const trace = traceparent ? { traceparent } : {};  // sent only when given
   try {
     const result = mode === "call"
-      ? await rpc("call", { name, msg: payload, timeout: Number(document.getElementById("s-timeout").value) })
-      : await rpc("cast", { name, msg: payload });
+      ? await rpc("call", { name, msg: payload, timeout: Number(document.getElementById("s-timeout").value), ...trace })
+      : await rpc("cast", { name, msg: payload, ...castOptions(), ...trace });
     reply.textContent = JSON.stringify(result, null, 2);
     reply.className = "";
   } catch (error) {
     reply.textContent = `${error.message}\n${JSON.stringify(error.rpc && error.rpc.data, null, 2)}`;
     reply.className = "error";
   }
+  reply.dataset.sent = "1";
 }
 
 // ---------------------------------------------------------------- start
@@ -488,9 +644,11 @@ async function start() {
   document.getElementById("delete").addEventListener("click", deleteTask);
   document.getElementById("replay-all").addEventListener("click", replayAll);
   document.getElementById("send-form").addEventListener("submit", send);
+  document.getElementById("dead-filter").addEventListener("change", loadErrors);
+  document.getElementById("trace-form").addEventListener("submit", showTrace);
   await refresh();
   // Live views refresh by themselves; the task editor only when asked (edits stay put).
-  setInterval(() => { if (state.view !== "tasks" && state.view !== "send") refresh(); }, REFRESH_MS);
+  setInterval(() => { if (!["tasks", "send", "trace"].includes(state.view)) refresh(); }, REFRESH_MS);
 }
 
 start();

@@ -1,7 +1,7 @@
 """The JSON-RPC method table: each method's parameters, bound and checked, then the service.
 
 One entry per method of the publisher API (`cast`, `call`, `tasks.*`,
-`timers.*`, `status`, `nodes*`, `failures.list`, `metrics`, `dead.*`): its
+`timers.*`, `status`, `nodes*`, `failures.list`, `metrics`, `dead.*`, `scheduled.list`): its
 signature is its parameters, by position or by name, with their defaults.
 The publishing methods pass what they were sent to the node as it came: the
 node checks every field of a cast and a call (`yptask.ingress.checks`),
@@ -148,6 +148,11 @@ async def _dead_replay(node: Service, /, id: Any, task: Any = None) -> Any:
                              _string("dead.replay", "task", task, optional=True))
 
 
+async def _scheduled_list(node: Service, /, limit: Any = 100) -> Any:
+    return await node.scheduled(_integer("scheduled.list", "limit", limit, minimum=1,
+                                         maximum=MAX_DEAD_LETTERS))
+
+
 # ---------------------------------------------------------------- binding and the table
 
 
@@ -240,6 +245,7 @@ _IMPLEMENTATIONS: dict[str, Method] = {
     "timers.delete": _timers_delete,
     "dead.list": _dead_list,
     "dead.replay": _dead_replay,
+    "scheduled.list": _scheduled_list,
 }
 
 # The method table, passed to jsonrpcserver as `methods=` (never its global registry).

@@ -126,6 +126,8 @@ class Publisher:
                 for task in subscribed:
                     self._load.added(task)
                     notified.add(task)
+                    if envelope.not_before and task in self._running.pools:  # a delayed cast
+                        self._running.pools[task].wake_at(envelope.not_before)
         for task in notified:
             self._running.notify(task)
         return answers

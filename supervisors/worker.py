@@ -192,8 +192,9 @@ class WorkerActor(Supervised):
             raise
 
     def _send(self, job: Job, window: deque[Job]) -> bool:
-        """Write a job's call behind the `window`, or fail a job that cannot be encoded;
-        False if it must wait for answers. On a dead worker raise (the caller settles)."""
+        """Write a job's call behind the `window`, or fail a job that cannot be encoded (or
+        give back unstarted one whose deadline passed); False if it must wait for answers
+        (a job with a deadline waits for an empty pipe). On a dead worker raise."""
         assert self.conn is not None
         deadline = job.meta.get("deadline")
         if deadline is not None:  # written only to an idle worker, so never run past it

@@ -192,9 +192,18 @@ class WorkerActor(Supervised):
             raise
 
     def _send(self, job: Job, window: deque[Job]) -> bool:
-        """Write a job's call behind the `window`, or fail a job that cannot be encoded;
-        False if it must wait for answers. On a dead worker raise (the caller settles)."""
+        """Write a job's call behind the `window`, or fail a job that cannot be encoded (or
+        give back unstarted one whose deadline passed); False if it must wait for answers
+        (a job with a deadline waits for an empty pipe). On a dead worker raise."""
         assert self.conn is not None
+        deadline = job.meta.get("deadline")
+        if deadline is not None:  # written only to an idle worker, so never run past it
+            if window:
+                return False
+            if deadline <= time.time():  # the pool dead-letters it as expired
+                job.done(Outcome.unstarted(CallTimeout("its deadline passed before a worker "
+                                                       "was free to take it")))
+                return True
         try:
             sent = self.conn.send(handle_call(job.name, job.payload, job.meta))
         except EncodeError as exc:  # nothing was written: the worker serves on

@@ -2,7 +2,7 @@
 
 One entry per method of the publisher API (`cast`, `call`, `tasks.*`,
 `timers.*`, `status`, `nodes*`, `failures.list`, `metrics`, `dead.*`, `cancel`,
-`message.cancelled`): its
+`message.cancelled`, `scheduled.list`): its
 signature is its parameters, by position or by name, with their defaults.
 The publishing methods pass what they were sent to the node as it came: the
 node checks every field of a cast and a call (`yptask.ingress.checks`),
@@ -158,6 +158,11 @@ async def _message_cancelled(node: Service, /, id: Any) -> Any:
     return await node.message_cancelled(id)
 
 
+async def _scheduled_list(node: Service, /, limit: Any = 100) -> Any:
+    return await node.scheduled(_integer("scheduled.list", "limit", limit, minimum=1,
+                                         maximum=MAX_DEAD_LETTERS))
+
+
 # ---------------------------------------------------------------- binding and the table
 
 
@@ -252,6 +257,7 @@ _IMPLEMENTATIONS: dict[str, Method] = {
     "dead.replay": _dead_replay,
     "cancel": _cancel,
     "message.cancelled": _message_cancelled,
+    "scheduled.list": _scheduled_list,
 }
 
 # The method table, passed to jsonrpcserver as `methods=` (never its global registry).

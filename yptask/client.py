@@ -219,6 +219,11 @@ class Client:
         return _expect(self.request("message.cancelled", {"id": id}), bool,
                        "message.cancelled")
 
+    def scheduled(self, limit: int = 100) -> list[dict[str, Any]]:
+        """What waits on the node for a later time (delayed casts, retries), soonest first."""
+        return _expect(self.request("scheduled.list", {"limit": limit}), list,
+                       "scheduled.list")
+
     # ------------------------------------------------------------------ the wire
 
     def request(self, method: str, params: Mapping[str, Any] | list[Any] | None = None, *,

@@ -341,6 +341,9 @@ class Node:
     async def replay(self, message_id: str, task: str | None = None) -> int:
         return await self.inspector.replay(message_id, task)
 
+    async def scheduled(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await self.inspector.scheduled(limit)
+
     async def nodes(self) -> list[dict[str, Any]]:
         """The cluster's members as this node sees them, itself first."""
         return [] if self.cluster is None else self.cluster.members()

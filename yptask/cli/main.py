@@ -14,6 +14,7 @@ runs. Exit codes: `yptask.cli.exits`, one table for every command.
     yptask.cli.password  hash-password
     yptask.cli.dead      dead            list or replay dead letters
     yptask.cli.cancel    cancel          cancel a message on every node
+    yptask.cli.scheduled scheduled       delayed casts and retries waiting for their time
     yptask.cli.connect   the node's URL, the admin token, the client, the common options
     yptask.cli.formats   tables, TOML, JSON arguments, clocks, the progress bar
     yptask.cli.demo      demo            the example tasks, once, without a node
@@ -27,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from yptask.cli import cancel, dead, node, password, publish, status, tasks, timers
+from yptask.cli import cancel, dead, node, password, publish, scheduled, status, tasks, timers
 from yptask.cli.exits import EXIT_OK, EXIT_USAGE
 
 __all__ = ["build_parser", "main"]
@@ -50,6 +51,7 @@ EPILOG = """examples:
   yptask dead --limit 20                        messages that ran out of attempts
   yptask dead --replay ID                       requeue one of them
   yptask cancel ID                              cancel a message on every node
+  yptask scheduled                              delayed casts and retries, soonest first
 """
 
 
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_parsers(commands)
     commands.add_parser("demo", help="start a worker of each example task and send it "
                         "messages").set_defaults(run=_demo)
-    for module in (publish, tasks, timers, status, password, dead, cancel):
+    for module in (publish, tasks, timers, status, password, dead, cancel, scheduled):
         module.add_parsers(commands)
     return parser
 

@@ -33,6 +33,7 @@ import pykka
 
 from yptask.config.tasks import TaskDef
 from yptask.delivery.metrics import Failure, TaskMetrics
+from yptask.delivery.schedule import DueTimes, effective_deadline, expire, retry_after_s
 from yptask.errors import CallTimeout, WorkerExited, YPTaskError, describe
 from yptask.store.group_commit import JournalThread
 from yptask.store.journal import Delivery, Journal
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 # A job whose outcome never arrives (its worker vanished with the job in its inbox)
 # is given up this long after its own timeout, and redelivered.
 JOB_GRACE_S = 10.0
-# With nothing claimable, look again this often (retries come due without a signal).
+# With nothing claimable, look again this often at most (besides at the next due time).
 IDLE_POLL_S = 0.5
 SPAWN_TIMEOUT_S = 60.0
 MAX_CANCELLED = 1000  # cancelled ids a pool watches for at hand-out (oldest forgotten)
@@ -84,7 +85,9 @@ class TaskPool(PoolPort):
         self.handled = 0
         self.failed = 0
         self.in_flight = 0
+        self.expired = 0  # deliveries dead-lettered unhandled: their deadline passed
         self.metrics = TaskMetrics()
+        self._due = DueTimes()  # when the next delayed cast or retry of this task is due
 
     # -------------------------------------------------------------- from actor threads
 
@@ -94,15 +97,14 @@ class TaskPool(PoolPort):
 
     def pull(self, ref: Any) -> Job | None:
         """The next claimed delivery as a job for `ref`, or None. Called in the worker's thread."""
-        if self._closing or self.task.paused or ref.actor_urn in self._retired:
+        if self._closing or self.task.paused or ref.actor_urn in self._retired \
+                or not self._backlog:
             return None
-        delivery = self._pop()
-        if delivery is None:
-            return None
+        job = self._next_job()
         if len(self._backlog) < self._low_water() and not self._claim_asked:
             self._claim_asked = True  # one wake-up of the loop, not one per pull
             self.loop.call_soon_threadsafe(self._work_queued.set)  # time to claim more
-        return self._job(delivery)
+        return job
 
     def retire(self, ref: Any, timeout_s: float = 10.0) -> None:
         """Hand `ref` no more jobs; return once the loop knows. Call it from a thread."""
@@ -145,6 +147,11 @@ class TaskPool(PoolPort):
         self._work_queued.set()
         if not self._free:
             self._request_workers()
+
+    def wake_at(self, due: float) -> None:
+        """A delivery of this task is due at `due` (epoch s): the loop looks then."""
+        if self._due.at(due):
+            self._work_queued.set()  # so that the loop's wait ends by then
 
     @property
     def free_workers(self) -> int:
@@ -323,16 +330,18 @@ class TaskPool(PoolPort):
             while self._backlog and self._free:  # work for idle workers
                 ref = self._free.popleft()
                 if ref.is_alive() and ref.actor_urn not in self._retired:
-                    if (delivery := self._pop()) is None:
+                    if (job := self._next_job()) is None:  # what was left had expired
                         self._free.appendleft(ref)
                         break
-                    self._hand(ref, self._job(delivery))
+                    self._hand(ref, job)
             if self._backlog and not self._free:
                 self._request_workers()
             # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that comes
             # as the event is set, and this loop would never end.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(IDLE_POLL_S):
+                # until a signal, or the next delayed cast or retry is due
+                async with asyncio.timeout(await self._due.wait_s(self.journal, task,
+                                                                  IDLE_POLL_S)):
                     await self._work_queued.wait()
 
     async def _release_backlog(self) -> None:
@@ -368,11 +377,26 @@ class TaskPool(PoolPort):
         """Below this many claimed deliveries, claim more (up to twice as many)."""
         return max(1, len(self._workers)) * BACKLOG_PER_WORKER // 2
 
-    def _job(self, delivery: Delivery) -> Job:
-        """A job for one claimed delivery; its outcome is settled in whichever thread ends it."""
+    def _next_job(self) -> Job | None:
+        """The job of the next claimed delivery neither cancelled nor expired, or None.
+        Any thread."""
+        while (delivery := self._pop()) is not None:
+            if (job := self._job(delivery)) is not None:
+                return job
+        return None
+
+    def _job(self, delivery: Delivery) -> Job | None:
+        """A job for one claimed delivery, its outcome settled in whichever thread ends it;
+        None if its deadline has passed (it is dead-lettered as expired, never handed out)."""
         message = delivery.message
+        deadline = effective_deadline(message, self.task)
+        if deadline is not None and deadline <= time.time():
+            with self._counts:
+                self.expired += 1  # neither handled nor failed
+            expire(self.journal, delivery, deadline)
+            return None
         meta = delivery_meta(message.id, delivery.attempt, message.published_at,
-                             message.priority, deadline=message.deadline,
+                             message.priority, deadline=deadline,
                              trace_id=message.trace_id, parent_id=message.parent_id)
         settled = threading.Lock()
 
@@ -408,28 +432,31 @@ class TaskPool(PoolPort):
             self.loop.call_soon_threadsafe(self._work_queued.set)
             return
         assert outcome.error is not None
-        described = describe(outcome.error)
+        described, now = describe(outcome.error), time.time()
         self.metrics.failed(Failure(message.id, delivery.task, message.name, delivery.attempt,
-                                    *described, time.time()))
+                                    *described, now))
+        if outcome.ending is not _REFUSED:  # retried then (unless its attempts are spent)
+            self.loop.call_soon_threadsafe(
+                self.wake_at, now + retry_after_s(self.task, delivery.attempt))
         self.journal.run_nowait(partial(_fail, delivery=delivery, error=outcome.error,
-                                        described=described, task=self.task,
+                                        described=described, task=self.task, now=now,
                                         permanent=outcome.ending is _REFUSED))
 
 
 def _fail(journal: Journal, delivery: Delivery, error: YPTaskError, *,
-          described: tuple[str, str, str], task: TaskDef, permanent: bool = False) -> bool:
+          described: tuple[str, str, str], task: TaskDef, now: float,
+          permanent: bool = False) -> bool:
     """Record a failed attempt, its error `described` (in the journal thread); return True
     if it was dead-lettered.
 
     A `permanent` failure (the message itself cannot be delivered) is dead-lettered at once.
     """
     error_class, detail, backtrace = described
-    # Exponential backoff between attempts: 1x, 2x, 4x ... the task's retry backoff.
-    retry_after = task.retry_backoff_s * 2 ** max(0, delivery.attempt - 1)
+    retry_after = retry_after_s(task, delivery.attempt)
     max_attempts = 0 if permanent else task.max_attempts
     dead = journal.fail(delivery.message.id, delivery.task, max_attempts=max_attempts,
                         retry_after_s=retry_after, error_class=error_class, error=detail,
-                        traceback=backtrace, now=time.time())
+                        traceback=backtrace, now=now)
     log.log(logging.ERROR if dead else logging.WARNING,
             "message %s to task %s failed (attempt %d%s): %s", delivery.message.id,
             delivery.task, delivery.attempt, ", dead-lettered" if dead else "", error)

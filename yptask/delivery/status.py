@@ -3,7 +3,8 @@
 Every figure is read from what the parts keep or publish (pools' counters, the
 supervisors' published states, the journal, peers' heartbeats), never by
 asking an actor, so status answers at once while a worker's setup hangs.
-Replay requeues a dead letter: the one write here.
+Replay requeues a dead letter: the one write here. What waits for a later time
+(delayed casts, retries) is listed by `scheduled`.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class Inspector:
                          "error": self._running.apply_errors[name]}
             tasks[name] = {**pool.metrics.summary(), "workers": workers, "state": state["state"],
                            "queued": queued, "in_flight": inflight, "handled": pool.handled,
-                           "failed": pool.failed, "pids": sorted(self._pids(name)),
+                           "failed": pool.failed, "expired": pool.expired,
+                           "pids": sorted(self._pids(name)),
                            "accepting": task is None or task.accepting,
                            **({"error": state["error"]} if "error" in state else {}),
                            **_start_error_view(tree.start_error(name))}
@@ -91,6 +93,12 @@ class Inspector:
                  "task": d.task, "attempt": d.attempt, "error_class": d.error_class,
                  "error": d.error, "traceback": d.traceback, "died_at": d.died_at}
                 for d in letters]
+
+    async def scheduled(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Deliveries journaled here that wait for a later time, soonest first: delayed
+        casts ("delayed") and failed attempts waiting to be retried ("retry")."""
+        rows = await self._journal.run(partial(Journal.scheduled, limit=limit))
+        return [{**row, "node": self.node_name} for row in rows]
 
     async def replay(self, message_id: str, task: str | None = None) -> int:
         """Requeue a dead letter (for one task, or for every task it died in)."""

@@ -126,6 +126,8 @@ class Publisher:
                 for task in subscribed:
                     self._load.added(task)
                     notified.add(task)
+                    if envelope.not_before and task in self._running.pools:  # a delayed cast
+                        self._running.pools[task].wake_at(envelope.not_before)
         for task in notified:
             self._running.notify(task)
         return answers
@@ -209,7 +211,8 @@ class Publisher:
                                        timeout_s + LINK_GRACE_S)
         task = max(local, key=lambda t: running.pools[t.name].free_workers)
         pool = running.pools[task.name]
-        meta = delivery_meta(self._new_id(), 1, time.time(), 0)
+        now = time.time()  # the caller's deadline: no worker takes the call after it
+        meta = delivery_meta(self._new_id(), 1, now, 0, deadline=now + timeout_s)
         try:
             async with asyncio.timeout(timeout_s):  # not wait_for: no task per call
                 run = pool.run(name, msg, meta, task.message_timeout_s)

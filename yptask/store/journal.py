@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from yptask.store import schedule
 from yptask.store.journal_db import Transaction, connect
 
 __all__ = ["DeadLetter", "Delivery", "Envelope", "IdReader", "Journal"]
@@ -354,6 +355,25 @@ class Journal:
             " ORDER BY d.died_at DESC LIMIT ?", (limit,)).fetchall()
         width = len(_ENVELOPE_FIELDS)
         return [DeadLetter(_envelope(r[:width]), *r[width:]) for r in rows]
+
+    # ---- deadlines and schedule (the queries are in yptask.store.schedule)
+
+    def expire_many(self, deliveries: list[tuple[str, str, float]],
+                    now: float | None = None) -> int:
+        """Dead-letter claimed deliveries, (message id, task, deadline), whose deadline
+        passed before a worker took them (error class "Expired"); return how many."""
+        with self._transaction():
+            gone = schedule.expire(self._db, deliveries, time.time() if now is None else now)
+            self._finish_if_done(dict.fromkeys(mid for mid, _, _ in deliveries))
+        return gone
+
+    def next_due(self, task: str, now: float | None = None) -> float | None:
+        """When the next queued delivery of `task` waiting for later than `now` is due."""
+        return schedule.next_due(self._db, task, time.time() if now is None else now)
+
+    def scheduled(self, limit: int = 100, now: float | None = None) -> list[dict[str, Any]]:
+        """Queued deliveries waiting for a later time (delayed casts, retries), soonest first."""
+        return schedule.waiting(self._db, limit, time.time() if now is None else now)
 
     # ------------------------------------------------------------------ client ids
 

@@ -50,7 +50,8 @@ from typing import Any
 from yptask.errors import ProtocolError, YPTaskError
 from yptask.log_limit import LogLimiter
 from yptask.store.group_commit import JournalThread
-from yptask.store.journal import IdReader, Journal
+from yptask.store.id_reader import IdReader
+from yptask.store.journal import Journal
 
 __all__ = [
     "IDS_REQUEST",

@@ -21,69 +21,26 @@ made again (cast or forwarded), and one running at the cancel is dropped if it f
 This class is synchronous and not thread-safe: one thread owns it (see
 `yptask.store.group_commit` for the writer that batches concurrent casts into
 one transaction). Its tables, and how the SQLite file is opened, are in
-`yptask.store.journal_db`.
+`yptask.store.journal_db`; what it hands out (Envelope, Delivery, DeadLetter) in
+`yptask.store.records`.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from yptask.store import schedule
+from yptask.store.id_reader import IdReader, known_client_ids
 from yptask.store.journal_db import Transaction, connect
+from yptask.store.records import DeadLetter, Delivery, Envelope
 
+# Envelope, Delivery, DeadLetter and IdReader are re-exported: where callers have met them.
 __all__ = ["DeadLetter", "Delivery", "Envelope", "IdReader", "Journal"]
-
-ID_CHUNK = 400  # ids per query: two lists of them stay under SQLite's 999 parameters
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """A message as the journal keeps it."""
-
-    id: str
-    name: str
-    payload: Any
-    published_at: float
-    priority: int = 0
-    deadline: float | None = None
-    trace_id: str | None = None
-    parent_id: str | None = None  # the message whose handler cast this one
-    not_before: float = 0.0  # deliver no sooner (a delayed cast); 0: at once
-    # the payload as JSON, when the caller has it already (it is not encoded twice)
-    payload_json: str | None = field(default=None, compare=False, repr=False)
-
-    def payload_text(self) -> str:
-        return json.dumps(self.payload) if self.payload_json is None else self.payload_json
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One message handed to one task, and which attempt this is (1 = first)."""
-
-    message: Envelope
-    task: str
-    attempt: int
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A delivery that failed its task's max attempts, with its last error."""
-
-    message: Envelope
-    task: str
-    attempt: int
-    error_class: str
-    error: str
-    traceback: str
-    died_at: float
-
 
 class Journal:
     """The node's durable message store. Owned by one thread."""
@@ -379,7 +336,7 @@ class Journal:
 
     def known_client_ids(self, ids: list[str]) -> set[str]:
         """See `IdReader.known`."""
-        return _known_client_ids(self._db, ids)
+        return known_client_ids(self._db, ids)
 
     def remember_client_ids(self, ids: list[str], now: float | None = None) -> None:
         """Note ids another node took, for the dedupe window."""
@@ -439,32 +396,3 @@ def _envelope(row: tuple[Any, ...]) -> Envelope:
     mid, name, payload, published, priority, deadline, trace_id, parent_id = row
     return Envelope(mid, name, json.loads(payload), published, priority, deadline, trace_id,
                     parent_id)
-
-
-class IdReader:
-    """A read-only connection of its own to a journal, for the client-id checks of
-    yptask.cluster.client_ids: they run beside the journal's thread (WAL lets them), so they
-    never wait for its commits nor split its group commits. Used by one thread."""
-
-    def __init__(self, path: str | Path) -> None:
-        uri = Path(path).resolve().as_uri() + "?mode=ro"
-        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-
-    def known(self, ids: list[str]) -> set[str]:
-        """Those of `ids` taken in the cluster as this home node knows: taken here (a
-        message of this journal) or by another node that told us."""
-        return _known_client_ids(self._db, ids)
-
-    def close(self) -> None:
-        self._db.close()
-
-
-def _known_client_ids(db: sqlite3.Connection, ids: list[str]) -> set[str]:
-    known: set[str] = set()
-    for start in range(0, len(ids), ID_CHUNK):
-        chunk = ids[start:start + ID_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        known.update(row[0] for row in db.execute(
-            f"SELECT id FROM client_ids WHERE id IN ({marks}) UNION"
-            f" SELECT id FROM messages WHERE id IN ({marks})", chunk * 2))
-    return known

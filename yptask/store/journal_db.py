@@ -1,6 +1,6 @@
 """The journal's SQLite file: its schema, how it is opened, and the transaction of each write.
 
-WAL mode, so readers (`journal.IdReader`) run beside the one writing thread;
+WAL mode, so readers (`id_reader.IdReader`) run beside the one writing thread;
 the fsync level is SQLite's `synchronous`, checked here; foreign keys on.
 """
 

@@ -1,0 +1,56 @@
+"""What the journal hands out: `Envelope` (a message), `Delivery` (a message for one task,
+with its attempt) and `DeadLetter` (a delivery that ran out of attempts, or expired).
+
+Plain frozen dataclasses, shared by the journal (yptask.store.journal), the pools
+and the forwarders; nothing here touches SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DeadLetter", "Delivery", "Envelope"]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A message as the journal keeps it."""
+
+    id: str
+    name: str
+    payload: Any
+    published_at: float
+    priority: int = 0
+    deadline: float | None = None
+    trace_id: str | None = None
+    parent_id: str | None = None  # the message whose handler cast this one
+    not_before: float = 0.0  # deliver no sooner (a delayed cast); 0: at once
+    # the payload as JSON, when the caller has it already (it is not encoded twice)
+    payload_json: str | None = field(default=None, compare=False, repr=False)
+
+    def payload_text(self) -> str:
+        return json.dumps(self.payload) if self.payload_json is None else self.payload_json
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message handed to one task, and which attempt this is (1 = first)."""
+
+    message: Envelope
+    task: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A delivery that failed its task's max attempts, with its last error."""
+
+    message: Envelope
+    task: str
+    attempt: int
+    error_class: str
+    error: str
+    traceback: str
+    died_at: float

@@ -37,7 +37,7 @@ class Load:
         self._running = running
         self._files = journal_files
         self._max_journal_mb = max_journal_mb
-        self.queued: dict[str, int] = {}  # task -> deliveries waiting here
+        self.queued: dict[str, int] = running.queued  # task -> deliveries waiting here
         self.journal_bytes = 0
         self._measuring: asyncio.Task[None] | None = None
 
@@ -71,7 +71,7 @@ class Load:
     def heartbeat(self) -> dict[str, Any]:
         """What this node's heartbeats say about its tasks."""
         return {name: {"workers": pool.live_workers, "in_flight": pool.in_flight,
-                       "queued": self.queued.get(name, 0)}
+                       "queued": self.queued.get(name, 0), "waiting": pool.rate.waiting}
                 for name, pool in self._running.pools.items()}
 
     async def _measure_forever(self) -> None:

@@ -33,6 +33,7 @@ import pykka
 
 from yptask.config.tasks import TaskDef
 from yptask.delivery.metrics import Failure, TaskMetrics
+from yptask.delivery.rate import RateGate
 from yptask.delivery.schedule import DueTimes, effective_deadline, expire, retry_after_s
 from yptask.errors import CallTimeout, WorkerExited, YPTaskError, describe
 from yptask.store.group_commit import JournalThread
@@ -60,7 +61,8 @@ class TaskPool(PoolPort):
     """The free workers of one task on this node, and the loop that feeds them."""
 
     def __init__(self, task: TaskDef, node_name: str, journal: JournalThread,
-                 loop: asyncio.AbstractEventLoop, supervisor: Callable[[], Any]) -> None:
+                 loop: asyncio.AbstractEventLoop, supervisor: Callable[[], Any], *,
+                 peers: Callable[[], list[Any]] = list, queued: Callable[[], int] = int) -> None:
         self.task = task
         self.node_name = node_name
         self.journal = journal
@@ -88,6 +90,9 @@ class TaskPool(PoolPort):
         self.expired = 0  # deliveries dead-lettered unhandled: their deadline passed
         self.metrics = TaskMetrics()
         self._due = DueTimes()  # when the next delayed cast or retry of this task is due
+        self.rate = RateGate(lambda: self.task, node_name, self._backlog, peers=peers,
+                             demand=lambda: queued() + self.in_flight, loop=loop,
+                             signal=self._work_queued.set)  # `rate_limit`: when each may start
 
     # -------------------------------------------------------------- from actor threads
 
@@ -160,6 +165,7 @@ class TaskPool(PoolPort):
     async def run(self, name: str, payload: Any, meta: dict[str, Any],
                   timeout_s: float) -> Outcome:
         """Run one message on a free worker of this task and return the outcome."""
+        await self.rate.admit(payload)  # a call takes a token of the rate limit too
         while True:
             outcome = await self._run_on(await self._acquire(), name, payload, meta, timeout_s)
             if outcome.ending is not _UNSTARTED:
@@ -347,6 +353,7 @@ class TaskPool(PoolPort):
     async def _release_backlog(self) -> None:
         """Put back what was claimed for workers this node no longer runs."""
         released = []
+        self._backlog.extend(self.rate.drain())  # held back by the rate limit
         while (delivery := self._pop()) is not None:
             released.append((delivery.message.id, delivery.task))
         if released:
@@ -380,7 +387,7 @@ class TaskPool(PoolPort):
     def _next_job(self) -> Job | None:
         """The job of the next claimed delivery neither cancelled nor expired, or None.
         Any thread."""
-        while (delivery := self._pop()) is not None:
+        while (delivery := self.rate.next(self._pop)) is not None:  # the rate limit's turn
             if (job := self._job(delivery)) is not None:
                 return job
         return None

@@ -79,6 +79,9 @@ class RunningTasks:
         self._subscriptions: dict[str, list[str]] = {}  # message name -> its tasks
         self._lock = asyncio.Lock()  # one change at a time, in the order they came
         self._forwarding: tuple[Callable[[], list[Member]], Request] | None = None
+        # task -> its deliveries queued in the journal here (yptask.delivery.load measures
+        # them): with the peers' heartbeats, the share of a rate limit this node takes
+        self.queued: dict[str, int] = {}
         self._reconciler: asyncio.Task[None] | None = None
 
     async def load(self) -> list[TaskDef]:
@@ -270,7 +273,12 @@ class RunningTasks:
 
     def _pool(self, task: TaskDef) -> TaskPool:
         return TaskPool(task, self.node_name, self._journal, asyncio.get_running_loop(),
-                        lambda: self.tree.supervisor(task.name))
+                        lambda: self.tree.supervisor(task.name), peers=self._peers,
+                        queued=lambda: self.queued.get(task.name, 0))
+
+    def _peers(self) -> list[Member]:
+        """The live peers as their heartbeats tell them (none before the cluster runs)."""
+        return [] if self._forwarding is None else self._forwarding[0]()
 
     def _start_forwarder(self, task: TaskDef) -> None:
         if self._forwarding is None:

@@ -61,7 +61,7 @@ class Inspector:
                            "queued": queued, "in_flight": inflight, "handled": pool.handled,
                            "failed": pool.failed, "expired": pool.expired,
                            "pids": sorted(self._pids(name)),
-                           "accepting": task is None or task.accepting,
+                           "accepting": task is None or task.accepting, **pool.rate.view(),
                            **({"error": state["error"]} if "error" in state else {}),
                            **_start_error_view(tree.start_error(name))}
         return {"node": self.node_name, "uptime_s": round(time.time() - self.started_at, 1),

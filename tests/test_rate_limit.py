@@ -1,0 +1,125 @@
+"""A task's rate limit: per key without one key holding up the others, shown in status,
+and held for the whole cluster while three nodes take casts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from support import TEST_WORKERS, SeededNode, read_records, until, wait_for
+
+from yptask.cluster.membership import Member
+from yptask.config.tasks import TaskDef
+from yptask.delivery.rate import Bucket, key_of, node_share
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_a_bucket_gives_its_burst_then_says_when_the_next_token_is_due():
+    bucket = Bucket(rate=10.0, burst=2.0, now=0.0)
+    assert bucket.take(0.0) == 0.0  # one token to start with
+    assert bucket.take(0.0) == pytest.approx(0.1)
+    assert bucket.take(1.0) == 0.0 and bucket.take(1.0) == 0.0  # refilled to its burst
+    assert bucket.take(1.0) == pytest.approx(0.1)
+
+
+def test_the_key_is_read_dotted_and_a_payload_without_it_shares_the_null_bucket():
+    assert key_of({"user": {"id": 7}}, ("user", "id")) == 7
+    assert key_of({"user": {}}, ("user", "id")) is None
+    assert key_of([1, 2], ("user",)) is None
+
+
+def test_a_node_takes_its_demand_s_share_and_all_of_it_when_no_peer_waits():
+    task = TaskDef.from_dict({"name": "t", "messages": ["x"], "worker_class": "a:B",
+                              "rate_limit": "30/s"})
+
+    def peer(name: str, queued: int) -> Member:
+        return Member(name, "boot", "l", load={"t": {"queued": queued, "in_flight": 0}})
+
+    assert node_share(task, "a", 10, [peer("b", 10), peer("c", 20)]) == pytest.approx(0.25)
+    assert node_share(task, "a", 10, [peer("b", 0), peer("c", 0)]) == 1.0
+    assert node_share(task, "a", 0, [peer("b", 5)]) == 0.0
+
+
+async def _put(node: Any, task: str, **fields: Any) -> None:
+    await node.put_task({**(await node.task(task)), **fields})
+
+
+async def test_one_key_over_its_limit_does_not_hold_up_the_others(node):
+    # Given the echo task limited to 1 a second per user
+    await _put(node, "echo", rate_limit="1/s", rate_limit_key="user.id")
+    await until(lambda: _rate_limit(node, "echo", "1/s"), what="the limit applied")
+    # When user 1 casts five messages, then user 2 one
+    for n in range(5):
+        await node.cast("x.echo", {"user": {"id": 1}, "n": n})
+    await node.cast("x.echo", {"user": {"id": 2}})
+    # Then user 2's is handled while user 1's still wait
+    await until(lambda: _handled(node, "echo", 2), what="user 1's first and user 2's")
+    state = (await node.status())["tasks"]["echo"]
+    assert state["queued"] + state["in_flight"] >= 3, state
+    assert state["rate_limit"] == "1/s" and state["rate_limit_key"] == "user.id"
+    assert state["rate_waited"] >= 1, state
+    # and user 1's are all handled in the end
+    await until(lambda: _handled(node, "echo", 6), timeout_s=60, what="all handled")
+
+
+async def _rate_limit(node: Any, task: str, limit: str) -> bool:
+    return (await node.status())["tasks"][task]["rate_limit"] == limit
+
+
+async def _handled(node: Any, task: str, count: int) -> bool:
+    return (await node.status())["tasks"][task]["handled"] >= count
+
+
+LIMIT = 20  # a second, for the whole cluster
+WINDOW_S = 20.0
+
+
+def _limited_task(records: Any) -> str:
+    return f"""
+[[task]]
+name = "rec"
+worker_class = "sample:Sample"
+messages = ["*.record"]
+env = {{ PYTHONPATH = "{TEST_WORKERS}" }}
+settings = {{ record_path = "{records}" }}
+nodes = {{ "*" = 2 }}
+rate_limit = "{LIMIT}/s"
+"""
+
+
+def test_the_limit_holds_for_the_cluster_while_three_nodes_take_casts(tmp_path):
+    records = tmp_path / "rec.jsonl"
+    tasks = _limited_task(records)
+    with SeededNode(tmp_path, "a", tasks, None) as a, \
+            SeededNode(tmp_path, "b", tasks, a.link) as b, \
+            SeededNode(tmp_path, "c", tasks, a.link) as c:
+        nodes = (a, b, c)
+        wait_for(lambda: all(len(n.rpc("nodes")) == 3 for n in nodes), what="a 3-node mesh")
+        # Given each node holds far more casts than the limit lets through in the window
+        per_node = int(LIMIT * (WINDOW_S + 10) / 2)  # 1.5 x what the cluster may handle
+        for n in nodes:
+            for start in range(0, per_node, 100):
+                n.cast_batch("x.record", [{"n": i} for i in range(start, start + 100)])
+        # When the deliveries run for a while (the shares settle), then a window of 20 s
+        wait_for(lambda: len(read_records(records)) >= LIMIT * 3, timeout_s=120,
+                 what="the deliveries under way")
+        first = min(r["at"] for r in read_records(records))
+        start = first + 3.0
+        wait_for(lambda: max(r["at"] for r in read_records(records)) > start + WINDOW_S + 1,
+                 timeout_s=120, what="the window passed")
+        # Then the handled rate in the window is within 10 % of the limit
+        seen = read_records(records)
+        in_window = [r for r in seen if start <= r["at"] < start + WINDOW_S]
+        rate = len(in_window) / WINDOW_S
+        assert abs(rate - LIMIT) <= LIMIT * 0.10, (rate, _per_node(nodes))
+        # with every node's deliveries still waiting (the limit, not the supply, held it)
+        assert all(n.rpc("status")["tasks"]["rec"]["queued"] > 0 for n in nodes), \
+            _per_node(nodes)
+        assert all(n.rpc("status")["tasks"]["rec"]["rate_waited"] > 0 for n in nodes)
+
+
+def _per_node(nodes: Any) -> dict[str, Any]:
+    return {n.name: {k: v for k, v in n.rpc("status")["tasks"]["rec"].items()
+                     if k in ("queued", "handled", "rate_share", "rate_waited")}
+            for n in nodes}

@@ -1,16 +1,24 @@
 """A task's rate limit: per key without one key holding up the others, shown in status,
-and held for the whole cluster while three nodes take casts."""
+and held for the whole cluster while three nodes take casts; and a task that refuses
+one publisher application's casts and calls (`refuse_tokens`) and takes the others'."""
 
 from __future__ import annotations
 
+import asyncio
+import struct
 from typing import Any
 
 import pytest
-from support import TEST_WORKERS, SeededNode, read_records, until, wait_for
+from support import ALONE, ECHO, TEST_WORKERS, SeededNode, read_records, until, wait_for
 
+from yptask.client import Client
 from yptask.cluster.membership import Member
+from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef
 from yptask.delivery.rate import Bucket, key_of, node_share
+from yptask.errors import ConfigError, NotAccepting
+from yptask.node import Node
+from yptask.wire.bertrpc import Call, ErrorReply, Info, Reply, decode_packet, frame
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -123,3 +131,66 @@ def _per_node(nodes: Any) -> dict[str, Any]:
     return {n.name: {k: v for k, v in n.rpc("status")["tasks"]["rec"].items()
                      if k in ("queued", "handled", "rate_share", "rate_waited")}
             for n in nodes}
+
+
+SHOP, BLOG = "shop-token-0123456789", "blog-token-0123456789"
+
+
+@pytest.fixture
+async def locked(tmp_path):
+    """A node with two publisher applications, shop and blog, and the echo task."""
+    started = await Node.start(
+        NodeConfig(name="locked", data_dir=tmp_path / "data", **ALONE,
+                   api_tokens={"shop": SHOP, "blog": BLOG}), tasks=[TaskDef.from_dict(ECHO)])
+    try:
+        yield started
+    finally:
+        await started.stop()
+
+
+async def _bert(node: Node, *packets: Any) -> Any:
+    """Send packets on one BERT-RPC connection; return the last answer."""
+    host, port = node.bert_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for packet in packets:
+            writer.write(frame(packet))
+        await writer.drain()
+        answer = None
+        for packet in packets:
+            if not isinstance(packet, Info):
+                header = await reader.readexactly(4)
+                answer = decode_packet(await reader.readexactly(struct.unpack(">I", header)[0]))
+        return answer
+    finally:
+        writer.close()
+
+
+async def test_a_task_refuses_one_publisher_s_token_and_takes_the_others(locked):
+    # Given echo refuses what the shop application sends
+    await _put(locked, "echo", refuse_tokens=["shop"])
+    url = locked.http_url + "/rpc"
+    shop, blog = Client(url, token=SHOP), Client(url, token=BLOG)
+    # Then the shop's casts and calls are refused over HTTP, naming the task and the shop
+    with pytest.raises(NotAccepting, match="task echo is not accepting messages from 'shop'"):
+        await asyncio.to_thread(shop.cast, "x.echo", {"n": 1})
+    with pytest.raises(NotAccepting):
+        await asyncio.to_thread(shop.call, "x.echo", 1)
+    # and over BERT-RPC
+    refused = await _bert(locked, Info("auth", [SHOP]), Call("yptask", "call", ["x.echo", 2, 5]))
+    assert isinstance(refused, ErrorReply) and refused.error_class == "NotAccepting", refused
+    # while the blog's are taken on both surfaces
+    assert (await asyncio.to_thread(blog.cast, "x.echo", {"n": 3}))["tasks"] == ["echo"]
+    assert await asyncio.to_thread(blog.call, "x.echo", 4) == 4
+    taken = await _bert(locked, Info("auth", [BLOG]), Call("yptask", "call", ["x.echo", 5, 5]))
+    assert taken == Reply(5)
+    # and once the shop is no longer listed, its calls are taken again
+    await _put(locked, "echo", refuse_tokens=[])
+    assert await asyncio.to_thread(shop.call, "x.echo", 6) == 6
+
+
+def test_refuse_tokens_must_be_a_list_of_names():
+    base = {"name": "t", "messages": ["x"], "worker_class": "a:B"}
+    assert TaskDef.from_dict({**base, "refuse_tokens": ["a", "a"]}).refuse_tokens == ("a",)
+    with pytest.raises(ConfigError, match="refuse_tokens"):
+        TaskDef.from_dict({**base, "refuse_tokens": "shop"})

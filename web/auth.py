@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from yptask.access.addresses import is_loopback
-from yptask.access.policy import PUBLISHING, AccessPolicy
+from yptask.access.policy import PUBLISHING, AccessPolicy, current_publisher
 
 __all__ = ["CSRF_HEADER", "SESSION_COOKIE", "SESSION_TTL_S", "Guard", "RequestAccess",
            "is_loopback"]
@@ -66,10 +66,13 @@ class Guard:
 
     async def may_publish(self, request: web.Request) -> bool:
         """cast and call: open, unless tokens are configured (then a token, or admin rights)."""
+        current_publisher.set(None)  # a keep-alive connection's last request said nothing
         if self.access.publishing_open:
             return True
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and self.access.application(token.strip()) is not None:
+        app = self.access.application(token.strip()) if scheme.lower() == "bearer" else None
+        if app is not None:
+            current_publisher.set(app)  # what this request publishes is that application's
             return True
         return await self.may_administer(request)
 

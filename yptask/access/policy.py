@@ -21,6 +21,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from yptask.access.addresses import AllowList
@@ -30,12 +31,16 @@ from yptask.access.throttle import LoginThrottle
 if TYPE_CHECKING:
     from yptask.config.node import NodeConfig
 
-__all__ = ["MAX_PENDING_CHECKS", "PUBLISHING", "AccessPolicy"]
+__all__ = ["MAX_PENDING_CHECKS", "PUBLISHING", "AccessPolicy", "current_publisher"]
 
 MAX_PENDING_CHECKS = 4  # password checks that may wait for the checking thread
 # what a publisher token grants; the rest is admin. message.cancelled: a handler's
 # BaseTask.cancelled() asks it with the same rights as its casts.
 PUBLISHING = frozenset({"cast", "call", "message.cancelled"})
+# The application (a name in `api_tokens`) whose token the request being served showed,
+# None without one (open publishing, the admin). Set where a transport reads the token;
+# read by the publisher, which refuses it for a task that lists it in `refuse_tokens`.
+current_publisher: ContextVar[str | None] = ContextVar("current_publisher", default=None)
 
 
 class AccessPolicy:

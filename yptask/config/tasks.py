@@ -100,6 +100,10 @@ class TaskDef:
     # "10/h"; "": no limit), per distinct value of the payload's `rate_limit_key` if set.
     rate_limit: str = ""
     rate_limit_key: str = ""
+    # The degrade switch for some publishers only: casts and calls made with the publisher
+    # token of one of these applications (names in the node's `api_tokens`) are refused
+    # with NotAccepting; the others' are taken.
+    refuse_tokens: tuple[str, ...] = ()
 
     def subscribes_to(self, message_name: str) -> bool:
         """Return True if any of this task's patterns matches `message_name`."""
@@ -115,6 +119,7 @@ class TaskDef:
         data["messages"] = list(self.messages)
         data["command"] = list(self.command)
         data["priority_tickets"] = list(self.priority_tickets)
+        data["refuse_tokens"] = list(self.refuse_tokens)
         return data
 
     @classmethod
@@ -212,6 +217,14 @@ def _rate(value: Any) -> str:
     return value
 
 
+def _token_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(name, str) and 0 < len(name) <= 255 for name in value):
+        raise ConfigError("must be a list of application names (those of the nodes' "
+                          f"api_tokens), e.g. [\"appname\"]; got {value!r:.80}")
+    return tuple(dict.fromkeys(value))
+
+
 def _nodes(value: Any) -> dict[str, int]:
     if not isinstance(value, Mapping):
         raise ConfigError('must be a table of node name = worker count ("*" = any node)')
@@ -255,6 +268,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "rate_limit": _rate,
     "rate_limit_key": string(re.compile(r"|[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*"),
                              "a key of the message payload, dotted for a nested one"),
+    "refuse_tokens": _token_names,
 }
 
 

@@ -141,12 +141,17 @@ class RunningTasks:
             self._subscriptions[name] = subscribed
         return subscribed
 
-    def check_accepting(self, tasks: list[str]) -> None:
-        """Refuse a message for a task an admin switched off (`accepting = false`)."""
+    def check_accepting(self, tasks: list[str], publisher: str | None = None) -> None:
+        """Refuse a message for a task an admin switched off (`accepting = false`), or off
+        for the `publisher` application that sends it (`refuse_tokens`)."""
         for name in tasks:
-            if not self.tasks[name].accepting:
+            task = self.tasks[name]
+            if not task.accepting:
                 raise NotAccepting(f"task {name} is not accepting messages (an admin set "
                                    "accepting = false); retry later, or ask for it back on")
+            if publisher is not None and publisher in task.refuse_tokens:
+                raise NotAccepting(f"task {name} is not accepting messages from {publisher!r} "
+                                   "(an admin listed it in refuse_tokens); retry later")
 
     def notify(self, task: str) -> None:
         """New deliveries of `task` are journaled here: its pool and forwarder look now."""
@@ -222,8 +227,10 @@ class RunningTasks:
             self.forwarders[name].notify()
         supervisor = self.tree.supervisor(name)
         if same_definition(replace(old, nodes=task.nodes, paused=task.paused,
-                                   accepting=task.accepting), task):
-            # only the counts, paused or accepting: the workers serve on
+                                   accepting=task.accepting, refuse_tokens=task.refuse_tokens,
+                                   rate_limit=task.rate_limit,
+                                   rate_limit_key=task.rate_limit_key), task):
+            # only the counts, paused, accepting or the limits: the workers serve on
             change = supervisor.resize(task.workers_on(self.node_name))
         else:  # anything else takes new workers
             change = supervisor.rolling_restart(task)

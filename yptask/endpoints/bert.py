@@ -42,7 +42,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from yptask.access.policy import AccessPolicy
+from yptask.access.policy import AccessPolicy, current_publisher
 from yptask.connection_limits import ConnectionLimit, caps, guarded
 from yptask.errors import (
     EncodeError,
@@ -180,9 +180,12 @@ class BertEndpoint:
             if packet.command == "auth":  # {info, auth, [Token]}: for the calls that follow
                 token = packet.options[0] if packet.options else None
                 if isinstance(token, str):
+                    app = self.access.application(token)
+                    if app is not None:  # this connection's casts and calls are that app's
+                        current_publisher.set(app)
                     connection.admin = connection.admin or self.access.is_admin_token(token)
                     connection.authorized = connection.authorized or connection.admin or (
-                        self.access.application(token) is not None)
+                        app is not None)
             return None
         if not connection.authorized:
             return error_reply(Unauthorized(

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from yptask.access.policy import current_publisher
 from yptask.cluster.client_ids import KNOWN, PENDING, Claims, ClientIds
 from yptask.cluster.membership import Member
 from yptask.config.node import NodeConfig
@@ -168,7 +169,7 @@ class Publisher:
         self.check_message(name, cast.msg, journaled=True)
         payload_json = _journal_text(cast.msg)
         subscribed = self._running.subscribers(name)
-        self._running.check_accepting(subscribed)
+        self._running.check_accepting(subscribed, current_publisher.get())
         self._load.check_room(subscribed)
         tasks = self._running.tasks
         priorities = {task: tasks[task].default_priority if priority is None else priority
@@ -195,7 +196,7 @@ class Publisher:
         subscribed = [running.tasks[task] for task in running.subscribers(name)]
         if not subscribed:
             raise NoSubscriber(f"no task subscribes to {name!r}")
-        self._running.check_accepting([t.name for t in subscribed])
+        self._running.check_accepting([t.name for t in subscribed], current_publisher.get())
         if all(t.paused for t in subscribed):
             raise TaskPaused(f"task(s) {', '.join(t.name for t in subscribed)} subscribed to "
                              f"{name!r} are paused: resume one (`yptask resume TASK`), or cast")

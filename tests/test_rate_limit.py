@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections import deque
 from typing import Any
 
 import pytest
@@ -15,9 +16,10 @@ from yptask.client import Client
 from yptask.cluster.membership import Member
 from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef
-from yptask.delivery.rate import Bucket, key_of, node_share
+from yptask.delivery.rate import Bucket, RateGate, key_of, node_share
 from yptask.errors import ConfigError, NotAccepting
 from yptask.node import Node
+from yptask.store.journal import Delivery, Envelope
 from yptask.wire.bertrpc import Call, ErrorReply, Info, Reply, decode_packet, frame
 
 pytestmark = pytest.mark.timeout(240)
@@ -47,6 +49,48 @@ def test_a_node_takes_its_demand_s_share_and_all_of_it_when_no_peer_waits():
     assert node_share(task, "a", 10, [peer("b", 10), peer("c", 20)]) == pytest.approx(0.25)
     assert node_share(task, "a", 10, [peer("b", 0), peer("c", 0)]) == 1.0
     assert node_share(task, "a", 0, [peer("b", 5)]) == 0.0
+
+
+def test_a_key_over_its_limit_is_set_aside_and_the_next_key_goes_on():
+    task = TaskDef.from_dict({"name": "t", "messages": ["x"], "worker_class": "a:B",
+                              "rate_limit": "1/min", "rate_limit_key": "k"})
+    loop, woken = _Loop(), []
+    backlog = deque(_delivery(str(n), {"k": key}) for n, key in enumerate("aab"))
+    gate = RateGate(lambda: task, "a", backlog, peers=list, demand=int, loop=loop,
+                    signal=lambda: woken.append(True))
+
+    def pop() -> Delivery | None:
+        return backlog.popleft() if backlog else None
+
+    assert gate.next(pop).message.id == "0"  # a's one token
+    assert gate.next(pop).message.id == "2"  # a's second is set aside, b goes on
+    assert gate.next(pop) is None and not backlog
+    assert gate.set_aside == 1 and gate.waited == 1 and gate.waiting == 1
+    # the pool is to be woken when a's next token is due, not polled
+    assert len(loop.later) == 1 and 59 < loop.later[0][0] <= 60
+    loop.later[0][1]()  # woken early: nothing is due yet
+    assert woken and gate.set_aside == 1 and not backlog
+    # When the limit is lifted, what was set aside goes at once
+    task = TaskDef.from_dict({**task.to_dict(), "rate_limit": ""})
+    assert gate.next(pop).message.id == "1"
+    assert gate.set_aside == 0
+
+
+class _Loop:
+    """As much of an event loop as the gate uses: its wake-ups are kept, not run."""
+
+    def __init__(self) -> None:
+        self.later: list[tuple[float, Any]] = []
+
+    def call_soon_threadsafe(self, fn: Any, *args: Any) -> None:
+        fn(*args)
+
+    def call_later(self, delay: float, fn: Any) -> None:
+        self.later.append((delay, fn))
+
+
+def _delivery(id: str, payload: Any) -> Delivery:
+    return Delivery(Envelope(id, "x", payload, 0.0), "t", 1)
 
 
 async def _put(node: Any, task: str, **fields: Any) -> None:

@@ -93,8 +93,9 @@ class Bucket:
         self.tokens, self.at = min(1.0, burst), now
 
     def refill(self, now: float) -> None:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
+        if now > self.at:  # a clock read before the bucket was made adds nothing
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
 
     def set_rate(self, rate: float, burst: float, now: float) -> None:
         self.refill(now)

@@ -19,7 +19,7 @@ from yptask.config.tasks import TaskDef
 from yptask.delivery.rate import Bucket, RateGate, key_of, node_share
 from yptask.errors import ConfigError, NotAccepting
 from yptask.node import Node
-from yptask.store.journal import Delivery, Envelope
+from yptask.store.records import Delivery, Envelope
 from yptask.wire.bertrpc import Call, ErrorReply, Info, Reply, decode_packet, frame
 
 pytestmark = pytest.mark.timeout(240)

@@ -32,7 +32,7 @@ from typing import Any
 
 from yptask.cluster.membership import Member
 from yptask.config.tasks import TaskDef, parse_rate
-from yptask.store.journal import Delivery
+from yptask.store.records import Delivery
 
 __all__ = ["Bucket", "RateGate", "demand_of", "key_of", "node_share"]
 

@@ -109,13 +109,14 @@ class Traces:
         here = await self.here(wanted)
         trace_id = here["trace_id"]
         peers = [m.name for m in self._peers()] if self._request is not None else []
-        answers = await asyncio.gather(*(self._ask(peer, wanted) for peer in peers))
-        if trace_id is None:  # a message id another node knows
+        ask = lambda what: asyncio.gather(*(self._ask(peer, what) for peer in peers))  # noqa: E731
+        if trace_id is None:  # a message id another node knows?
+            answers = await ask(wanted)
             trace_id = next((a["trace_id"] for a in answers if a and a["trace_id"]), None)
             if trace_id is None:
                 return {"trace_id": None, "messages": [], "unreached": _unreached(peers, answers)}
             here = await self.here(trace_id)
-            answers = await asyncio.gather(*(self._ask(peer, trace_id) for peer in peers))
+        answers = await ask(trace_id)  # by its trace id: each node has its own messages of it
         views = [here, *(a for a in answers if a and a["trace_id"] == trace_id)]
         return {"trace_id": trace_id, "messages": merge(views),
                 "unreached": _unreached(peers, answers)}

@@ -11,9 +11,11 @@ both nodes' journals and calls, naming where each ran.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import struct
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -23,6 +25,7 @@ import pytest
 from support import TEST_WORKERS, NodeProcess, SeededNode, wait_for
 
 from yptask.ingress.trace import span_of
+from yptask.wire.bertrpc import Call, ErrorReply, Reply, decode_packet, frame
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -113,6 +116,36 @@ def test_a_call_takes_a_traceparent_and_a_parent(node):
     assert meta["trace_id"] == TRACE and meta["parent_id"] == "some-parent"
     fresh = node.call("tr.ask", {})
     assert HEX32.fullmatch(fresh["trace_id"]) and fresh["trace_id"] != TRACE
+
+
+def test_a_call_over_bert_rpc_takes_its_trace_in_an_options_map(node):
+    given = {"traceparent": TRACEPARENT, "parent": "bert-parent"}
+    with_map, with_timeout, plain, bad = asyncio.run(_bert_calls(node, [
+        ["tr.ask", {}, {"timeout": 30, **given}], ["tr.ask", {}, 30, given],
+        ["tr.ask", {}, 30], ["tr.ask", {}, 30, {"timeout": 5}]]))
+    for answer in (with_map, with_timeout):
+        assert isinstance(answer, Reply), answer
+        assert answer.result["trace_id"] == TRACE
+        assert answer.result["parent_id"] == "bert-parent"
+    assert isinstance(plain, Reply) and plain.result["trace_id"] != TRACE
+    assert isinstance(bad, ErrorReply) and "timeout" in bad.detail
+
+
+async def _bert_calls(node: NodeProcess, calls: list[list[Any]]) -> list[Any]:
+    host, port = node.bert_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    answers = []
+    try:
+        for args in calls:
+            writer.write(frame(Call("yptask", "call", args)))
+            await writer.drain()
+            header = await reader.readexactly(4)
+            answers.append(decode_packet(await reader.readexactly(
+                struct.unpack(">I", header)[0])))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return answers
 
 
 def test_a_bad_traceparent_parameter_is_refused_naming_it(node):

@@ -457,10 +457,9 @@ def _fail(journal: Journal, delivery: Delivery, error: YPTaskError, *,
     dead = journal.fail(delivery.message.id, delivery.task, max_attempts=max_attempts,
                         retry_after_s=retry_after, error_class=error_class, error=detail,
                         traceback=backtrace, now=now)
-    log.log(logging.ERROR if dead else logging.WARNING,
-            "message %s to task %s failed (attempt %d%s, trace %s): %s", delivery.message.id,
-            delivery.task, delivery.attempt, ", dead-lettered" if dead else "",
-            delivery.message.trace_id, error)
+    log.log(logging.ERROR if dead else logging.WARNING, "message %s to task %s failed (attempt "
+            "%d%s, trace %s): %s", delivery.message.id, delivery.task, delivery.attempt,
+            ", dead-lettered" if dead else "", delivery.message.trace_id, error)
     return dead
 
 

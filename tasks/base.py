@@ -89,8 +89,9 @@ class BaseTask:
 
     def call(self, name: str, msg: Any, timeout: float = 30.0) -> Any:
         """Call another task from inside a handler. Never call a name that only this task
-        handles with one worker: the call would wait for this very worker."""
-        return self._client().call(name, msg, timeout=timeout)
+        handles with one worker: the call would wait for this very worker. It carries on
+        the trace of the message being handled, as `cast` does."""
+        return self._client().call(name, msg, timeout=timeout, **self._cause())
 
     def cancelled(self) -> bool:
         """Has the message being handled been cancelled (`yptask cancel ID`)? A long job

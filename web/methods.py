@@ -2,7 +2,7 @@
 
 One entry per method of the publisher API (`cast`, `call`, `tasks.*`,
 `timers.*`, `status`, `nodes*`, `failures.list`, `metrics`, `dead.*`, `cancel`,
-`message.cancelled`, `scheduled.list`): its
+`message.cancelled`, `scheduled.list`, `trace`): its
 signature is its parameters, by position or by name, with their defaults.
 The publishing methods pass what they were sent to the node as it came: the
 node checks every field of a cast and a call (`yptask.ingress.checks`),
@@ -66,9 +66,12 @@ async def _cast(node: Service, /, name: Any, msg: Any, id: Any = None,  # noqa: 
                            delay_s=delay_s, at=at, traceparent=traceparent, parent=parent)
 
 
-async def call(node: Service, /, name: Any, msg: Any, timeout: Any = 30) -> Any:
+# JSON-RPC params may come by position: the wire's order is this signature's.
+async def call(node: Service, /, name: Any, msg: Any, timeout: Any = 30,  # noqa: PLR0917
+               traceparent: Any = None, parent: Any = None) -> Any:
     """`call`, answered by the endpoint directly (the hot path skips jsonrpcserver)."""
-    return await node.call(name, msg, timeout_s=timeout)
+    return await node.call(name, msg, timeout_s=timeout, traceparent=traceparent,
+                           parent=parent)
 
 
 async def _tasks_list(node: Service, /) -> Any:
@@ -156,6 +159,11 @@ async def _cancel(node: Service, /, id: Any) -> Any:
 
 async def _message_cancelled(node: Service, /, id: Any) -> Any:
     return await node.message_cancelled(id)
+
+
+async def _trace(node: Service, /, id: Any) -> Any:
+    """`trace`: the node checks the id (InvalidParams naming 'id')."""
+    return await node.trace(id)
 
 
 async def _scheduled_list(node: Service, /, limit: Any = 100) -> Any:
@@ -258,6 +266,7 @@ _IMPLEMENTATIONS: dict[str, Method] = {
     "cancel": _cancel,
     "message.cancelled": _message_cancelled,
     "scheduled.list": _scheduled_list,
+    "trace": _trace,
 }
 
 # The method table, passed to jsonrpcserver as `methods=` (never its global registry).

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +35,7 @@ from yptask.errors import (
 )
 from yptask.ingress import checks as ingress
 from yptask.ingress.cast import CastRequest
+from yptask.ingress.trace import check_traceparent
 from yptask.service import Service
 from yptask.web.auth import Guard, RequestAccess
 from yptask.web.jsonrpc import (
@@ -87,7 +89,8 @@ class RPCEndpoint:
                                 content_type="application/json")
         try:
             answer = await self.dispatch(
-                body, None if self.guard is None else RequestAccess(self.guard, request))
+                body, None if self.guard is None else RequestAccess(self.guard, request),
+                traceparent=header_traceparent(request.headers.get("traceparent")))
         except Exception as exc:
             answer = response(internal_error(exc, "request"), None)
         if answer is None:
@@ -113,10 +116,12 @@ class RPCEndpoint:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def dispatch(self, body: bytes, access: RequestAccess | None = None) -> str | None:
+    async def dispatch(self, body: bytes, access: RequestAccess | None = None, *,
+                       traceparent: str | None = None) -> str | None:
         """Answer a request body with JSON text, or None when nothing is to be answered.
 
-        `access` says what the request may call (None: anything)."""
+        `access` says what the request may call (None: anything); `traceparent` (the
+        HTTP header's) is that of every cast and call of the body that brings none."""
         try:
             data = parse(body)
         except DecodeError as exc:
@@ -126,7 +131,8 @@ class RPCEndpoint:
             return response(error_object(empty), None)
         try:
             answers = await self._answer(data if isinstance(data, list) else [data], access,
-                                         ANSWER_FACTOR * len(body) + ANSWER_SLACK_BYTES)
+                                         ANSWER_FACTOR * len(body) + ANSWER_SLACK_BYTES,
+                                         traceparent)
         except _TooManyErrors as exc:
             return response(error_object(exc), None)
         if not isinstance(data, list):
@@ -135,7 +141,7 @@ class RPCEndpoint:
         return f"[{','.join(parts)}]" if parts else None
 
     async def _answer(self, requests: list[Any], access: RequestAccess | None,
-                      budget: int) -> list[str | None]:
+                      budget: int, traceparent: str | None = None) -> list[str | None]:
         """Answer each request object (JSON text, or None for a notification), in order.
 
         Requests that are malformed, name no method, an admin method without the
@@ -175,8 +181,8 @@ class RPCEndpoint:
             spent += len(answer)
             if spent > budget:
                 raise _TooManyErrors(index, budget, refused)
-        work = [part for part in (casts and self._casts(casts, answers),
-                                  *(self._call(index, request, answers)
+        work = [part for part in (casts and self._casts(casts, answers, traceparent),
+                                  *(self._call(index, request, answers, traceparent)
                                     for index, request in calls),
                                   runnable and self._library(runnable, answers)) if part]
         if len(work) == 1:
@@ -186,9 +192,12 @@ class RPCEndpoint:
         return answers
 
     async def _casts(self, casts: list[tuple[int, dict[str, Any], list[Any]]],
-                     answers: list[str | None]) -> None:
+                     answers: list[str | None], traceparent: str | None = None) -> None:
         """Journal the casts of a body in one group commit; answer each in its place."""
         arguments = [CastRequest(*args) for _, _, args in casts]
+        if traceparent is not None:  # the header's, for those that bring none
+            arguments = [replace(cast, traceparent=traceparent) if cast.traceparent is None
+                         else cast for cast in arguments]
         try:
             results = await self.node.cast_many(arguments)
         except YPTaskError as exc:  # the node refuses them all (it is stopping)
@@ -205,8 +214,11 @@ class RPCEndpoint:
                 settle_answer(answers, index, request, True, result)
 
     async def _call(self, index: int, request: dict[str, Any],
-                    answers: list[str | None]) -> None:
-        ok, value = await invoke(call, CALL, self.node, request.get("params", []))
+                    answers: list[str | None], traceparent: str | None = None) -> None:
+        params = request.get("params", [])
+        if traceparent is not None:
+            params = _with_traceparent(params, traceparent)
+        ok, value = await invoke(call, CALL, self.node, params)
         settle_answer(answers, index, request, ok, value)
 
     async def _library(self, runnable: list[tuple[int, dict[str, Any]]],
@@ -225,6 +237,35 @@ class RPCEndpoint:
         expecting = ((index, request) for index, request in runnable if "id" in request)
         for (index, request), answer in zip(expecting, responses or (), strict=True):
             answers[index] = serialize(answer, request["method"])
+
+
+def header_traceparent(header: str | None) -> str | None:
+    """The HTTP `traceparent` header, if it is a valid one. One that cannot be parsed is
+    ignored, as W3C Trace Context asks: the casts and calls then start a trace of their own."""
+    if header is None:
+        return None
+    try:
+        check_traceparent(header)
+    except InvalidParams:
+        log.debug("ignored an invalid traceparent header: %r", header[:100])
+        return None
+    return header.strip()
+
+
+def _with_traceparent(params: Any, traceparent: str) -> Any:
+    """A call's params with the header's traceparent where they bring none of their own
+    (params that do not fit are left as they are, for the binding to refuse)."""
+    where = CALL.names.index("traceparent")
+    if isinstance(params, dict):
+        return params if params.get("traceparent") is not None else \
+            {**params, "traceparent": traceparent}
+    if isinstance(params, list) and CALL.required <= len(params) <= len(CALL.names):
+        if len(params) > where and params[where] is not None:
+            return params
+        padded = [*params, *CALL.defaults[len(params):]]
+        padded[where] = traceparent
+        return padded
+    return params
 
 
 class _TooManyErrors(ProtocolError):

@@ -136,10 +136,16 @@ class Client:
                   if value is not None or key in ("name", "msg")}
         return _expect(self.request("cast", params), dict, "cast")
 
-    def call(self, name: str, msg: Any, *, timeout: float = 30.0) -> Any:
-        """Have one subscribed worker handle `msg`; return its result (waits up to `timeout` s)."""
-        return self.request("call", {"name": name, "msg": msg, "timeout": timeout},
-                            timeout_s=timeout + self.timeout_s)
+    def call(self, name: str, msg: Any, *, timeout: float = 30.0,
+             traceparent: str | None = None, parent: str | None = None) -> Any:
+        """Have one subscribed worker handle `msg`; return its result (waits up to `timeout` s).
+
+        traceparent: the W3C trace to join; parent: the id of the message whose handler
+        calls."""
+        params = {"name": name, "msg": msg, "timeout": timeout}
+        params.update({key: value for key, value in (("traceparent", traceparent),
+                                                     ("parent", parent)) if value is not None})
+        return self.request("call", params, timeout_s=timeout + self.timeout_s)
 
     # ------------------------------------------------------------------ admin
 
@@ -223,6 +229,11 @@ class Client:
         """What waits on the node for a later time (delayed casts, retries), soonest first."""
         return _expect(self.request("scheduled.list", {"limit": limit}), list,
                        "scheduled.list")
+
+    def trace(self, id: str) -> dict[str, Any]:
+        """The messages of a trace (a trace id, or a message id whose trace is meant), on
+        every live node (admin): {"trace_id", "messages", "unreached"}."""
+        return _expect(self.request("trace", {"id": id}), dict, "trace")
 
     # ------------------------------------------------------------------ the wire
 

@@ -49,9 +49,9 @@ from yptask.delivery.load import Load
 from yptask.delivery.running import RunningTasks
 from yptask.delivery.status import Inspector
 from yptask.delivery.task_admin import TaskAdmin
+from yptask.delivery.traces import TRACE_REQUEST, Traces
 from yptask.endpoints.bert import BertEndpoint
 from yptask.endpoints.ports import bind_http, check_free
-from yptask.errors import ProtocolError
 from yptask.ingress.cast import CastRequest
 from yptask.ingress.publisher import Publisher
 from yptask.store.config_map import TASK_KEY, ConfigMap
@@ -152,6 +152,8 @@ class Node:
         self.timer_admin = TimerAdmin(self.name, config_map, check)
         self.cancels = Cancels(self.name, journal, lambda: self.running.pools)
         self.cancel, self.message_cancelled = self.cancels.cancel, self.cancels.cancelled
+        self.traces = Traces(self.name, journal, self.publisher.calls)
+        self.trace = self.traces.trace
 
     async def _start_workers(self) -> None:
         assert self._tree is not None
@@ -192,11 +194,13 @@ class Node:
                                     wait_s=c.client_id_wait_s, pending_s=c.client_id_pending_s)
         for kind, handler in (("lease", timers.on_ask), ("lease_release", timers.on_release),
                               ("tick_known", timers.on_tick_known), (IDS_REQUEST, ids.answer),
-                              (CANCEL_REQUEST, self.cancels.answer)):
+                              (CANCEL_REQUEST, self.cancels.answer),
+                              (TRACE_REQUEST, self.traces.answer)):
             cluster.serve(kind, handler)
         await cluster.start()
         self.publisher.join(ids, cluster.up, cluster.request)
         self.inspector.join(cluster.up, ids.status)
+        self.traces.join(cluster.up, cluster.request)
         self.timer_admin.led_by(timers, cluster.membership.is_up)
         self.running.forward_with(cluster.up, cluster.request)
         self.cancels.join(cluster.up, cluster.request, lambda: list(cluster.membership.members))
@@ -258,17 +262,13 @@ class Node:
         return self.load.heartbeat()
 
     async def link_request(self, peer: str, kind: str, args: list[Any]) -> Any:
-        """Answer a request another node sent over its link."""
+        """Answer a request another node sent over its link (the served kinds aside)."""
         if kind == "deliver":
             assert self._journal is not None
             return await accept_forwarded(self._journal, peer, args, node_name=self.name,
                                           pools=self.running.pools,
                                           check_room=self.load.check_room)
-        if kind == "call" and len(args) == 3 and isinstance(args[0], str) \
-                and isinstance(args[2], (int, float)):
-            return await self.publisher.call(args[0], args[1], timeout_s=float(args[2]),
-                                             here_only=True)
-        raise ProtocolError(f"node {peer} sent a malformed {kind} request")
+        return await self.publisher.call_from_peer(peer, args)  # "call"
 
     def member_changed(self, change: Change) -> None:
         self.running.peers_changed()
@@ -290,8 +290,8 @@ class Node:
     async def cast_many(self, casts: list[CastRequest]) -> list[Any]:
         return await self.publisher.cast_many(casts)
 
-    async def call(self, name: Any, msg: Any, *, timeout_s: Any = 30.0) -> Any:
-        return await self.publisher.call(name, msg, timeout_s=timeout_s)
+    async def call(self, name: Any, msg: Any, *, timeout_s: Any = 30.0, **trace: Any) -> Any:
+        return await self.publisher.call(name, msg, timeout_s=timeout_s, **trace)
 
     async def tasks(self) -> list[dict[str, Any]]:
         return await self.task_admin.tasks()

@@ -15,6 +15,7 @@ runs. Exit codes: `yptask.cli.exits`, one table for every command.
     yptask.cli.dead      dead            list or replay dead letters
     yptask.cli.cancel    cancel          cancel a message on every node
     yptask.cli.scheduled scheduled       delayed casts and retries waiting for their time
+    yptask.cli.trace     trace           the tree of messages one request caused
     yptask.cli.connect   the node's URL, the admin token, the client, the common options
     yptask.cli.formats   tables, TOML, JSON arguments, clocks, the progress bar
     yptask.cli.demo      demo            the example tasks, once, without a node
@@ -28,7 +29,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from yptask.cli import cancel, dead, node, password, publish, scheduled, status, tasks, timers
+from yptask.cli import (
+    cancel,
+    dead,
+    node,
+    password,
+    publish,
+    scheduled,
+    status,
+    tasks,
+    timers,
+    trace,
+)
 from yptask.cli.exits import EXIT_OK, EXIT_USAGE
 
 __all__ = ["build_parser", "main"]
@@ -52,6 +64,7 @@ EPILOG = """examples:
   yptask dead --replay ID                       requeue one of them
   yptask cancel ID                              cancel a message on every node
   yptask scheduled                              delayed casts and retries, soonest first
+  yptask trace ID                               the messages one request caused, as a tree
 """
 
 
@@ -80,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_parsers(commands)
     commands.add_parser("demo", help="start a worker of each example task and send it "
                         "messages").set_defaults(run=_demo)
-    for module in (publish, tasks, timers, status, password, dead, cancel, scheduled):
+    for module in (publish, tasks, timers, status, password, dead, cancel, scheduled, trace):
         module.add_parsers(commands)
     return parser
 

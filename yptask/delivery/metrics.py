@@ -40,6 +40,8 @@ class Failure:
     error: str
     traceback: str
     at: float
+    trace_id: str | None = None  # its message's trace (yptask trace)
+    parent_id: str | None = None
 
 
 class _Second:

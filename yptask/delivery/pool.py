@@ -441,7 +441,7 @@ class TaskPool(PoolPort):
         assert outcome.error is not None
         described, now = describe(outcome.error), time.time()
         self.metrics.failed(Failure(message.id, delivery.task, message.name, delivery.attempt,
-                                    *described, now))
+                                    *described, now, message.trace_id, message.parent_id))
         if outcome.ending is not _REFUSED:  # retried then (unless its attempts are spent)
             self.loop.call_soon_threadsafe(
                 self.wake_at, now + retry_after_s(self.task, delivery.attempt))
@@ -464,9 +464,9 @@ def _fail(journal: Journal, delivery: Delivery, error: YPTaskError, *,
     dead = journal.fail(delivery.message.id, delivery.task, max_attempts=max_attempts,
                         retry_after_s=retry_after, error_class=error_class, error=detail,
                         traceback=backtrace, now=now)
-    log.log(logging.ERROR if dead else logging.WARNING,
-            "message %s to task %s failed (attempt %d%s): %s", delivery.message.id,
-            delivery.task, delivery.attempt, ", dead-lettered" if dead else "", error)
+    log.log(logging.ERROR if dead else logging.WARNING, "message %s to task %s failed (attempt "
+            "%d%s, trace %s): %s", delivery.message.id, delivery.task, delivery.attempt,
+            ", dead-lettered" if dead else "", delivery.message.trace_id, error)
     return dead
 
 

@@ -91,7 +91,8 @@ class Inspector:
         letters = await self._journal.run(lambda j: j.dead_letters(limit))
         return [{"id": d.message.id, "name": d.message.name, "payload": d.message.payload,
                  "task": d.task, "attempt": d.attempt, "error_class": d.error_class,
-                 "error": d.error, "traceback": d.traceback, "died_at": d.died_at}
+                 "error": d.error, "traceback": d.traceback, "died_at": d.died_at,
+                 "trace_id": d.message.trace_id, "parent_id": d.message.parent_id}
                 for d in letters]
 
     async def scheduled(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -7,6 +7,8 @@ Serves module `yptask`, one packet at a time per connection:
                                                  ttl_s, deadline, delay_s, at, traceparent,
                                                  parent} (each optional; docs/api.md)
     {call, yptask, call, [Name, Msg, Timeout]}   -> {reply, Result}   (Timeout in seconds)
+    {call, yptask, call, [Name, Msg, Opts]}      Opts: #{timeout, traceparent, parent}
+    {call, yptask, call, [Name, Msg, Timeout, Opts]}   Opts: #{traceparent, parent}
     {cast, yptask, cast, [Name, Msg | _]}        -> {noreply} once the message is journaled
     {call, yptask, cancel, [Id]}                 -> {reply, #{cancelled, running, unreached}}
                                                  admin: after {info, auth, [AdminToken]}
@@ -216,16 +218,15 @@ class BertEndpoint:
                                     f"{', '.join(CAST_OPTIONS)} (each optional); "
                                     f"got {got[:200]}")
             return await self.node.cast(args[0], args[1], **{str(k): v for k, v in opts.items()})
-        if call.function == "call" and len(args) in (2, 3):
-            return await self.node.call(args[0], args[1],
-                                        timeout_s=args[2] if len(args) == 3 else 30)
+        if call.function == "call" and len(args) in (2, 3, 4):
+            return await self.node.call(args[0], args[1], **_call_options(args[2:]))
         if call.function == "cancel" and len(args) == 1:
             if not connection.admin:
                 raise Unauthorized("cancel needs the node's admin token: send "
                                    "{info, auth, [AdminToken]} first")
             return await self.node.cancel(args[0])
         raise NoSuchFunction(f"no function yptask:{call.function}/{len(args)}; the endpoint "
-                             "serves cast/2, cast/3, call/2, call/3 and cancel/1")
+                             "serves cast/2, cast/3, call/2, call/3, call/4 and cancel/1")
 
     async def _send(self, writer: asyncio.StreamWriter, packet: Reply | NoReply | ErrorReply
                     ) -> None:
@@ -246,3 +247,23 @@ class _Connection:
     admin: bool = False  # showed the node's admin token (for cancel)
     inflation: InflationBudget = field(default_factory=InflationBudget)
 
+
+_CALL_OPTIONS = ("timeout", "traceparent", "parent")
+
+
+def _call_options(rest: list[Any]) -> dict[str, Any]:
+    """A call's options after [Name, Msg]: nothing, a Timeout, an options map, or a Timeout
+    and a map (the node checks each value)."""
+    if not rest:
+        return {"timeout_s": 30}
+    if len(rest) == 1 and not isinstance(rest[0], dict):
+        return {"timeout_s": rest[0]}
+    opts, allowed = rest[-1], _CALL_OPTIONS if len(rest) == 1 else _CALL_OPTIONS[1:]
+    if not isinstance(opts, dict) or not opts.keys() <= set(allowed):
+        got = (f"the key(s) {', '.join(map(repr, opts.keys() - set(allowed)))}"
+               if isinstance(opts, dict) else ingress.json_type(opts))
+        raise InvalidParams(f"call options must be a map with the keys {', '.join(allowed)} "
+                            f"(each optional); got {got[:200]}")
+    options = {str(key): value for key, value in opts.items()}
+    timeout = options.pop("timeout", 30) if len(rest) == 1 else rest[0]
+    return {"timeout_s": timeout, **options}

@@ -26,10 +26,11 @@ from yptask.access.policy import current_publisher
 from yptask.cluster.client_ids import KNOWN, PENDING, Claims, ClientIds
 from yptask.cluster.membership import Member
 from yptask.config.node import NodeConfig
-from yptask.config.tasks import validate_message_name
+from yptask.config.tasks import TaskDef, validate_message_name
 from yptask.delivery.forwarding import Request, pick_peer
 from yptask.delivery.load import Load
 from yptask.delivery.running import RunningTasks
+from yptask.delivery.traces import CallRecord, CallRing
 from yptask.errors import (
     CallTimeout,
     EncodeError,
@@ -39,12 +40,13 @@ from yptask.errors import (
     NodeStopping,
     NoSubscriber,
     Overloaded,
+    ProtocolError,
     TaskPaused,
     YPTaskError,
 )
 from yptask.ingress import checks
 from yptask.ingress.cast import CastRequest, CastTimes
-from yptask.ingress.trace import check_traceparent, new_trace_id
+from yptask.ingress.trace import check_traceparent, new_trace_id, traceparent_of
 from yptask.store.group_commit import JournalThread
 from yptask.store.journal import Envelope
 from yptask.workers.job import delivery_meta
@@ -74,6 +76,7 @@ class Publisher:
         self._ids: ClientIds | None = None  # from the cluster's start: before, alone
         self._peers: Callable[[], list[Member]] = list
         self._request: Request | None = None
+        self.calls = CallRing()  # the calls run here, for the trace view
 
     def join(self, ids: ClientIds, peers: Callable[[], list[Member]], request: Request) -> None:
         """The cluster runs: claim given ids at their homes, send calls to peers."""
@@ -181,15 +184,18 @@ class Publisher:
         return envelope, priorities
 
     async def call(self, name: Any, msg: Any, *, timeout_s: Any = 30.0,
-                   here_only: bool = False) -> Any:
+                   here_only: bool = False, traceparent: Any = None, parent: Any = None) -> Any:
         """Have one worker of a subscribed task handle `msg` now; return its result.
 
         A task with workers here is preferred; otherwise the call goes to a live node
-        that runs one (unless `here_only`: it came from another node already).
-        Every field is checked here (`yptask.ingress.checks`), whatever the surface.
+        that runs one (unless `here_only`: it came from another node already), with its
+        trace. Every field is checked here (`yptask.ingress.checks`), whatever the surface.
+        A call run here is kept for the trace view (`calls`), not journaled.
         """
         name = checks.check_name(name, "call")
         timeout_s = checks.check_timeout(timeout_s)
+        trace_id = check_traceparent(traceparent, "call") or new_trace_id()
+        parent = checks.check_id(parent, "call", tick=True, param="parent")
         self.check_running()
         self.check_message(name, msg)
         running = self._running
@@ -202,18 +208,50 @@ class Publisher:
                              f"{name!r} are paused: resume one (`yptask resume TASK`), or cast")
         subscribed = [t for t in subscribed if not t.paused]
         local = [t for t in subscribed if t.workers_on(self.name) > 0]
+        call_id = self._new_id()
         if not local:
             peer = None if here_only else pick_peer(self._peers(), subscribed)
             if peer is None:
                 raise NoSubscriber(f"task(s) {', '.join(t.name for t in subscribed)} subscribe "
                                    f"to {name!r} but run no worker on a live node")
-            assert self._request is not None
-            return await self._request(peer, "call", [name, msg, timeout_s],
+            assert self._request is not None  # the trace travels as a traceparent
+            carried = traceparent if isinstance(traceparent, str) else \
+                traceparent_of(trace_id, call_id)
+            return await self._request(peer, "call", [name, msg, timeout_s, carried, parent],
                                        timeout_s + LINK_GRACE_S)
         task = max(local, key=lambda t: running.pools[t.name].free_workers)
-        pool = running.pools[task.name]
         now = time.time()  # the caller's deadline: no worker takes the call after it
-        meta = delivery_meta(self._new_id(), 1, now, 0, deadline=now + timeout_s)
+        meta = delivery_meta(call_id, 1, now, 0, deadline=now + timeout_s, trace_id=trace_id,
+                             parent_id=parent)
+        outcome, error_class = "failed", None
+        try:
+            result = await self._run_call(task, name, msg, meta, timeout_s)
+            outcome = "handled"
+            return result
+        except CallTimeout:
+            outcome, error_class = "timeout", "CallTimeout"
+            raise
+        except YPTaskError as exc:
+            error_class = type(exc).__name__
+            raise
+        finally:
+            self.calls.add(CallRecord(call_id, name, trace_id, parent, self.name, task.name,
+                                      now, round(time.time() - now, 6), outcome, error_class))
+
+    async def call_from_peer(self, peer: str, args: list[Any]) -> Any:
+        """Run a call another node sent over its link: [name, msg, timeout_s] and, from a
+        node that passes the trace on, [traceparent, parent]."""
+        if len(args) in (3, 5) and isinstance(args[0], str) \
+                and isinstance(args[2], (int, float)):
+            return await self.call(args[0], args[1], timeout_s=float(args[2]), here_only=True,
+                                   **dict(zip(("traceparent", "parent"), args[3:], strict=False)))
+        raise ProtocolError(f"node {peer} sent a malformed call request")
+
+    async def _run_call(self, task: TaskDef, name: str, msg: Any, meta: dict[str, Any],
+                        timeout_s: float) -> Any:
+        """Run a call on one worker of `task` here; its result, or its error raised."""
+        running = self._running
+        pool = running.pools[task.name]
         try:
             async with asyncio.timeout(timeout_s):  # not wait_for: no task per call
                 run = pool.run(name, msg, meta, task.message_timeout_s)

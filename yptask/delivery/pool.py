@@ -32,6 +32,7 @@ from typing import Any
 import pykka
 
 from yptask.config.tasks import TaskDef
+from yptask.delivery import lottery
 from yptask.delivery.metrics import Failure, TaskMetrics
 from yptask.delivery.rate import RateGate
 from yptask.delivery.schedule import DueTimes, effective_deadline, expire, retry_after_s
@@ -82,6 +83,8 @@ class TaskPool(PoolPort):
         self._backlog: deque[Delivery] = deque()  # claimed, not yet handed out (thread-safe)
         self._cancelled: dict[str, None] = {}  # ids cancelled since claimed: dropped at hand-out
         self._claim_asked = False  # a worker thread asked the loop to claim more
+        self._urgent = -1  # the highest priority notified since the loop last looked
+        self._overtaken: Delivery | None = None  # the last one the last overtaking passed
         self._closing = False
         self._counts = threading.Lock()
         self.handled = 0
@@ -147,8 +150,11 @@ class TaskPool(PoolPort):
             log.exception("task %s: putting back claimed deliveries failed; they are "
                           "delivered again at the next start", self.task.name)
 
-    def notify(self) -> None:
-        """New deliveries for this task are in the journal."""
+    def notify(self, priority: int | None = None) -> None:
+        """New deliveries for this task are in the journal, the highest at `priority` if
+        known: one higher than all of the backlog overtakes it (see `_overtake`)."""
+        if priority is not None and priority > self._urgent:
+            self._urgent = priority
         self._work_queued.set()
         if not self._free:
             self._request_workers()
@@ -327,10 +333,8 @@ class TaskPool(PoolPort):
             try:
                 if self.task.paused or self.task.workers_on(self.node_name) == 0:
                     await self._release_backlog()  # held in the journal, or sent elsewhere
-                elif len(self._backlog) < self._low_water():
-                    limit = min(MAX_CLAIM, 2 * self._low_water() - len(self._backlog))
-                    self._backlog.extend(await self.journal.run(
-                        partial(Journal.claim, task=task, limit=limit)))
+                else:
+                    await self._claim(task)
             except Exception:  # the journal failed: this loop carries on, and tries again
                 log.exception("task %s: claiming deliveries failed; trying again", task)
             while self._backlog and self._free:  # work for idle workers
@@ -349,6 +353,39 @@ class TaskPool(PoolPort):
                 async with asyncio.timeout(await self._due.wait_s(self.journal, task,
                                                                   IDLE_POLL_S)):
                     await self._work_queued.wait()
+
+    async def _claim(self, task: str) -> None:
+        """Overtake the backlog with higher priorities just cast, then top it up: a claim
+        draws among the levels waiting by their tickets (yptask.delivery.lottery)."""
+        if self._urgent > 0:
+            await self._overtake(task)
+        if len(self._backlog) < self._low_water():
+            limit = min(MAX_CLAIM, 2 * self._low_water() - len(self._backlog))
+            self._backlog.extend(await self.journal.run(partial(
+                Journal.claim, task=task, limit=limit, tickets=lottery.tickets(self.task))))
+
+    async def _overtake(self, task: str) -> None:
+        """Claim what waits above every priority in the backlog and put it at the FRONT
+        (workers pop from the left in their threads; appends are thread-safe), so that it
+        waits only for the jobs in the workers' pipes. A delivery of the backlog is passed
+        by one overtaking at most: another waits until the last one passed is handed out
+        (what is cast meanwhile is claimed by lottery as usual), so none starves here."""
+        urgent, self._urgent = self._urgent, -1
+        backlog = self._backlog.copy()
+        if not backlog:
+            return  # the claim below takes it, by lottery
+        if self._overtaken is not None and any(d is self._overtaken for d in backlog):
+            self._urgent = max(self._urgent, urgent)  # looked at again at the next wake-up
+            return
+        floor = min(d.message.priority for d in backlog)
+        if urgent <= floor:
+            return
+        ahead = await self.journal.run(partial(
+            Journal.claim, task=task, limit=self._low_water(), min_priority=floor + 1,
+            tickets=lottery.tickets(self.task)))
+        if ahead:
+            self._overtaken = backlog[-1]
+            self._backlog.extendleft(reversed(ahead))  # in the order drawn
 
     async def _release_backlog(self) -> None:
         """Put back what was claimed for workers this node no longer runs."""

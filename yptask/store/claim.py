@@ -39,13 +39,16 @@ def _level_query(columns: str) -> str:
             " AND d.priority = ?3 ORDER BY d.seq LIMIT ?4")
 
 
-def claim_drawn(db: sqlite3.Connection, columns: str, task: str, limit: int, now: float,
-                tickets: Sequence[int], rng: random.Random | None) -> list[tuple[Any, ...]]:
-    """Up to `limit` ready delivery rows (seq, attempt, `columns`) of `task`, the levels
-    drawn by lottery, each level's oldest first, in the order drawn."""
+def claim_drawn(db: sqlite3.Connection, columns: str, task: str, *, limit: int, now: float,
+                tickets: Sequence[int], rng: random.Random | None,
+                min_priority: int = 0) -> list[tuple[Any, ...]]:
+    """Up to `limit` ready delivery rows (seq, attempt, `columns`) of `task` at levels
+    `min_priority` and up, the levels drawn by lottery, each level's oldest first, in the
+    order drawn."""
     counts = [0] * LEVELS
     for level, count in db.execute(_counts_query(), (task, now, limit)):
-        counts[level] = count
+        if level >= min_priority:
+            counts[level] = count
     drawn = draw(counts, tickets, limit, rng)
     taken: dict[int, int] = {}
     for level in drawn:

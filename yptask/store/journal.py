@@ -169,14 +169,15 @@ class Journal:
              envelope.priority, envelope.deadline, envelope.trace_id,
              envelope.parent_id)).rowcount
 
-    def claim(self, task: str, limit: int = 1, now: float | None = None,
-              tickets: Sequence[int] | None = None,
-              rng: random.Random | None = None) -> list[Delivery]:
+    def claim(self, task: str, limit: int = 1, now: float | None = None, *,
+              tickets: Sequence[int] | None = None, rng: random.Random | None = None,
+              min_priority: int = 0) -> list[Delivery]:
         """Take up to `limit` ready deliveries of `task`, in ONE transaction.
 
         With `tickets` (one per priority, see yptask.delivery.lottery) the levels waiting
         share the claim by lottery, each level's oldest first, returned in the order drawn;
         without, strictly highest priority first, then oldest (what forwarding sends on).
+        Only deliveries of `min_priority` or higher are taken.
         Each carries the attempt it is if a handler starts on it: the claim spends none.
         """
         now = time.time() if now is None else now
@@ -186,9 +187,11 @@ class Journal:
                     f"SELECT d.seq, d.attempt, {_ENVELOPE_COLUMNS} FROM deliveries d"
                     " JOIN messages m ON m.id = d.message_id"
                     " WHERE d.task = ? AND d.state = 'queued' AND d.not_before <= ?"
-                    " ORDER BY d.priority DESC, d.seq LIMIT ?", (task, now, limit)).fetchall()
+                    " AND d.priority >= ? ORDER BY d.priority DESC, d.seq LIMIT ?",
+                    (task, now, min_priority, limit)).fetchall()
             else:
-                rows = claim_drawn(self._db, _ENVELOPE_COLUMNS, task, limit, now, tickets, rng)
+                rows = claim_drawn(self._db, _ENVELOPE_COLUMNS, task, limit=limit, now=now,
+                                   tickets=tickets, rng=rng, min_priority=min_priority)
             self._db.executemany(
                 "UPDATE deliveries SET state = 'inflight' WHERE seq = ?",
                 [(row[0],) for row in rows])

@@ -32,7 +32,7 @@ from typing import Any
 import pykka
 
 from yptask.config.tasks import TaskDef
-from yptask.delivery import lottery
+from yptask.delivery.claiming import BacklogClaims
 from yptask.delivery.metrics import Failure, TaskMetrics
 from yptask.delivery.rate import RateGate
 from yptask.delivery.schedule import DueTimes, effective_deadline, expire, retry_after_s
@@ -40,7 +40,7 @@ from yptask.errors import CallTimeout, WorkerExited, YPTaskError, describe
 from yptask.store.group_commit import JournalThread
 from yptask.store.journal import Delivery, Journal
 from yptask.workers.connection import WorkerConnection
-from yptask.workers.job import BACKLOG_PER_WORKER, MAX_CLAIM, Ending, Job, Outcome, delivery_meta
+from yptask.workers.job import BACKLOG_PER_WORKER, Ending, Job, Outcome, delivery_meta
 from yptask.workers.port import PoolPort
 
 __all__ = ["TaskPool"]
@@ -81,10 +81,9 @@ class TaskPool(PoolPort):
         self._work_queued = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._backlog: deque[Delivery] = deque()  # claimed, not yet handed out (thread-safe)
+        self._claims = BacklogClaims(journal, self._backlog)  # by lottery, or overtaking
         self._cancelled: dict[str, None] = {}  # ids cancelled since claimed: dropped at hand-out
         self._claim_asked = False  # a worker thread asked the loop to claim more
-        self._urgent = -1  # the highest priority notified since the loop last looked
-        self._overtaken: Delivery | None = None  # the last one the last overtaking passed
         self._closing = False
         self._counts = threading.Lock()
         self.handled = 0
@@ -152,9 +151,8 @@ class TaskPool(PoolPort):
 
     def notify(self, priority: int | None = None) -> None:
         """New deliveries for this task are in the journal, the highest at `priority` if
-        known: one higher than all of the backlog overtakes it (see `_overtake`)."""
-        if priority is not None and priority > self._urgent:
-            self._urgent = priority
+        known: one higher than all of the backlog overtakes it (yptask.delivery.claiming)."""
+        self._claims.notify(priority)
         self._work_queued.set()
         if not self._free:
             self._request_workers()
@@ -334,7 +332,7 @@ class TaskPool(PoolPort):
                 if self.task.paused or self.task.workers_on(self.node_name) == 0:
                     await self._release_backlog()  # held in the journal, or sent elsewhere
                 else:
-                    await self._claim(task)
+                    await self._claims.claim(self.task, self._low_water())
             except Exception:  # the journal failed: this loop carries on, and tries again
                 log.exception("task %s: claiming deliveries failed; trying again", task)
             while self._backlog and self._free:  # work for idle workers
@@ -353,39 +351,6 @@ class TaskPool(PoolPort):
                 async with asyncio.timeout(await self._due.wait_s(self.journal, task,
                                                                   IDLE_POLL_S)):
                     await self._work_queued.wait()
-
-    async def _claim(self, task: str) -> None:
-        """Overtake the backlog with higher priorities just cast, then top it up: a claim
-        draws among the levels waiting by their tickets (yptask.delivery.lottery)."""
-        if self._urgent > 0:
-            await self._overtake(task)
-        if len(self._backlog) < self._low_water():
-            limit = min(MAX_CLAIM, 2 * self._low_water() - len(self._backlog))
-            self._backlog.extend(await self.journal.run(partial(
-                Journal.claim, task=task, limit=limit, tickets=lottery.tickets(self.task))))
-
-    async def _overtake(self, task: str) -> None:
-        """Claim what waits above every priority in the backlog and put it at the FRONT
-        (workers pop from the left in their threads; appends are thread-safe), so that it
-        waits only for the jobs in the workers' pipes. A delivery of the backlog is passed
-        by one overtaking at most: another waits until the last one passed is handed out
-        (what is cast meanwhile is claimed by lottery as usual), so none starves here."""
-        urgent, self._urgent = self._urgent, -1
-        backlog = self._backlog.copy()
-        if not backlog:
-            return  # the claim below takes it, by lottery
-        if self._overtaken is not None and any(d is self._overtaken for d in backlog):
-            self._urgent = max(self._urgent, urgent)  # looked at again at the next wake-up
-            return
-        floor = min(d.message.priority for d in backlog)
-        if urgent <= floor:
-            return
-        ahead = await self.journal.run(partial(
-            Journal.claim, task=task, limit=self._low_water(), min_priority=floor + 1,
-            tickets=lottery.tickets(self.task)))
-        if ahead:
-            self._overtaken = backlog[-1]
-            self._backlog.extendleft(reversed(ahead))  # in the order drawn
 
     async def _release_backlog(self) -> None:
         """Put back what was claimed for workers this node no longer runs."""

@@ -36,13 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from yptask.store import schedule
-from yptask.store.claim import claim_drawn
+from yptask.store.claim import claim_rows
 from yptask.store.id_reader import IdReader, known_client_ids
 from yptask.store.journal_db import Transaction, connect
 from yptask.store.records import DeadLetter, Delivery, Envelope
 
 # Envelope, Delivery, DeadLetter and IdReader are re-exported: where callers have met them.
 __all__ = ["DeadLetter", "Delivery", "Envelope", "IdReader", "Journal"]
+
 
 class Journal:
     """The node's durable message store. Owned by one thread."""
@@ -182,16 +183,8 @@ class Journal:
         """
         now = time.time() if now is None else now
         with self._transaction():
-            if tickets is None:
-                rows = self._db.execute(
-                    f"SELECT d.seq, d.attempt, {_ENVELOPE_COLUMNS} FROM deliveries d"
-                    " JOIN messages m ON m.id = d.message_id"
-                    " WHERE d.task = ? AND d.state = 'queued' AND d.not_before <= ?"
-                    " AND d.priority >= ? ORDER BY d.priority DESC, d.seq LIMIT ?",
-                    (task, now, min_priority, limit)).fetchall()
-            else:
-                rows = claim_drawn(self._db, _ENVELOPE_COLUMNS, task, limit=limit, now=now,
-                                   tickets=tickets, rng=rng, min_priority=min_priority)
+            rows = claim_rows(self._db, _ENVELOPE_COLUMNS, task, limit=limit, now=now,
+                              tickets=tickets, rng=rng, min_priority=min_priority)
             self._db.executemany(
                 "UPDATE deliveries SET state = 'inflight' WHERE seq = ?",
                 [(row[0],) for row in rows])

@@ -150,8 +150,7 @@ class TaskPool(PoolPort):
                           "delivered again at the next start", self.task.name)
 
     def notify(self, priority: int | None = None) -> None:
-        """New deliveries for this task are in the journal, the highest at `priority` if
-        known: one higher than all of the backlog overtakes it (yptask.delivery.claiming)."""
+        """New deliveries are journaled, the highest at `priority`: see BacklogClaims."""
         self._claims.notify(priority)
         self._work_queued.set()
         if not self._free:

@@ -156,7 +156,7 @@ async def accept_forwarded(journal: JournalThread, peer: str, args: list[Any], *
     envelopes = [_envelope(term, peer) for term in terms]
     new = await journal.run(partial(Journal.accept_forwarded, envelopes=envelopes, task=task))
     if new:
-        pool.notify()
+        pool.notify(max(envelope.priority for envelope in envelopes))
     return int(new)
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import pykka
 
 from yptask.config.tasks import TaskDef
+from yptask.delivery.claiming import BacklogClaims
 from yptask.delivery.metrics import Failure, TaskMetrics
 from yptask.delivery.rate import RateGate
 from yptask.delivery.schedule import DueTimes, effective_deadline, expire, retry_after_s
@@ -39,7 +40,7 @@ from yptask.errors import CallTimeout, WorkerExited, YPTaskError, describe
 from yptask.store.group_commit import JournalThread
 from yptask.store.journal import Delivery, Journal
 from yptask.workers.connection import WorkerConnection
-from yptask.workers.job import BACKLOG_PER_WORKER, MAX_CLAIM, Ending, Job, Outcome, delivery_meta
+from yptask.workers.job import BACKLOG_PER_WORKER, Ending, Job, Outcome, delivery_meta
 from yptask.workers.port import PoolPort
 
 __all__ = ["TaskPool"]
@@ -80,6 +81,7 @@ class TaskPool(PoolPort):
         self._work_queued = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._backlog: deque[Delivery] = deque()  # claimed, not yet handed out (thread-safe)
+        self._claims = BacklogClaims(journal, self._backlog)  # by lottery, or overtaking
         self._cancelled: dict[str, None] = {}  # ids cancelled since claimed: dropped at hand-out
         self._claim_asked = False  # a worker thread asked the loop to claim more
         self._closing = False
@@ -147,8 +149,9 @@ class TaskPool(PoolPort):
             log.exception("task %s: putting back claimed deliveries failed; they are "
                           "delivered again at the next start", self.task.name)
 
-    def notify(self) -> None:
-        """New deliveries for this task are in the journal."""
+    def notify(self, priority: int | None = None) -> None:
+        """New deliveries are journaled, the highest at `priority`: see BacklogClaims."""
+        self._claims.notify(priority)
         self._work_queued.set()
         if not self._free:
             self._request_workers()
@@ -327,10 +330,8 @@ class TaskPool(PoolPort):
             try:
                 if self.task.paused or self.task.workers_on(self.node_name) == 0:
                     await self._release_backlog()  # held in the journal, or sent elsewhere
-                elif len(self._backlog) < self._low_water():
-                    limit = min(MAX_CLAIM, 2 * self._low_water() - len(self._backlog))
-                    self._backlog.extend(await self.journal.run(
-                        partial(Journal.claim, task=task, limit=limit)))
+                else:
+                    await self._claims.claim(self.task, self._low_water())
             except Exception:  # the journal failed: this loop carries on, and tries again
                 log.exception("task %s: claiming deliveries failed; trying again", task)
             while self._backlog and self._free:  # work for idle workers

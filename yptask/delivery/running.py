@@ -153,10 +153,11 @@ class RunningTasks:
                 raise NotAccepting(f"task {name} is not accepting messages from {publisher!r} "
                                    "(an admin listed it in refuse_tokens); retry later")
 
-    def notify(self, task: str) -> None:
-        """New deliveries of `task` are journaled here: its pool and forwarder look now."""
+    def notify(self, task: str, priority: int | None = None) -> None:
+        """New deliveries of `task` are journaled here, the highest of them at `priority`
+        (if known): its pool and forwarder look now."""
         if task in self.pools:
-            self.pools[task].notify()
+            self.pools[task].notify(priority)
         if task in self.forwarders:
             self.forwarders[task].notify()
 

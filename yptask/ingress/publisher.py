@@ -119,7 +119,7 @@ class Publisher:
                       for (envelope, _), new in zip(accepted, added, strict=True)]
             self._ids.settle(claims, taken=[i for i, ok in stored if ok],
                              released=[i for i, ok in stored if not ok])
-        notified: set[str] = set()
+        notified: dict[str, int] = {}  # task -> the highest priority of its new deliveries
         for (envelope, subscribed), new, (place, result) in zip(accepted, added, results,
                                                                 strict=True):
             if isinstance(new, Exception):  # the others of its group commit are stored
@@ -129,11 +129,11 @@ class Publisher:
             if new:
                 for task in subscribed:
                     self._load.added(task)
-                    notified.add(task)
+                    notified[task] = max(notified.get(task, 0), subscribed[task])
                     if envelope.not_before and task in self._running.pools:  # a delayed cast
                         self._running.pools[task].wake_at(envelope.not_before)
-        for task in notified:
-            self._running.notify(task)
+        for task, priority in notified.items():
+            self._running.notify(task, priority)
         return answers
 
     def _checked(self, casts: list[CastRequest],

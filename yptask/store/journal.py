@@ -28,19 +28,22 @@ one transaction). Its tables, and how the SQLite file is opened, are in
 from __future__ import annotations
 
 import json
+import random
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from yptask.store import schedule
+from yptask.store.claim import claim_rows
 from yptask.store.id_reader import IdReader, known_client_ids
 from yptask.store.journal_db import Transaction, connect
 from yptask.store.records import DeadLetter, Delivery, Envelope
 
 # Envelope, Delivery, DeadLetter and IdReader are re-exported: where callers have met them.
 __all__ = ["DeadLetter", "Delivery", "Envelope", "IdReader", "Journal"]
+
 
 class Journal:
     """The node's durable message store. Owned by one thread."""
@@ -167,18 +170,21 @@ class Journal:
              envelope.priority, envelope.deadline, envelope.trace_id,
              envelope.parent_id)).rowcount
 
-    def claim(self, task: str, limit: int = 1, now: float | None = None) -> list[Delivery]:
-        """Take up to `limit` ready deliveries of `task` (highest priority, then oldest).
+    def claim(self, task: str, limit: int = 1, now: float | None = None, *,
+              tickets: Sequence[int] | None = None, rng: random.Random | None = None,
+              min_priority: int = 0) -> list[Delivery]:
+        """Take up to `limit` ready deliveries of `task`, in ONE transaction.
 
+        With `tickets` (one per priority, see yptask.delivery.lottery) the levels waiting
+        share the claim by lottery, each level's oldest first, returned in the order drawn;
+        without, strictly highest priority first, then oldest (what forwarding sends on).
+        Only deliveries of `min_priority` or higher are taken.
         Each carries the attempt it is if a handler starts on it: the claim spends none.
         """
         now = time.time() if now is None else now
         with self._transaction():
-            rows = self._db.execute(
-                f"SELECT d.seq, d.attempt, {_ENVELOPE_COLUMNS} FROM deliveries d"
-                " JOIN messages m ON m.id = d.message_id"
-                " WHERE d.task = ? AND d.state = 'queued' AND d.not_before <= ?"
-                " ORDER BY d.priority DESC, d.seq LIMIT ?", (task, now, limit)).fetchall()
+            rows = claim_rows(self._db, _ENVELOPE_COLUMNS, task, limit=limit, now=now,
+                              tickets=tickets, rng=rng, min_priority=min_priority)
             self._db.executemany(
                 "UPDATE deliveries SET state = 'inflight' WHERE seq = ?",
                 [(row[0],) for row in rows])

@@ -148,9 +148,10 @@ class Node:
                                    lambda: self.stopping)
         check = self.publisher.check_running
         self.inspector = Inspector(self.name, journal, self.running, self._exits.pids)
+        self.scheduled = self.inspector.scheduled  # the message controls' service methods
         self.task_admin = TaskAdmin(self.name, config_map, self.running, check)
         self.timer_admin = TimerAdmin(self.name, config_map, check)
-        self.cancels = Cancels(self.name, journal, lambda: self.running.pools)
+        self.cancels = Cancels(self.name, journal, lambda: self.running.pools)  # and these
         self.cancel, self.message_cancelled = self.cancels.cancel, self.cancels.cancelled
         self.traces = Traces(self.name, journal, self.publisher.calls)
         self.trace = self.traces.trace
@@ -340,9 +341,6 @@ class Node:
 
     async def replay(self, message_id: str, task: str | None = None) -> int:
         return await self.inspector.replay(message_id, task)
-
-    async def scheduled(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self.inspector.scheduled(limit)
 
     async def nodes(self) -> list[dict[str, Any]]:
         """The cluster's members as this node sees them, itself first."""

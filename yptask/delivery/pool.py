@@ -33,10 +33,11 @@ import pykka
 
 from yptask.config.tasks import TaskDef
 from yptask.delivery.claiming import BacklogClaims
-from yptask.delivery.metrics import Failure, TaskMetrics
+from yptask.delivery.metrics import TaskMetrics
+from yptask.delivery.outcomes import settle
 from yptask.delivery.rate import RateGate
-from yptask.delivery.schedule import DueTimes, effective_deadline, expire, retry_after_s
-from yptask.errors import CallTimeout, WorkerExited, YPTaskError, describe
+from yptask.delivery.schedule import DueTimes, effective_deadline, expire
+from yptask.errors import CallTimeout, WorkerExited
 from yptask.store.group_commit import JournalThread
 from yptask.store.journal import Delivery, Journal
 from yptask.workers.connection import WorkerConnection
@@ -55,7 +56,7 @@ IDLE_POLL_S = 0.5
 SPAWN_TIMEOUT_S = 60.0
 MAX_CANCELLED = 1000  # cancelled ids a pool watches for at hand-out (oldest forgotten)
 # Bound once: on 3.11 an enum member lookup costs about 0.2 us, and these run per message.
-_HANDLED, _REFUSED, _UNSTARTED = Ending.HANDLED, Ending.REFUSED, Ending.UNSTARTED
+_HANDLED, _UNSTARTED = Ending.HANDLED, Ending.UNSTARTED
 
 
 class TaskPool(PoolPort):
@@ -428,47 +429,11 @@ class TaskPool(PoolPort):
         self.loop.call_later(job.timeout_s + JOB_GRACE_S, job.done, lost)
 
     def _settle_delivery(self, delivery: Delivery, outcome: Outcome) -> None:
-        """Ack a handled delivery or record its failure; runs in a worker's thread (or the loop)."""
+        """Count and settle a job's outcome (yptask.delivery.outcomes); any thread."""
         self._ended(outcome)
-        message = delivery.message
-        if outcome.ending is _HANDLED:
-            self.journal.ack_nowait(message.id, delivery.task)
-            return
-        if outcome.ending is _UNSTARTED:  # no attempt spent: it is claimable again
-            self.journal.run_nowait(partial(Journal.release, message_id=message.id,
-                                            task=delivery.task))
-            self.loop.call_soon_threadsafe(self._work_queued.set)
-            return
-        assert outcome.error is not None
-        described, now = describe(outcome.error), time.time()
-        self.metrics.failed(Failure(message.id, delivery.task, message.name, delivery.attempt,
-                                    *described, now, message.trace_id, message.parent_id))
-        if outcome.ending is not _REFUSED:  # retried then (unless its attempts are spent)
-            self.loop.call_soon_threadsafe(
-                self.wake_at, now + retry_after_s(self.task, delivery.attempt))
-        self.journal.run_nowait(partial(_fail, delivery=delivery, error=outcome.error,
-                                        described=described, task=self.task, now=now,
-                                        permanent=outcome.ending is _REFUSED))
-
-
-def _fail(journal: Journal, delivery: Delivery, error: YPTaskError, *,
-          described: tuple[str, str, str], task: TaskDef, now: float,
-          permanent: bool = False) -> bool:
-    """Record a failed attempt, its error `described` (in the journal thread); return True
-    if it was dead-lettered.
-
-    A `permanent` failure (the message itself cannot be delivered) is dead-lettered at once.
-    """
-    error_class, detail, backtrace = described
-    retry_after = retry_after_s(task, delivery.attempt)
-    max_attempts = 0 if permanent else task.max_attempts
-    dead = journal.fail(delivery.message.id, delivery.task, max_attempts=max_attempts,
-                        retry_after_s=retry_after, error_class=error_class, error=detail,
-                        traceback=backtrace, now=now)
-    log.log(logging.ERROR if dead else logging.WARNING, "message %s to task %s failed (attempt "
-            "%d%s, trace %s): %s", delivery.message.id, delivery.task, delivery.attempt,
-            ", dead-lettered" if dead else "", delivery.message.trace_id, error)
-    return dead
+        again = settle(self.journal, self.task, self.metrics, delivery, outcome)
+        if again is not None:  # put back, or a retry: the loop looks again then
+            self.loop.call_soon_threadsafe(self.wake_at, again)
 
 
 def _settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:

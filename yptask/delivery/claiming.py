@@ -5,7 +5,7 @@ Each claim draws among the priority levels waiting by their tickets
 (yptask.delivery.lottery), appended at the back. A priority higher than everything in
 the backlog, just cast or forwarded here, does not wait behind it: it is claimed at once
 and put at the FRONT, so it waits only for the jobs in the workers' pipes. The bound,
-and why a delivery is passed by one overtaking at most, are in docs/controls/priority.md.
+and why a delivery is passed by one overtaking at most, are in docs/api.md ("Priorities").
 """
 
 from __future__ import annotations

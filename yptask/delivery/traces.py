@@ -30,13 +30,13 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 from yptask.cluster.membership import Member
 from yptask.delivery.cancel import check_message_id
 from yptask.errors import ProtocolError, YPTaskError
 from yptask.store.group_commit import JournalThread
-from yptask.store.journal import Journal
 
 __all__ = ["MAX_CALLS", "TRACE_REQUEST", "CallRecord", "CallRing", "Traces"]
 
@@ -123,7 +123,7 @@ class Traces:
 
     async def here(self, wanted: str) -> dict[str, Any]:
         """This node's view: {"trace_id" (None: unknown here), "messages"}."""
-        trace_id = await self._journal.run(lambda j: _trace_of(j, wanted))
+        trace_id = await self._journal.run(lambda j: j.read(partial(_trace_of, message_id=wanted)))
         if trace_id is None:
             trace_id = self._calls.trace_of(wanted)
         if trace_id is None and _TRACE_ID.fullmatch(wanted.lower()):
@@ -131,7 +131,8 @@ class Traces:
         if trace_id is None:
             return {"trace_id": None, "messages": []}
         found = trace_id
-        casts = await self._journal.run(lambda j: _casts(j, found, self.node_name))
+        casts = await self._journal.run(
+            lambda j: j.read(partial(_casts, trace_id=found, node=self.node_name)))
         calls = [_call_view(c) for c in self._calls.of_trace(trace_id)]
         return {"trace_id": trace_id, "messages": casts + calls}
 
@@ -161,23 +162,16 @@ def _unreached(peers: list[str], answers: list[Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------- one journal's view
-# These run in the journal's thread, on its connection: reads only.
+# These run in the journal's thread, on its connection (Journal.read): reads only.
 
 
-def _db(journal: Journal) -> sqlite3.Connection:
-    # the journal thread's own connection (these run in that thread), for reads only
-    return journal._db
-
-
-def _trace_of(journal: Journal, message_id: str) -> str | None:
-    row = _db(journal).execute("SELECT trace_id FROM messages WHERE id = ?",
-                               (message_id,)).fetchone()
+def _trace_of(db: sqlite3.Connection, message_id: str) -> str | None:
+    row = db.execute("SELECT trace_id FROM messages WHERE id = ?", (message_id,)).fetchone()
     return None if row is None else row[0]
 
 
-def _casts(journal: Journal, trace_id: str, node: str) -> list[dict[str, Any]]:
+def _casts(db: sqlite3.Connection, trace_id: str, node: str) -> list[dict[str, Any]]:
     """The messages of a trace in this journal, each with its tasks' states here."""
-    db = _db(journal)
     rows = db.execute("SELECT id, name, parent_id, published_at, done_at FROM messages"
                       " WHERE trace_id = ? ORDER BY published_at LIMIT ?",
                       (trace_id, MAX_MESSAGES)).fetchall()

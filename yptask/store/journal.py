@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from yptask.store import schedule
 from yptask.store.claim import claim_rows
@@ -43,6 +44,8 @@ from yptask.store.records import DeadLetter, Delivery, Envelope
 
 # Envelope, Delivery, DeadLetter and IdReader are re-exported: where callers have met them.
 __all__ = ["DeadLetter", "Delivery", "Envelope", "IdReader", "Journal"]
+
+T = TypeVar("T")
 
 
 class Journal:
@@ -309,6 +312,11 @@ class Journal:
             "SELECT state, COUNT(*) FROM deliveries WHERE task = ? GROUP BY state",
             (task,)).fetchall())
         return rows.get("queued", 0), rows.get("inflight", 0) + rows.get("started", 0)
+
+    def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only `query` on this journal's connection, for a view that keeps its
+        own SQL (yptask.delivery.traces). Only in the journal's thread, like the rest."""
+        return query(self._db)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Return the most recent dead letters."""

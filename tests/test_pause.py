@@ -78,29 +78,32 @@ def test_a_pause_is_kept_across_a_restart_of_the_node(tmp_path):
 
 
 def test_a_pause_made_on_one_node_holds_on_every_node(tmp_path):
-    records = tmp_path / "rec.jsonl"  # the definition is the cluster's: one file for both
+    records = tmp_path / "rec.jsonl"  # the definition is the cluster's: one file for all
     tasks = recording_task("rec", "*.record", records)
-    first = SeededNode(tmp_path, "a", tasks, None)
-    with first:
-        second = SeededNode(tmp_path, "b", tasks, first.link)
-        with second:
-            wait_for(lambda: len(second.rpc("nodes")) == 2, what="the two nodes linked")
-            # Given a task paused on node a
-            first.rpc("tasks.pause", "rec")
-            # Then node b holds its casts too
-            wait_for(lambda: second.rpc("status")["tasks"]["rec"]["state"] == "paused",
-                     what="the pause replicated to node b")
-            [message_id] = second.cast_batch("x.record", [{"n": 1}])
-            wait_for(lambda: second.rpc("status")["tasks"]["rec"]["queued"] == 1,
-                     what="the message journaled on node b")
-            assert read_records(records) == []
-            # and a resume on node b delivers it there, and resumes node a too
-            second.rpc("tasks.resume", "rec")
-            wait_for(lambda: [r["id"] for r in read_records(records)] == [message_id],
-                     what="the message handled once resumed")
-            assert second.rpc("status")["tasks"]["rec"]["handled"] == 1
-            wait_for(lambda: first.rpc("tasks.get", "rec")["paused"] is False,
-                     what="the resume replicated to node a")
+    with SeededNode(tmp_path, "a", tasks, None) as first, \
+            SeededNode(tmp_path, "b", tasks, first.link) as second, \
+            SeededNode(tmp_path, "c", tasks, first.link) as third:
+        nodes = (first, second, third)
+        wait_for(lambda: all(len(n.rpc("nodes")) == 3 for n in nodes),
+                 what="the three nodes linked")
+        # Given a task paused on node a
+        first.rpc("tasks.pause", "rec")
+        # Then nodes b and c hold its casts too
+        for node in (second, third):
+            wait_for(lambda node=node: node.rpc("status")["tasks"]["rec"]["state"] == "paused",
+                     what=f"the pause replicated to node {node.name}")
+        held = [node.cast_batch("x.record", [{"on": node.name}])[0] for node in (second, third)]
+        for node in (second, third):
+            wait_for(lambda node=node: node.rpc("status")["tasks"]["rec"]["queued"] == 1,
+                     what=f"the message journaled on node {node.name}")
+        assert read_records(records) == []
+        # and a resume on node c delivers both, and resumes every node
+        third.rpc("tasks.resume", "rec")
+        wait_for(lambda: sorted(r["id"] for r in read_records(records)) == sorted(held),
+                 what="the messages handled once resumed")
+        for node in (first, second):
+            wait_for(lambda node=node: node.rpc("tasks.get", "rec")["paused"] is False,
+                     what=f"the resume replicated to node {node.name}")
 
 
 async def _pids_when_running(node: Any, task: str) -> list[int] | None:

@@ -116,6 +116,7 @@ def full_definition(tmp: Any) -> dict[str, Any]:
         "message_ttl_s": 90.5,
         "rate_limit": "6000/min",
         "rate_limit_key": "user.id",
+        "refuse_tokens": ["legacy-app"],
     }
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from support import TEST_WORKERS, NodeProcess, SeededNode, wait_for
 
+from yptask.errors import YPTaskError
 from yptask.ingress.trace import span_of
 from yptask.wire.bertrpc import Call, ErrorReply, Reply, decode_packet, frame
 
@@ -45,6 +46,14 @@ settings = {{ record_path = "{records}" }}
 max_attempts = 1
 nodes = {{ {nodes} }}
 """
+
+
+def _answers(node: SeededNode, name: str) -> bool:
+    try:
+        node.call(name, {"probe": True}, timeout=5)
+    except YPTaskError:
+        return False
+    return True
 
 
 def records(path: Path) -> list[dict[str, Any]]:
@@ -214,6 +223,8 @@ def test_yptask_trace_on_two_nodes_shows_where_each_message_ran(tmp_path):
                          what=f"{each.name} linked")
             wait_for(lambda: second.rpc("status")["tasks"]["childs"]["workers"].get("n2"),
                      what="the child task's worker up on n2")
+            # and n1's link to n2 up (its handler's call goes over it, with one attempt)
+            wait_for(lambda: _answers(first, "tr.ask"), what="a call from n1 answered on n2")
             root = first.cast("tr.start", {"call": True})["id"]
             child = wait_for(lambda: record_of(path, "child", parent_id=root),
                              what="the child handled on n2")

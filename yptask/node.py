@@ -285,7 +285,7 @@ class Node:
 
     # ------------------------------------------------------------------ the service
 
-    async def cast(self, name: Any, msg: Any, **options: Any) -> dict[str, Any]:
+    async def cast(self, name: Any, msg: Any, /, **options: Any) -> dict[str, Any]:
         return await self.publisher.cast(name, msg, **options)
 
     async def cast_many(self, casts: list[CastRequest]) -> list[Any]:

@@ -287,7 +287,8 @@ class NodeProcess:
     def cast(self, name: str, msg: object, **options: object) -> dict[str, Any]:
         """Publish `msg` under `name` with the cast `options` given (id, priority, ttl_s ...);
         return {"id", "tasks", "duplicate"} once it is stored."""
-        given = {key: value for key, value in options.items() if value is not None}
+        given: dict[str, Any] = {key: value for key, value in options.items()
+                                 if value is not None}
         return dict(self.rpc("cast", name=name, msg=msg, **given))
 
     def call(self, name: str, msg: object, timeout: float = 30.0) -> Any:

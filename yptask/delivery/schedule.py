@@ -49,7 +49,7 @@ def expire(journal: JournalThread, delivery: Delivery, deadline: float) -> None:
 def retry_after_s(task: TaskDef, attempt: int) -> float:
     """How long a failed `attempt` waits for the next: exponential backoff between attempts,
     1x, 2x, 4x ... the task's retry backoff."""
-    return task.retry_backoff_s * 2 ** max(0, attempt - 1)
+    return float(task.retry_backoff_s * 2 ** max(0, attempt - 1))
 
 
 class DueTimes:

@@ -109,7 +109,10 @@ class Traces:
         here = await self.here(wanted)
         trace_id = here["trace_id"]
         peers = [m.name for m in self._peers()] if self._request is not None else []
-        ask = lambda what: asyncio.gather(*(self._ask(peer, what) for peer in peers))  # noqa: E731
+
+        async def ask(what: str) -> list[dict[str, Any] | None]:
+            return list(await asyncio.gather(*(self._ask(peer, what) for peer in peers)))
+
         if trace_id is None:  # a message id another node knows?
             answers = await ask(wanted)
             trace_id = next((a["trace_id"] for a in answers if a and a["trace_id"]), None)

@@ -151,7 +151,7 @@ class Publisher:
                 answers.append(exc)
                 continue
             accepted.append((envelope, subscribed))
-            result = {"id": envelope.id, "tasks": list(subscribed)}
+            result: dict[str, Any] = {"id": envelope.id, "tasks": list(subscribed)}
             if envelope.not_before:
                 result["not_before"] = envelope.not_before
             results.append((len(answers), result))

@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -91,7 +91,7 @@ class JournalThread:
             raise added
         return added
 
-    async def append_many(self, messages: list[tuple[Envelope, list[str]]]
+    async def append_many(self, messages: Sequence[tuple[Envelope, Iterable[str]]]
                           ) -> list[bool | Exception]:
         """Store messages for their tasks, committed together with whatever else is
         waiting; per message, True if new, False if its id was known, or the error

@@ -61,6 +61,15 @@ def require_browser() -> None:
         pytest.skip(why)
 
 
+def save_task_form(page: Any) -> None:
+    """Click the console's save and wait until the form shows the outcome (saved or refused).
+
+    Until then the console refills the form from the node, which would overwrite a field
+    the test fills next."""
+    page.click("#save")
+    page.wait_for_selector("#task-form:not([data-busy])", state="attached")
+
+
 def require_erlang() -> None:
     """Skip without Erlang, except in CI, where its absence is a failure."""
     if shutil.which("escript") is None:

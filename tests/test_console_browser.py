@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import CHROMIUM, TEST_WORKERS, NodeProcess, require_browser, wait_for
+from support import CHROMIUM, TEST_WORKERS, NodeProcess, require_browser, save_task_form, wait_for
 
 from yptask.access.passwords import hash_password
 from yptask.client import Client
@@ -134,7 +134,7 @@ def test_create_a_task_with_every_kind_of_row(page, node, shots):
     page.locator("#rows-nodes .row .remove-row").first.click()  # the default "*" row
     fill_row(page, "nodes", ["*", "1"])
     fill_row(page, "nodes", ["console1", "2"])
-    page.click("#save")
+    save_task_form(page)
     page.wait_for_selector("#task-list button[data-task=resizer]")
     # the group is text, never markup
     assert page.locator("#task-list h3", has_text="<img src=x").count() == 1
@@ -149,7 +149,7 @@ def test_create_a_task_with_every_kind_of_row(page, node, shots):
 def test_edit_restart_and_see_a_validation_error_beside_its_field(page, node):
     page.click("#task-list button[data-task=resizer]")
     page.fill("#f-group", "photos")
-    page.click("#save")
+    save_task_form(page)
     wait_for(lambda: node.client().task("resizer")["group"] == "photos", timeout_s=10,
              what="the edit")
     generation = node.client().task("resizer")["restart_generation"]
@@ -158,7 +158,7 @@ def test_edit_restart_and_see_a_validation_error_beside_its_field(page, node):
     assert node.client().task("resizer")["restart_generation"] == generation + 1
     # a bad value is refused, named beside its field, and nothing is saved
     page.fill("#f-max_idle_s", "-5")
-    page.click("#save")
+    save_task_form(page)
     page.wait_for_selector('[data-error="max_idle_s"]:has-text("at least 0")')
     assert node.client().task("resizer")["max_idle_s"] == 120
 
@@ -216,7 +216,7 @@ def test_the_priority_expiry_and_rate_limit_fields_round_trip(page, node):
     page.fill("#f-message_ttl_s", "90")
     page.fill("#f-rate_limit", "100/s")
     page.fill("#f-rate_limit_key", "user.id")
-    page.click("#save")
+    save_task_form(page)
     wait_for(lambda: node.client().task("resizer")["rate_limit"] == "100/s", timeout_s=10,
              what="the saved limits")
     saved = node.client().task("resizer")
@@ -231,20 +231,20 @@ def test_the_priority_expiry_and_rate_limit_fields_round_trip(page, node):
     assert page.input_value("#f-rate_limit_key") == "user.id"
     # emptied tickets are the default shares again
     page.fill("#f-priority_tickets", "")
-    page.click("#save")
+    save_task_form(page)
     wait_for(lambda: node.client().task("resizer")["priority_tickets"] == [], timeout_s=10,
              what="the tickets emptied")
     # the node's refusal is shown beside the field it names; nothing is saved
     page.fill("#f-default_priority", "12")
-    page.click("#save")
+    save_task_form(page)
     page.wait_for_selector('[data-error="default_priority"]:not(:empty)')
     page.fill("#f-default_priority", "3")
     page.fill("#f-priority_tickets", "1 2 3")
-    page.click("#save")
+    save_task_form(page)
     page.wait_for_selector('[data-error="priority_tickets"]:not(:empty)')
     page.fill("#f-priority_tickets", "")
     page.fill("#f-rate_limit", "fast")
-    page.click("#save")
+    save_task_form(page)
     page.wait_for_selector('[data-error="rate_limit"]:not(:empty)')
     assert node.client().task("resizer")["rate_limit"] == "100/s"
     assert node.client().task("resizer")["default_priority"] == 3

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import TEST_WORKERS, require_browser, until, wait_for
+from support import TEST_WORKERS, require_browser, save_task_form, until, wait_for
 from test_console_browser import PASSWORD, ConsoleNode, console_page
 
 from yptask.node import Node
@@ -154,7 +154,7 @@ def _open(page, task: str) -> None:
 
 def _save(page, console: ConsoleNode) -> str:
     page.evaluate("notice('')")
-    page.click("#save")
+    save_task_form(page)
     page.wait_for_selector("#notice:not([hidden])")
     return page.text_content("#notice") or ""
 
@@ -218,7 +218,7 @@ def test_a_value_that_is_not_json_is_refused_beside_its_field(page, console):
                if r.locator("input.key").input_value() == "ratio")
     row.locator("input.value").fill("fast")
     # When it is saved
-    page.click("#save")
+    save_task_form(page)
     # Then the form says what is wrong beside the settings, and nothing is stored
     page.wait_for_selector('[data-error="settings"]:has-text("choose text for a string")')
     assert same(console.client().task("roundtrip"), before)

@@ -312,6 +312,10 @@ function showError(error) {
 async function save(event) {
   event.preventDefault();
   clearErrors();
+  // Marked until the form shows what was saved (or why not): an edit typed before then
+  // would be overwritten by the refill, so the admin and the tests wait for it to go.
+  const form = event.target;
+  form.dataset.busy = "1";
   try {
     const saved = await rpc("tasks.put", { definition: readForm() }, exactNumbers);
     state.selected = saved.name;
@@ -322,6 +326,8 @@ async function save(event) {
     fillForm(state.tasks.find((t) => t.name === saved.name));
   } catch (error) {
     showError(error);
+  } finally {
+    delete form.dataset.busy;
   }
 }
 

@@ -188,7 +188,8 @@ class WorkerActor(Supervised):
             # Whatever went wrong, no job this actor holds is left unsettled (a job
             # settled already keeps its first outcome).
             _lose(window, exc if isinstance(exc, YPTaskError) else
-                  WorkerExited(f"worker actor failed: {exc!r}"), held)
+                  WorkerExited(f"worker actor failed: {exc!r}"), held,
+                  head_unread=self.conn is not None and self.conn.lost_unread)
             raise
 
     def _send(self, job: Job, window: deque[Job]) -> bool:
@@ -292,11 +293,14 @@ def _begin(job: Job) -> None:
         job.started()
 
 
-def _lose(window: deque[Job], error: YPTaskError, held: Job | None) -> None:
+def _lose(window: deque[Job], error: YPTaskError, held: Job | None, *,
+          head_unread: bool) -> None:
     """Settle the jobs of a worker that is gone: the oldest unanswered one may have
-    started (a spent attempt); the ones behind it, and `held`, were never read."""
+    started (a spent attempt) unless it is known to be `head_unread`; the ones behind it,
+    and `held`, were never read."""
     if window:
-        window.popleft().done(Outcome.lost(error))
+        head = window.popleft()
+        head.done(Outcome.unstarted(error) if head_unread else Outcome.lost(error))
     for job in (*window, *([held] if held is not None else [])):
         job.done(Outcome.unstarted(error))
     window.clear()

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import tempfile
+import termios
 import textwrap
 import time
 from collections import Counter
@@ -172,6 +175,36 @@ def test_a_crash_spends_no_attempt_of_the_messages_claimed_behind_a_running_one(
     wait_for(lambda: len([r for r in s.runs() if r["id"] == slow]) == 2,
              what="the slow message to run again")
     assert [r["attempt"] for r in s.runs() if r["id"] == slow] == [1, 2]
+
+
+def unread_input_of(pid: int) -> int:
+    """Bytes waiting in a worker's protocol input (fd 3) that it has not read, looked at
+    through a reader of our own on the same pipe (which reads nothing)."""
+    fd = os.open(f"/proc/{pid}/fd/3", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0])
+    finally:
+        os.close(fd)
+
+
+def test_a_worker_killed_before_it_read_its_message_spends_no_attempt_of_it(
+        scenario: Scenario) -> None:
+    s = scenario
+    # Given the task's only worker, idle and then stopped (it can read nothing)
+    s.node.start()
+    s.release.touch()
+    first = s.node.rpc("cast", "attempts.slow", {"release": str(s.release)})["id"]
+    wait_for(lambda: s.task_status()["handled"] == 1, what="the first message handled")
+    (pid,) = s.worker_pids()
+    os.kill(pid, signal.SIGSTOP)
+    # And a failing message written into its pipe, unread
+    failing = s.node.rpc("cast", "attempts.fail", {"n": 0})["id"]
+    wait_for(lambda: unread_input_of(pid) > 0, what="the message in the worker's pipe")
+    # When the worker is killed before it could read it
+    os.kill(pid, signal.SIGKILL)
+    # Then the message still runs MAX_ATTEMPTS times, from its first, before its dead letter
+    check_attempts(s, [failing], all_dead_lettered(s, [failing]))
+    assert [r["id"] for r in s.runs()].count(first) == 1
 
 
 # ---------------------------------------------------------------- a full disk

@@ -138,11 +138,12 @@ def test_a_short_chaos_run_violates_no_property(tmp_path):
             "task edit", "yptask restart"} <= kinds, report.lines()
     if not any("partition skipped" in note for note in report.notes):
         assert "node partition leader" in kinds, report.lines()
-    # The node counts an attempt once the worker is on the job (at the head of its pipe);
-    # the recorder counts it once the handler has written its first line. A kill -9 in the
-    # microseconds between the two is an attempt by the one count and none by the other:
-    # the one blind spot of this history (a worker cannot tell it started without a write
-    # a kill can still precede). It is rare: at most one such dead letter in a short run.
+    # The node counts an attempt once the worker has read some of the job (none while all of
+    # it is still in the pipe); the recorder counts it once the handler has written its first
+    # line. A kill -9 in the microseconds between the two is an attempt by the one count and
+    # none by the other: the one blind spot of this history (a worker cannot tell it started
+    # without a write a kill can still precede). It is rare: at most one such dead letter in
+    # a short run.
     attempts = next(p for p in report.properties if p.name.startswith("dead letters"))
     # A tick is still handled twice in two known windows: a leader cut off in the
     # milliseconds between journaling a tick and its voters hearing of it (its successor

@@ -259,11 +259,13 @@ class Journal:
         self.release_many([(message_id, task)])
 
     def release_many(self, deliveries: list[tuple[str, str]]) -> None:
-        """Put back claimed deliveries, (message id, task) pairs, none of them started."""
+        """Put back claimed deliveries, (message id, task) pairs, none of them started. One
+        marked started whose worker is known never to have read it gets its attempt back."""
         with self._transaction():
             self._db.executemany(
-                "UPDATE deliveries SET state = 'queued'"
-                " WHERE message_id = ? AND task = ? AND state = 'inflight'", deliveries)
+                "UPDATE deliveries SET state = 'queued', attempt = attempt - (state = 'started')"
+                " WHERE message_id = ? AND task = ? AND state IN ('inflight', 'started')",
+                deliveries)
 
     def replay(self, message_id: str, task: str) -> bool:
         """Move a dead letter back to the queue with a fresh attempt count."""

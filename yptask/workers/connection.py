@@ -62,6 +62,10 @@ class WorkerConnection:
         self._group_killed = False
         self.returncode: int | None = None
         self._unanswered: deque[int] = deque()  # the frame size of each call not yet answered
+        self._awaited = 0  # the frame size of the call whose answer is being read
+        # Set once the worker is found gone (or killed): whether it had read none of the
+        # call awaited, which it so never started (see `_note_loss`).
+        self.lost_unread = False
         self._outgoing: list[bytes] = []  # calls sent and not yet written: one write for all
         self._incoming = FrameReader(self._from_worker, spec.max_frame)
         # Held while speaking on the pipes: by the actor's thread while it runs jobs, by the
@@ -119,7 +123,7 @@ class WorkerConnection:
         self.flush()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if self._unanswered:
-            self._unanswered.popleft()
+            self._awaited = self._unanswered.popleft()
         try:
             body = self._next_frame(deadline)
         except (TimeoutError, ProtocolError) as exc:
@@ -156,7 +160,7 @@ class WorkerConnection:
             return Outcome.failed(exc)
         except (WorkerExited, CallTimeout, ProtocolError) as exc:
             # The worker is gone or killed: its actor learns it from the process's exit.
-            return Outcome.lost(exc)
+            return Outcome.unstarted(exc) if self.lost_unread else Outcome.lost(exc)
         except YPTaskError as exc:  # the handler raised, or has no handler for the name
             return Outcome.failed(exc, time.monotonic() - start)
         except Exception as exc:  # a bug on our side: the worker's protocol state is unknown
@@ -173,7 +177,8 @@ class WorkerConnection:
         for a cast."""
         sent = self.send(packet)
         assert sent and len(self._unanswered) == 1, "call_on_loop() is for an idle worker"
-        if self._unanswered.popleft() <= PIPE_ROOM:
+        self._awaited = self._unanswered.popleft()
+        if self._awaited <= PIPE_ROOM:
             self.flush()  # into an empty pipe, with room for it: this write does not block
         else:  # the worker reads it as it is written; the loop does not wait for that
             await asyncio.to_thread(self.flush)
@@ -190,7 +195,7 @@ class WorkerConnection:
                 body = self._incoming.buffered()
                 if body is None:
                     if not self._incoming.fill():  # readable: this read does not block
-                        raise WorkerExited(f"worker {self.pid} exited (its output closed)")
+                        raise self._exited_error()
                     body = self._incoming.buffered()
             except BaseException as exc:
                 if not arrived.done():
@@ -224,8 +229,22 @@ class WorkerConnection:
             raise WorkerExited(f"worker {self.pid} is stopped")
         write_frame(self._to_worker, data)
 
+    def _exited_error(self) -> WorkerExited:
+        self._note_loss()
+        return WorkerExited(f"worker {self.pid} exited (its output closed)")
+
+    def _note_loss(self) -> None:
+        """Note whether the worker, found gone or about to be killed, had read none of the
+        call awaited: all of its bytes still in the pipe. Such a call was never started,
+        so it spends no attempt (a kill -9 can land between our write and the worker's
+        read). One the worker had begun to read may have run, and so spends one."""
+        if self._awaited and not self.stopped:
+            waiting = self.unread_input() + sum(map(len, self._outgoing))
+            self.lost_unread = waiting >= self._awaited + sum(self._unanswered)
+
     def _killed(self, exc: Exception, timeout_s: float | None) -> CallTimeout | ProtocolError:
         """Kill a worker that gave no proper answer; return the error saying why."""
+        self._note_loss()
         self.kill()
         if isinstance(exc, TimeoutError):
             return CallTimeout(f"worker {self.pid} gave no answer within {timeout_s} s; killed")
@@ -251,7 +270,7 @@ class WorkerConnection:
                 if remaining <= 0 or not select.select([self._from_worker], [], [], remaining)[0]:
                     raise TimeoutError
             if not self._incoming.fill():
-                raise WorkerExited(f"worker {self.pid} exited (its output closed)")
+                raise self._exited_error()
         return body
 
     def stop(self, timeout_s: float) -> int:

@@ -17,6 +17,7 @@ import os
 import re
 import struct
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import pytest
 from support import TEST_WORKERS, NodeProcess, SeededNode, wait_for
 
 from yptask.errors import YPTaskError
-from yptask.ingress.trace import span_of
+from yptask.ingress.trace import new_trace_id, span_of
 from yptask.wire.bertrpc import Call, ErrorReply, Reply, decode_packet, frame
 
 pytestmark = pytest.mark.timeout(240)
@@ -263,3 +264,14 @@ def test_yptask_trace_on_two_nodes_shows_where_each_message_ran(tmp_path):
                                       "--data-dir", str(first.data_dir)], capture_output=True,
                                      text=True, timeout=60, env=env, check=False)
             assert missing.returncode != 0 and "no-such-id" in missing.stderr
+
+
+def test_fresh_trace_ids_are_valid_unique_and_grow_with_time():
+    # they add to the end of the journal's trace index, instead of a page each anywhere
+    ids = [new_trace_id() for _ in range(20_000)]  # over more than one millisecond
+    first = ids[0]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) and int(i, 16) for i in ids)
+    assert len(set(ids)) == len(ids)
+    prefixes = [i[:12] for i in ids]
+    assert prefixes == sorted(prefixes)
+    assert int(first[:12], 16) <= int(time.time() * 1000)

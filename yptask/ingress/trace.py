@@ -15,6 +15,7 @@ import hashlib
 import os
 import random
 import re
+import time
 from typing import Any
 
 from yptask.ingress.checks import bad_param
@@ -26,13 +27,19 @@ _WANTED = "a W3C traceparent: '00-' 32 hex digits '-' 16 hex digits '-' 2 hex di
 
 
 # Seeded once from the OS: a trace id per cast from os.urandom would cost a system call
-# each. W3C asks trace ids to be random and unique, not unguessable.
+# each. W3C asks trace ids to be unique, not unguessable.
 _random = random.Random(os.urandom(32))
 
 
 def new_trace_id() -> str:
-    """A fresh random trace id (32 lowercase hex digits, never all zeros)."""
-    return f"{_random.getrandbits(128) or 1:032x}"
+    """A fresh trace id: 32 lowercase hex digits, the first 12 the milliseconds since the
+    epoch and the other 20 random (as in a UUIDv7; W3C allows it, without the "random"
+    flag of its level 2). Ids that grow with time add to the end of the journal's trace
+    index: random ones touched a page of it per message, which doubled a commit's writes."""
+    return f"{int(time.time() * 1000) & _MS_MASK:012x}{_random.getrandbits(80):020x}"
+
+
+_MS_MASK = (1 << 48) - 1
 
 
 def check_traceparent(value: Any, method: str = "cast") -> str | None:

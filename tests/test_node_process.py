@@ -51,6 +51,19 @@ def test_node_serves_then_stops_gracefully_on_sigterm_and_sighup(node_process, s
     assert [r["payload"]["n"] for r in node_process.records()] == [1]
 
 
+def test_a_node_whose_stdout_is_gone_still_stops_gracefully(node_process):
+    # Given a node whose reader of stdout went away (a supervisor that died, a closed pipe)
+    node_process.start()
+    node_process.rpc("cast", "upai.record_slowly", {"seconds": 0.5, "n": 1})
+    wait_for(lambda: node_process.rpc("status")["tasks"]["rec"]["in_flight"], what="in flight")
+    assert node_process.proc is not None and node_process.proc.stdout is not None
+    node_process.proc.stdout.close()
+    # When it is told to stop, its "stopping" line cannot be written
+    # Then it still finishes what runs and exits, instead of hanging on its threads
+    assert node_process.signal(signal.SIGTERM, timeout_s=60) == 0
+    assert [r["payload"]["n"] for r in node_process.records()] == [1]
+
+
 def test_kill_9_of_workers_mid_message_redelivers_and_loses_nothing(node_process):
     # Given two messages being handled by the task's two workers
     node_process.start()

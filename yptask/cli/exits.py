@@ -70,7 +70,7 @@ def say(message: str) -> None:
         print(f"yptask: {message}", file=sys.stderr)
 
 
-def _quiet_stdout() -> None:
+def quiet_stdout() -> None:
     """Point stdout at /dev/null, so the interpreter's last flush cannot fail again."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -90,7 +90,7 @@ def guarded(run: Command) -> Command:
             sys.stdout.flush()
             return code
         except BrokenPipeError:
-            _quiet_stdout()
+            quiet_stdout()
             return EXIT_BROKEN_PIPE
         except KeyboardInterrupt:
             say("interrupted")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from yptask.cli.connect import Subparsers
-from yptask.cli.exits import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
+from yptask.cli.exits import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, quiet_stdout
 from yptask.errors import ConfigError
 
 __all__ = ["add_parsers", "run"]
@@ -125,13 +125,24 @@ async def _run(config: Any) -> int:
     # It stops, as for SIGTERM; config is read at start, so a restart applies a new one.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
-    print(f"yptask node {node.name} ready\n"
-          f"  JSON-RPC  {node.http_url}/rpc\n"
-          f"  BERT-RPC  {node.bert_address}\n"
-          f"  link      {node.cluster.link_address if node.cluster else '-'}\n"
-          f"  data      {node.data_dir}\n"
-          f"  console   {node.http_url}/login?token={node.admin_token}", flush=True)
-    await stop.wait()
-    print(f"yptask node {node.name} stopping: running messages finish first", flush=True)
-    await node.stop()
+    try:
+        _tell(f"yptask node {node.name} ready\n"
+              f"  JSON-RPC  {node.http_url}/rpc\n"
+              f"  BERT-RPC  {node.bert_address}\n"
+              f"  link      {node.cluster.link_address if node.cluster else '-'}\n"
+              f"  data      {node.data_dir}\n"
+              f"  console   {node.http_url}/login?token={node.admin_token}")
+        await stop.wait()
+        _tell(f"yptask node {node.name} stopping: running messages finish first")
+    finally:  # whatever happened above, the node drains and its threads end
+        await node.stop()
     return EXIT_OK
+
+
+def _tell(lines: str) -> None:
+    """Print to stdout; once nobody reads it (a closed pipe), say nothing more there. A
+    node must still stop (its actor and journal threads would keep the process alive)."""
+    try:
+        print(lines, flush=True)
+    except (OSError, ValueError):
+        quiet_stdout()

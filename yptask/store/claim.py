@@ -1,6 +1,7 @@
 """The journal's claim queries: by lottery (how many deliveries wait at each priority,
 then the oldest of each level drawn: yptask.delivery.lottery draws), or strictly by
-priority.
+priority. A claim first asks which levels wait at all: with one, it takes that level's
+oldest, with no counting and no draw.
 
 Run by `yptask.store.journal.Journal.claim` in its thread, inside its transaction. Both
 queries walk the `deliveries_ready` index (task, state, priority DESC, seq) one level at
@@ -32,6 +33,14 @@ def _counts_query() -> str:
 
 
 @functools.cache
+def _waiting_query() -> str:
+    """The levels with a ready delivery: one index probe each, one row per level."""
+    return " UNION ALL ".join(
+        f"SELECT {level} WHERE EXISTS (SELECT 1 FROM deliveries WHERE {_READY}"
+        f" AND priority = {level})" for level in range(LEVELS))
+
+
+@functools.cache
 def _strict_query(columns: str) -> str:
     """The ready deliveries of levels ?3 and up, highest first, then oldest: ?4 of them."""
     return (f"SELECT d.seq, d.attempt, {columns} FROM deliveries d"
@@ -57,6 +66,11 @@ def claim_rows(db: sqlite3.Connection, columns: str, task: str, *, limit: int, n
     first, in the order drawn; without, strictly highest first, then oldest."""
     if tickets is None:
         return db.execute(_strict_query(columns), (task, now, min_priority, limit)).fetchall()
+    waiting = [level for (level,) in db.execute(_waiting_query(), (task, now))
+               if level >= min_priority]
+    if len(waiting) < 2:  # the usual claim: one level (or none) waits, nothing to draw
+        return db.execute(_level_query(columns), (task, now, waiting[0], limit)).fetchall() \
+            if waiting else []
     counts = [0] * LEVELS
     for level, count in db.execute(_counts_query(), (task, now, limit)):
         if level >= min_priority:

@@ -14,7 +14,10 @@ from typing import Any
 __all__ = ["DeadLetter", "Delivery", "Envelope"]
 
 
-@dataclass(frozen=True)
+# Slotted, not frozen: one is made per message on the hot path, and a frozen dataclass's
+# __init__ costs about three times as much (2.0 against 0.7 us with ten fields).
+# Nothing changes one once it is made.
+@dataclass(slots=True)
 class Envelope:
     """A message as the journal keeps it."""
 
@@ -34,7 +37,7 @@ class Envelope:
         return json.dumps(self.payload) if self.payload_json is None else self.payload_json
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # as Envelope
 class Delivery:
     """One message handed to one task, and which attempt this is (1 = first)."""
 

@@ -7,6 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from yptask.config.tasks import TaskDef
+from yptask.delivery.schedule import MAX_RETRY_BACKOFF_S, retry_after_s
 from yptask.errors import ConfigError
 from yptask.timers.schedule import TimerDef, due_fires, fire_id, next_fire
 
@@ -117,3 +119,15 @@ def test_bad_timers_are_refused_at_save_naming_the_field(fields, complaint):
 def test_a_timer_survives_its_plain_form():
     t = timer("*/5 * * * *", BERLIN, payload={"k": [1, 2]}, misfire="skip")
     assert TimerDef.from_dict(t.to_dict()) == t
+
+
+@pytest.mark.parametrize(("backoff", "attempt", "expected"), [
+    (1.0, 1, 1.0), (1.0, 3, 4.0), (0.05, 5, 0.8),
+    (1.0, 30, MAX_RETRY_BACKOFF_S),  # not 2**29 s: 17 years
+    (1.0, 5000, MAX_RETRY_BACKOFF_S),  # nor an OverflowError
+    (3600.0, 4, 3600.0),  # a backoff longer than the cap is kept, not doubled
+    (0.0, 9, 0.0),
+])
+def test_the_retry_backoff_doubles_up_to_its_cap(backoff, attempt, expected):
+    task = TaskDef(name="t", messages=("t.*",), worker_class="m:C", retry_backoff_s=backoff)
+    assert retry_after_s(task, attempt) == expected

@@ -46,10 +46,18 @@ def expire(journal: JournalThread, delivery: Delivery, deadline: float) -> None:
         (delivery.message.id, delivery.task, deadline)]))
 
 
+# The doubling of the retry backoff stops here (as Celery's retry_backoff_max does): an
+# attempt deep into a large max_attempts must not wait years, nor overflow a float.
+MAX_RETRY_BACKOFF_S = 600.0
+
+
 def retry_after_s(task: TaskDef, attempt: int) -> float:
     """How long a failed `attempt` waits for the next: exponential backoff between attempts,
-    1x, 2x, 4x ... the task's retry backoff."""
-    return float(task.retry_backoff_s * 2 ** max(0, attempt - 1))
+    1x, 2x, 4x ... the task's retry backoff, at most MAX_RETRY_BACKOFF_S (or the backoff
+    itself, if it is longer)."""
+    backoff = float(task.retry_backoff_s)
+    doubled = backoff * 2.0 ** min(max(0, attempt - 1), 64)
+    return min(doubled, max(backoff, MAX_RETRY_BACKOFF_S))
 
 
 class DueTimes:

@@ -163,7 +163,23 @@ class Run:
         self._write_history()
         report.notes += self.faults.refusals.values()
         report.properties = check(self.history)
+        report.notes += self._where_lost()
         return report
+
+    def _where_lost(self) -> list[str]:
+        """What the cluster says of a few lost deliveries (their trace: each node's state of
+        each task, its attempt and error), so that a failed run says where they stopped."""
+        notes = []
+        for mid, task in lost(self.history)[:3]:
+            seen = "no live node answered"
+            for node in self.cluster.live():
+                with contextlib.suppress(Exception):
+                    messages = node.rpc("trace", mid)["messages"]
+                    states = [t for m in messages if m["id"] == mid for t in m.get("tasks", [])]
+                    seen = json.dumps(states) if states else "unknown to every node"
+                    break
+            notes.append(f"lost {mid} for {task}: {seen}")
+        return notes
 
     def _faults_for(self, seconds: float) -> float:
         """Run the load and the fault schedules for `seconds`, and longer if need be

@@ -218,9 +218,13 @@ class Run:
 
 
 def run_chaos(seconds: float = 30.0, *, rate: float = 100.0, worker_every_s: float = 0.5,
-              node_every_s: float = 2.0, config_every_s: float = 4.0, settle_s: float = 30.0,
+              node_every_s: float = 2.0, config_every_s: float = 4.0, settle_s: float = 60.0,
               loopback: bool = False, folder: Path | None = None) -> Report:
-    """Run the whole experiment for `seconds` of faults; return the checked report."""
+    """Run the whole experiment for `seconds` of faults; return the checked report.
+
+    `settle_s` bounds the wait for the last deliveries once the faults stop (it ends as
+    soon as all are done): a delivery whose worker or node was killed on it ten times
+    waits 0.05 s x 2**9 = 26 s for its next attempt, so half a minute can be too short."""
     own = tempfile.TemporaryDirectory(prefix="yptask-chaos-") if folder is None else None
     root = Path(own.name) if own is not None else folder
     assert root is not None

@@ -19,14 +19,18 @@ import struct
 import subprocess
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import TEST_WORKERS, NodeProcess, SeededNode, wait_for
 
+from yptask.delivery import traces
 from yptask.errors import YPTaskError
-from yptask.ingress.trace import new_trace_id, span_of
+from yptask.ingress.publisher import MessageIds
+from yptask.ingress.trace import new_trace_id, own_trace_id, span_of
+from yptask.store.journal import Envelope, Journal
 from yptask.wire.bertrpc import Call, ErrorReply, Reply, decode_packet, frame
 
 pytestmark = pytest.mark.timeout(240)
@@ -275,3 +279,28 @@ def test_fresh_trace_ids_are_valid_unique_and_grow_with_time():
     prefixes = [i[:12] for i in ids]
     assert prefixes == sorted(prefixes)
     assert int(first[:12], 16) <= int(time.time() * 1000)
+
+
+def test_a_cast_that_starts_its_trace_stores_none_and_is_found_by_it(tmp_path):
+    # A node-made id is its own trace id, stored as NULL: no trace index entry per cast
+    root_id = MessageIds()()
+    trace_id = own_trace_id(root_id)
+    assert trace_id is not None and re.fullmatch(r"[0-9a-f]{32}", trace_id)
+    assert own_trace_id("order-42") is None  # a publisher's id gets a fresh trace id instead
+    journal = Journal(tmp_path / "journal.db")
+    try:
+        journal.append([(Envelope(root_id, "a.b", {}, 1.0, trace_id=trace_id), ["t"]),
+                        (Envelope("child", "a.c", {}, 2.0, trace_id=trace_id,
+                                  parent_id=root_id), ["t"]),
+                        (Envelope(MessageIds()(), "a.d", {}, 3.0), ["t"])])  # no trace
+        stored = dict(journal.read(lambda db: db.execute(
+            "SELECT id, trace_id FROM messages").fetchall()))
+        assert stored[root_id] is None and stored["child"] == trace_id
+        # read back with its trace, and found by it with its child
+        claimed = {d.message.id: d.message.trace_id for d in journal.claim("t", limit=3)}
+        assert claimed[root_id] == trace_id and claimed["child"] == trace_id
+        casts = journal.read(partial(traces._casts, trace_id=trace_id, node="n1"))
+        assert [m["id"] for m in casts] == [root_id, "child"]
+        assert journal.read(partial(traces._trace_of, message_id=root_id)) == trace_id
+    finally:
+        journal.close()

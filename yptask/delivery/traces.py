@@ -36,6 +36,7 @@ from typing import Any
 from yptask.cluster.membership import Member
 from yptask.delivery.cancel import check_message_id
 from yptask.errors import ProtocolError, YPTaskError
+from yptask.ingress.trace import own_trace_id
 from yptask.store.group_commit import JournalThread
 
 __all__ = ["MAX_CALLS", "TRACE_REQUEST", "CallRecord", "CallRing", "Traces"]
@@ -170,14 +171,17 @@ def _unreached(peers: list[str], answers: list[Any]) -> list[str]:
 
 def _trace_of(db: sqlite3.Connection, message_id: str) -> str | None:
     row = db.execute("SELECT trace_id FROM messages WHERE id = ?", (message_id,)).fetchone()
-    return None if row is None else row[0]
+    return None if row is None else row[0] or own_trace_id(message_id)
 
 
 def _casts(db: sqlite3.Connection, trace_id: str, node: str) -> list[dict[str, Any]]:
-    """The messages of a trace in this journal, each with its tasks' states here."""
+    """The messages of a trace in this journal, each with its tasks' states here: those
+    that store it, and the one whose own trace it is (stored as NULL: see own_trace_id)."""
+    root = trace_id[:30] if own_trace_id(trace_id[:30]) == trace_id else ""
     rows = db.execute("SELECT id, name, parent_id, published_at, done_at FROM messages"
-                      " WHERE trace_id = ? ORDER BY published_at LIMIT ?",
-                      (trace_id, MAX_MESSAGES)).fetchall()
+                      " WHERE trace_id = ?1 OR (id = ?2 AND trace_id IS NULL)"
+                      " ORDER BY published_at LIMIT ?3",
+                      (trace_id, root, MAX_MESSAGES)).fetchall()
     messages = []
     for mid, name, parent_id, published_at, done_at in rows:
         tasks = _tasks(db, mid, done_at)

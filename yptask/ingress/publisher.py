@@ -46,7 +46,7 @@ from yptask.errors import (
 )
 from yptask.ingress import checks
 from yptask.ingress.cast import CastRequest, CastTimes
-from yptask.ingress.trace import check_traceparent, new_trace_id, traceparent_of
+from yptask.ingress.trace import check_traceparent, new_trace_id, own_trace_id, traceparent_of
 from yptask.store.group_commit import JournalThread
 from yptask.store.journal import Envelope
 from yptask.workers.job import delivery_meta
@@ -167,7 +167,7 @@ class Publisher:
         priority = None if cast.priority is None else checks.check_priority(cast.priority)
         now = time.time()
         times = CastTimes.of(cast, now)
-        trace_id = check_traceparent(cast.traceparent) or new_trace_id()
+        trace_id = check_traceparent(cast.traceparent)
         parent = checks.check_id(cast.parent, tick=True, param="parent")  # a tick may be one
         self.check_message(name, cast.msg, journaled=True)
         payload_json = _journal_text(cast.msg)
@@ -177,7 +177,10 @@ class Publisher:
         tasks = self._running.tasks
         priorities = {task: tasks[task].default_priority if priority is None else priority
                       for task in subscribed}
-        envelope = Envelope(id or self._new_id(), name, cast.msg, now,
+        mid = id or self._new_id()
+        if trace_id is None:  # it starts a trace of its own
+            trace_id = own_trace_id(mid) or new_trace_id()
+        envelope = Envelope(mid, name, cast.msg, now,
                             checks.MIN_PRIORITY if priority is None else priority,
                             times.deadline, trace_id, parent, times.not_before,
                             payload_json=payload_json)

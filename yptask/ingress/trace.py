@@ -20,7 +20,7 @@ from typing import Any
 
 from yptask.ingress.checks import bad_param
 
-__all__ = ["check_traceparent", "new_trace_id", "span_of", "traceparent_of"]
+__all__ = ["check_traceparent", "new_trace_id", "own_trace_id", "span_of", "traceparent_of"]
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _WANTED = "a W3C traceparent: '00-' 32 hex digits '-' 16 hex digits '-' 2 hex digits"
@@ -37,6 +37,17 @@ def new_trace_id() -> str:
     flag of its level 2). Ids that grow with time add to the end of the journal's trace
     index: random ones touched a page of it per message, which doubled a commit's writes."""
     return f"{int(time.time() * 1000) & _MS_MASK:012x}{_random.getrandbits(80):020x}"
+
+
+_NODE_MADE_ID = re.compile(r"[0-9a-f]{30}")  # yptask.ingress.publisher.MessageIds
+
+
+def own_trace_id(message_id: str) -> str | None:
+    """The trace id of a message with a node-made id that starts a trace of its own: its
+    id and "00" (unique as the id is, never all zeros: it starts with the time). None for
+    other ids. The journal stores no trace id for such a message (yptask.store.journal),
+    so a cast that starts a trace adds no entry to its trace index."""
+    return f"{message_id}00" if _NODE_MADE_ID.fullmatch(message_id) else None
 
 
 _MS_MASK = (1 << 48) - 1

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from yptask.ingress.trace import own_trace_id
 from yptask.store import schedule
 from yptask.store.claim import claim_rows
 from yptask.store.id_reader import IdReader, known_client_ids
@@ -170,7 +171,9 @@ class Journal:
             "INSERT OR IGNORE INTO messages (id, name, payload, published_at, priority,"
             " deadline, trace_id, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (envelope.id, envelope.name, envelope.payload_text(), envelope.published_at,
-             envelope.priority, envelope.deadline, envelope.trace_id,
+             envelope.priority, envelope.deadline,
+             # its own trace (own_trace_id) is not stored: derived again when read
+             None if envelope.trace_id == f"{envelope.id}00" else envelope.trace_id,
              envelope.parent_id)).rowcount
 
     def claim(self, task: str, limit: int = 1, now: float | None = None, *,
@@ -410,5 +413,5 @@ _DEAD_ENVELOPE_COLUMNS = _ENVELOPE_COLUMNS.replace("d.priority", "m.priority")  
 def _envelope(row: tuple[Any, ...]) -> Envelope:
     """The envelope of a row selected as _ENVELOPE_COLUMNS."""
     mid, name, payload, published, priority, deadline, trace_id, parent_id = row
-    return Envelope(mid, name, json.loads(payload), published, priority, deadline, trace_id,
-                    parent_id)
+    return Envelope(mid, name, json.loads(payload), published, priority, deadline,
+                    trace_id or own_trace_id(mid), parent_id)

@@ -9,11 +9,10 @@ anywhere (an id no node holds, or one already handled) it exits EXIT_FAILED.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from yptask.cli.connect import Subparsers, add_command, client
-from yptask.cli.exits import EXIT_FAILED, EXIT_OK
+from yptask.cli.exits import EXIT_FAILED, EXIT_OK, say
 from yptask.cli.formats import dump
 
 __all__ = ["add_parsers"]
@@ -31,11 +30,9 @@ def _cancel(args: argparse.Namespace) -> int:
         for node, tasks in sorted(running.items()):
             print(f"running on {node} (not stopped): {', '.join(tasks)}")
     if unreached:
-        print(f"yptask: not reached: {', '.join(unreached)}; cancel again once they are "
-              "back", file=sys.stderr)
+        say(f"not reached: {', '.join(unreached)}; cancel again once they are back")
     if not cancelled and not running:
-        print(f"yptask: no node has a waiting or running delivery of {args.id!r}",
-              file=sys.stderr)
+        say(f"no node has a waiting or running delivery of {args.id!r}")
         return EXIT_FAILED
     return EXIT_OK
 

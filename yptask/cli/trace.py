@@ -13,12 +13,11 @@ node knows the id.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 from yptask.cli.connect import Subparsers, add_command, client
-from yptask.cli.exits import EXIT_FAILED, EXIT_OK
+from yptask.cli.exits import EXIT_FAILED, EXIT_OK, say
 from yptask.cli.formats import clock, dump
 
 __all__ = ["add_parsers", "tree_lines"]
@@ -72,10 +71,9 @@ def _trace(args: argparse.Namespace) -> int:
             print(line)
     unreached = answer.get("unreached", [])
     if unreached:
-        print(f"yptask: not reached: {', '.join(unreached)}; their part of the trace is "
-              "missing", file=sys.stderr)
+        say(f"not reached: {', '.join(unreached)}; their part of the trace is missing")
     if not answer.get("messages"):
-        print(f"yptask: no node knows a message or trace {args.id!r}", file=sys.stderr)
+        say(f"no node knows a message or trace {args.id!r}")
         return EXIT_FAILED
     return EXIT_OK
 

@@ -178,8 +178,8 @@ class Publisher:
         priorities = {task: tasks[task].default_priority if priority is None else priority
                       for task in subscribed}
         mid = id or self._new_id()
-        if trace_id is None:  # it starts a trace of its own
-            trace_id = own_trace_id(mid) or new_trace_id()
+        if trace_id is None:  # it starts a trace of its own (a node-made id is one for it)
+            trace_id = f"{mid}00" if id is None else own_trace_id(mid) or new_trace_id()
         envelope = Envelope(mid, name, cast.msg, now,
                             checks.MIN_PRIORITY if priority is None else priority,
                             times.deadline, trace_id, parent, times.not_before,

@@ -210,6 +210,17 @@ def test_without_notify_socket_nothing_is_sent_and_a_bad_one_is_logged(
     assert "could not tell the service manager READY=1" in caplog.text
 
 
+def test_a_node_whose_manager_does_not_listen_serves_and_says_so(short_tmp: Path) -> None:
+    # Given a node told of a notify socket nobody binds
+    with NodeProcess(short_tmp / "node", ECHO_TASK, name="sd3",
+                     env={"NOTIFY_SOCKET": str(short_tmp / "nobody")}) as node:
+        # Then it serves all the same, and its log says what it could not tell
+        assert node.call("sd.echo", {"n": 1}) == {"n": 1}
+        assert "could not tell the service manager READY=1" in node.log()
+        assert node.signal(signal.SIGTERM) == 0
+    assert "could not tell the service manager STOPPING=1" in node.log()
+
+
 def test_a_status_of_several_lines_stays_one_field(short_tmp: Path) -> None:
     notify = NotifySocket(short_tmp, abstract=False)
     try:

@@ -60,6 +60,7 @@ EPILOG = """examples:
   yptask task apply echo.toml                   create or update the tasks of a file
   yptask task delete echo
   yptask restart indexer                        rolling restart, with a progress bar
+  yptask restart --all --quiet                  every task, one after another
   yptask dead --limit 20                        messages that ran out of attempts
   yptask dead --replay ID                       requeue one of them
   yptask cancel ID                              cancel a message on every node

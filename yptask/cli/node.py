@@ -4,7 +4,9 @@ Reads the node config (the packaged default unless `--config` names one),
 applies the command-line overrides, logs with the node name in every record,
 prints the node's addresses when it is ready, and stops gracefully on SIGTERM,
 SIGINT or SIGHUP: running messages finish, workers exit, the journal closes. It raises
-its soft open-file limit to the hard one first (`yptask.connection_limits`).
+its soft open-file limit to the hard one first (`yptask.connection_limits`). Under a
+service manager (`$NOTIFY_SOCKET`, systemd's `Type=notify`) it says when it is ready
+and when it starts to stop (`yptask.cli.readiness`).
 
 The node's event loop is uvloop's: it takes about a sixth off the node's CPU
 per request, which is most of what a call or a cast costs it.
@@ -23,6 +25,7 @@ from typing import Any
 
 from yptask.cli.connect import Subparsers
 from yptask.cli.exits import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, quiet_stdout
+from yptask.cli.readiness import Readiness
 from yptask.errors import ConfigError
 
 __all__ = ["add_parsers", "run"]
@@ -82,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     from yptask.config.node import NodeConfig
     from yptask.connection_limits import raise_fd_limit
 
+    # Taken out of the environment before any worker inherits it.
+    readiness = Readiness.from_environment()
+
     overrides: dict[str, Any] = {"name": args.name, "data_dir": args.data_dir,
                                  "tasks_file": args.tasks}
     if args.http:
@@ -97,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         config = NodeConfig.load(path, **overrides)
     except ConfigError as exc:
         print(f"yptask node: {exc}", file=sys.stderr)
+        readiness.status(f"not started: {exc}")
         return EXIT_CONFIG
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_NodeNameFilter(config.name))
@@ -105,19 +112,22 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     # Before any socket: the connection caps are set under the limit this leaves.
     raise_fd_limit()
-    return uvloop.run(_run(config))
+    return uvloop.run(_run(config, readiness))
 
 
-async def _run(config: Any) -> int:
+async def _run(config: Any, readiness: Readiness) -> int:
     from yptask.node import Node
 
+    readiness.status("starting: checking the journal, starting the workers")
     try:
         node = await Node.start(config)
     except ConfigError as exc:
         print(f"yptask node: {exc}", file=sys.stderr)
+        readiness.status(f"not started: {exc}")
         return EXIT_CONFIG
     except OSError as exc:
         print(f"yptask node: cannot start: {exc}", file=sys.stderr)
+        readiness.status(f"not started: {exc}")
         return EXIT_UNAVAILABLE
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -132,7 +142,9 @@ async def _run(config: Any) -> int:
               f"  link      {node.cluster.link_address if node.cluster else '-'}\n"
               f"  data      {node.data_dir}\n"
               f"  console   {node.http_url}/login?token={node.admin_token}")
+        readiness.ready(f"serving: JSON-RPC {node.http_url}/rpc, BERT-RPC {node.bert_address}")
         await stop.wait()
+        readiness.stopping("stopping: running messages finish first")
         _tell(f"yptask node {node.name} stopping: running messages finish first")
     finally:  # whatever happened above, the node drains and its threads end
         await node.stop()

@@ -3,7 +3,8 @@
 `task apply` reads a file of `[[task]]` tables with the config model's own loader
 and stores each definition; `task show` prints one as a table `apply` reads back.
 `restart` asks the node for a rolling restart and, while it runs, draws a progress
-bar from the node's `status`.
+bar from the node's `status`; `restart --all` restarts every task, one at a time
+(what `systemctl reload` runs, conf/yptask.service).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from yptask.cli.formats import (
     with_start_errors,
 )
 from yptask.client import Client
-from yptask.errors import YPTaskError
+from yptask.errors import UnknownTask, YPTaskError
 
 __all__ = ["add_parsers"]
 
@@ -136,40 +137,79 @@ class _RestartWatch(threading.Thread):
 
 
 def _restart(args: argparse.Namespace) -> int:
+    if args.all == (args.task is not None):
+        args.parser.error("name one TASK, or give --all")
     node = client(args)
+    if args.all:
+        return _restart_all(args, node)
     entry = node.status().get("tasks", {}).get(args.task)
     if not isinstance(entry, Mapping):  # let the node say the task is unknown
         result = node.restart(args.task)
         print(dump(result) if args.json else f"restarted {args.task}: generation "
               f"{result.get('generation')}, {result.get('replaced')} worker(s) replaced")
         return EXIT_OK
-    result, after = _restart_with_bar(args, node, entry)
-    state = after.get("state", "-")
+    result, after = _restart_with_bar(args, node, args.task, entry)
     if args.json:
         print(dump(result))
     else:
-        print(f"restarted {args.task}: generation {result.get('generation')}, "
-              f"{result.get('replaced')} worker(s) replaced, now {state} with "
-              f"{per_node(after.get('workers'))}")
+        print(_restarted(args.task, result, after))
+    return EXIT_OK if _running(args.task, after) else EXIT_FAILED
+
+
+def _restart_all(args: argparse.Namespace, node: Client) -> int:
+    """Restart every task, one after another, so only one task at a time is short of a
+    worker; a task that fails to come back is said, and the others still restart."""
+    results: list[dict[str, Any]] = []
+    failed = []
+    for name in [str(task.get("name")) for task in node.tasks()]:
+        entry = node.status().get("tasks", {}).get(name)
+        try:
+            result, after = _restart_with_bar(args, node, name, entry if isinstance(
+                entry, Mapping) else {})
+        except UnknownTask:  # deleted since the list was read: nothing to restart
+            if not args.json:
+                print(f"skipped {name}: deleted meanwhile")
+            continue
+        results.append(result)
+        if not args.json:
+            print(_restarted(name, result, after))
+        if not _running(name, after):
+            failed.append(name)
+    if args.json:
+        print(dump(results))
+    elif not results:
+        print("no tasks to restart")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _restarted(task: str, result: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    return (f"restarted {task}: generation {result.get('generation')}, "
+            f"{result.get('replaced')} worker(s) replaced, now {after.get('state', '-')} "
+            f"with {per_node(after.get('workers'))}")
+
+
+def _running(task: str, after: Mapping[str, Any]) -> bool:
+    """Whether the task's new workers run; if not, say so on stderr."""
+    state = after.get("state", "-")
     if state in ("backoff", "stopped"):
-        print(f"yptask: the new workers of {args.task} are not running (state {state}); "
+        print(f"yptask: the new workers of {task} are not running (state {state}); "
               "the node's log and the task's worker logs say why", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        return False
+    return True
 
 
-def _restart_with_bar(args: argparse.Namespace, node: Client, entry: Mapping[str, Any]
-                      ) -> tuple[dict[str, Any], Mapping[str, Any]]:
+def _restart_with_bar(args: argparse.Namespace, node: Client, task: str,
+                      entry: Mapping[str, Any]) -> tuple[dict[str, Any], Mapping[str, Any]]:
     """Restart the task (with a progress bar unless --quiet); return the node's answer
     and the task's status entry after it."""
-    bar = None if args.quiet else ProgressBar(f"restart {args.task}", sys.stderr)
+    bar = None if args.quiet else ProgressBar(f"restart {task}", sys.stderr)
     watch = None
     if bar is not None:
-        watch = _RestartWatch(args.url, args.task, entry.get("workers") or {}, bar)
+        watch = _RestartWatch(args.url, task, entry.get("workers") or {}, bar)
         watch.start()
     try:
-        result = node.restart(args.task)
-        after = node.status().get("tasks", {}).get(args.task) or {}
+        result = node.restart(task)
+        after = node.status().get("tasks", {}).get(task) or {}
     except BaseException:
         if bar is not None:
             bar.abandon()
@@ -185,9 +225,11 @@ def _restart_with_bar(args: argparse.Namespace, node: Client, entry: Mapping[str
 def add_parsers(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """Add `restart`, `pause`, `resume`, `tasks` and `task show|apply|delete`."""
     restart = add_command(sub, "restart", _restart, "rolling restart: replace a task's "
-                          "workers one at a time with workers running the code now on disk",
-                          "rolling restart of a task's workers")
-    restart.add_argument("task", metavar="TASK")
+                          "workers one at a time with workers running the code now on disk; "
+                          "with --all, every task's, one task after another",
+                          "rolling restart of a task's workers (or of every task's)")
+    restart.add_argument("task", metavar="TASK", nargs="?")
+    restart.add_argument("--all", action="store_true", help="restart every task")
     restart.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     for verb, what in (("pause", "hold a task's messages on every node: casts are journaled, "

@@ -258,6 +258,7 @@ async def test_bad_endpoint_definitions_are_refused_naming_the_field(
     node = await start_node(hook_task(base))
     bad = [({"url": "ftp://127.0.0.1/x"}, "'url'.*scheme"),
            ({"url": "http://user:pw@127.0.0.1/x"}, "'url'.*no user or password"),
+           ({"url": "http://127.0.0.1/été"}, "'url'.*ASCII"),
            ({"url": base, "command": ["true"]}, "exactly one of.*'command', 'url'"),
            ({"worker_class": "a:B", "script": "/srv/w.php"}, "'script'.*with 'fastcgi' only"),
            ({"fastcgi": "127.0.0.1:9000"}, "'script' is required with 'fastcgi'"),
@@ -380,3 +381,25 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_an_endpoint_task_resizes_and_its_idle_workers_are_reaped(
+        endpoint: tuple[Endpoint, str], start_node: StartNode) -> None:
+    server, base = endpoint
+    # Given an endpoint task with two workers, reaped after half a second idle
+    node = await start_node(hook_task(base, nodes={"*": 2}, max_idle_s=0.5))
+    assert (await node.status())["tasks"]["hook"]["workers"] == {"n1": 2}
+    # When its count changes, workers are added (no process: no pid)
+    await node.put_task(hook_task(base, nodes={"*": 3}, max_idle_s=0.5))
+    status = await until(lambda: _workers(node, 3), what="three workers")
+    assert status["pids"] == []
+    # And idle, they are reaped; a message then starts one again on demand
+    await until(lambda: _workers(node, 0), what="the idle workers reaped")
+    assert (await node.call("hook.echo", {"back": 1}, timeout_s=10))["echo"] == {"back": 1}
+    await node.cast("hook.record", {"n": 1})
+    await until(lambda: server.bodies("hook.record"), what="the cast after the reap")
+
+
+async def _workers(node: Node, count: int) -> dict[str, Any] | None:
+    status: dict[str, Any] = (await node.status())["tasks"]["hook"]
+    return status if status["workers"] == {"n1": count} else None

@@ -26,7 +26,7 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 # Set by the node on every request (framing, the body's type, the trace): a task cannot.
 RESERVED_HEADERS = frozenset({"content-length", "content-type", "transfer-encoding", "host",
                               "connection", "keep-alive", "upgrade", "te", "trailer",
-                              "traceparent", "expect"})
+                              "traceparent", "expect", "accept-encoding"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}))"
                         r":([0-9]{1,5})")
@@ -38,9 +38,11 @@ def check_url(value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"must be a string such as \"http://127.0.0.1:8080/tasks\", got "
                           f"{type(value).__name__}")
-    if len(value) > MAX_URL_CHARS or _CONTROL.search(value) or " " in value:
-        raise ConfigError(f"must be a URL of at most {MAX_URL_CHARS} characters with no "
-                          "spaces or control characters")
+    if len(value) > MAX_URL_CHARS or _CONTROL.search(value) or " " in value \
+            or not value.isascii():
+        raise ConfigError(f"must be a URL of at most {MAX_URL_CHARS} ASCII characters with no "
+                          "spaces or control characters (percent-encode the others; a "
+                          "host's international name in its xn-- form)")
     parts = urllib.parse.urlsplit(value)
     if parts.scheme not in ("http", "https"):
         raise ConfigError(f"{value!r:.100}: the scheme must be http or https, got "
@@ -78,10 +80,11 @@ def check_headers(value: Any) -> dict[str, str]:
         if name.lower() in seen:
             raise ConfigError(f"{name!r} is given twice (header names ignore case)")
         seen.add(name.lower())
-        if not isinstance(item, str) or len(item) > MAX_HEADER_CHARS \
+        if not isinstance(item, str) or len(item) > MAX_HEADER_CHARS or not item.isascii() \
                 or _CONTROL.search(item.replace("\t", "")):  # a tab is allowed, CR/LF never
             raise ConfigError(f"{name}: the value must be a string of at most "
-                              f"{MAX_HEADER_CHARS} characters with no control characters")
+                              f"{MAX_HEADER_CHARS} ASCII characters with no control "
+                              "characters")
     return dict(value)
 
 

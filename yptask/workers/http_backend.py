@@ -62,8 +62,9 @@ class HttpBackend:
                               allow_nan=False, separators=(",", ":")).encode()
         except (TypeError, ValueError) as exc:  # a call's payload from BERT: bytes, a tuple key
             raise EncodeError(f"the message cannot be sent as JSON: {exc}") from None
-        headers = {**self._headers, "Content-Type": "application/json",
-                   "Accept": "application/json"}
+        headers = {**self._headers, "Content-Type": "application/json"}
+        if not any(key.lower() == "accept" for key in self._headers):  # the task's wins
+            headers["Accept"] = "application/json"
         if isinstance(meta.get("traceparent"), str):
             headers["traceparent"] = meta["traceparent"]
         deadline = time.monotonic() + timeout_s

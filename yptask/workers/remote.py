@@ -13,6 +13,7 @@ import importlib
 from typing import Any, Protocol
 
 from yptask.config.tasks import TaskDef
+from yptask.errors import ConfigError
 
 __all__ = ["RemoteBackend", "backend_for"]
 
@@ -38,8 +39,12 @@ def backend_for(task: TaskDef) -> RemoteBackend:
         return HttpBackend(task.url, headers=task.headers)
     if task.fastcgi:
         # Imported here: only a node that runs a FastCGI task needs it.
-        module = importlib.import_module("yptask.workers.fastcgi_backend")
+        try:
+            module = importlib.import_module("yptask.workers.fastcgi_backend")
+        except ImportError as exc:
+            raise ConfigError(f"task {task.name} names a FastCGI server, and this node "
+                              f"cannot speak FastCGI: {exc}") from None
         backend: RemoteBackend = module.FastCgiBackend(address=task.fastcgi,
                                                        script=task.script)
         return backend
-    raise ValueError(f"task {task.name} has no endpoint: its workers are processes")
+    raise ConfigError(f"task {task.name} has no endpoint: its workers are processes")

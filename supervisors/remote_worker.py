@@ -77,7 +77,11 @@ class RemoteWorkerActor(Supervised):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Job):
-            self._run_jobs(message)
+            try:
+                self._run_jobs(message)
+            except WorkerUnreachable:  # logged, its job put back: crash on purpose
+                self.crash()
+                return None
             self.pool.worker_ready(self.actor_ref, NOT_CLAIMABLE)
         return None
 
@@ -118,7 +122,7 @@ class RemoteWorkerActor(Supervised):
         except WorkerUnreachable as exc:
             log.warning("task %s: endpoint %s unreachable; message %s put back, worker "
                         "restarting: %s", self.task, self.endpoint, job.meta.get("id"), exc)
-            raise  # crash on purpose: the supervisor's intensity and backoff apply
+            raise  # a crash on purpose: the supervisor's intensity and backoff apply
         except EncodeError as exc:
             log.error("message %s cannot be sent to task %s's endpoint: %s",
                       job.meta.get("id"), self.task, exc)

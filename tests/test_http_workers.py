@@ -200,7 +200,8 @@ async def test_an_endpoint_that_hangs_fails_that_attempt_and_others_are_served(
         "still": "here"}
 
 
-async def test_an_endpoint_that_is_down_spends_no_attempt(start_node: StartNode) -> None:
+async def test_an_endpoint_that_is_down_spends_no_attempt(
+        start_node: StartNode, caplog: pytest.LogCaptureFixture) -> None:
     # Given an endpoint that refuses connections (its port bound, nobody listening)
     server = Endpoint()
     sock = bound_socket()
@@ -215,6 +216,8 @@ async def test_an_endpoint_that_is_down_spends_no_attempt(start_node: StartNode)
         # Then the task goes into backoff and the message waits, its attempt not spent
         await until(lambda: _state(node, "backoff"), what="the task to back off")
         assert await node.dead_letters() == []
+        # (each restart logged in a line, an expected failure: no traceback)
+        assert "unreachable; message" in caplog.text and "Traceback" not in caplog.text
         # And once the endpoint is up, it is delivered, as its first attempt
         runner = await serve(server, sock)
         (body,) = await until(lambda: server.bodies("hook.record"), timeout_s=30,

@@ -33,6 +33,7 @@ from yptask.errors import (
     EncodeError,
     HandlerError,
     WorkerExited,
+    WorkerStartFailed,
     WorkerUnreachable,
     YPTaskError,
 )
@@ -71,7 +72,12 @@ class RemoteWorkerActor(Supervised):
         self._sent = False  # whether the job being run may have reached the endpoint
 
     def init(self) -> None:
-        self.backend = self.config.backend(self.config.task)
+        try:
+            self.backend = self.config.backend(self.config.task)
+        except YPTaskError as exc:  # expected (no FastCGI here, say): one line, no traceback
+            log.warning("worker of task %s could not start: %s", self.task, exc)
+            raise WorkerStartFailed(f"the workers of task {self.task} cannot start: {exc}",
+                                    task=self.task, exit="not started") from None
         log.info("remote worker started: %s -> %s", self.config.worker_id, self.endpoint)
         self.pool.worker_ready(self.actor_ref, NOT_CLAIMABLE)
 

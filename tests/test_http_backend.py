@@ -149,3 +149,13 @@ async def test_nothing_is_sent_that_cannot_be_json_or_cannot_connect() -> None:
             await deliver(backend, {"a": b"bytes"})
     finally:
         sock.close()
+
+
+async def test_https_that_fails_its_handshake_is_unreachable(server) -> None:
+    _, base, _ = server
+    # Given a server that speaks plain HTTP, reached with https://: no TLS, nothing sent
+    backend = HttpBackend(base.replace("http://", "https://") + "/ok")
+    with pytest.raises(WorkerUnreachable, match="cannot connect"):
+        await deliver(backend)
+    served, _, _ = server
+    assert served.ports == []  # no request reached the server

@@ -2,7 +2,9 @@
 
 A `Supervisor` (one_for_one; restarts beyond the intensity put the task into
 a visible backoff) whose children are `WorkerActor`s, each handed the task's
-pool (as a `PoolPort`) and the node's exit watch. It follows its task's
+pool (as a `PoolPort`) and the node's exit watch, or, for a task whose workers
+are an endpoint (`url`, `fastcgi`), `RemoteWorkerActor`s, which start no
+process. It follows its task's
 definition live: `resize()` adds or drains workers, and `rolling_restart()`
 replaces them one at a time, new before old, so no message in flight is
 interrupted and capacity never drops to zero.
@@ -26,6 +28,7 @@ from yptask.supervision.child import ChildLink
 from yptask.supervision.policy import BackoffPolicy, ChildSpec, SupervisorFlags
 from yptask.supervision.state import Registry, SupervisorState
 from yptask.supervision.supervisor import Supervisor
+from yptask.supervisors.remote_worker import RemoteWorkerActor, RemoteWorkerConfig
 from yptask.supervisors.worker import WorkerActor, WorkerConfig
 from yptask.tasks.runner import runner_argv
 from yptask.workers.exits import ExitWatch
@@ -89,13 +92,18 @@ class TaskSupervisor(Supervisor):
     def _child_spec(self) -> ChildSpec:
         self._serial += 1
         task = self.task
+        child_id = f"{task.name}/g{task.restart_generation}/w{self._serial}"
+        if task.remote:  # a message in flight ends within its timeout; no process to stop
+            return ChildSpec(id=child_id, start=RemoteWorkerActor,
+                             args=(RemoteWorkerConfig(task, child_id), self.pool),
+                             shutdown_s=task.message_timeout_s + 5.0, start_timeout_s=10.0)
         info = {"task": task.name, "node": self.node_name, "settings": dict(task.settings),
                 "worker": self._serial, "generation": task.restart_generation}
         spec = worker_spec(task, self.node)
         # Stopping waits for the message in flight, then the worker's own shutdown.
         shutdown_s = task.message_timeout_s + task.shutdown_timeout_s + 5.0
         return ChildSpec(
-            id=f"{task.name}/g{task.restart_generation}/w{self._serial}", start=WorkerActor,
+            id=child_id, start=WorkerActor,
             args=(WorkerConfig(task.name, spec, info, SETUP_TIMEOUT_S, task.shutdown_timeout_s),
                   self.pool, self.exits),
             shutdown_s=shutdown_s, start_timeout_s=SETUP_TIMEOUT_S + 5.0)

@@ -49,6 +49,7 @@ __all__ = [
     "WireCode",
     "WorkerExited",
     "WorkerStartFailed",
+    "WorkerUnreachable",
     "YPTaskError",
     "describe",
     "error_class_for",
@@ -124,6 +125,11 @@ class CallTimeout(RPCError):
 
 class WorkerExited(RPCError):
     """Raised when a worker process exits (or closes its pipe) while a call is in flight."""
+
+
+class WorkerUnreachable(WorkerExited):
+    """Raised when a task's endpoint (HTTP, FastCGI) cannot be reached: nothing was sent,
+    so the message was not started."""
 
 
 class RemoteError(RPCError):
@@ -282,6 +288,7 @@ WIRE_CODES: dict[type[BaseException], WireCode] = {
     Overloaded: WireCode("server", 107, -32007),
     NodeStopping: WireCode("server", 108, -32008),
     CallTimeout: WireCode("server", 103, -32003),
+    WorkerUnreachable: WireCode("server", 119, -32019),
     WorkerExited: WireCode("server", 104, -32004),
     NoSuchChild: WireCode("server", 111, -32011),
     DuplicateChild: WireCode("server", 112, -32012),

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from yptask.config.endpoints import check_fastcgi, check_headers, check_script, check_url
 from yptask.config.fields import boolean, checked_definition, number, read_toml, string
 from yptask.errors import ConfigError
 
@@ -61,8 +62,13 @@ class TaskDef:
 
     name: str
     messages: tuple[str, ...]
+    # Its workers: exactly one of these four (see _ONE_OF).
     worker_class: str = ""  # MODULE:CLASS, served by the Python runner
     command: tuple[str, ...] = ()  # or any argv that speaks the worker protocol
+    url: str = ""  # or an HTTP endpoint each message is POSTed to
+    fastcgi: str = ""  # or a FastCGI server ("unix:/path.sock" or "host:port")...
+    script: str = ""  # ...and the script it runs (an absolute path): with fastcgi only
+    headers: Mapping[str, str] = field(default_factory=dict)  # sent with every request to url
     group: str = "default"
     use_stdio: bool = False
     stdout: str = ""  # log file of the workers' stdout; "" = the node's log folder
@@ -109,6 +115,11 @@ class TaskDef:
         """Return True if any of this task's patterns matches `message_name`."""
         return any(topic_matches(p, message_name) for p in self.messages)
 
+    @property
+    def remote(self) -> bool:
+        """Whether this task's workers are an endpoint (HTTP, FastCGI), not processes."""
+        return bool(self.url or self.fastcgi)
+
     def workers_on(self, node_name: str) -> int:
         """Return how many workers this task runs on `node_name` (the `*` row is the default)."""
         return self.nodes.get(node_name, self.nodes.get(ANY_NODE, 0))
@@ -120,25 +131,49 @@ class TaskDef:
         data["command"] = list(self.command)
         data["priority_tickets"] = list(self.priority_tickets)
         data["refuse_tokens"] = list(self.refuse_tokens)
+        for key in _OMITTED_EMPTY:  # as a definition without them has always been written
+            if not data[key]:
+                del data[key]
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskDef:
         """Build a checked definition from plain data; raise ConfigError naming the bad field.
 
-        An empty `worker_class` or `command` counts as not given: `to_dict` writes both,
-        one of them empty, so that what it writes reads back."""
+        An empty `worker_class`, `command`, `url`, `fastcgi` or `script` counts as not
+        given: `to_dict` writes both of the first two, one of them empty, so that what it
+        writes reads back."""
         if isinstance(data, Mapping):
             data = {key: value for key, value in data.items()
-                    if not (key in _ONE_OF and value in ("", [], ()))}
+                    if not (key in _EMPTY_IS_UNSET and value in ("", [], ()))}
         label, values = checked_definition(data, _CHECKS, "task", ("name", "messages"))
-        if bool(values.get("worker_class")) == bool(values.get("command")):
-            raise ConfigError(f"{label}: give exactly one of 'worker_class' (MODULE:CLASS) "
-                              "or 'command' (an argv list)")
+        given = [key for key in _ONE_OF if values.get(key)]
+        if len(given) != 1:
+            raise ConfigError(f"{label}: give exactly one of 'worker_class' (MODULE:CLASS), "
+                              "'command' (an argv list), 'url' (an HTTP endpoint) or "
+                              "'fastcgi' (a FastCGI server's address)"
+                              + (f"; got {', '.join(map(repr, given))}" if given else ""))
+        _check_endpoint_fields(label, values)
         return cls(**values)
 
 
-_ONE_OF = ("worker_class", "command")  # how a task's workers start: exactly one of these
+# How a task's workers start: exactly one of these.
+_ONE_OF = ("worker_class", "command", "url", "fastcgi")
+_EMPTY_IS_UNSET = (*_ONE_OF, "script")
+# Written by to_dict only when set: a definition without them reads the same on a node
+# that does not know them.
+_OMITTED_EMPTY = ("url", "fastcgi", "script", "headers")
+
+
+def _check_endpoint_fields(label: str, values: Mapping[str, Any]) -> None:
+    """`script` goes with `fastcgi` (and is required by it), `headers` with `url`."""
+    if values.get("fastcgi") and not values.get("script"):
+        raise ConfigError(f"{label}: field 'script' is required with 'fastcgi' (the "
+                          "absolute path of the script the FastCGI server runs)")
+    if values.get("script") and not values.get("fastcgi"):
+        raise ConfigError(f"{label}: field 'script' is for a task with 'fastcgi' only")
+    if values.get("headers") and not values.get("url"):
+        raise ConfigError(f"{label}: field 'headers' is for a task with 'url' only")
 
 
 def _messages(value: Any) -> tuple[str, ...]:
@@ -243,6 +278,10 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "messages": _messages,
     "worker_class": string(_WORKER_CLASS, "use MODULE:CLASS, e.g. 'myapp.tasks:Resizer'"),
     "command": _command,
+    "url": check_url,
+    "fastcgi": check_fastcgi,
+    "script": check_script,
+    "headers": check_headers,
     "group": string(),
     "use_stdio": boolean,
     "stdout": string(),

@@ -37,12 +37,11 @@ from yptask.delivery.metrics import TaskMetrics
 from yptask.delivery.outcomes import settle
 from yptask.delivery.rate import RateGate
 from yptask.delivery.schedule import DueTimes, effective_deadline, expire
-from yptask.errors import CallTimeout, WorkerExited
+from yptask.errors import CallTimeout, WorkerExited, WorkerUnreachable
 from yptask.store.group_commit import JournalThread
 from yptask.store.journal import Delivery, Journal
-from yptask.workers.connection import WorkerConnection
 from yptask.workers.job import BACKLOG_PER_WORKER, Ending, Job, Outcome, delivery_meta
-from yptask.workers.port import PoolPort
+from yptask.workers.port import Claimable, PoolPort
 
 __all__ = ["TaskPool"]
 
@@ -72,7 +71,7 @@ class TaskPool(PoolPort):
         self._supervisor = supervisor  # returns a proxy of this task's supervisor (thread-safe)
         self._free: deque[Any] = deque()
         self._workers: dict[str, Any] = {}  # urn -> ref of every worker that offered itself
-        self._connections: dict[str, WorkerConnection] = {}  # urn -> its worker's connection
+        self._connections: dict[str, Claimable] = {}  # urn -> its worker's connection
         self._free_since: dict[str, float] = {}
         self._spawning = False
         self._spawn_task: asyncio.Task[None] | None = None
@@ -99,7 +98,7 @@ class TaskPool(PoolPort):
 
     # -------------------------------------------------------------- from actor threads
 
-    def worker_ready(self, ref: Any, conn: WorkerConnection) -> None:
+    def worker_ready(self, ref: Any, conn: Claimable) -> None:
         """A worker actor is free; `conn` is its connection. Thread-safe."""
         self.loop.call_soon_threadsafe(self._add_free, ref, conn)
 
@@ -172,11 +171,11 @@ class TaskPool(PoolPort):
         await self.rate.admit(payload)  # a call takes a token of the rate limit too
         while True:
             outcome = await self._run_on(await self._acquire(), name, payload, meta, timeout_s)
-            if outcome.ending is not _UNSTARTED:
-                return outcome
+            if outcome.ending is not _UNSTARTED or isinstance(outcome.error, WorkerUnreachable):
+                return outcome  # (an endpoint that cannot be reached is so for every worker)
             # the worker stopped (a restart, a reap) before it could take the call: next one
 
-    def _add_free(self, ref: Any, conn: WorkerConnection) -> None:
+    def _add_free(self, ref: Any, conn: Claimable) -> None:
         if ref.actor_urn not in self._retired:
             self._workers[ref.actor_urn] = ref
             self._connections[ref.actor_urn] = conn
@@ -269,7 +268,7 @@ class TaskPool(PoolPort):
             return await asyncio.shield(exchange)
         return await self._tell_job(ref, name, payload, meta, timeout_s)
 
-    async def _exchange(self, ref: Any, conn: WorkerConnection, *, name: str, payload: Any,
+    async def _exchange(self, ref: Any, conn: Claimable, *, name: str, payload: Any,
                         meta: dict[str, Any], timeout_s: float) -> Outcome:
         """A call on an idle worker's claimed connection, run by the loop.
 

@@ -4,7 +4,7 @@ A `Supervised` actor reports its exits to its supervisor with `tell` ("crashed"
 from on_failure, "normal" from on_stop, "start_failed" when its `init()` hook
 raises, which pykka never reports; a `ChildStartFailed` from `init()` is an
 expected failure the child has logged itself, so no traceback is written for
-it). The report is an `Exit`, OTP's EXIT signal.
+it, nor for a `crash()` a child asks for). The report is an `Exit`, OTP's EXIT signal.
 """
 
 from __future__ import annotations
@@ -73,6 +73,14 @@ class Supervised(pykka.ThreadingActor):
         finally:
             if self._link is not None:
                 self._link.started.set()
+
+    def crash(self) -> None:
+        """End this actor as a crash (its supervisor restarts it by its restart rules) for an
+        expected failure it has logged itself, so no traceback is written. Call it from a
+        message handler, then return."""
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()  # the actor's loop ends once the handler returns
+        self.on_failure(None, None, None)
 
     def on_stop(self) -> None:
         try:

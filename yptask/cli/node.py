@@ -129,6 +129,7 @@ async def _run(config: Any) -> int:
         _tell(f"yptask node {node.name} ready\n"
               f"  JSON-RPC  {node.http_url}/rpc\n"
               f"  BERT-RPC  {node.bert_address}\n"
+              f"  Redis     {node.redis_address or '-'}\n"
               f"  link      {node.cluster.link_address if node.cluster else '-'}\n"
               f"  data      {node.data_dir}\n"
               f"  console   {node.http_url}/login?token={node.admin_token}")

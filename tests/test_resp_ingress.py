@@ -357,10 +357,9 @@ def test_a_redis_port_in_use_is_refused_before_any_worker_starts(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
-        node = NodeProcess(tmp_path, record_toml(tmp_path / "s.jsonl"), "n2",
-                           config=NODE_TOML.format(address=address))
-        done = subprocess.run(node.argv, capture_output=True, text=True, timeout=60,
-                              cwd=tmp_path, check=False)
+        node = NodeProcess(tmp_path, record_toml(tmp_path / "s.jsonl"), "n2")
+        done = subprocess.run([*node.argv, "--redis", address], capture_output=True,
+                              text=True, timeout=60, cwd=tmp_path, check=False)
     assert done.returncode == 69, done.stderr[-2000:]
     assert f"redis {address}" in done.stderr and "in use" in done.stderr
     assert "worker started" not in done.stderr

@@ -19,7 +19,17 @@ from support import ALONE, TEST_WORKERS, NodeProcess, read_records, until, wait_
 
 from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef
-from yptask.errors import ConfigError, FrameError, InvalidParams, ProtocolError
+from yptask.endpoints.resp import error_line
+from yptask.errors import (
+    ConfigError,
+    FrameError,
+    IdPending,
+    InvalidParams,
+    JournalError,
+    NodeStopping,
+    Overloaded,
+    ProtocolError,
+)
 from yptask.node import Node
 from yptask.wire.resp import RequestLimits, RequestParser, payload_of
 
@@ -368,6 +378,29 @@ def test_a_redis_port_in_use_is_refused_before_any_worker_starts(tmp_path):
 def wait_records(path: Path, n: int) -> list[dict[str, Any]]:
     return wait_for(lambda: len(read_records(path)) >= n and read_records(path),
                     what=f"{n} deliveries")
+
+
+async def test_a_stopping_node_closes_its_idle_connections(tmp_path):
+    node = await start_node(tmp_path)
+    try:
+        reader, writer = await asyncio.open_connection(*address(node))
+        writer.write(b"PING\r\n")
+        assert await asyncio.wait_for(reader.readexactly(7), 30) == b"+PONG\r\n"
+        # When the node stops, the idle connection is closed, not waited for
+        await asyncio.wait_for(node.stop(), 60)
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+        writer.close()
+    finally:
+        await node.stop()
+
+
+def test_each_refusal_has_its_code():
+    for exc, line in [(Overloaded("queue full"), b"-OVERLOADED queue full\r\n"),
+                      (IdPending("retry"), b"-TRYAGAIN retry\r\n"),
+                      (NodeStopping("bye"), b"-STOPPING bye\r\n"),
+                      (InvalidParams("bad\r\nline"), b"-ERR bad  line\r\n"),
+                      (JournalError("not stored", "ref1"), b"-ERR not stored\r\n")]:
+        assert error_line(exc) == line
 
 
 def test_the_setting_is_checked():

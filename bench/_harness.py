@@ -39,16 +39,18 @@ class BenchNode(NodeProcess):
 
     def __init__(self, workers: int = 2, journal_sync: str = "NORMAL",
                  max_idle_s: float = 0, *, name: str = "bench", cluster: str = "",
-                 runs_on: str = "*", tasks: str | None = None) -> None:
+                 runs_on: str = "*", tasks: str | None = None, settings: str = "") -> None:
         """`cluster`: extra [node] settings (TOML lines) for a node that joins others, which
         then runs the no-op task only where `runs_on` says; default: alone, no mDNS.
-        `tasks`: task definitions (TOML) in place of the no-op task."""
+        `tasks`: task definitions (TOML) in place of the no-op task. `settings`: more
+        [node] settings (TOML lines)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="yptask-bench-")
         super().__init__(
             Path(self._tmp.name), name=name, log_level="WARNING", capture_log=False,
             stop_timeout_s=60, rpc_timeout_s=30, cluster=[],
             tasks=tasks or TASKS.format(workers=workers, runs_on=runs_on, max_idle_s=max_idle_s),
-            config=f'[node]\njournal_sync = "{journal_sync}"\n' + (cluster or "mdns = false\n"))
+            config=f'[node]\njournal_sync = "{journal_sync}"\n' + (cluster or "mdns = false\n")
+            + settings)
 
     def stop(self, timeout_s: float | None = None) -> None:
         super().stop(timeout_s)

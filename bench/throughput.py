@@ -2,7 +2,8 @@
 
 Publishers POST JSON-RPC `cast` to a `yptask node` subprocess over loopback
 (single requests from 32 concurrent keep-alive connections, or batches of 100
-from 4); each cast is answered once journaled. End to end = N / (first
+from 4), or send `PUBLISH` over its Redis-protocol ingress (redis-py pipelines
+of 100 from 4 connections); each cast is answered once journaled. End to end = N / (first
 publish -> the node reports N handled). Where the peers are installed, Celery
 and Dramatiq (both on Redis, 2 worker processes) run in the same run.
 
@@ -20,7 +21,7 @@ import time
 import aiohttp
 from _harness import BenchNode, peers_note, run_peer, summary
 
-CONCURRENCY = {"single": 32, "batch": 4}
+CONCURRENCY = {"single": 32, "batch": 4, "redis": 4}
 BATCH = 100
 JSON = {"Content-Type": "application/json"}
 
@@ -54,20 +55,45 @@ async def publish(session: aiohttp.ClientSession, url: str, mode: str, n: int) -
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY[mode])))
 
 
+async def publish_redis(address: str, n: int) -> None:
+    """`PUBLISH bench.echo {"i": i}`, in pipelines of BATCH, from CONCURRENCY["redis"]
+    connections of their own."""
+    import redis.asyncio as aredis
+
+    host, port = address.rsplit(":", 1)
+    counter = itertools.count()
+
+    async def pipelines() -> None:
+        connection = aredis.Redis(host=host, port=int(port))
+        try:
+            while (b := next(counter)) * BATCH < n:
+                async with connection.pipeline(transaction=False) as pipe:
+                    for i in range(b * BATCH, min(n, (b + 1) * BATCH)):
+                        pipe.publish("bench.echo", json.dumps({"i": i}))
+                    assert all(r == 1 for r in await pipe.execute())
+        finally:
+            await connection.aclose()
+
+    await asyncio.gather(*(pipelines() for _ in range(CONCURRENCY["redis"])))
+
+
 async def handled(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> int:
     status = await rpc(session, url, headers, "status")
     return int(status["tasks"]["noop"]["handled"])  # type: ignore[index]
 
 
-async def round_trip(url: str, mode: str, n: int, headers: dict[str, str]
-                     ) -> tuple[float, float]:
+async def round_trip(url: str, mode: str, n: int, headers: dict[str, str],
+                     redis_address: str = "") -> tuple[float, float]:
     """`headers`: the node's (BenchNode.headers), for status; the casts carry only their
     Content-Type, as a publisher's do on a node without publisher tokens."""
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector, headers=JSON) as session:
         before = await handled(session, url, headers)
         start = time.perf_counter()
-        await publish(session, url, mode, n)
+        if mode == "redis":
+            await publish_redis(redis_address, n)
+        else:
+            await publish(session, url, mode, n)
         published = time.perf_counter()
         while await handled(session, url, headers) < before + n:
             await asyncio.sleep(0.05)
@@ -83,16 +109,18 @@ def main() -> None:
     print(f"yptask: {args.n} durable casts, 2 workers, node on loopback; "
           "figures min / median / max over rounds")
     ours: dict[str, float] = {}
-    with BenchNode(workers=2) as node:
+    with BenchNode(workers=2, settings='redis = "127.0.0.1:0"\n') as node:
         rpc_url = node.url
         asyncio.run(round_trip(rpc_url, "single", 500, node.headers))  # warm up
-        for mode in ("single", "batch"):
-            rounds = [asyncio.run(round_trip(rpc_url, mode, args.n, node.headers))
+        for mode in ("single", "batch", "redis"):
+            rounds = [asyncio.run(round_trip(rpc_url, mode, args.n, node.headers,
+                                             node.redis_address))
                       for _ in range(args.rounds)]
             e2e = [r[1] for r in rounds]
             ours[mode] = sorted(e2e)[len(e2e) // 2]
-            label = (f"single requests, {CONCURRENCY[mode]} connections" if mode == "single"
-                     else f"batches of {BATCH}, {CONCURRENCY[mode]} connections")
+            label = {"single": f"single requests, {CONCURRENCY[mode]} connections",
+                     "batch": f"batches of {BATCH}, {CONCURRENCY[mode]} connections",
+                     "redis": f"Redis pipelines of {BATCH}, {CONCURRENCY[mode]} conns"}[mode]
             print(f"  {label:<36} publish {summary([r[0] for r in rounds])}/s   "
                   f"end to end {summary(e2e)}/s")
     celery = run_peer("celery_bench.py", "tput")

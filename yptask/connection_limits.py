@@ -2,7 +2,7 @@
 
 A node raises its soft open-file limit to the hard one at start
 (`raise_fd_limit`): under the usual soft limit of 1 024, a thousand idle
-connections stop all service. Each surface (HTTP, BERT-RPC, link)
+connections stop all service. Each surface (HTTP, BERT-RPC, link, Redis protocol)
 then caps its connections (`ConnectionLimit`), below the limit by default
 (`default_caps`), so that workers' pipes, the journal and the other surfaces
 always find a descriptor. A connection past a cap is refused with a clear
@@ -42,8 +42,9 @@ FD_RESERVE_MIN = 256  # descriptors kept for workers' pipes and logs, the journa
 FD_RESERVE_SHARE = 8  # ... or an eighth of the limit, if that is more
 EVICT_SCAN = 16  # at the cap, how many of the least recently active connections to try
 # Each surface's share of what is left, and its ceiling: a few thousand HTTP
-# connections, fewer for BERT-RPC clients, a few hundred for peers.
-_SHARES = {"http": (0.6, 4096), "bert": (0.2, 1024), "link": (0.05, 256)}
+# connections, fewer for BERT-RPC and Redis-protocol clients, a few hundred for peers.
+_SHARES = {"http": (0.6, 4096), "bert": (0.2, 1024), "link": (0.05, 256),
+           "redis": (0.1, 1024)}
 
 C = TypeVar("C", bound=Hashable)
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -56,6 +57,7 @@ class Caps:
     http: int
     bert: int
     link: int
+    redis: int
 
 
 def default_caps(fd_limit: int) -> Caps:
@@ -70,7 +72,8 @@ def caps(config: NodeConfig) -> Caps:
     default = default_caps(fd_limit())
     return Caps(http=config.max_http_connections or default.http,
                 bert=config.max_bert_connections or default.bert,
-                link=config.max_link_connections or default.link)
+                link=config.max_link_connections or default.link,
+                redis=config.max_redis_connections or default.redis)
 
 
 def fd_limit() -> int:

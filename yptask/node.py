@@ -17,10 +17,10 @@ each operation is answered by the room that owns it. The node passes its parts
 explicitly (no module-level state), so several nodes can run in one test process.
 
 Start order: store and journal, then the supervision tree (task supervisors,
-each starting its workers), then the delivery loops, then HTTP and BERT-RPC,
-then the cluster (links, forwarding, timers). Stop is the reverse, gracefully:
-no new requests, no new claims, workers finish their current message (its
-outcome is still acked), then the journal closes.
+each starting its workers), then the delivery loops, then HTTP, BERT-RPC and
+the Redis protocol (if set), then the cluster (links, forwarding, timers). Stop
+is the reverse, gracefully: no new requests, no new claims, workers finish
+their current message (its outcome is still acked), then the journal closes.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from yptask.delivery.task_admin import TaskAdmin
 from yptask.delivery.traces import TRACE_REQUEST, Traces
 from yptask.endpoints.bert import BertEndpoint
 from yptask.endpoints.ports import bind_http, check_free
+from yptask.endpoints.resp import RespEndpoint
 from yptask.ingress.cast import CastRequest
 from yptask.ingress.publisher import Publisher
 from yptask.store.config_map import TASK_KEY, ConfigMap
@@ -85,6 +86,7 @@ class Node:
         self.boot = os.urandom(8).hex()  # this run of this node: peers see a restart by it
         self.http_url = ""
         self.bert_address = ""
+        self.redis_address = ""  # the Redis-protocol ingress, if the node has one
         self.admin_token = ""  # see yptask.access.secrets; read at start
         self.cluster: Cluster | None = None
         self.timer_runner: TimerRunner | None = None
@@ -92,6 +94,7 @@ class Node:
         self._http_socket: socket.socket | None = None
         self._http: Any = None  # endpoints.http_server.HTTPServer, once serving
         self._bert: BertEndpoint | None = None
+        self._resp: RespEndpoint | None = None
         self._access: AccessPolicy | None = None
         self._journal: JournalThread | None = None
         self._config_map: ConfigMap | None = None
@@ -116,7 +119,8 @@ class Node:
         self.admin_token = read_or_make(self.data_dir / ADMIN_TOKEN_FILE, "admin token")
         # What can still refuse the start is checked before any worker runs.
         cookie = cluster_cookie(c.cookie, c.cookie_file, self.data_dir)
-        check_free([("--bert", c.bert_host, c.bert_port), ("--link", c.link_host, c.link_port)])
+        check_free([("--bert", c.bert_host, c.bert_port), ("--link", c.link_host, c.link_port),
+                    ("redis", c.redis_host, c.redis_port)])  # off: port 0, not probed
         config_map = self._config_map = ConfigMap(
             ReplicatedStore(self.data_dir / "config.db", HybridClock(self.name)))
         if seed is None:
@@ -132,8 +136,9 @@ class Node:
                                              name="prune journal")
         await self._start_endpoints()
         await self._start_cluster(cookie, journal, config_map)
-        log.info("node %s ready: %s, BERT-RPC %s, link %s", self.name, self.http_url,
-                 self.bert_address, self.cluster.link_address if self.cluster else "-")
+        log.info("node %s ready: %s, BERT-RPC %s, Redis %s, link %s", self.name, self.http_url,
+                 self.bert_address, self.redis_address or "-",
+                 self.cluster.link_address if self.cluster else "-")
 
     def _build(self, journal: JournalThread, config_map: ConfigMap) -> None:
         """The rooms, wired to each other (nothing runs yet)."""
@@ -151,6 +156,9 @@ class Node:
         self.scheduled = self.inspector.scheduled  # the message controls' service methods
         self.task_admin = TaskAdmin(self.name, config_map, self.running, check)
         self.timer_admin = TimerAdmin(self.name, config_map, check)
+        admin = self.timer_admin  # the timer operations' service methods
+        self.timers, self.timer, self.put_timer, self.delete_timer = (
+            admin.timers, admin.timer, admin.put_timer, admin.delete_timer)
         self.cancels = Cancels(self.name, journal, lambda: self.running.pools)  # and these
         self.cancel, self.message_cancelled = self.cancels.cancel, self.cancels.cancelled
         self.traces = Traces(self.name, journal, self.publisher.calls)
@@ -178,6 +186,9 @@ class Node:
         self._bert = BertEndpoint(self, access)
         await self._bert.start(c.bert_host, c.bert_port)
         self.bert_address = self._bert.address
+        if c.redis:
+            self._resp = RespEndpoint(self, access)
+            self.redis_address = await self._resp.start(c.redis_host, c.redis_port)
 
     async def _start_cluster(self, cookie: bytes, journal: JournalThread,
                              config_map: ConfigMap) -> None:
@@ -236,8 +247,9 @@ class Node:
             await self._ids.close()
         if self.cluster is not None:
             await self.cluster.stop()
-        if self._bert is not None:
-            await self._bert.stop()
+        for endpoint in (self._bert, self._resp):
+            if endpoint is not None:
+                await endpoint.stop()
         if self._http is not None:
             await self._http.cleanup()
         elif self._http_socket is not None:  # bound, never served
@@ -314,18 +326,6 @@ class Node:
 
     async def resume(self, name: str) -> dict[str, Any]:
         return await self.task_admin.pause(name, paused=False)
-
-    async def timers(self) -> list[dict[str, Any]]:
-        return await self.timer_admin.timers()
-
-    async def timer(self, name: str) -> dict[str, Any]:
-        return await self.timer_admin.timer(name)
-
-    async def put_timer(self, definition: dict[str, Any]) -> dict[str, Any]:
-        return await self.timer_admin.put_timer(definition)
-
-    async def delete_timer(self, name: str) -> None:
-        await self.timer_admin.delete_timer(name)
 
     async def status(self) -> dict[str, Any]:
         return await self.inspector.status()

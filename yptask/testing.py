@@ -3,7 +3,7 @@ tests and benchmarks alike.
 
 `NodeProcess` starts `yptask node` in a folder of its own (its data dir, its task
 and node TOML, its log `node.log`), waits for the ready banner within a deadline,
-reads the addresses the banner names (JSON-RPC URL, BERT-RPC and link), and then
+reads the addresses the banner names (JSON-RPC URL, BERT-RPC, Redis and link), and then
 speaks JSON-RPC to it with the admin token the node keeps in its data dir. It
 signals, pauses and stops the node by its PID only (graceful first, then kill),
 and can start it again with the same name, ports and data.
@@ -120,6 +120,7 @@ class NodeProcess:
                      *(["--no-mdns"] if cluster is None else cluster)]
         self.url = ""  # what the banner names once the node is ready
         self.bert_address = ""
+        self.redis_address = ""  # the Redis-protocol ingress, if its config sets one
         self.link = ""
         self.paused = False
         self.proc: subprocess.Popen[str] | None = None
@@ -166,6 +167,8 @@ class NodeProcess:
                 self.url = value.strip()
             elif label == "BERT-RPC":
                 self.bert_address = value.strip()
+            elif label == "Redis":
+                self.redis_address = "" if value.strip() == "-" else value.strip()
             elif label == "link":  # the last address the banner names
                 self.link = value.strip()
                 return True

@@ -62,6 +62,8 @@ def add_parsers(sub: Subparsers[argparse.ArgumentParser]) -> None:
                         help="JSON-RPC (POST /rpc) and console (/) address")
     parser.add_argument("--bert", type=_host_port, metavar="HOST:PORT",
                         help="BERT-RPC TCP endpoint address")
+    parser.add_argument("--redis", metavar="HOST:PORT",
+                        help="Redis-protocol ingress address (casts; default: off)")
     parser.add_argument("--link", type=_host_port, metavar="HOST:PORT",
                         help="inter-node link address; mDNS speaks on this interface only")
     parser.add_argument("--join", action="append", metavar="HOST:PORT",
@@ -96,8 +98,9 @@ def run(args: argparse.Namespace) -> int:
         overrides["bert_host"], overrides["bert_port"] = args.bert
     if args.link:
         overrides["link_host"], overrides["link_port"] = args.link
-    overrides.update(join=args.join, cluster=args.cluster, cookie_file=args.cookie_file,
-                     mdns=args.mdns, accept_new_journal=args.accept_new_journal)
+    overrides.update(redis=args.redis, join=args.join, cluster=args.cluster,
+                     cookie_file=args.cookie_file, mdns=args.mdns,
+                     accept_new_journal=args.accept_new_journal)
     path = args.config or Path(str(resources.files("yptask.conf") / "yptask.toml"))
     try:
         config = NodeConfig.load(path, **overrides)
@@ -139,6 +142,7 @@ async def _run(config: Any, readiness: Readiness) -> int:
         _tell(f"yptask node {node.name} ready\n"
               f"  JSON-RPC  {node.http_url}/rpc\n"
               f"  BERT-RPC  {node.bert_address}\n"
+              f"  Redis     {node.redis_address or '-'}\n"
               f"  link      {node.cluster.link_address if node.cluster else '-'}\n"
               f"  data      {node.data_dir}\n"
               f"  console   {node.http_url}/login?token={node.admin_token}")

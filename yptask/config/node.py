@@ -32,6 +32,8 @@ class NodeConfig:
     http_port: int = 8700  # 0: any free port
     bert_host: str = "127.0.0.1"
     bert_port: int = 8701  # 0: any free port
+    # The Redis-protocol ingress (yptask/endpoints/resp.py), "HOST:PORT"; "": off.
+    redis: str = ""
     tasks_file: Path | None = None  # first-start task definitions; None: the examples in conf/
     journal_sync: str = "NORMAL"  # SQLite synchronous: OFF | NORMAL | FULL | EXTRA
     # Start even if the journal is not the one this node last ran with (emptied, replaced):
@@ -76,9 +78,11 @@ class NodeConfig:
     max_http_connections: int = 0
     max_bert_connections: int = 0
     max_link_connections: int = 0
+    max_redis_connections: int = 0
     http_head_timeout_s: float = 5.0  # a request head not complete this long after its start
     http_keepalive_timeout_s: float = 30.0  # a connection idle between requests this long
     bert_idle_timeout_s: float = 60.0  # a BERT-RPC connection with no whole frame this long
+    redis_idle_timeout_s: float = 60.0  # a Redis-protocol connection with no whole command
     link_handshake_timeout_s: float = 5.0  # a link not authenticated this long after accept
 
     def __post_init__(self) -> None:
@@ -89,6 +93,16 @@ class NodeConfig:
             value = getattr(self, key)
             if isinstance(value, str):
                 object.__setattr__(self, key, Path(value))
+
+    @property
+    def redis_host(self) -> str:
+        """The host of the Redis-protocol listener ("" when it is off)."""
+        return _host_port(self.redis)[0] if self.redis else ""
+
+    @property
+    def redis_port(self) -> int:
+        """The port of the Redis-protocol listener (0 when it is off, or for any free one)."""
+        return _host_port(self.redis)[1] if self.redis else 0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NodeConfig:
@@ -117,6 +131,25 @@ class NodeConfig:
 def _port(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise ConfigError(f"must be a port number from 0 to 65535, got {value!r}")
+    return value
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    """HOST:PORT as (host, port); an IPv6 host may be bracketed ([::1]:8703)."""
+    host, _, port = value.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _listen_address(value: Any) -> str:
+    """A listener's HOST:PORT (port 0: any free one), or "" for none."""
+    if not isinstance(value, str):
+        raise ConfigError(f"must be a string HOST:PORT, or \"\" for off; got {value!r}")
+    if value == "":
+        return value
+    host, sep, port = value.rpartition(":")
+    if not (host.strip("[]") and sep and port.isdigit() and int(port) <= 65535):
+        raise ConfigError(f"{value!r} is not HOST:PORT (e.g. \"127.0.0.1:8703\"), or \"\" "
+                          "for off")
     return value
 
 
@@ -188,6 +221,7 @@ _NODE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "http_port": _port,
     "bert_host": string(),
     "bert_port": _port,
+    "redis": _listen_address,
     "tasks_file": _path,
     "journal_sync": _sync_level,
     "accept_new_journal": boolean,
@@ -220,8 +254,10 @@ _NODE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_http_connections": number(0, integer=True),
     "max_bert_connections": number(0, integer=True),
     "max_link_connections": number(0, integer=True),
+    "max_redis_connections": number(0, integer=True),
     "http_head_timeout_s": number(0.05),
     "http_keepalive_timeout_s": number(0.05),
     "bert_idle_timeout_s": number(0.05),
+    "redis_idle_timeout_s": number(0.05),
     "link_handshake_timeout_s": number(0.05),
 }

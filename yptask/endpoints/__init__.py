@@ -1,1 +1,2 @@
-"""The node's listeners other than the web app: BERT-RPC, and the HTTP server under the app."""
+"""The node's listeners other than the web app: BERT-RPC, the Redis protocol, and the HTTP
+server under the app."""

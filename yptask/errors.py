@@ -23,6 +23,7 @@ __all__ = [
     "DecodeError",
     "DuplicateChild",
     "EncodeError",
+    "FastCgiError",
     "FrameError",
     "HandlerError",
     "IdPending",
@@ -49,6 +50,7 @@ __all__ = [
     "WireCode",
     "WorkerExited",
     "WorkerStartFailed",
+    "WorkerUnreachable",
     "YPTaskError",
     "describe",
     "error_class_for",
@@ -92,6 +94,10 @@ class EncodeError(ProtocolError):
     """Raised when a Python value has no BERT term (inf, nan, a set, a naive datetime...)."""
 
 
+class FastCgiError(ProtocolError):
+    """Raised when a FastCGI server (php-fpm) breaks the protocol or closes mid-answer."""
+
+
 class RPCError(YPTaskError):
     """Raised when a remote procedure call fails; the base of the call errors."""
 
@@ -124,6 +130,11 @@ class CallTimeout(RPCError):
 
 class WorkerExited(RPCError):
     """Raised when a worker process exits (or closes its pipe) while a call is in flight."""
+
+
+class WorkerUnreachable(WorkerExited):
+    """Raised when a task's endpoint (HTTP, FastCGI) cannot be reached: nothing was sent,
+    so the message was not started."""
 
 
 class RemoteError(RPCError):

@@ -1,0 +1,416 @@
+"""A blocking FastCGI client for one thread: one request at a time to php-fpm (or any
+FastCGI responder) over one kept connection, and the answer as a `FastCgiResponse`.
+
+Hand-written because no maintained FastCGI *client* library for Python exists: the
+packages that speak the protocol are servers, or unmaintained early releases. The
+client's side of FastCGI 1.0 is small: records with an 8-byte header; BEGIN_REQUEST
+(role RESPONDER, FCGI_KEEP_CONN), the PARAMS stream (name-value pairs with 1- or
+4-byte lengths) and the STDIN stream go out; STDOUT and STDERR come back until
+END_REQUEST. The STDOUT stream is a CGI answer: a header block (`Status:` among it),
+a blank line, the body.
+
+The connection stays open between requests. One that the server closed while idle
+(php-fpm's `pm.max_requests`, a reload) is seen before anything is written, and the
+request goes over a fresh connection instead; a request is never sent twice once a
+byte of it may have reached the server. Writing and reading interleave (poll), so a
+server that answers before it has read a large body does not deadlock us.
+
+Errors: `WorkerUnreachable` (could not connect, or nothing of the request was
+written), `CallTimeout` (no complete answer within the request's timeout),
+`FastCgiError` (the server broke the protocol, closed mid-answer, or answered more
+than `max_response_bytes`); an address that is not one raises `ConfigError`. After
+any error the connection is closed; the next request opens a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import select
+import socket
+import struct
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from yptask.errors import CallTimeout, ConfigError, FastCgiError, WorkerUnreachable
+
+__all__ = ["MAX_PARAMS_BYTES", "MAX_STDERR_BYTES", "FastCgiAddress", "FastCgiConnection",
+           "FastCgiResponse", "encode_request", "parse_cgi_answer"]
+
+log = logging.getLogger(__name__)
+
+# Record types and constants of the FastCGI 1.0 specification.
+VERSION = 1
+BEGIN_REQUEST, ABORT_REQUEST, END_REQUEST, PARAMS, STDIN, STDOUT, STDERR = 1, 2, 3, 4, 5, 6, 7
+RESPONDER = 1
+KEEP_CONN = 1
+_HEADER = struct.Struct("!BBHHBx")  # version, type, request id, content length, padding
+_BEGIN_BODY = struct.Struct("!HB5x")  # role, flags
+_END_BODY = struct.Struct("!IB3x")  # app status, protocol status
+_PROTOCOL_STATUS = {1: "FCGI_CANT_MPX_CONN", 2: "FCGI_OVERLOADED", 3: "FCGI_UNKNOWN_ROLE"}
+_RECORD_NAMES = {1: "BEGIN_REQUEST", 2: "ABORT_REQUEST", 4: "PARAMS", 5: "STDIN", 8: "DATA",
+                 9: "GET_VALUES", 10: "GET_VALUES_RESULT", 11: "UNKNOWN_TYPE"}
+
+REQUEST_ID = 1  # one request at a time per connection: it never needs another
+_CHUNK = 32 * 1024  # content bytes per STDIN/PARAMS record (at most 65 535)
+_SEND_BYTES = 256 * 1024
+_READ_BYTES = 64 * 1024
+MAX_PARAMS_BYTES = 64 * 1024  # all parameters, encoded: far above what a delivery sends
+MAX_STDERR_BYTES = 64 * 1024  # kept of an answer's stderr; the rest is counted, not kept
+_MAX_SUN_PATH = 107  # bytes of a Unix socket's path (sun_path is 108 with its NUL)
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,252})")
+_STATUS_VALUE = re.compile(r"([1-9][0-9]{2})(?:\s.*)?", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class FastCgiAddress:
+    """Where a FastCGI server listens: `unix:/abs/path`, or `host:port` (`[v6]:port`)."""
+
+    text: str
+    path: str | None = None  # the Unix socket's, or None for TCP
+    host: str = ""
+    port: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> FastCgiAddress:
+        """The address `text` names; raises ConfigError saying what is wrong with it."""
+        if not isinstance(text, str) or not text:
+            raise ConfigError(f"a FastCGI address is 'unix:/abs/path' or 'host:port', "
+                              f"not {text!r}")
+        if text.startswith("unix:"):
+            path = text[len("unix:"):]
+            if not path.startswith("/") or "\0" in path:
+                raise ConfigError(f"FastCGI address {text!r}: the socket path must be "
+                                  "absolute ('unix:/run/php/fpm.sock')")
+            if len(path.encode("utf-8")) > _MAX_SUN_PATH:
+                raise ConfigError(f"FastCGI address {text!r}: a Unix socket path has at most "
+                                  f"{_MAX_SUN_PATH} bytes")
+            return cls(text, path=path)
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(f"FastCGI address {text!r} is neither 'unix:/abs/path' nor "
+                              "'host:port'")
+        return cls(text, host=_checked_host(text, host), port=_checked_port(text, port_text))
+
+    def connect(self, timeout_s: float) -> socket.socket:
+        """A new connected socket; raises OSError (TimeoutError) if that fails."""
+        if self.path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout_s)
+                sock.connect(self.path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        sock = socket.create_connection((self.host, self.port), timeout=timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+def _checked_host(text: str, host: str) -> str:
+    if host.startswith("[") and host.endswith("]"):
+        inner = host[1:-1]
+        try:
+            socket.inet_pton(socket.AF_INET6, inner)
+        except OSError:
+            raise ConfigError(f"FastCGI address {text!r}: {inner!r} is not an IPv6 "
+                              "address") from None
+        return inner
+    if ":" in host:
+        raise ConfigError(f"FastCGI address {text!r}: write an IPv6 address in brackets "
+                          "('[::1]:9000')")
+    if not _HOST_NAME.fullmatch(host):
+        raise ConfigError(f"FastCGI address {text!r}: {host!r} is not a host name or address")
+    return host
+
+
+def _checked_port(text: str, port_text: str) -> int:
+    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"FastCGI address {text!r}: the port must be a number from 1 to "
+                          "65535")
+    return int(port_text)
+
+
+@dataclass
+class FastCgiResponse:
+    """A FastCGI server's answer: the CGI status and headers, the body, what it wrote to
+    stderr (the first MAX_STDERR_BYTES), and END_REQUEST's application status."""
+
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    stderr: bytes = b""
+    app_status: int = 0
+
+    def header(self, name: str) -> str | None:
+        """The value of the first header called `name` (any case), if any."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
+
+
+def parse_cgi_answer(stdout: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    """A STDOUT stream as (status, headers, body): the header block ends at the first
+    blank line (CRLF or LF); `Status:` gives the status (200 without one). An empty
+    stream is a 200 with no body. Raises FastCgiError for a block that is not headers."""
+    if not stdout:
+        return 200, [], b""
+    ends = [(at, len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (at := stdout.find(sep)) >= 0]
+    if not ends:
+        raise FastCgiError(f"the answer has no CGI header block (no blank line in its "
+                           f"{len(stdout)} bytes: {stdout[:60]!r})")
+    at, length = min(ends)
+    headers: list[tuple[str, str]] = []
+    status = 200
+    for line in re.split(r"\r?\n", stdout[:at].decode("latin-1")) if at else []:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip() or not name.isprintable():
+            raise FastCgiError(f"the answer's CGI header line {line[:80]!r} is not "
+                               "'Name: value'")
+        value = value.strip()
+        if name.lower() == "status":
+            match = _STATUS_VALUE.fullmatch(value)
+            if match is None:
+                raise FastCgiError(f"the answer's Status header {value[:40]!r} is not a "
+                                   "three-digit status")
+            status = int(match.group(1))
+        headers.append((name, value))
+    return status, headers, stdout[at + length:]
+
+
+def _record(kind: int, content: bytes | memoryview) -> bytes:
+    return _HEADER.pack(VERSION, kind, REQUEST_ID, len(content), 0) + bytes(content)
+
+
+def _stream(kind: int, content: bytes) -> list[bytes]:
+    """`content` as records of `kind`, then the empty record that ends the stream."""
+    view = memoryview(content)
+    records = [_record(kind, view[at:at + _CHUNK]) for at in range(0, len(content), _CHUNK)]
+    records.append(_record(kind, b""))
+    return records
+
+
+def _length(size: int) -> bytes:
+    return bytes((size,)) if size < 128 else struct.pack("!I", size | 0x80000000)
+
+
+def encode_params(params: Mapping[str, str]) -> bytes:
+    """Name-value pairs as FastCGI encodes them; raises FastCgiError for an empty name, a
+    value that is not text, or more than MAX_PARAMS_BYTES in all."""
+    out = bytearray()
+    for name, value in params.items():
+        if not isinstance(name, str) or not name or not isinstance(value, str):
+            raise FastCgiError(f"FastCGI parameter {name!r}={value!r:.40}: names and values "
+                               "are text, names not empty; the request was not sent")
+        name_bytes, value_bytes = name.encode("utf-8"), value.encode("utf-8", "replace")
+        out += _length(len(name_bytes)) + _length(len(value_bytes)) + name_bytes + value_bytes
+        if len(out) > MAX_PARAMS_BYTES:
+            raise FastCgiError(f"the FastCGI parameters pass {MAX_PARAMS_BYTES} bytes (at "
+                               f"{name[:40]!r}); the request was not sent")
+    return bytes(out)
+
+
+def encode_request(params: Mapping[str, str], body: bytes, *, keep_conn: bool = True) -> bytes:
+    """One whole request: BEGIN_REQUEST (responder, keep the connection), PARAMS, STDIN."""
+    begin = _record(BEGIN_REQUEST, _BEGIN_BODY.pack(RESPONDER, KEEP_CONN if keep_conn else 0))
+    return b"".join([begin, *_stream(PARAMS, encode_params(params)), *_stream(STDIN, body)])
+
+
+class _AnswerReader:
+    """Reads one request's answer records as their bytes arrive."""
+
+    def __init__(self, max_stdout: int) -> None:
+        self.max_stdout = max_stdout
+        self.buffer = bytearray()
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.stderr_dropped = 0
+        self.end: tuple[int, int] | None = None  # END_REQUEST's app and protocol status
+
+    def feed(self, data: bytes) -> None:
+        """Take bytes that arrived; raises FastCgiError for a record we cannot accept."""
+        self.buffer += data
+        at = 0
+        while self.end is None and len(self.buffer) - at >= _HEADER.size:
+            version, kind, request_id, length, padding = _HEADER.unpack_from(self.buffer, at)
+            if version != VERSION:
+                raise FastCgiError(f"the server sent a record of FastCGI version {version}, "
+                                   f"not {VERSION}: it does not speak FastCGI")
+            end = at + _HEADER.size + length
+            if len(self.buffer) < end + padding:
+                break
+            self._take(kind, request_id, bytes(self.buffer[at + _HEADER.size:end]))
+            at = end + padding
+        del self.buffer[:at]
+
+    def _take(self, kind: int, request_id: int, content: bytes) -> None:
+        if request_id != REQUEST_ID:
+            raise FastCgiError(f"the server sent a record for request id {request_id}; the "
+                               f"request sent was {REQUEST_ID}")
+        if kind == STDOUT:
+            if len(self.stdout) + len(content) > self.max_stdout:
+                raise FastCgiError(f"the answer passes {self.max_stdout} bytes; cut off")
+            self.stdout += content
+        elif kind == STDERR:
+            room = max(0, MAX_STDERR_BYTES - len(self.stderr))
+            self.stderr += content[:room]
+            self.stderr_dropped += max(0, len(content) - room)
+        elif kind == END_REQUEST:
+            if len(content) < _END_BODY.size:
+                raise FastCgiError(f"the server sent an END_REQUEST of {len(content)} bytes, "
+                                   f"not {_END_BODY.size}")
+            app_status, protocol_status = _END_BODY.unpack_from(content)
+            if protocol_status:
+                raise FastCgiError("the server refused the request: "
+                                   + _PROTOCOL_STATUS.get(protocol_status,
+                                                          f"protocol status {protocol_status}"))
+            self.end = (app_status, protocol_status)
+        else:
+            raise FastCgiError("the server sent an unexpected "
+                               f"{_RECORD_NAMES.get(kind, f'type {kind}')} record")
+
+    def response(self) -> FastCgiResponse:
+        status, headers, body = parse_cgi_answer(bytes(self.stdout))
+        if self.stderr_dropped:
+            log.info("a FastCGI answer wrote %d bytes to stderr; kept the first %d",
+                     len(self.stderr) + self.stderr_dropped, len(self.stderr))
+        return FastCgiResponse(status, headers, body, bytes(self.stderr),
+                               self.end[0] if self.end else 0)
+
+
+class _NotSent(Exception):
+    """Nothing of the request was written: it may go over another connection."""
+
+
+class FastCgiConnection:
+    """A FastCGI client for one thread: `request` sends one request over a kept
+    connection and reads its whole answer. Not thread-safe."""
+
+    def __init__(self, address: str, *, connect_timeout_s: float = 5.0,
+                 max_response_bytes: int = 16 * 1024 * 1024, keep_conn: bool = True) -> None:
+        """Check the address now (ConfigError); connect at the first request.
+
+        `keep_conn=False` asks the server to close the connection after each answer:
+        php-fpm gives a kept connection's child to it alone until it closes, so each
+        open connection holds one child (`pm.max_children` must cover them)."""
+        self.address = FastCgiAddress.parse(address)
+        if not connect_timeout_s > 0 or not max_response_bytes > 0:
+            raise ConfigError("a FastCGI connection's connect_timeout_s and "
+                              "max_response_bytes must be positive")
+        self.connect_timeout_s = connect_timeout_s
+        self.max_response_bytes = max_response_bytes
+        self.keep_conn = keep_conn
+        self._sock: socket.socket | None = None
+
+    def request(self, params: Mapping[str, str], body: bytes,
+                timeout_s: float) -> FastCgiResponse:
+        """Send one request and return its answer, read in full within `timeout_s`.
+
+        Raises WorkerUnreachable (not sent: no connection, or it closed before a byte
+        was written), CallTimeout, or FastCgiError (see the module's docstring)."""
+        deadline = time.monotonic() + timeout_s
+        # Bad parameters raise here, before any I/O.
+        data = encode_request(params, body, keep_conn=self.keep_conn)
+        try:
+            if self._sock is not None and not _dropped(self._sock):
+                try:
+                    return self._exchange(self._sock, data, deadline, timeout_s)
+                except _NotSent:
+                    log.debug("FastCGI connection to %s closed while idle; reconnecting",
+                              self.address.text)
+            self._drop()
+            self._sock = self._connect(deadline)
+            try:
+                return self._exchange(self._sock, data, deadline, timeout_s)
+            except _NotSent as exc:
+                raise WorkerUnreachable(f"FastCGI server {self.address.text} closed the "
+                                        f"connection at once ({exc}); the request was not "
+                                        "sent") from None
+        except BaseException:
+            self._drop()
+            raise
+
+    def close(self) -> None:
+        """Close the connection, if open. Never raises."""
+        self._drop()
+
+    def _drop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def _connect(self, deadline: float) -> socket.socket:
+        try:
+            sock = self.address.connect(min(self.connect_timeout_s,
+                                            max(deadline - time.monotonic(), 0.001)))
+        except OSError as exc:
+            raise WorkerUnreachable(f"could not connect to FastCGI server "
+                                    f"{self.address.text}: {exc}; the request was not "
+                                    "sent") from None
+        sock.setblocking(False)
+        return sock
+
+    def _exchange(self, sock: socket.socket, data: bytes, deadline: float,
+                  timeout_s: float) -> FastCgiResponse:
+        """Write `data` and read the answer, both as the socket allows; close the
+        connection after unless the whole request went out and the answer ended clean."""
+        reader = _AnswerReader(self.max_response_bytes)
+        view, sent = memoryview(data), 0
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        while reader.end is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CallTimeout(f"FastCGI server {self.address.text} did not answer within "
+                                  f"{timeout_s:g} s")
+            poller.modify(sock, select.POLLIN | (select.POLLOUT if sent < len(data) else 0))
+            ready = poller.poll(max(1, int(remaining * 1000) + 1))
+            mask = ready[0][1] if ready else 0
+            if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                self._receive(sock, reader, sent)
+            elif mask & select.POLLOUT:
+                sent += self._send(sock, view[sent:sent + _SEND_BYTES], sent)
+        # Answered before it read the whole request, or sent more than asked: not reusable.
+        if sent < len(data) or reader.buffer or not self.keep_conn:
+            self._drop()
+        return reader.response()
+
+    def _receive(self, sock: socket.socket, reader: _AnswerReader, sent: int) -> None:
+        try:
+            chunk = sock.recv(_READ_BYTES)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if sent == 0:
+                raise _NotSent(str(exc)) from None
+            raise FastCgiError(f"FastCGI server {self.address.text} broke the connection "
+                               f"({exc}) before it answered in full") from None
+        if chunk:
+            reader.feed(chunk)
+        elif sent == 0:
+            raise _NotSent("end of stream")
+        else:
+            where = "in the middle of a record" if reader.buffer else "before END_REQUEST"
+            raise FastCgiError(f"FastCGI server {self.address.text} closed the connection "
+                               f"{where}; the request may have been handled (php-fpm closes "
+                               "a kept connection after pm.max_requests, or its child died)")
+
+    def _send(self, sock: socket.socket, chunk: memoryview, sent: int) -> int:
+        try:
+            return sock.send(chunk)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if sent == 0:
+                raise _NotSent(str(exc)) from None
+            raise FastCgiError(f"FastCGI server {self.address.text} closed the connection "
+                               f"while the request was being sent ({exc})") from None
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """Whether an idle connection was closed by the server (or has bytes nobody asked
+    for): either way it cannot carry a request."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))

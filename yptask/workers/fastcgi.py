@@ -313,7 +313,7 @@ class FastCgiConnection:
         # Bad parameters raise here, before any I/O.
         data = encode_request(params, body, keep_conn=self.keep_conn)
         try:
-            if self._sock is not None and not _dropped(self._sock):
+            if self.is_open():
                 try:
                     return self._exchange(self._sock, data, deadline, timeout_s)
                 except _NotSent:
@@ -330,6 +330,17 @@ class FastCgiConnection:
         except BaseException:
             self._drop()
             raise
+
+    def is_open(self) -> bool:
+        """Whether a connection is open and the server has not closed it (php-fpm's
+        child closes its end after its `pm.max_requests`, and waits for ours)."""
+        if self._sock is None:
+            return False
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        # Readable while idle: the server closed it, or sent bytes nobody asked for;
+        # either way it cannot carry a request.
+        return not poller.poll(0)
 
     def close(self) -> None:
         """Close the connection, if open. Never raises."""
@@ -407,10 +418,3 @@ class FastCgiConnection:
             raise FastCgiError(f"FastCGI server {self.address.text} closed the connection "
                                f"while the request was being sent ({exc})") from None
 
-
-def _dropped(sock: socket.socket) -> bool:
-    """Whether an idle connection was closed by the server (or has bytes nobody asked
-    for): either way it cannot carry a request."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))

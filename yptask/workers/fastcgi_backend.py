@@ -38,9 +38,10 @@ class FastCgiBackend:
     """Delivers messages to one FastCGI server and script; used by one thread at a time."""
 
     def __init__(self, address: str, script: str, *, connect_timeout_s: float = 5.0,
-                 max_response_bytes: int = 16 * 1024 * 1024) -> None:
+                 max_response_bytes: int = 16 * 1024 * 1024, keep_conn: bool = True) -> None:
         """Check `address` ('unix:/abs/path' or 'host:port') and `script` (an absolute
-        path on the FastCGI server's side) now, raising ConfigError; connect later."""
+        path on the FastCGI server's side) now, raising ConfigError; connect later.
+        `keep_conn`: as `FastCgiConnection`'s."""
         if not isinstance(script, str) or not posixpath.isabs(script) or "\0" in script \
                 or script.endswith("/"):
             raise ConfigError(f"a FastCGI task's script must be an absolute file path "
@@ -48,7 +49,8 @@ class FastCgiBackend:
         self.address = address
         self.script = script
         self._connection = FastCgiConnection(address, connect_timeout_s=connect_timeout_s,
-                                             max_response_bytes=max_response_bytes)
+                                             max_response_bytes=max_response_bytes,
+                                             keep_conn=keep_conn)
         folder, file_name = posixpath.split(script)
         self._fixed = {
             "GATEWAY_INTERFACE": "CGI/1.1",

@@ -313,16 +313,16 @@ class FastCgiConnection:
         # Bad parameters raise here, before any I/O.
         data = encode_request(params, body, keep_conn=self.keep_conn)
         try:
-            if self.is_open():
+            if self._sock is not None and self.is_open():
                 try:
                     return self._exchange(self._sock, data, deadline, timeout_s)
                 except _NotSent:
                     log.debug("FastCGI connection to %s closed while idle; reconnecting",
                               self.address.text)
             self._drop()
-            self._sock = self._connect(deadline)
+            self._sock = sock = self._connect(deadline)
             try:
-                return self._exchange(self._sock, data, deadline, timeout_s)
+                return self._exchange(sock, data, deadline, timeout_s)
             except _NotSent as exc:
                 raise WorkerUnreachable(f"FastCGI server {self.address.text} closed the "
                                         f"connection at once ({exc}); the request was not "

@@ -36,7 +36,9 @@ def end_request(app_status: int = 0, protocol_status: int = 0) -> bytes:
 def answer_ok(stdout: bytes = b"Content-Type: text/plain\r\n\r\nfake answer") -> Answer:
     """An answer of `stdout` (a CGI header block and body), then END_REQUEST."""
     def answer(conn: socket.socket) -> bool:
-        conn.sendall(record(STDOUT, stdout) + record(STDOUT) + end_request())
+        for at in range(0, len(stdout), 65_535):  # a record holds at most 65 535 bytes
+            conn.sendall(record(STDOUT, stdout[at:at + 65_535]))
+        conn.sendall(record(STDOUT) + end_request())
         return True
     return answer
 
@@ -45,8 +47,9 @@ class FakeFastCgi:
     """Serves one connection at a time; request n (from 0) gets `answers[n]`, the last
     answer repeating. Counts the connections and the whole requests it read."""
 
-    def __init__(self, answers: list[Answer]) -> None:
+    def __init__(self, answers: list[Answer], *, early: bool = False) -> None:
         self.answers = answers
+        self.early = early  # answer once the parameters are read, before the body
         self.connections = 0
         self.requests = 0
         self.closed = 0  # connections it closed, or saw closed
@@ -73,13 +76,16 @@ class FakeFastCgi:
                 conn.settimeout(10)  # nothing here may hang the test run
                 try:
                     while self._read_request(conn):
-                        answer = self.answers[min(self.requests, len(self.answers) - 1)]
-                        self.requests += 1
-                        if not answer(conn):
+                        if not self.early and not self._answer(conn):
                             break
                 except OSError:
                     pass
             self.closed += 1
+
+    def _answer(self, conn: socket.socket) -> bool:
+        answer = self.answers[min(self.requests, len(self.answers) - 1)]
+        self.requests += 1
+        return answer(conn)
 
     def _read_request(self, conn: socket.socket) -> bool:
         """Read one request up to its empty STDIN record; False at the end of the stream."""
@@ -94,6 +100,8 @@ class FakeFastCgi:
                 return False
             if kind == PARAMS:
                 params += content[:length]
+                if length == 0 and self.early:
+                    self._answer(conn)
             if kind == STDIN and length == 0:
                 self.params.append(bytes(params))
                 return True

@@ -148,8 +148,8 @@ def fake() -> Iterator[Callable[..., FakeFastCgi]]:
     """Start fake FastCGI servers (`fake(answers)`); each stopped at the end."""
     servers: list[FakeFastCgi] = []
 
-    def start(*answers: Answer) -> FakeFastCgi:
-        servers.append(FakeFastCgi(list(answers)))
+    def start(*answers: Answer, early: bool = False) -> FakeFastCgi:
+        servers.append(FakeFastCgi(list(answers), early=early))
         return servers[-1]
 
     yield start
@@ -415,6 +415,19 @@ def test_a_connection_closed_while_idle_is_replaced_without_resending(fake):
     assert connection.request(PARAMS_OK, b"{}", TIMEOUT_S).body == b"fake answer"
     # once: each request was read by the server once.
     assert (server.connections, server.requests) == (2, 2)
+    connection.close()
+
+
+def test_an_answer_before_the_body_is_read_does_not_deadlock(fake):
+    # Given a server that writes a long answer before it reads the request's body (as a
+    # script that never reads php://input may), while the body is longer than the
+    # socket buffers hold: the client must read while it writes.
+    answer = b"a" * (4 * 1024 * 1024)
+    server = fake(answer_ok(b"Content-Type: text/plain\r\n\r\n" + answer), early=True)
+    connection = client(server)
+    response = connection.request(PARAMS_OK, b"b" * (4 * 1024 * 1024), TIMEOUT_S)
+    assert response.body == answer
+    assert connection.request(PARAMS_OK, b"{}", TIMEOUT_S).body == answer
     connection.close()
 
 

@@ -108,7 +108,7 @@ def encode_params(params: Mapping[str, str]) -> bytes:
         if not isinstance(name, str) or not name or not isinstance(value, str):
             raise FastCgiError(f"FastCGI parameter {name!r}={value!r:.40}: names and values "
                                "are text, names not empty; the request was not sent")
-        name_bytes, value_bytes = name.encode("utf-8"), value.encode("utf-8", "replace")
+        name_bytes, value_bytes = name.encode("utf-8", "replace"), value.encode("utf-8", "replace")
         out += _length(len(name_bytes)) + _length(len(value_bytes)) + name_bytes + value_bytes
         if len(out) > MAX_PARAMS_BYTES:
             raise FastCgiError(f"the FastCGI parameters pass {MAX_PARAMS_BYTES} bytes (at "

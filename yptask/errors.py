@@ -23,6 +23,7 @@ __all__ = [
     "DecodeError",
     "DuplicateChild",
     "EncodeError",
+    "FastCgiError",
     "FrameError",
     "HandlerError",
     "IdPending",
@@ -91,6 +92,10 @@ class DecodeError(ProtocolError):
 
 class EncodeError(ProtocolError):
     """Raised when a Python value has no BERT term (inf, nan, a set, a naive datetime...)."""
+
+
+class FastCgiError(ProtocolError):
+    """Raised when a FastCGI server (php-fpm) breaks the protocol or closes mid-answer."""
 
 
 class RPCError(YPTaskError):

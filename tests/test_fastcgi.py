@@ -239,8 +239,8 @@ def test_a_script_past_its_timeout_is_a_call_timeout_and_the_next_works(fpm, scr
     assert backend.handle("php.text", "awake", meta(), TIMEOUT_S) == "plain awake"
 
 
-def test_the_connection_is_kept_between_messages(fpm, script, backends):
-    backend = backends(fpm.address, script)
+def test_with_keep_conn_the_connection_is_kept_between_messages(fpm, script, backends):
+    backend = backends(fpm.address, script, keep_conn=True)
     pids = {backend.handle("php.pid", None, meta(), TIMEOUT_S) for _ in range(5)}
     assert len(pids) == 1  # one php-fpm child served them all: one connection
 
@@ -265,9 +265,9 @@ def test_a_connection_closed_by_pm_max_requests_is_replaced(start_fpm, script):
         connection.close()
 
 
-def test_without_keep_conn_each_message_has_its_own_connection(start_fpm, script, backends):
+def test_by_default_each_message_has_its_own_connection(start_fpm, script, backends):
     fpm = start_fpm(max_requests=1)  # a kept connection would meet a retiring child
-    backend = backends(fpm.address, script, keep_conn=False)
+    backend = backends(fpm.address, script)
     pids = [backend.handle("php.pid", None, meta(), TIMEOUT_S) for _ in range(6)]
     assert len(set(pids)) == 6
 

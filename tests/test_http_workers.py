@@ -9,7 +9,6 @@ script that reads the request body and answers JSON.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import re
@@ -29,7 +28,7 @@ from support import ALONE, until, wait_for
 
 from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef
-from yptask.errors import ConfigError, HandlerError, WorkerStartFailed, WorkerUnreachable
+from yptask.errors import ConfigError, HandlerError, WorkerUnreachable
 from yptask.node import Node
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -407,22 +406,3 @@ async def test_an_endpoint_task_resizes_and_its_idle_workers_are_reaped(
 async def _workers(node: Node, count: int) -> dict[str, Any] | None:
     status: dict[str, Any] = (await node.status())["tasks"]["hook"]
     return status if status["workers"] == {"n1": count} else None
-
-
-async def test_a_fastcgi_task_on_a_node_without_fastcgi_fails_its_start_clearly(
-        start_node: StartNode, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    if importlib.util.find_spec("yptask.workers.fastcgi_backend") is not None:
-        pytest.skip("this node speaks FastCGI: its backend's own tests cover such tasks")
-    # Given a node with an HTTP task only, and then a FastCGI task put
-    node = await start_node({"name": "plain", "messages": ["plain.*"],
-                             "worker_class": "yptask.tasks.echo:Echo"})
-    await node.put_task({"name": "fcgi", "messages": ["fcgi.*"],
-                         "fastcgi": f"unix:{tmp_path}/php.sock", "script": "/srv/w.php"})
-    # Then a call to it fails at once, saying why, and status shows the same
-    with pytest.raises(WorkerStartFailed, match="cannot speak FastCGI"):
-        await node.call("fcgi.run", {}, timeout_s=10)
-    status = (await node.status())["tasks"]["fcgi"]
-    assert "cannot speak FastCGI" in status["start_error"]["error"]
-    assert "Traceback" not in caplog.text  # an expected failure, logged in a line
-    # And the other task serves on
-    assert await node.call("plain.echo", {"x": 1}, timeout_s=10) == {"x": 1}

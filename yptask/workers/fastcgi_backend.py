@@ -38,10 +38,15 @@ class FastCgiBackend:
     """Delivers messages to one FastCGI server and script; used by one thread at a time."""
 
     def __init__(self, address: str, script: str, *, connect_timeout_s: float = 5.0,
-                 max_response_bytes: int = 16 * 1024 * 1024, keep_conn: bool = True) -> None:
+                 max_response_bytes: int = 16 * 1024 * 1024, keep_conn: bool = False) -> None:
         """Check `address` ('unix:/abs/path' or 'host:port') and `script` (an absolute
         path on the FastCGI server's side) now, raising ConfigError; connect later.
-        `keep_conn`: as `FastCgiConnection`'s."""
+
+        `keep_conn`: as `FastCgiConnection`'s. Off by default, as in nginx: php-fpm gives a
+        kept connection a child of its own until it closes (so a pool smaller than the
+        task's workers starves some of them), and a child retiring at `pm.max_requests`
+        drops a message written in the instant it closes, which would cost an attempt.
+        A connection per message costs about 50 us more (a local socket)."""
         if not isinstance(script, str) or not posixpath.isabs(script) or "\0" in script \
                 or script.endswith("/"):
             raise ConfigError(f"a FastCGI task's script must be an absolute file path "

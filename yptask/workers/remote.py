@@ -9,7 +9,6 @@ when a FastCGI task starts.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Protocol
 
 from yptask.config.tasks import TaskDef
@@ -38,13 +37,7 @@ def backend_for(task: TaskDef) -> RemoteBackend:
 
         return HttpBackend(task.url, headers=task.headers)
     if task.fastcgi:
-        # Imported here: only a node that runs a FastCGI task needs it.
-        try:
-            module = importlib.import_module("yptask.workers.fastcgi_backend")
-        except ImportError as exc:
-            raise ConfigError(f"task {task.name} names a FastCGI server, and this node "
-                              f"cannot speak FastCGI: {exc}") from None
-        backend: RemoteBackend = module.FastCgiBackend(address=task.fastcgi,
-                                                       script=task.script)
-        return backend
+        from yptask.workers.fastcgi_backend import FastCgiBackend
+
+        return FastCgiBackend(address=task.fastcgi, script=task.script)
     raise ConfigError(f"task {task.name} has no endpoint: its workers are processes")

@@ -110,7 +110,7 @@ async def test_an_answer_over_the_limit_fails_the_attempt(server, monkeypatch,
             with pytest.raises(HandlerError, match="not JSON"):
                 await deliver(backend)
         else:
-            assert await deliver(backend) is None  # not JSON by its type: no result
+            assert await deliver(backend) == "y" * BIG  # not JSON by its type: its text
     finally:
         backend.close()
 
@@ -120,8 +120,8 @@ async def test_answers_other_than_a_json_2xx(server) -> None:
     # A redirect is not followed: it is a failure with its status
     with pytest.raises(HandlerError, match="HTTP 302"):
         await deliver(HttpBackend(f"{base}/redirect"))
-    # A 2xx that is not JSON acks, with no result
-    assert await deliver(HttpBackend(f"{base}/text")) is None
+    # A 2xx that is not JSON acks, its text the result
+    assert await deliver(HttpBackend(f"{base}/text")) == "fine, thanks"
     # A JSON type with a body that is not JSON is a failure
     with pytest.raises(HandlerError, match="not JSON"):
         await deliver(HttpBackend(f"{base}/badjson"))

@@ -103,8 +103,10 @@ class HttpBackend:
             raise HandlerError("HTTPError", f"HTTP {status} {reason} from {self.url}"
                                + (f": {text}" if text else ""))
         content_type = response.getheader("Content-Type", "") or ""
-        if not data or not _is_json(content_type):
+        if not data:
             return None
+        if not _is_json(content_type):  # text, as a FastCGI script's answer is read
+            return data.decode("utf-8", "replace")
         try:
             return json.loads(data)
         except ValueError as exc:  # UnicodeDecodeError included

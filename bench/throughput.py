@@ -3,7 +3,9 @@
 Publishers POST JSON-RPC `cast` to a `yptask node` subprocess over loopback
 (single requests from 32 concurrent keep-alive connections, or batches of 100
 from 4), or send `PUBLISH` over its Redis-protocol ingress (redis-py pipelines
-of 100 from 4 connections); each cast is answered once journaled. End to end = N / (first
+of 100 from 4 connections); each cast is answered once journaled. The last line
+casts batches to a task whose 2 workers are an HTTP endpoint (an aiohttp server
+in a process of its own answering 204), beside the BERT workers above. End to end = N / (first
 publish -> the node reports N handled). Where the peers are installed, Celery
 and Dramatiq (both on Redis, 2 worker processes) run in the same run.
 
@@ -14,9 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 
 import aiohttp
 from _harness import BenchNode, peers_note, run_peer, summary
@@ -101,6 +107,44 @@ async def round_trip(url: str, mode: str, n: int, headers: dict[str, str],
     return n / (published - start), n / (done - start)
 
 
+# The endpoint of the HTTP-worker line: acks every message, prints its port once it listens.
+ENDPOINT = """
+import socket, sys
+from aiohttp import web
+async def ack(request):
+    await request.read()
+    return web.Response(status=204)
+app = web.Application()
+app.router.add_post("/", ack)
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+print(sock.getsockname()[1], flush=True)
+web.run_app(app, sock=sock, print=None, access_log=None)
+"""
+
+HTTP_TASK = """
+[[task]]
+name = "noop"
+url = "http://127.0.0.1:{port}/"
+messages = ["bench.echo"]
+max_idle_s = 0
+nodes = {{ "*" = 2 }}
+"""
+
+
+@contextlib.contextmanager
+def http_endpoint() -> Iterator[int]:
+    """Run ENDPOINT in a process of its own; yield its port; stop it by its PID."""
+    server = subprocess.Popen([sys.executable, "-c", ENDPOINT], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None
+        yield int(server.stdout.readline())
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000)
@@ -123,6 +167,13 @@ def main() -> None:
                      "redis": f"Redis pipelines of {BATCH}, {CONCURRENCY[mode]} conns"}[mode]
             print(f"  {label:<36} publish {summary([r[0] for r in rounds])}/s   "
                   f"end to end {summary(e2e)}/s")
+    with http_endpoint() as port, BenchNode(tasks=HTTP_TASK.format(port=port)) as node:
+        asyncio.run(round_trip(node.url, "batch", 500, node.headers))  # warm up
+        rounds = [asyncio.run(round_trip(node.url, "batch", args.n, node.headers))
+                  for _ in range(args.rounds)]
+        print(f"  {'HTTP workers, batches of ' + str(BATCH):<36} publish "
+              f"{summary([r[0] for r in rounds])}/s   end to end "
+              f"{summary([r[1] for r in rounds])}/s")
     celery = run_peer("celery_bench.py", "tput")
     dramatiq = run_peer("dramatiq_bench.py")
     if celery is None or dramatiq is None:

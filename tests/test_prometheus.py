@@ -10,13 +10,18 @@ of another site.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import http.server
+import logging
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import ALONE, ECHO, SAMPLE, until
+from support import ALONE, CHROMIUM, ECHO, SAMPLE, require_browser, until
 
 from yptask import __version__
 from yptask.config.node import NodeConfig
@@ -223,6 +228,86 @@ async def test_a_page_of_another_site_cannot_read_metrics_even_with_the_token(no
     status, _, _ = await get(node, {**admin(node), "Origin": own,
                                     "Sec-Fetch-Site": "same-origin"})
     assert status == 200
+
+
+# A page of another site tries to read the node's metrics: a no-cors fetch (no Origin
+# header), a CORS fetch, and one that even knows the admin token (a CORS preflight).
+READER_PAGE = """<!doctype html><html><body><script>
+const url = "NODE/metrics";
+window.results = {};
+async function attempt(name, run) {
+  try { const r = await run(); window.results[name] = r.type + " " + r.status + " " +
+        (await r.text()).slice(0, 40); }
+  catch (e) { window.results[name] = "blocked"; }
+}
+(async () => {
+  await attempt("no-cors", () => fetch(url, {mode: "no-cors"}));
+  await attempt("cors", () => fetch(url));
+  await attempt("cors with the token", () => fetch(url,
+      {headers: {Authorization: "Bearer TOKEN"}}));
+  document.title = "done";
+})();
+</script></body></html>"""
+
+
+@pytest.fixture
+def reader_site(tmp_path) -> Iterator[tuple[str, Any]]:
+    """A web server of another site, on another port of 127.0.0.1: (origin, folder)."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", folder
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def open_in_browser(url: str) -> dict[str, str]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-background-networking", "--no-first-run",
+            # the browser's own guard for local addresses is not what protects the node
+            "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests,"
+            "PrivateNetworkAccessSendPreflights,PrivateNetworkAccessRespectPreflightResults"])
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_function("document.title === 'done'", timeout=30_000)
+            results: dict[str, str] = page.evaluate("window.results")
+            return results
+        finally:
+            browser.close()
+
+
+async def test_a_page_of_another_site_in_a_real_browser_reads_no_metrics(node, reader_site,
+                                                                         caplog):
+    require_browser()
+    origin, folder = reader_site
+    page = READER_PAGE.replace("NODE", node.http_url.removesuffix("/")).replace(
+        "TOKEN", node.admin_token)
+    (folder / "read.html").write_text(page)
+    # When the user opens the page (the browser runs in a thread: the node is on this loop)
+    with caplog.at_level(logging.WARNING, logger="yptask.web.app"):
+        results = await asyncio.to_thread(open_in_browser, f"{origin}/read.html")
+    # Then the page got nothing it can read: an opaque answer, or none at all
+    assert results == {"no-cors": "opaque 0 ", "cors": "blocked",
+                       "cors with the token": "blocked"}, results
+    # and the node refused the request the browser marked as another site's
+    assert "refused HTTP GET /metrics" in caplog.text
 
 
 async def test_two_nodes_in_one_process_each_serve_their_own_figures(node, tmp_path):

@@ -126,6 +126,8 @@ async def _metrics(request: web.Request) -> web.Response:
     `Authorization: Bearer`), and never a request a page of another site made: a
     cross-origin GET carries no Origin, but a browser says so in Sec-Fetch-Site."""
     if request.headers.get("Sec-Fetch-Site", "") in _FOREIGN_FETCH:
+        request.app[STRANGERS].warning("refused HTTP GET /metrics from %s: a page of "
+                                       "another site asked", request.remote)
         return web.Response(status=403, text="metrics are not served to other sites' pages\n",
                             headers=_NO_STORE)
     if not await request.app[GUARD].may_administer(request):

@@ -6,6 +6,8 @@
   `GET /login?token=ADMIN_TOKEN` (the URL a node prints at start); `POST /logout`;
   `GET /session` tells the page its node and CSRF token.
 - `GET /healthz`.
+- `GET /metrics`: the node's Prometheus metrics (`yptask.endpoints.prometheus`), to the
+  same credentials as the admin methods, and never to a page of another site.
 
 Every request passes the allow-list when there is one, then `OriginCheck`
 (its Host and Origin must be the node's own, and JSON-RPC must come as
@@ -19,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from yptask.access.policy import AccessPolicy
+from yptask.endpoints.prometheus import CONTENT_TYPE, render
 from yptask.log_limit import LogLimiter
 from yptask.service import Service
 from yptask.web.auth import SESSION_COOKIE, SESSION_TTL_S, Guard, is_loopback
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 
 NODE = web.AppKey("node", Service)
 GUARD = web.AppKey("guard", Guard)
+METRICS = web.AppKey("metrics", CollectorRegistry)
 # What strangers cause (refused addresses, failed logins) is logged a line every few seconds.
 STRANGERS = web.AppKey("strangers", LogLimiter)
 CONSOLE = Path(__file__).resolve().parent / "console"
@@ -47,12 +52,14 @@ _PAGE_HEADERS = {**_NO_STORE, "X-Frame-Options": "DENY", "X-Content-Type-Options
 
 
 def make_app(node: Service, admin_token: str | None = None,
-             access: AccessPolicy | None = None) -> web.Application:
+             access: AccessPolicy | None = None,
+             metrics: CollectorRegistry | None = None) -> web.Application:
     """Build the node's HTTP application; `app[NODE]` is the node, `app[GUARD]` its rules.
 
     `access`: the node's access rules, shared with its other surfaces; by default
     the ones its config sets, with `admin_token` (`yptask.access.secrets`) as the
-    admin token (without one, only the console password administers it)."""
+    admin token (without one, only the console password administers it).
+    `metrics`: the node's Prometheus registry, served at `GET /metrics` (none: no route)."""
     config = node.config
     if access is None:
         access = AccessPolicy.from_config(config, admin_token)
@@ -79,6 +86,9 @@ def make_app(node: Service, admin_token: str | None = None,
                                   ("POST", "/logout", _logout), ("GET", "/session", _session),
                                   ("GET", "/console/{name}", _asset)):
         add(method, path, origins.guard(handler))
+    if metrics is not None:
+        app[METRICS] = metrics
+        add("GET", "/metrics", origins.guard(_metrics))
     return app
 
 
@@ -105,6 +115,34 @@ async def _asset(request: web.Request) -> web.StreamResponse:
 
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"node": request.app[NODE].name, "ok": True})
+
+
+# What a browser says of a request a page of another site (or a sibling site) made.
+_FOREIGN_FETCH = frozenset({"cross-site", "same-site"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    """The Prometheus scrape: the admin credentials (a scraper sends the admin token as
+    `Authorization: Bearer`), and never a request a page of another site made: a
+    cross-origin GET carries no Origin, but a browser says so in Sec-Fetch-Site."""
+    if request.headers.get("Sec-Fetch-Site", "") in _FOREIGN_FETCH:
+        request.app[STRANGERS].warning("refused HTTP GET /metrics from %s: a page of "
+                                       "another site asked", request.remote)
+        return web.Response(status=403, text="metrics are not served to other sites' pages\n",
+                            headers=_NO_STORE)
+    if not await request.app[GUARD].may_administer(request):
+        return web.Response(status=401, headers={**_NO_STORE,
+                                                 "WWW-Authenticate": 'Bearer realm="yptask"'},
+                            text="metrics need the node's admin token: send Authorization: "
+                                 "Bearer ADMIN_TOKEN (the file admin-token in its data dir), "
+                                 "or the console password as HTTP Basic auth\n")
+    try:
+        body = render(request.app[METRICS])  # on the loop: it reads the pools' state
+    except Exception:  # a figure that cannot be read must not fail the node's other routes
+        log.exception("a metrics scrape failed")
+        return web.Response(status=500, text="the metrics could not be read; see the node's "
+                                             "log\n", headers=_NO_STORE)
+    return web.Response(body=body, headers={**_NO_STORE, "Content-Type": CONTENT_TYPE})
 
 
 def _refused(guard: Guard) -> web.Response | None:

@@ -173,15 +173,15 @@ class Node:
 
     async def _start_endpoints(self) -> None:
         from yptask.endpoints.http_server import HTTPLimits, HTTPServer
+        from yptask.endpoints.prometheus import node_registry
         from yptask.web.app import make_app
 
-        assert self._http_socket is not None
+        assert self._http_socket is not None and self._journal is not None
         c = self.config
-        # one set of rules, both surfaces
-        access = self._access = AccessPolicy.from_config(c, self.admin_token)
-        self._http = HTTPServer(make_app(self, access=access), HTTPLimits(
-            caps(c).http, head_timeout_s=c.http_head_timeout_s,
-            keepalive_timeout_s=c.http_keepalive_timeout_s))
+        access = self._access = AccessPolicy.from_config(c, self.admin_token)  # both surfaces
+        app = make_app(self, access=access, metrics=node_registry(self, self._journal))
+        self._http = HTTPServer(app, HTTPLimits(caps(c).http, head_timeout_s=c.http_head_timeout_s,
+                                                keepalive_timeout_s=c.http_keepalive_timeout_s))
         await self._http.start(self._http_socket)
         self._bert = BertEndpoint(self, access)
         await self._bert.start(c.bert_host, c.bert_port)

@@ -6,6 +6,12 @@ count of handled and failed messages and a histogram of handler latency
 (log-spaced bins, so any number of samples costs the same memory). Rates and
 percentiles are read from the buckets; the console plots the series. The most
 recent failed attempts are kept with their error and traceback.
+
+Those buckets cover a window; Prometheus wants counts since start. So the same
+lock also keeps a cumulative histogram of handler time over fixed buckets
+(`yptask.histogram`: one bisect per message) and, for failed deliveries, how
+many were put back for a retry and how many dead-lettered (counted where the
+journal thread settles them): read by `cumulative()` at scrape time.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Failure", "TaskMetrics"]
+from yptask.histogram import HANDLER_BUCKETS_S, Histogram, HistogramView
+
+__all__ = ["Cumulative", "Failure", "TaskMetrics"]
 
 WINDOW_S = 600  # seconds of history
 RECENT_S = 60  # rates and percentiles are over this many seconds
@@ -44,6 +52,15 @@ class Failure:
     parent_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Cumulative:
+    """What `TaskMetrics` counted since it was made: handler time, retries, dead letters."""
+
+    handler_seconds: HistogramView
+    retried: int  # failed attempts put back for another attempt
+    dead_lettered: int  # failed deliveries dead-lettered (attempts spent, or undeliverable)
+
+
 class _Second:
     __slots__ = ("failed", "handled", "latency", "second")
 
@@ -62,6 +79,9 @@ class TaskMetrics:
         self._lock = threading.Lock()
         self._seconds: deque[_Second] = deque(maxlen=WINDOW_S)
         self.failures: deque[Failure] = deque(maxlen=MAX_FAILURES)
+        self._handler_seconds = Histogram(HANDLER_BUCKETS_S)  # since start, not windowed
+        self._retried = 0
+        self._dead_lettered = 0
 
     def record(self, *, ok: bool, latency_s: float | None) -> None:
         """Count one handled (ok) or failed message, and how long its handler took."""
@@ -73,10 +93,24 @@ class TaskMetrics:
                 bucket.failed += 1
             if latency_s is not None:
                 bucket.latency[_bin(latency_s)] += 1
+                self._handler_seconds.observe(latency_s)
 
     def failed(self, failure: Failure) -> None:
         with self._lock:
             self.failures.append(failure)
+
+    def failure_settled(self, *, dead: bool) -> None:
+        """A failed attempt was written: dead-lettered, or put back for a retry."""
+        with self._lock:
+            if dead:
+                self._dead_lettered += 1
+            else:
+                self._retried += 1
+
+    def cumulative(self) -> Cumulative:
+        """The counts since start (for Prometheus)."""
+        with self._lock:
+            return Cumulative(self._handler_seconds.view(), self._retried, self._dead_lettered)
 
     def summary(self) -> dict[str, Any]:
         """Rates per second and latency percentiles (ms) over the last RECENT_S seconds."""

@@ -45,13 +45,14 @@ def settle(journal: JournalThread, task: TaskDef, metrics: TaskMetrics, delivery
                            *described, now, message.trace_id, message.parent_id))
     permanent = outcome.ending is Ending.REFUSED  # the message itself cannot be delivered
     journal.run_nowait(partial(_fail, delivery=delivery, error=outcome.error,
-                               described=described, task=task, now=now, permanent=permanent))
+                               described=described, task=task, now=now, permanent=permanent,
+                               metrics=metrics))
     return None if permanent else now + retry_after_s(task, delivery.attempt)
 
 
 def _fail(journal: Journal, delivery: Delivery, error: YPTaskError, *,
           described: tuple[str, str, str], task: TaskDef, now: float,
-          permanent: bool = False) -> bool:
+          metrics: TaskMetrics, permanent: bool = False) -> bool:
     """Record a failed attempt, its error `described` (in the journal thread); return True
     if it was dead-lettered.
 
@@ -63,6 +64,7 @@ def _fail(journal: Journal, delivery: Delivery, error: YPTaskError, *,
     dead = journal.fail(delivery.message.id, delivery.task, max_attempts=max_attempts,
                         retry_after_s=retry_after, error_class=error_class, error=detail,
                         traceback=backtrace, now=now)
+    metrics.failure_settled(dead=dead)  # counted once written: a retry, or a dead letter
     log.log(logging.ERROR if dead else logging.WARNING, "message %s to task %s failed (attempt "
             "%d%s, trace %s): %s", delivery.message.id, delivery.task, delivery.attempt,
             ", dead-lettered" if dead else "", delivery.message.trace_id, error)

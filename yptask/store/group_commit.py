@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from yptask.histogram import COMMIT_BUCKETS_S, Histogram, HistogramView
 from yptask.store.journal import Envelope, Journal
 
 __all__ = ["JournalThread"]
@@ -82,6 +83,14 @@ class JournalThread:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self.commits = 0  # transactions of appends, for benchmarks and status
+        # how long each group commit (of appends, or of acks and marks) took, since start
+        self._commit_seconds = Histogram(COMMIT_BUCKETS_S)
+        self._commit_seconds_lock = threading.Lock()  # read at scrape time, by another thread
+
+    def commit_seconds(self) -> HistogramView:
+        """The durations of the group commits so far (for Prometheus)."""
+        with self._commit_seconds_lock:
+            return self._commit_seconds.view()
 
     async def append(self, envelope: Envelope, tasks: list[str]) -> bool:
         """Store a message for its tasks; True once committed, False if its id was known.
@@ -191,6 +200,7 @@ class JournalThread:
         return batch, None, False
 
     def _commit(self, batch: list[_Op]) -> None:
+        started = time.perf_counter()
         try:
             if batch[0].kind == "append":
                 added = iter(self._append([message for op in batch for message in op.item]))
@@ -204,6 +214,9 @@ class JournalThread:
                 log.exception("journal %s of %d item(s) failed", batch[0].kind, len(batch))
             _answer_all(batch, [exc] * len(batch), _set_exception)
             return
+        elapsed = time.perf_counter() - started
+        with self._commit_seconds_lock:
+            self._commit_seconds.observe(elapsed)
         _answer_all(batch, results, _set_result)
 
     def _ack(self, batch: list[_Op]) -> None:

@@ -34,7 +34,7 @@ from yptask.errors import ConfigError, ProtocolError, YPTaskError
 from yptask.log_limit import LogLimiter
 from yptask.store.config_map import TIMER_KEY, TIMER_STATE_KEY, VOTER_KEY, ConfigMap
 from yptask.timers.lease import Lease, Voter, merge_fires, quorum
-from yptask.timers.schedule import TimerDef, due_fires, fire_id, next_fire
+from yptask.timers.schedule import TimerDef, due_ticks, fire_id, next_fire
 
 __all__ = ["TimerRunner", "timer_rows"]
 
@@ -80,6 +80,9 @@ class TimerRunner:
         # timer -> (its tick in doubt, since when): see _resolve_doubt
         self._doubt: dict[str, tuple[float, float]] = {}
         self._won_at: float | None = None  # wall time of the last new epoch won, till used
+        # timer -> ticks this node cast, and ticks its misfire policy left unfired (metrics)
+        self.fires: dict[str, int] = {}
+        self.misses: dict[str, int] = {}
 
     # ------------------------------------------------------------------ for the node
 
@@ -278,8 +281,10 @@ class TimerRunner:
                 if fired_before:
                     state["last_fire"] = max(state["last_fire"], self._doubt[name][0])
                 del self._doubt[name]
-            fires, accounted = due_fires(timer, state["last_fire"], now)
+            fires, accounted, missed = due_ticks(timer, state["last_fire"], now)
             new_state = await self._fire(timer, fires, accounted, state)
+            if missed and new_state["last_fire"] >= accounted:  # not again next round
+                self.misses[name] = self.misses.get(name, 0) + missed
             self._fires[name] = new_state["last_fire"]
             if new_state != states.get(name):
                 changed.append((TIMER_STATE_KEY + name, new_state))
@@ -332,6 +337,7 @@ class TimerRunner:
                 state.update(last_error=str(exc), last_error_at=self._wall())
                 return state
             state["last_fire"] = self._fires[timer.name] = tick
+            self.fires[timer.name] = self.fires.get(timer.name, 0) + 1
             # The voters learn of each tick as soon as it is journaled: a leader that dies
             # now has its successor start after it, not fire it again.
             await self._stand(self.lease.epoch)

@@ -35,11 +35,14 @@ from yptask.config.fields import checked_definition, read_toml
 from yptask.config.tasks import validate_message_name
 from yptask.errors import ConfigError
 
-__all__ = ["MISFIRE_POLICIES", "ON_TIME_S", "TimerDef", "due_fires", "fire_id", "load_timers",
-           "next_fire"]
+__all__ = ["MISFIRE_POLICIES", "ON_TIME_S", "TimerDef", "due_fires", "due_ticks", "fire_id",
+           "load_timers", "next_fire"]
 
 MISFIRE_POLICIES = ("skip", "fire_once", "fire_all")
 ON_TIME_S = 2.0  # a tick this late is still on time, not missed
+# Missed ticks are counted (for metrics) by walking them: after a long outage, this many
+# at most, so that counting them costs a bounded moment once.
+MAX_MISSES_COUNTED = 1000
 _TIMER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 _FIXED_OFFSET = re.compile(r"(Etc/)?(GMT|UTC)?[+-]\d{1,2}(:?\d\d)?", re.IGNORECASE)
 
@@ -102,24 +105,45 @@ def next_fire(timer: TimerDef, after: float) -> float:
 def due_fires(timer: TimerDef, last: float, now: float) -> tuple[list[float], float]:
     """The ticks to fire now, oldest first, given the last tick fired (or accounted for);
     and the tick accounted for once they are fired (missed ones included)."""
+    fires, accounted, _ = due_ticks(timer, last, now)
+    return fires, accounted
+
+
+def due_ticks(timer: TimerDef, last: float, now: float) -> tuple[list[float], float, int]:
+    """`due_fires`, and how many of the due ticks its misfire policy leaves unfired
+    (missed; after a long outage, at most MAX_MISSES_COUNTED more than it fires)."""
     # After a long outage only the latest ticks matter: start just before them, rather
     # than walk a day of one-second ticks.
     keep = timer.max_catchup if timer.misfire == "fire_all" else 1
+    start = max(last, _before_latest(timer, now, keep))
     ticks: list[float] = []
-    tick = next_fire(timer, max(last, _before_latest(timer, now, keep)))
+    seen = _ticks_between(timer, last, start) if start > last else 0  # none of them fired
+    tick = next_fire(timer, start)
     while tick <= now:
         ticks.append(tick)
+        seen += 1
         if len(ticks) > timer.max_catchup:
             ticks.pop(0)  # fire_all keeps the latest ones only
         tick = next_fire(timer, tick)
     if not ticks:
-        return [], last
+        return [], last, 0
     latest = ticks[-1]
     if timer.misfire == "fire_all":
-        return ticks, latest
-    if timer.misfire == "fire_once" or now - latest <= ON_TIME_S:
-        return [latest], latest
-    return [], latest  # skip: the latest tick is missed too
+        fires = ticks
+    elif timer.misfire == "fire_once" or now - latest <= ON_TIME_S:
+        fires = [latest]
+    else:
+        fires = []  # skip: the latest tick is missed too
+    return fires, latest, seen - len(fires)
+
+
+def _ticks_between(timer: TimerDef, after: float, until: float) -> int:
+    """How many ticks fall in (after, until], counted up to MAX_MISSES_COUNTED."""
+    count, tick = 0, next_fire(timer, after)
+    while tick <= until and count < MAX_MISSES_COUNTED:
+        count += 1
+        tick = next_fire(timer, tick)
+    return count
 
 
 def _before_latest(timer: TimerDef, now: float, count: int) -> float:

@@ -234,6 +234,24 @@ async def test_a_call_returns_the_result_and_carries_its_trace(node):
     assert (record[0]["meta"]["trace_id"], record[0]["meta"]["parent_id"]) == (TRACE, "php-root")
 
 
+async def test_a_large_result_comes_back_whole(node):
+    big = await php("return strlen($yp->call('upai.echo', str_repeat('é', 300000), 10));",
+                    rpc(node), token=SHOP)
+    assert big == {"ok": 600000}
+
+
+async def test_a_batch_over_the_body_limit_is_refused_whole(node):
+    limit = node.config.max_body_bytes
+    half = limit // 2 + 1
+    over = await php(f"""
+        return $yp->castMany([['php.record', str_repeat('a', {half})],
+                              ['php.record', str_repeat('b', {half})]]);""", rpc(node),
+                     token=SHOP)
+    assert (over["error"], over["code"]) == ("YPTask\\ProtocolError", -32600), over
+    assert str(limit) in over["message"]
+    assert not read_records(Path(node.config.data_dir).parent / "rec.jsonl")
+
+
 async def test_a_handlers_exception_is_a_handler_error_with_its_class_and_traceback(node):
     failed = await php("""
         try { $yp->call('sample.fail', ['reason' => 'disk full']); }
@@ -325,6 +343,52 @@ async def test_settings_are_checked_before_anything_is_sent():
         assert bad["error"] == "YPTask\\InvalidParams" and f"'{field}'" in bad["message"], bad
     wrong_url = await php("return 1;", "ftp://127.0.0.1/rpc")
     assert wrong_url["error"] == "YPTask\\InvalidParams" and "http(s)://" in wrong_url["message"]
+
+
+@pytest.fixture
+async def canned() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """An HTTP server on 127.0.0.1 that answers every request with the next of the raw
+    responses the test puts in the list, then closes: for the answer shapes a node does
+    not send itself (chunked, no length) but a proxy in front of it may."""
+    responses: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"Content-Length: (\d+)", head)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+            writer.write(responses.pop(0))
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/rpc", responses
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_chunked_and_unsized_answers_are_read_whole(canned):
+    url, responses = canned
+    def body(request_id: int) -> bytes:  # the client numbers its requests from 1
+        return json.dumps({"jsonrpc": "2.0", "id": request_id,
+                           "result": {"node": "x" * 70000}}).encode()
+
+    first = body(1)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part)
+                      for part in (first[:5], first[5:40000], first[40000:]))
+    responses.append(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+    responses.append(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body(2))
+    responses.append(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 3\r\n\r\nbad")
+    seen = await php("""
+        $out = [strlen($yp->status()['node']), strlen($yp->status()['node'])];
+        try { $yp->status(); } catch (YPTask\\TransportError $e) { $out[] = $e->getMessage(); }
+        return $out;""", url, admin_token="x" * 20)
+    assert seen["ok"][:2] == [70000, 70000]
+    assert "HTTP 502 without JSON-RPC" in seen["ok"][2]
 
 
 # ------------------------------------------------------------------ admin

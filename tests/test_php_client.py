@@ -23,9 +23,10 @@ import pytest
 from support import ALONE, ECHO, SAMPLE, TEST_WORKERS, read_records, until
 from test_clients import PHP_CLIENT, closed_port_url, require_php
 
+from yptask import errors
 from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef
-from yptask.errors import WIRE_CODES, YPTaskError
+from yptask.errors import YPTaskError, wire_code, wire_name
 from yptask.ingress.trace import span_of
 from yptask.node import Node
 
@@ -341,8 +342,10 @@ async def test_settings_are_checked_before_anything_is_sent():
                             ({"tokn": "x"}, "tokn")]:
         bad = await php("return 1;", closed_port_url(), **settings)
         assert bad["error"] == "YPTask\\InvalidParams" and f"'{field}'" in bad["message"], bad
-    wrong_url = await php("return 1;", "ftp://127.0.0.1/rpc")
-    assert wrong_url["error"] == "YPTask\\InvalidParams" and "http(s)://" in wrong_url["message"]
+    for wrong in ("ftp://127.0.0.1/rpc", "http:///rpc",
+                  "http://127.0.0.1:8700/rpc HTTP/1.0\r\nX: y"):
+        refused = await php("return 1;", wrong)
+        assert refused["error"] == "YPTask\\InvalidParams" and "http(s)://" in refused["message"]
 
 
 @pytest.fixture
@@ -453,19 +456,33 @@ async def _dead_ids(url: str, admin: dict[str, str]) -> list[str]:
 # ------------------------------------------------------------------ the error table
 
 
-async def test_every_wire_code_has_its_class_in_php():
-    table = (await php("""
-        $out = [];
-        foreach (YPTask\\Errors::BY_CODE as $code => $class) { $out[$class][] = $code; }
-        foreach (YPTask\\Errors::BY_CLASS_NAME as $code => $named) {
-            foreach ($named as $class) { $out[$class][] = $code; }
-        }
-        return $out;""", closed_port_url()))["ok"]
-    php_codes = {code for codes in table.values() for code in codes}
-    for cls, wire in WIRE_CODES.items():
-        if issubclass(cls, YPTaskError):
-            assert wire.jsonrpc_code in php_codes, cls
-        mirrored = f"YPTask\\{cls.__name__}"
-        if mirrored in table:
-            assert wire.jsonrpc_code in table[mirrored], (cls, table[mirrored])
-    assert re.fullmatch(r"YPTask\\\w+", next(iter(table)))
+async def test_every_error_the_node_sends_has_its_class_in_php():
+    """Each error the node can send (its code, and its class name as the node sends it)
+    is rebuilt as the PHP class of the same name where that class has the code, else as
+    the code's class."""
+    classes = {cls for cls in vars(errors).values()
+               if isinstance(cls, type) and issubclass(cls, YPTaskError)}
+    sent = sorted({(wire_code(cls).jsonrpc_code, wire_name(cls.__new__(cls)))  # no __init__
+                   for cls in classes})
+    answer = (await php(f"""
+        $table = [];
+        foreach (YPTask\\Errors::BY_CODE as $code => $class) {{ $table[$class][] = $code; }}
+        foreach (YPTask\\Errors::BY_CLASS_NAME as $code => $named) {{
+            foreach ($named as $class) {{ $table[$class][] = $code; }}
+        }}
+        $sent = json_decode('{json.dumps(sent)}', true);
+        $rebuilt = array_map(fn ($pair) => get_class(YPTask\\Error::fromWire(
+            ['code' => $pair[0], 'message' => 'm', 'data' => ['error_class' => $pair[1]]])),
+            $sent);
+        $defaults = array_map(fn ($pair) => YPTask\\Errors::BY_CODE[$pair[0]] ?? null, $sent);
+        return [$table, $rebuilt, $defaults];""", closed_port_url()))["ok"]
+    table, rebuilt, defaults = answer
+    for (code, name), got, default in zip(sent, rebuilt, defaults, strict=True):
+        assert default is not None, f"no PHP class for code {code} ({name})"
+        mirrored = f"YPTask\\{name}"
+        assert got == (mirrored if code in table.get(mirrored, []) else default), (code, name)
+    assert {"YPTask\\IdPending", "YPTask\\NotAccepting", "YPTask\\InvalidParams",
+            "YPTask\\TaskPaused", "YPTask\\Unauthorized"} <= set(rebuilt)
+    unknown = await php("return get_class(YPTask\\Error::fromWire(['code' => -32099,"
+                        " 'message' => 'new']));", closed_port_url())
+    assert unknown == {"ok": "YPTask\\RemoteError"}

@@ -308,7 +308,9 @@ namespace YPTask {
             $url ??= self::environment('YPTASK_URL') ?? self::DEFAULT_URL;
             $parts = parse_url($url);
             $scheme = is_array($parts) ? strtolower($parts['scheme'] ?? '') : '';
-            if (!in_array($scheme, ['http', 'https'], true) || ($parts['host'] ?? '') === '') {
+            // the URL's path goes into the request line as it is: no space or control byte
+            if (!in_array($scheme, ['http', 'https'], true) || ($parts['host'] ?? '') === ''
+                    || preg_match('/[\x00-\x20\x7f]/', $url)) {
                 throw new InvalidParams("yptask: a node's URL is http(s)://HOST:PORT/rpc, got "
                                         . var_export($url, true), -32602);
             }
@@ -316,7 +318,8 @@ namespace YPTask {
             $this->scheme = $scheme;
             $this->host = $parts['host'];
             $this->port = $parts['port'] ?? ($scheme === 'https' ? 443 : 80);
-            $this->path = ($parts['path'] ?? '') === '' ? '/' : $parts['path'];
+            $this->path = (($parts['path'] ?? '') === '' ? '/' : $parts['path'])
+                . (isset($parts['query']) ? "?{$parts['query']}" : '');
             $this->timeout_s = self::seconds($settings, 'timeout_s', 10.0);
             $this->connect_timeout_s = self::seconds($settings, 'connect_timeout_s', 3.0);
             $this->ssl = (array) ($settings['ssl'] ?? []);
@@ -637,8 +640,8 @@ namespace YPTask {
                 . ($auth !== null ? "Authorization: $auth\r\n" : '') . "\r\n";
             $socket = $this->connect(min($this->connect_timeout_s, $timeout_s));
             try {
-                $this->write($socket, $head . $body, $deadline);
-                return $this->read($socket, $deadline);
+                $problem = $this->write($socket, $head . $body, $deadline);
+                return $this->read($socket, $deadline, $problem);
             } finally {
                 fclose($socket);
             }
@@ -676,8 +679,9 @@ namespace YPTask {
             return $socket;
         }
 
-        /** @param resource $socket */
-        private function write($socket, string $bytes, float $deadline): void
+        /** Write $bytes; return why the node stopped taking them, or null once all went.
+         * @param resource $socket */
+        private function write($socket, string $bytes, float $deadline): ?string
         {
             $problem = null;
             set_error_handler(function (int $no, string $text) use (&$problem): bool {
@@ -693,20 +697,21 @@ namespace YPTask {
                             $this->timedOut();
                         }
                         // the node closed early (a body over its limit): read its answer
-                        return;
+                        return $problem ?? 'the node stopped reading the request';
                     }
                     $bytes = substr($bytes, $written);
                 }
             } finally {
                 restore_error_handler();
             }
+            return null;
         }
 
-        /** @param resource $socket */
-        private function read($socket, float $deadline): array
+        /** [status, body] of the answer; $problem: what went wrong while writing, if anything.
+         * @param resource $socket */
+        private function read($socket, float $deadline, ?string $problem = null): array
         {
             $raw = '';
-            $problem = null;
             set_error_handler(function (int $no, string $text) use (&$problem): bool {
                 $problem = $text;
                 return true;

@@ -10,10 +10,14 @@ writes down the meta it was given.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import shutil
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -353,6 +357,13 @@ async def canned() -> AsyncIterator[tuple[str, list[bytes]]]:
     """An HTTP server on 127.0.0.1 that answers every request with the next of the raw
     responses the test puts in the list, then closes: for the answer shapes a node does
     not send itself (chunked, no length) but a proxy in front of it may."""
+    async with canned_server(None) as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def canned_server(tls: ssl.SSLContext | None) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """The server of `canned`, over TLS with `tls`."""
     responses: list[bytes] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -365,9 +376,10 @@ async def canned() -> AsyncIterator[tuple[str, list[bytes]]]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=tls)
+    scheme = "https" if tls else "http"
     try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/rpc", responses
+        yield f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}/rpc", responses
     finally:
         server.close()
         await server.wait_closed()
@@ -392,6 +404,35 @@ async def test_chunked_and_unsized_answers_are_read_whole(canned):
         return $out;""", url, admin_token="x" * 20)
     assert seen["ok"][:2] == [70000, 70000]
     assert "HTTP 502 without JSON-RPC" in seen["ok"][2]
+
+
+def self_signed(folder: Path) -> Path:
+    """A certificate for 127.0.0.1 and its key, in one PEM file, made by `openssl`."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    pem = folder / "node.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(pem), "-out", str(folder / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)
+    pem.write_text(pem.read_text() + (folder / "cert.pem").read_text())
+    return folder / "cert.pem"
+
+
+async def test_an_https_url_is_spoken_over_tls_and_its_certificate_checked(tmp_path):
+    # A node serves plain HTTP; https is what a TLS proxy in front of it speaks.
+    cert = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp_path / "node.pem")
+    async with canned_server(tls) as (url, responses):
+        body = b'{"jsonrpc": "2.0", "id": 1, "result": []}'
+        responses.append(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        trusted = await php("return $yp->nodes();", url, admin_token="x" * 20,
+                            ssl={"cafile": str(cert)})
+        assert trusted == {"ok": []}, trusted
+        unknown = await php("return $yp->nodes();", url, admin_token="x" * 20)
+    assert unknown["error"] == "YPTask\\TransportError", unknown
+    assert "certificate verify failed" in unknown["message"], unknown
 
 
 # ------------------------------------------------------------------ admin

@@ -654,9 +654,9 @@ namespace YPTask {
             $context = stream_context_create(['ssl' => $this->ssl + [
                 'verify_peer' => true, 'verify_peer_name' => true,
                 'peer_name' => trim($this->host, '[]'), 'SNI_enabled' => true]]);
-            $problem = null;
-            set_error_handler(function (int $no, string $text) use (&$problem): bool {
-                $problem = $text;
+            $problems = [];  // PHP's warnings: a TLS failure says why only in them
+            set_error_handler(function (int $no, string $text) use (&$problems): bool {
+                $problems[] = preg_replace('/^stream_socket_client\(\): /', '', $text);
                 return true;
             });
             try {
@@ -667,7 +667,13 @@ namespace YPTask {
                 restore_error_handler();
             }
             if ($socket === false) {
-                $why = $errstr !== '' ? $errstr : ($problem ?? 'no connection');
+                // errstr, and what the warnings add to it ("Unable to connect" repeats it)
+                $reasons = array_filter($problems, fn (string $text): bool =>
+                    !str_starts_with($text, 'Unable to connect') && $text !== $errstr);
+                if ($errstr !== '' && $errstr !== 'Unknown error') {
+                    array_unshift($reasons, $errstr);
+                }
+                $why = $reasons === [] ? 'no connection' : implode('; ', array_unique($reasons));
                 if ($errno === 110 || stripos($why, 'timed out') !== false) {
                     throw new RequestTimeout("yptask: cannot reach the node at {$this->url}: no "
                                              . "connection within $timeout_s s (connect_timeout_s)");

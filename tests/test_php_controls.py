@@ -1,6 +1,8 @@
 """The PHP client's message controls (clients/php/yptask.php) against a real node: the
 cast options reach the journal as given, the node's refusals come back as a
-YPTaskException naming the field, and cancel needs the admin token.
+YPTaskException naming the field, and cancel needs the admin token. These are the
+functions of the earlier client (`yptask_cast`, ...), kept on top of `YPTask\\Client`
+(whose own tests are tests/test_php_client.py).
 
 Each test runs the client in a real `php -r` process (`run_php` of test_clients).
 """
@@ -19,6 +21,10 @@ from yptask.store.journal_file import JOURNAL_FILE
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 METHOD_NOT_FOUND = -32601
+
+
+def invalid_params() -> int:
+    return wire_code(InvalidParams).jsonrpc_code
 
 
 def journaled(node: Any, message_id: str) -> dict[str, Any]:
@@ -87,7 +93,8 @@ async def test_php_cancel_needs_the_admin_token(node):
     message_id = later["ok"]
     bad_token = await run_php(f"return yptask_cancel('{message_id}', ['token' => \"a\\r\\nb\"]);",
                               url)
-    assert bad_token["code"] == 0 and "'token'" in bad_token["message"]
+    # refused before anything is sent, as InvalidParams naming the setting
+    assert bad_token["code"] == invalid_params() and "'token'" in bad_token["message"]
     answer = await run_php(f"return yptask_cancel('{message_id}');", url,
                            YPTASK_TOKEN=node.admin_token)
     if answer.get("code") == METHOD_NOT_FOUND:

@@ -140,6 +140,11 @@ namespace YPTask {
     {
     }
 
+    /** -32019: the task's HTTP or FastCGI endpoint cannot be reached (nothing was sent). */
+    class WorkerUnreachable extends WorkerExited
+    {
+    }
+
     /** -32005: no task by that name. */
     class UnknownTask extends Error
     {
@@ -244,6 +249,7 @@ namespace YPTask {
             -32016 => WorkerStartFailed::class,
             -32017 => TaskPaused::class,
             -32018 => NotAccepting::class,
+            -32019 => WorkerUnreachable::class,
             -32603 => InternalError::class,
         ];
 

@@ -37,6 +37,8 @@ READ_BYTES = 64 * 1024  # one read of one pipe, per round
 MAX_LINE_BYTES = 64 * 1024  # a longer line is written in pieces of this size
 TAIL_BYTES = 4096  # of a worker's stderr, kept for the report of a failed start
 STOP_DRAIN_S = 2.0  # at the node's stop, how long output still open is read
+SMALL_READ_BYTES = 4096  # reads this small on average in a round: wait GATHER_S
+GATHER_S = 0.001  # (a 64 KiB pipe holds 64 MB/s of writes for this long)
 
 
 class _Stream:
@@ -222,11 +224,17 @@ class WorkerLogs:
                 break
             try:
                 events = self._selector.select(0.2 if closing else None)
+                read = 0
                 for key, _ in events:
                     if key.data is None:
                         self._take_added()
                     else:
-                        self._read(key.data)
+                        read += self._read(key.data)
+                if 0 < read < SMALL_READ_BYTES * len(events):
+                    # Small writes, one wake-up each: a moment lets them gather in the
+                    # pipes, to be taken in one read (a flood of short lines costs the
+                    # node a read per pipe-full, not per line).
+                    time.sleep(GATHER_S)
             except Exception:  # never leave a worker's pipe unread: log, and read on
                 log.exception("reading the workers' output failed; reading on")
                 time.sleep(0.01)
@@ -243,17 +251,19 @@ class WorkerLogs:
         for stream in added:
             self._selector.register(stream.fd, selectors.EVENT_READ, stream)
 
-    def _read(self, stream: _Stream) -> None:
+    def _read(self, stream: _Stream) -> int:
+        """Read once from a readable pipe; return how much was read."""
         try:
             data = os.read(stream.fd, READ_BYTES)
         except BlockingIOError:
-            return
+            return 0
         except OSError:
             data = b""
         if data:
             self._write(stream, stream.feed(data))
         else:
             self._end(stream)
+        return len(data)
 
     def _end(self, stream: _Stream) -> None:
         self._write(stream, stream.rest())

@@ -22,6 +22,8 @@ from support import ALONE, ECHO, until
 from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef
 from yptask.node import Node
+from yptask.workers.log_files import RotatingLog
+from yptask.workers.output import MAX_LINE_BYTES, _Stream
 
 TASKS = '''
 import os
@@ -175,3 +177,52 @@ def _size(path: Path) -> int | None:
         return path.stat().st_size
     except FileNotFoundError:
         return None
+
+
+async def test_a_log_file_that_cannot_be_opened_is_a_start_failure_naming_it(start_node,
+                                                                             tmp_path):
+    missing = tmp_path / "no-such-folder" / "x.log"
+    node = await start_node({"name": "nowhere", "stderr": str(missing)})
+    error = await until(lambda: _start_error(node, "nowhere"), what="the start failure")
+    assert error["exit"] == "not started" and str(missing) in error["error"], error
+    assert await node.call("upai.echo", "served") == "served"
+
+
+async def _start_error(node: Node, task: str) -> dict | None:
+    error: dict | None = (await node.status())["tasks"][task].get("start_error")
+    return error
+
+
+# ---------------------------------------------------------------- the file and the lines
+
+def test_a_rotating_log_rotates_between_lines_and_keeps_its_number_of_files(tmp_path):
+    path = tmp_path / "t.log"
+    log = RotatingLog(str(path), max_bytes=100, keep=2)
+    for n in range(30):  # 30 lines of 10 bytes: 300 bytes, three files' worth
+        log.write(f"line {n:04d}\n".encode())
+    log.close()
+    texts = [Path(f"{path}{suffix}").read_text() for suffix in (".2", ".1", "")]
+    assert [len(text) for text in texts] == [100, 100, 100]
+    assert "".join(texts) == "".join(f"line {n:04d}\n" for n in range(30))
+    assert not Path(f"{path}.3").exists()
+
+
+def test_a_line_longer_than_a_file_gets_one_of_its_own_and_keep_0_starts_afresh(tmp_path):
+    path = tmp_path / "t.log"
+    log = RotatingLog(str(path), max_bytes=10, keep=0)
+    log.write(b"short\n" + b"y" * 25 + b"\nend\n")
+    log.close()
+    # "short" was in the file the long line started afresh, which "end" started afresh
+    assert path.read_text() == "end\n"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize(("reads", "lines", "rest"), [
+    ([b"a\nb", b"c\n"], [b"a\n", b"bc\n"], b""),
+    ([b"no newline"], [b""], b"no newline\n"),
+    ([b"x" * (MAX_LINE_BYTES + 5)], [b"x" * MAX_LINE_BYTES + b"\n"], b"xxxxx\n"),
+])
+def test_a_stream_writes_whole_lines_and_cuts_one_too_long(reads, lines, rest):
+    stream = _Stream(-1, "stderr", 1, None)  # type: ignore[arg-type]  # no pipe, no sink
+    assert [stream.feed(data) for data in reads] == lines
+    assert stream.rest() == rest

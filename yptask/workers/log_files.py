@@ -46,7 +46,7 @@ class RotatingLog:
         """Append whole lines (`data` ends with a newline), rotating between lines as
         the file fills. Raises OSError (the disk is full, the folder gone)."""
         if self._fd < 0:
-            self._open()
+            self.open()
         while data:
             room = self.max_bytes - self._size
             if len(data) <= room:
@@ -68,14 +68,15 @@ class RotatingLog:
             os.close(self._fd)
             self._fd = -1
 
-    def _open(self, *, truncate: bool = False) -> None:
+    def open(self, *, truncate: bool = False) -> None:
+        """Open the file (it is opened on first write otherwise); raise OSError."""
         self._fd = os.open(self.path, _FLAGS | (os.O_TRUNC if truncate else 0), 0o644)
         self._size = os.fstat(self._fd).st_size
 
     def _rotate(self) -> None:
         self.close()
         if self.keep == 0:
-            self._open(truncate=True)
+            self.open(truncate=True)
             return
         for number in range(self.keep - 1, 0, -1):
             older = f"{self.path}.{number}"
@@ -83,7 +84,7 @@ class RotatingLog:
                 os.replace(older, f"{self.path}.{number + 1}")
         with contextlib.suppress(FileNotFoundError):  # removed by hand: start a new one
             os.replace(self.path, f"{self.path}.1")
-        self._open()
+        self.open()
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)

@@ -104,13 +104,13 @@ class WorkerOutput:
 
     def __init__(self, logs: WorkerLogs, paths: dict[int, str], settings: LogSettings) -> None:
         self._logs = logs
-        self._settings = settings
-        self._paths = paths
         self._read_fds: dict[int, int] = {}
         self.child_fds: dict[int, int] = {}  # the worker's fd -> the pipe end it gets
+        self._sinks: dict[int, _Sink] = {}
         self._streams: list[_Stream] = []
         try:
-            for fd in paths:
+            for fd, path in paths.items():  # a file that cannot be opened stops the start
+                self._sinks[fd] = logs.sink(path, settings)
                 read_fd, write_fd = worker_pipe()
                 self._read_fds[fd], self.child_fds[fd] = read_fd, write_fd
         except OSError:
@@ -123,7 +123,7 @@ class WorkerOutput:
         for fd, read_fd in self._read_fds.items():
             os.set_blocking(read_fd, False)
             self._streams.append(_Stream(read_fd, "stdout" if fd == 1 else "stderr", pid,
-                                         self._logs.sink(self._paths[fd], self._settings)))
+                                         self._sinks[fd]))
         self._read_fds = {}
         self._logs.add(self._streams)
 
@@ -131,6 +131,9 @@ class WorkerOutput:
         """The worker did not start: close both ends of every pipe."""
         self._close(self.child_fds)
         self._close(self._read_fds)
+        for sink in self._sinks.values():
+            self._logs.release(sink)
+        self._sinks.clear()
 
     def stderr_tail(self, wait_s: float) -> str:
         """The last TAIL_BYTES of what the worker wrote to stderr (whole lines), once its
@@ -171,11 +174,14 @@ class WorkerLogs:
         return WorkerOutput(self, paths, settings)
 
     def sink(self, path: str, settings: LogSettings) -> _Sink:
-        """The shared writer of the file at `path` (settings: those of its latest user)."""
+        """The shared writer of the file at `path` (settings: those of its latest user),
+        its file open; raise OSError if it cannot be opened."""
         with self._lock:
             sink = self._sinks.get(path)
             if sink is None:
-                sink = self._sinks[path] = _Sink(path, settings)
+                sink = _Sink(path, settings)
+                sink.file.open()
+                self._sinks[path] = sink
             sink.settings = settings  # an edited task's new settings apply to its file
             sink.file.max_bytes, sink.file.keep = max(1, settings.max_bytes), settings.keep
             sink.streams += 1
@@ -184,17 +190,29 @@ class WorkerLogs:
     def add(self, streams: list[_Stream]) -> None:
         """Have the thread read `streams` (never blocks)."""
         with self._lock:
-            if self._closing:
-                for stream in streams:
-                    os.close(stream.fd)
-                    stream.ended.set()
-                return
-            self._added.extend(streams)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name,
-                                                daemon=True)
-                self._thread.start()
+            closed = self._closing
+            if not closed:
+                self._added.extend(streams)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name=self._name,
+                                                    daemon=True)
+                    self._thread.start()
+        if closed:  # the node stops: nobody reads them
+            for stream in streams:
+                os.close(stream.fd)
+                stream.ended.set()
+                self.release(stream.sink)
+            return
         self._wake()
+
+    def release(self, sink: _Sink) -> None:
+        """One user less of `sink`; the last closes its file."""
+        with self._lock:
+            sink.streams -= 1
+            if sink.streams == 0:
+                if self._sinks.get(sink.file.path) is sink:
+                    del self._sinks[sink.file.path]
+                sink.file.close()
 
     def close(self, drain_s: float = STOP_DRAIN_S) -> None:
         """Read what the workers still write for up to `drain_s`, then close every pipe and
@@ -270,11 +288,7 @@ class WorkerLogs:
         self._selector.unregister(stream.fd)
         os.close(stream.fd)
         stream.ended.set()
-        with self._lock:
-            stream.sink.streams -= 1
-            if stream.sink.streams == 0:
-                self._sinks.pop(stream.sink.file.path, None)
-                stream.sink.file.close()
+        self.release(stream.sink)
 
     def _write(self, stream: _Stream, lines: bytes) -> None:
         if not lines:

@@ -4,8 +4,11 @@ that has it handle a message.
 A worker is started with `os.posix_spawn` (no fork of a threaded node, no
 `preexec_fn`): its protocol pipes land on fds 3 and 4, or on 0 and 1 when
 the task uses stdio; it runs in its own process group so a stop or a kill
-reaches any children it started. Its pipes are then owned by one
-`yptask.workers.connection.WorkerConnection`, which also stops it.
+reaches any children it started. Its stdout and stderr go to its task's log files:
+through pipes the node reads (`yptask.workers.output`), or, when the spec has no
+`logs`, opened for it at the spawn and appended to by the worker itself. Its
+protocol pipes are then owned by one `yptask.workers.connection.WorkerConnection`,
+which also stops it.
 
 It owns the shape of the packet that delivers a message (`handle_call`), and so
 how deep a payload may nest: `payload_size` checks a payload at ingress exactly

@@ -17,6 +17,7 @@ from support import ALONE, ECHO, until
 
 from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef
+from yptask.errors import ConfigError
 from yptask.node import Node
 
 # A task module that says where its worker runs and where it was imported from.
@@ -115,3 +116,24 @@ async def _start_error(node: Node, task: str) -> dict | None:
     status = await node.status()
     error: dict | None = status["tasks"][task].get("start_error")
     return error
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("cwd", 3, "must be a string"),
+    ("python_path", "src", "must be a list of directories"),
+    ("python_path", [""], "must be a list of directories"),
+    ("log_max_mb", 0, "at least 0.001"),
+    ("log_keep", -1, "from 0 to 100"),
+    ("log_format", "xml", 'use "text" or "json"'),
+])
+def test_a_bad_path_or_log_field_is_refused_naming_it(field, value, says):
+    with pytest.raises(ConfigError) as refused:
+        TaskDef.from_dict({**ECHO, field: value})
+    assert f"'{field}'" in str(refused.value) and says in str(refused.value)
+
+
+def test_the_new_fields_read_back_as_written():
+    task = TaskDef.from_dict({**ECHO, "cwd": "app", "python_path": ["src", "lib"],
+                              "log_max_mb": 2.5, "log_keep": 0, "log_format": "json"})
+    assert TaskDef.from_dict(task.to_dict()) == task
+    assert task.to_dict()["python_path"] == ["src", "lib"]

@@ -197,13 +197,16 @@ class WorkerLogs:
                     self._thread = threading.Thread(target=self._run, name=self._name,
                                                     daemon=True)
                     self._thread.start()
+                self._wake()  # under the lock: `close` closes the wake pipe after it
         if closed:  # the node stops: nobody reads them
-            for stream in streams:
-                os.close(stream.fd)
-                stream.ended.set()
-                self.release(stream.sink)
-            return
-        self._wake()
+            self._drop(streams)
+
+    def _drop(self, streams: list[_Stream]) -> None:
+        """Close streams never read (the node stops)."""
+        for stream in streams:
+            os.close(stream.fd)
+            stream.ended.set()
+            self.release(stream.sink)
 
     def release(self, sink: _Sink) -> None:
         """One user less of `sink`; the last closes its file."""
@@ -237,8 +240,9 @@ class WorkerLogs:
     def _run(self) -> None:
         while True:
             with self._lock:
-                closing, until = self._closing, self._drain_until
-            if closing and (len(self._selector.get_map()) == 1 or time.monotonic() >= until):
+                closing, until, waiting = self._closing, self._drain_until, bool(self._added)
+            if closing and ((len(self._selector.get_map()) == 1 and not waiting)
+                            or time.monotonic() >= until):
                 break
             try:
                 events = self._selector.select(0.2 if closing else None)
@@ -259,6 +263,9 @@ class WorkerLogs:
         for key in list(self._selector.get_map().values()):
             if key.data is not None:
                 self._end(key.data)
+        with self._lock:
+            added, self._added = self._added, []
+        self._drop(added)
 
     def _take_added(self) -> None:
         with contextlib.suppress(BlockingIOError):

@@ -89,7 +89,8 @@ def numbers(path: Path) -> list[int]:
 
 async def test_a_flooding_worker_fills_only_its_rotated_files_while_the_node_serves(
         start_node, tmp_path):
-    node = await start_node({"name": "flood", "log_max_mb": 1, "log_keep": 2})
+    node = await start_node({"name": "flood", "log_max_mb": 1, "log_keep": 2},
+                            {"name": "quiet"})
     log = node.log_dir / "flood.stderr.log"
     stop = tmp_path / "stop-flooding"
     # Given a worker writing to stderr until told to stop, at least 5 MB
@@ -101,6 +102,11 @@ async def test_a_flooding_worker_fills_only_its_rotated_files_while_the_node_ser
         # Then the node serves other tasks meanwhile
         for n in range(20):
             assert await node.call("upai.echo", n) == n
+        # and another worker's output reaches its own log, not held up behind the flood
+        await node.call("quiet.say", "said during the flood")
+        quiet = node.log_dir / "quiet.stdout.log"
+        await until(lambda: "said during the flood\n" in quiet.read_text(), timeout_s=10,
+                    what="the quiet worker's line in its log")
         assert not flood.done()
         # And no file is over the limit, and no third rotated file is kept
         await asyncio.sleep(0.2)  # a little more flooding, for the bounds to hold over

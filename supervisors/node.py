@@ -64,11 +64,13 @@ class NodeTree:
         self._registry = await asyncio.to_thread(ask, self._root.registry)
 
     async def stop(self) -> None:
-        """Stop every supervisor (workers finish their current message), then the root."""
+        """Stop every supervisor (workers finish their current message), then the root; then
+        close the workers' log files."""
         if self._root is not None:
             root = self._root.actor_ref
             await asyncio.to_thread(lambda: root.stop(block=True, timeout=ASK_TIMEOUT_S))
         await asyncio.gather(*self._asks, return_exceptions=True)  # answered by now
+        await asyncio.to_thread(self.place.logs.close)  # what the workers wrote last
 
     # ------------------------------------------------------------------ changes
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from yptask.config.tasks import TaskDef
@@ -30,12 +30,14 @@ from yptask.supervision.state import Registry, SupervisorState
 from yptask.supervision.supervisor import Supervisor
 from yptask.supervisors.remote_worker import RemoteWorkerActor, RemoteWorkerConfig
 from yptask.supervisors.worker import WorkerActor, WorkerConfig
-from yptask.tasks.runner import runner_argv
+from yptask.tasks.runner import RUNNER_PATH, runner_argv
 from yptask.workers.exits import ExitWatch
+from yptask.workers.log_files import LogSettings
+from yptask.workers.output import WorkerLogs
 from yptask.workers.port import PoolPort
 from yptask.workers.process import WorkerSpec
 
-__all__ = ["NodePlace", "TaskSupervisor", "worker_spec"]
+__all__ = ["NodePlace", "TaskSupervisor", "import_path", "worker_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class NodePlace:
     data_dir: Path  # the workers' working directory
     log_dir: Path  # their stdout and stderr files
     rpc_url: str  # the node's JSON-RPC endpoint, as YPTASK_URL for BaseTask.cast/call
+    # The writer of the workers' log files (rotated), for all of this node's workers.
+    logs: WorkerLogs = field(default_factory=WorkerLogs, compare=False, repr=False)
 
 
 def worker_spec(task: TaskDef, node: NodePlace) -> WorkerSpec:
@@ -66,11 +70,28 @@ def worker_spec(task: TaskDef, node: NodePlace) -> WorkerSpec:
            "YPTASK_URL": node.rpc_url}
     if task.debug:
         env["YPTASK_LOG_LEVEL"] = "DEBUG"
+    cwd = node.data_dir / task.cwd  # "" is the data dir itself
+    env.update(import_path(task, cwd, env.get("PYTHONPATH", "")))
     node.log_dir.mkdir(parents=True, exist_ok=True)
+    logs = LogSettings(max_bytes=int(task.log_max_mb * 1024 * 1024), keep=task.log_keep,
+                       json=task.log_format == "json", node=node.name, task=task.name)
     return WorkerSpec(
-        argv, use_stdio=task.use_stdio, env=env, cwd=str(node.data_dir),
+        argv, use_stdio=task.use_stdio, env=env, cwd=str(cwd),
         stdout_path=str(node.log_dir / (task.stdout or f"{task.name}.stdout.log")),
-        stderr_path=str(node.log_dir / (task.stderr or f"{task.name}.stderr.log")))
+        stderr_path=str(node.log_dir / (task.stderr or f"{task.name}.stderr.log")), logs=logs)
+
+
+def import_path(task: TaskDef, cwd: Path, pythonpath: str) -> dict[str, str]:
+    """The variables that put a task's `python_path` (and its `cwd`, if it has one) first
+    on its Python workers' sys.path: PYTHONPATH for any Python program, and RUNNER_PATH
+    for the runner, which adds it once `yptask` is imported (under `-P`, see runner_argv)."""
+    folders = [str(cwd / folder) for folder in task.python_path]
+    if not folders and not task.cwd:
+        return {}
+    path = {RUNNER_PATH: os.pathsep.join([*([str(cwd)] if task.cwd else []), *folders])}
+    if folders:
+        path["PYTHONPATH"] = os.pathsep.join(filter(None, [*folders, pythonpath]))
+    return path
 
 
 class TaskSupervisor(Supervisor):
@@ -104,8 +125,8 @@ class TaskSupervisor(Supervisor):
         shutdown_s = task.message_timeout_s + task.shutdown_timeout_s + 5.0
         return ChildSpec(
             id=child_id, start=WorkerActor,
-            args=(WorkerConfig(task.name, spec, info, SETUP_TIMEOUT_S, task.shutdown_timeout_s),
-                  self.pool, self.exits),
+            args=(WorkerConfig(task.name, spec, info, SETUP_TIMEOUT_S, task.shutdown_timeout_s,
+                               logs=self.node.logs), self.pool, self.exits),
             shutdown_s=shutdown_s, start_timeout_s=SETUP_TIMEOUT_S + 5.0)
 
     def worker_ids(self) -> list[str]:

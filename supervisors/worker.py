@@ -56,6 +56,7 @@ from yptask.supervision.policy import ExitReason
 from yptask.workers.connection import WorkerConnection
 from yptask.workers.exits import ExitWatch
 from yptask.workers.job import ANSWER_WAITING_S, PIPELINE_DEPTH, SLOW_ANSWER_S, Job, Outcome
+from yptask.workers.output import WorkerLogs
 from yptask.workers.port import PoolPort
 from yptask.workers.process import WorkerSpec, handle_call
 
@@ -86,6 +87,7 @@ class WorkerConfig:
     setup_info: dict[str, Any]
     setup_timeout_s: float
     shutdown_timeout_s: float
+    logs: WorkerLogs | None = None  # the node's writer of the spec's log files
 
 
 class WorkerActor(Supervised):
@@ -106,8 +108,11 @@ class WorkerActor(Supervised):
     def init(self) -> None:
         spec = self.config.spec
         stderr_from = _size(spec.stderr_path)  # this start's stderr is what follows
+        if spec.cwd is not None and not os.path.isdir(spec.cwd):
+            raise self._start_failed("not started", stderr_from, reason=(
+                f"its working directory {spec.cwd} does not exist (the task's cwd)"))
         try:
-            self.conn = WorkerConnection(spec)
+            self.conn = WorkerConnection(spec, self.config.logs)
         except OSError as exc:  # not even started (a command not found, with no cwd)
             raise self._start_failed("not started", stderr_from, reason=str(exc)) from None
         try:
@@ -141,7 +146,9 @@ class WorkerActor(Supervised):
                       reason: str | None) -> WorkerStartFailed:
         """Log the one line a failed start gets; return the error that says why."""
         path = self.config.spec.stderr_path
-        tail = _tail(path, stderr_from)
+        output = None if self.conn is None else self.conn.output
+        tail = _tail(path, stderr_from) if output is None else _last_lines(
+            output.stderr_tail(EXIT_GRACE_S))
         log.warning("worker of task %s could not start: %s; last stderr line: %s (stderr log: "
                     "%s)", self.task, exit if reason is None else f"{reason} ({exit})",
                     last_line(tail) or "-", path or "the node's own")
@@ -286,6 +293,11 @@ def _tail(path: str | None, start: int) -> str:
         lines = f.read(STDERR_TAIL_BYTES).decode("utf-8", "replace").splitlines()
         return "\n".join((lines[1:] if cut else lines)[-STDERR_TAIL_LINES:])
     return ""
+
+
+def _last_lines(text: str) -> str:
+    """At most the last STDERR_TAIL_LINES lines of `text`."""
+    return "\n".join(text.splitlines()[-STDERR_TAIL_LINES:])
 
 
 def _begin(job: Job) -> None:

@@ -57,8 +57,8 @@ from yptask.wire.bertrpc import (
 from yptask.wire.codec import Atom
 
 __all__ = [
-    "EXIT_BAD_CLASS", "EXIT_OK", "EXIT_PROTOCOL", "EXIT_SETUP_FAILED", "Runner", "main",
-    "runner_argv",
+    "EXIT_BAD_CLASS", "EXIT_OK", "EXIT_PROTOCOL", "EXIT_SETUP_FAILED", "RUNNER_PATH", "Runner",
+    "add_import_path", "main", "runner_argv",
 ]
 
 EXIT_OK = 0
@@ -69,6 +69,9 @@ EXIT_PROTOCOL = 4  # the input stream can no longer be framed
 
 PROTOCOL_IN_FD = 3
 PROTOCOL_OUT_FD = 4
+# Folders (os.pathsep between) put first on sys.path before the task class is imported:
+# a task's cwd and python_path (see supervisors.task.import_path).
+RUNNER_PATH = "YPTASK_PYTHON_PATH"
 
 log = logging.getLogger(__name__)
 
@@ -268,10 +271,20 @@ def runner_argv(task_class: str, *, stdio: bool = False) -> list[str]:
     """Return the command that runs a worker for `MODULE:CLASS` with this interpreter.
 
     `-P` keeps the worker's working directory off `sys.path`, so a folder named
-    `yptask` there (a source checkout) cannot shadow the installed package.
+    `yptask` there (a source checkout) cannot shadow the installed package; the
+    folders of RUNNER_PATH are added once yptask is imported (`add_import_path`).
     """
     return [sys.executable, "-P", "-m", "yptask.tasks.runner", task_class,
             *(["--stdio"] if stdio else [])]
+
+
+def add_import_path(folders: str) -> None:
+    """Put `folders` (os.pathsep between) first on sys.path, in their order. yptask is
+    imported already, so a `yptask` folder among them shadows nothing of it."""
+    for folder in reversed([f for f in folders.split(os.pathsep) if f]):
+        if folder in sys.path:
+            sys.path.remove(folder)
+        sys.path.insert(0, folder)
 
 
 def load_task_class(spec: str) -> type[BaseTask]:
@@ -315,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter(
         "%(asctime)s %(levelname)s [%(node)s] worker %(process)d %(name)s: %(message)s"))
     logging.basicConfig(level=os.environ.get("YPTASK_LOG_LEVEL", "INFO"), handlers=[handler])
+    add_import_path(os.environ.get(RUNNER_PATH, ""))
     try:
         task_class = load_task_class(args.task_class)
     except ConfigError as exc:

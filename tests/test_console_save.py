@@ -117,6 +117,11 @@ def full_definition(tmp: Any) -> dict[str, Any]:
         "rate_limit": "6000/min",
         "rate_limit_key": "user.id",
         "refuse_tokens": ["legacy-app"],
+        "cwd": str(tmp),
+        "python_path": ["workers lib", str(TEST_WORKERS)],
+        "log_max_mb": 2.5,
+        "log_keep": 5,
+        "log_format": "json",
     }
 
 

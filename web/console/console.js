@@ -134,14 +134,16 @@ function select(name) {
 // The form's inputs, by the definition field each shows. A field of a definition that
 // has none (one a later node knows) is shown, and kept, in the "other fields" box: SAVE
 // sends every field the form shows, exactly as it shows it, and nothing else.
-const TEXT_FIELDS = ["name", "group", "worker_class", "stdout", "stderr", "rate_limit",
+const TEXT_FIELDS = ["name", "group", "worker_class", "cwd", "stdout", "stderr", "rate_limit",
   "rate_limit_key"];
 const NUMBER_FIELDS = ["default_priority", "message_ttl_s", "max_idle_s", "max_attempts", "retry_backoff_s", "message_timeout_s",
-  "shutdown_timeout_s", "max_queue", "max_restarts", "restart_period_s", "restart_generation"];
-const ROW_FIELDS = ["messages", "command", "env", "settings", "nodes"];
+  "shutdown_timeout_s", "max_queue", "max_restarts", "restart_period_s", "restart_generation",
+  "log_max_mb", "log_keep"];
+const ROW_FIELDS = ["messages", "command", "python_path", "env", "settings", "nodes"];
 const FORM_FIELDS = new Set([...TEXT_FIELDS, ...NUMBER_FIELDS, ...ROW_FIELDS, "use_stdio", "debug",
-  "paused", "accepting", "priority_tickets"]);
+  "paused", "accepting", "priority_tickets", "log_format"]);
 const NEW_TASK = { name: "", group: "default", worker_class: "", command: [], use_stdio: false,
+  cwd: "", python_path: [], log_format: "text",
   stdout: "", stderr: "", debug: false, paused: false, accepting: true, messages: [], env: {},
   settings: {}, nodes: { "*": 1 } };
 const JSON_NUMBER = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?$/;
@@ -173,9 +175,10 @@ function addRow(kind, values) {
   const rows = document.getElementById(`rows-${kind}`);
   const remove = el("button", { type: "button", class: "remove-row", text: "−" });
   let row;
-  if (kind === "messages" || kind === "command") {
-    row = el("div", { class: "row" }, el("input", { class: "value",
-      placeholder: kind === "messages" ? "upai.photos.*" : "one argument, spaces and all" }), remove);
+  if (kind === "messages" || kind === "command" || kind === "python_path") {
+    const hint = { messages: "upai.photos.*", command: "one argument, spaces and all",
+      python_path: "a folder (relative to the working directory)" }[kind];
+    row = el("div", { class: "row" }, el("input", { class: "value", placeholder: hint }), remove);
   } else if (kind === "nodes") {
     row = el("div", { class: "row" },
       el("input", { class: "key", placeholder: "node (* = any)", list: "member-names" }),
@@ -207,6 +210,7 @@ function fillForm(task) {
   for (const key of NUMBER_FIELDS) form.elements[key].value = numberText(t[key]);
   form.elements.name.readOnly = Boolean(task);
   form.elements.use_stdio.value = t.use_stdio ? "yes" : "no";
+  form.elements.log_format.value = t.log_format || "text";
   form.elements.debug.checked = Boolean(t.debug);
   form.elements.paused.checked = Boolean(t.paused);
   form.elements.accepting.checked = t.accepting !== false;
@@ -214,6 +218,7 @@ function fillForm(task) {
   for (const kind of ROW_FIELDS) document.getElementById(`rows-${kind}`).replaceChildren();
   (t.messages || []).forEach((m) => addRow("messages", [m]));
   (t.command || []).forEach((a) => addRow("command", [a]));
+  (t.python_path || []).forEach((a) => addRow("python_path", [a]));
   Object.entries(t.env || {}).forEach(([k, v]) => addRow("env", [k, v]));
   Object.entries(t.settings || {}).forEach(([k, v]) =>
     addRow("settings", typeof v === "string" ? [k, "text", v] : [k, "json", JSON.stringify(v)]));
@@ -264,12 +269,14 @@ function readForm() {
   const task = {};
   for (const key of TEXT_FIELDS) task[key] = form.elements[key].value;
   task.use_stdio = form.elements.use_stdio.value === "yes";
+  task.log_format = form.elements.log_format.value;
   task.debug = form.elements.debug.checked;
   task.paused = form.elements.paused.checked;
   task.accepting = form.elements.accepting.checked;
   task.priority_tickets = tickets(form.elements.priority_tickets.value);
   task.messages = rowsOf("messages").map(([input]) => input.value);
   task.command = rowsOf("command").map(([input]) => input.value);
+  task.python_path = rowsOf("python_path").map(([input]) => input.value);
   task.env = table("env", (key, [, input]) => input.value);
   task.settings = table("settings", settingValue);
   task.nodes = table("nodes", (key, [, input]) => number("nodes", input));

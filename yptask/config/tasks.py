@@ -110,6 +110,15 @@ class TaskDef:
     # token of one of these applications (names in the node's `api_tokens`) are refused
     # with NotAccepting; the others' are taken.
     refuse_tokens: tuple[str, ...] = ()
+    # Where workers run and import from: `cwd` ("" = the node's data dir; relative to
+    # it), `python_path` (relative to cwd) put before the Python workers' sys.path.
+    cwd: str = ""
+    python_path: tuple[str, ...] = ()
+    # The workers' stdout/stderr files, written by the node: each rotated past log_max_mb
+    # into FILE.1 .. FILE.<log_keep>; "json": one JSON object per line.
+    log_max_mb: float = 10.0
+    log_keep: int = 3
+    log_format: str = "text"
 
     def subscribes_to(self, message_name: str) -> bool:
         """Return True if any of this task's patterns matches `message_name`."""
@@ -131,6 +140,7 @@ class TaskDef:
         data["command"] = list(self.command)
         data["priority_tickets"] = list(self.priority_tickets)
         data["refuse_tokens"] = list(self.refuse_tokens)
+        data["python_path"] = list(self.python_path)
         for key in _OMITTED_EMPTY:  # as a definition without them has always been written
             if not data[key]:
                 del data[key]
@@ -260,6 +270,20 @@ def _token_names(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
+def _folders(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(path, str) and path and "\0" not in path for path in value):
+        raise ConfigError("must be a list of directories (relative to the task's cwd), e.g. "
+                          f"[\"src\"]; got {value!r:.80}")
+    return tuple(value)
+
+
+def _log_keep(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise ConfigError(f"must be an integer from 0 to 100 (rotated files kept), got {value!r}")
+    return value
+
+
 def _nodes(value: Any) -> dict[str, int]:
     if not isinstance(value, Mapping):
         raise ConfigError('must be a table of node name = worker count ("*" = any node)')
@@ -308,6 +332,11 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "rate_limit_key": string(re.compile(r"|[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*"),
                              "a key of the message payload, dotted for a nested one"),
     "refuse_tokens": _token_names,
+    "cwd": string(re.compile(r"[^\0]*"), "a directory path"),
+    "python_path": _folders,
+    "log_max_mb": number(0.001),
+    "log_keep": _log_keep,
+    "log_format": string(re.compile(r"text|json"), 'use "text" or "json"'),
 }
 
 

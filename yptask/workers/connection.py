@@ -42,6 +42,7 @@ from yptask.wire.bertrpc import (
     write_frame,
 )
 from yptask.workers.job import PIPE_ROOM, Outcome
+from yptask.workers.output import WorkerLogs
 from yptask.workers.process import WorkerSpec, handle_call, spawn_process
 
 __all__ = ["WorkerConnection"]
@@ -53,9 +54,21 @@ class WorkerConnection:
     """One worker OS process and both ends of its protocol pipes. Whoever speaks on them
     holds the connection first (`held` in a thread, `claim` on the loop)."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, logs: WorkerLogs | None = None) -> None:
         self.spec = spec
-        self.pid, self._to_worker, self._from_worker = spawn_process(spec)
+        # The worker's stdout and stderr, read and written by the node (`spec.logs`), or
+        # appended by the worker to the spec's paths itself.
+        self.output = (logs.open(spec.log_paths(), spec.logs)
+                       if logs is not None and spec.logs is not None else None)
+        try:
+            self.pid, self._to_worker, self._from_worker = spawn_process(
+                spec, None if self.output is None else self.output.child_fds)
+        except BaseException:
+            if self.output is not None:
+                self.output.abandon()
+            raise
+        if self.output is not None:
+            self.output.started(self.pid)
         # The worker leads its own process group. The group outlives the worker while any
         # member does, and can be signalled by this id until the last one is gone.
         self.pgid = self.pid

@@ -4,8 +4,11 @@ that has it handle a message.
 A worker is started with `os.posix_spawn` (no fork of a threaded node, no
 `preexec_fn`): its protocol pipes land on fds 3 and 4, or on 0 and 1 when
 the task uses stdio; it runs in its own process group so a stop or a kill
-reaches any children it started. Its pipes are then owned by one
-`yptask.workers.connection.WorkerConnection`, which also stops it.
+reaches any children it started. Its stdout and stderr go to its task's log files:
+through pipes the node reads (`yptask.workers.output`), or, when the spec has no
+`logs`, opened for it at the spawn and appended to by the worker itself. Its
+protocol pipes are then owned by one `yptask.workers.connection.WorkerConnection`,
+which also stops it.
 
 It owns the shape of the packet that delivers a message (`handle_call`), and so
 how deep a payload may nest: `payload_size` checks a payload at ingress exactly
@@ -16,14 +19,17 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from yptask.errors import EncodeError
 from yptask.wire import codec
 from yptask.wire.bertrpc import DEFAULT_MAX_FRAME, Call
+from yptask.workers.log_files import LogSettings
 
-__all__ = ["MAX_PAYLOAD_DEPTH", "WorkerSpec", "handle_call", "payload_size", "spawn_process"]
+__all__ = ["MAX_PAYLOAD_DEPTH", "WorkerSpec", "handle_call", "payload_size", "spawn_process",
+           "worker_pipe"]
 
 _STDIO_FDS = (0, 1)
 _NOUSE_STDIO_FDS = (3, 4)
@@ -111,16 +117,28 @@ class WorkerSpec:
     stdout_path: str | None = None  # None: inherit the node's
     stderr_path: str | None = None
     max_frame: int = DEFAULT_MAX_FRAME
+    # Set: the node writes stdout and stderr into those paths itself, rotated
+    # (yptask.workers.output); None: the worker appends to them directly.
+    logs: LogSettings | None = None
+
+    def log_paths(self) -> dict[int, str]:
+        """The worker's fds 1 and 2 that go to a log file, and its path."""
+        return {fd: path for fd, path in ((1, self.stdout_path), (2, self.stderr_path))
+                if path is not None and not (self.use_stdio and fd == 1)}
 
 
-def spawn_process(spec: WorkerSpec) -> tuple[int, int, int]:
+def spawn_process(spec: WorkerSpec, output: Mapping[int, int] | None = None
+                  ) -> tuple[int, int, int]:
     """Start a worker process; return (pid, fd to write its input, fd to read its output).
+
+    `output`: the pipe ends its fds 1 and 2 get (from `worker_pipe`), instead of opening
+    the spec's log paths.
 
     Thread-safe and fork-free (posix_spawn), so a threaded node can call it from any
     thread. The fds are blocking and close-on-exec; the caller owns them.
     """
-    to_worker_r, to_worker_w = _pipe()
-    from_worker_r, from_worker_w = _pipe()
+    to_worker_r, to_worker_w = worker_pipe()
+    from_worker_r, from_worker_w = worker_pipe()
     in_fd, out_fd = _STDIO_FDS if spec.use_stdio else _NOUSE_STDIO_FDS
     actions: list[tuple[Any, ...]] = [
         (os.POSIX_SPAWN_DUP2, to_worker_r, in_fd),
@@ -128,8 +146,10 @@ def spawn_process(spec: WorkerSpec) -> tuple[int, int, int]:
     ]
     if not spec.use_stdio:
         actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
-    for fd, path in ((1, spec.stdout_path), (2, spec.stderr_path)):
-        if path is not None and not (spec.use_stdio and fd == 1):
+    for fd, path in spec.log_paths().items():
+        if output is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, output[fd], fd))
+        else:
             actions.append((os.POSIX_SPAWN_OPEN, fd, path, _LOG_FLAGS, 0o644))
     env = dict(os.environ if spec.env is None else spec.env)
     env["YPTASK_USE_STDIO"] = "1" if spec.use_stdio else "0"
@@ -145,8 +165,9 @@ def spawn_process(spec: WorkerSpec) -> tuple[int, int, int]:
     return pid, to_worker_w, from_worker_r
 
 
-def _pipe() -> tuple[int, int]:
-    """Return a close-on-exec pipe whose fds are above the ones a worker is given."""
+def worker_pipe() -> tuple[int, int]:
+    """Return a close-on-exec pipe (read end, write end) whose fds are above the ones a
+    worker is given."""
     fds = []
     for fd in os.pipe():
         high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)

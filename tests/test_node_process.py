@@ -65,11 +65,15 @@ def test_a_node_whose_stdout_is_gone_still_stops_gracefully(node_process):
 
 
 def test_kill_9_of_workers_mid_message_redelivers_and_loses_nothing(node_process):
-    # Given two messages being handled by the task's two workers
+    # Given two messages being handled by the task's two workers (their handlers running:
+    # a message handed to a worker that has not read it yet would come back unspent)
     node_process.start()
-    ids = node_process.cast_batch("upai.record_slowly", [{"seconds": 2, "n": i} for i in (1, 2)])
-    status = wait_for(lambda: (s := node_process.rpc("status")["tasks"]["rec"])["in_flight"] == 2
-                      and s, what="both in flight")
+    started = node_process.tmp / "started"
+    ids = node_process.cast_batch("upai.record_slowly", [
+        {"seconds": 2, "n": i, "started_path": str(started)} for i in (1, 2)])
+    wait_for(lambda: started.exists() and len(started.read_text().split()) == 2,
+             what="both handlers running")
+    status = node_process.rpc("status")["tasks"]["rec"]
     # When both worker processes are killed without warning
     for pid in status["pids"]:
         os.kill(pid, signal.SIGKILL)

@@ -81,6 +81,11 @@ class Sample(BaseTask):
         return self.handle_record(msg)
 
     def handle_record_slowly(self, msg: dict[str, Any]) -> str:
+        """Sleep, then record; first append this worker's pid to `started_path` if given
+        (so a test knows the handler is running, not only handed the message)."""
+        if "started_path" in msg:
+            with open(msg["started_path"], "a") as f:
+                f.write(f"{os.getpid()}\n")
         time.sleep(float(msg["seconds"]))
         return self.handle_record(msg)
 

@@ -139,6 +139,17 @@ async def test_a_step_the_store_cannot_answer_is_refused(nodes):
     assert len((await node.metrics(60, 600))["echo"]) == 10
 
 
+async def test_an_unreadable_history_file_is_put_aside_and_the_node_starts(nodes, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "history.db").write_bytes(b"this is not a SQLite file" * 100)
+    node = await nodes.start()
+    await node.call("upai.echo", {})
+    assert handled((await node.metrics(None, 600))["echo"], 10) >= 1
+    assert [p.name.split(".broken-")[0] for p in data.glob("history.db.broken-*")] == [
+        "history.db"]
+
+
 # ---------------------------------------------------------------------- the ledger
 
 

@@ -109,8 +109,9 @@ class Series:
 
     async def _sample_forever(self) -> None:
         while True:
-            wait = self._written_until + SAMPLE_S - self._clock()
-            await asyncio.sleep(max(0.0, wait) + 0.05)  # just past the interval's end
+            # just past the end of the interval under way (after a failure too: the next
+            # write catches up the intervals missed)
+            await asyncio.sleep(SAMPLE_S - self._clock() % SAMPLE_S + 0.05)
             try:
                 await self._sample()
             except Exception:  # the history file failed: the next interval tries again

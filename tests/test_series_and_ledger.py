@@ -205,13 +205,14 @@ async def test_a_tick_the_journal_knows_is_recorded_as_duplicate_suppressed(node
     assert all(ids.count(fire_id("beat", t)) == 1 for t in taken), "each handled once"
 
 
-async def a_takeover_with_ledger(tmp_path: Path, peer: FakePeer, cast_answer: Any = None
-                                 ) -> list[dict[str, Any]]:
+async def a_takeover_with_ledger(tmp_path: Path, peer: FakePeer, cast_answer: Any = None,
+                                 misfire: str = "fire_all") -> list[dict[str, Any]]:
     """Node b takes over at 1000.5 from a leader whose last known fire was 995 (see
     test_timer_lease.a_takeover); the ledger rows b wrote, oldest tick first."""
+    tmp_path.mkdir(exist_ok=True)
     store = ReplicatedStore(tmp_path / "config.db", HybridClock("b"))
     store.put(TIMER_KEY + "beat", TimerDef.from_dict(
-        {"name": "beat", "cron": "* * * * * *", "message": "m.x", "misfire": "fire_all"}
+        {"name": "beat", "cron": "* * * * * *", "message": "m.x", "misfire": misfire}
     ).to_dict())
     store.put(TIMER_STATE_KEY + "beat", {"last_fire": 995.0})
     history = History(tmp_path / "history.db")
@@ -248,6 +249,19 @@ async def test_a_cast_the_journal_answers_as_duplicate_is_recorded_so(tmp_path):
     rows = await a_takeover_with_ledger(tmp_path, FakePeer(set()), answer)
     assert [r["outcome"] for r in rows] == ["fired", "fired", "duplicate_suppressed", "fired",
                                            "fired"]
+
+
+async def test_ticks_a_late_leader_leaves_unfired_are_missed_or_skipped_by_policy(tmp_path):
+    # fire_once: the latest tick fires, the four before it are missed
+    rows = await a_takeover_with_ledger(tmp_path / "once", FakePeer(set()), misfire="fire_once")
+    assert [(r["tick"], r["outcome"], r["reason"]) for r in rows] == [
+        *((t, "missed", "misfire fire_once") for t in (996.0, 997.0, 998.0, 999.0)),
+        (1000.0, "fired", None)]
+    # skip: the tick due now (half a second ago) fires, the late ones are skipped
+    rows = await a_takeover_with_ledger(tmp_path / "skip", FakePeer(set()), misfire="skip")
+    assert [(r["tick"], r["outcome"]) for r in rows] == [
+        *((t, "skipped") for t in (996.0, 997.0, 998.0, 999.0)), (1000.0, "fired")]
+    assert {r["reason"] for r in rows if r["outcome"] == "skipped"} == {"misfire skip"}
 
 
 # ---------------------------------------------------------------------- run now, pause

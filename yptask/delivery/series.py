@@ -36,6 +36,7 @@ STEPS = ((600, 10), (3600, 60), (KEEP_S, 600))
 MAX_POINTS = 1000
 EVENT_KINDS = ("restart", "put", "pause", "resume", "node_start")
 CATCH_UP = 60  # intervals written at most after a stall (the pools keep 10 minutes)
+PRUNE_EVERY_S = 60
 
 
 def default_step(span_s: int) -> int:
@@ -90,7 +91,8 @@ class Series:
                                 f"at most {MAX_POINTS} points")
         now = int(self._clock())
         first = _floor(now - span_s, step) + step
-        rows = await self._history.run(self._history.series, first, step)
+        rows = await self._history.run(self._history.series, list(self._running.pools),
+                                       first, step)
         events = await self._history.run(self._history.events, float(first))
         steps: dict[str, dict[int, list[Any]]] = {name: {} for name in self._running.pools}
         for task, start, *figures in rows:
@@ -127,7 +129,8 @@ class Series:
         if samples:
             await self._history.run(self._history.add_samples, samples)
         self._written_until = max(self._written_until, end)
-        await self._history.run(self._history.prune, self._clock())
+        if end % PRUNE_EVERY_S == 0:
+            await self._history.run(self._history.prune, self._clock())
 
     def _samples(self, start: int, end: int) -> list[Sample]:
         """Each task's row for [start, end): its counts, and its queue as it is now."""

@@ -47,7 +47,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     task TEXT NOT NULL, t INTEGER NOT NULL, handled INTEGER NOT NULL, failed INTEGER NOT NULL,
     queued INTEGER NOT NULL, in_flight INTEGER NOT NULL, p50_ms REAL, p99_ms REAL,
-    PRIMARY KEY (t, task)) WITHOUT ROWID;
+    PRIMARY KEY (task, t)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     t REAL NOT NULL, kind TEXT NOT NULL, task TEXT, generation INTEGER);
 CREATE INDEX IF NOT EXISTS events_by_t ON events (t);
@@ -61,21 +61,22 @@ CREATE INDEX IF NOT EXISTS ledger_by_timer ON ledger (timer, tick);
 # A restart within one 10 s interval writes its row again: the counts add up.
 _ADD_SAMPLE = """
 INSERT INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (t, task) DO UPDATE SET handled = handled + excluded.handled,
+ON CONFLICT (task, t) DO UPDATE SET handled = handled + excluded.handled,
     failed = failed + excluded.failed, queued = excluded.queued,
     in_flight = excluded.in_flight, p50_ms = coalesce(excluded.p50_ms, p50_ms),
     p99_ms = max(coalesce(excluded.p99_ms, p99_ms), coalesce(p99_ms, excluded.p99_ms))
 """
 
-# Per task and step: counts summed, queue and in flight at their peak, p50 weighted by
-# the messages of each row, p99 the worst (rows keep percentiles, not their histograms).
+# One task's steps: counts summed, queue and in flight at their peak, p50 weighted by the
+# messages of each row, p99 the worst (rows keep percentiles, not their histograms). One
+# query per task reads its rows by the primary key's range (a day of 20 tasks: ~0.2 s).
 _SERIES = """
-SELECT task, (t / :step) * :step AS start, sum(handled), sum(failed), max(queued),
+SELECT (t / :step) * :step AS start, sum(handled), sum(failed), max(queued),
        max(in_flight),
        sum(p50_ms * (handled + failed)) / nullif(sum(CASE WHEN p50_ms IS NOT NULL
                                                      THEN handled + failed END), 0),
        max(p99_ms)
-FROM series WHERE t >= :since GROUP BY task, start ORDER BY task, start
+FROM series WHERE task = :task AND t >= :since GROUP BY start ORDER BY start
 """
 
 
@@ -151,10 +152,11 @@ class History:
             self.db.executemany("INSERT INTO ledger (timer, tick, outcome, reason, message_id,"
                                 " node, epoch, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def series(self, since: int, step: int) -> list[tuple[Any, ...]]:
+    def series(self, tasks: Sequence[str], since: int, step: int) -> list[tuple[Any, ...]]:
         """(task, step start, handled, failed, queued, in_flight, p50_ms, p99_ms) per task
-        and step from `since` on."""
-        return self.db.execute(_SERIES, {"since": since, "step": step}).fetchall()
+        of `tasks` and step from `since` on."""
+        return [(task, *row) for task in tasks for row in self.db.execute(
+            _SERIES, {"task": task, "since": since, "step": step}).fetchall()]
 
     def events(self, since: float) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT t, kind, task, generation FROM events WHERE t >= ? "
@@ -174,7 +176,8 @@ class History:
                 for tick, outcome, reason, message_id, node, epoch, at in rows]
 
     def prune(self, now: float) -> None:
-        """Forget series and events older than KEEP_S, and the ledger past its bounds."""
+        """Forget series and events older than KEEP_S, and the ledger past its bounds (a
+        scan of the series: a day of 20 tasks costs ~20 ms, so once a minute will do)."""
         with self.db:
             self.db.execute("DELETE FROM series WHERE t < ?", (int(now) - KEEP_S,))
             self.db.execute("DELETE FROM events WHERE t < ?", (now - KEEP_S,))

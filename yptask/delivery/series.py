@@ -91,6 +91,9 @@ class Series:
                                 f"at most {MAX_POINTS} points")
         now = int(self._clock())
         first = _floor(now - span_s, step) + step
+        # What no row holds yet, taken as the read is queued: the rows written before it
+        # are read, the seconds after them are the pools'.
+        unwritten = self._unwritten(now)
         rows = await self._history.run(self._history.series, list(self._running.pools),
                                        first, step)
         events = await self._history.run(self._history.events, float(first))
@@ -98,7 +101,7 @@ class Series:
         for task, start, *figures in rows:
             if task in steps:
                 steps[task][start] = figures
-        for task, start, *figures in self._unwritten(now):
+        for task, start, *figures in unwritten:
             if task in steps:
                 _add(steps[task], _floor(start, step), figures)
         result: dict[str, Any] = {task: [_point(start, step, by_start.get(start))
@@ -126,9 +129,12 @@ class Series:
         samples: list[Sample] = []
         for t in range(start, end, SAMPLE_S):
             samples.extend(self._samples(t, t + SAMPLE_S))
-        if samples:
-            await self._history.run(self._history.add_samples, samples)
+        # Queued before it is awaited: a `metrics` read queued meanwhile sees these rows,
+        # and no longer adds the same seconds from the pools.
+        written = self._history.run(self._history.add_samples, samples) if samples else None
         self._written_until = max(self._written_until, end)
+        if written is not None:
+            await written
         if end % PRUNE_EVERY_S == 0:
             await self._history.run(self._history.prune, self._clock())
 

@@ -91,9 +91,10 @@ class History:
     async def open(self) -> None:
         await self.run(self._open)
 
-    async def run(self, call: Callable[..., _T], *args: Any) -> _T:
-        """Run `call(*args)` on the history thread; its result."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+    def run(self, call: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """Queue `call(*args)` on the history thread now (calls run in the order queued);
+        await the answer for its result."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
 
     def submit(self, call: Callable[..., Any], *args: Any) -> None:
         """Queue `call(*args)` without waiting (from any thread); an error is logged."""

@@ -321,6 +321,10 @@ async def test_a_paused_timer_skips_its_ticks_until_resumed(nodes, tmp_path):
     await until(lambda: len(records(tmp_path, "timer:beat:")) > cast_before,
                 what="a tick after the resume")
     assert (await node.timer("beat"))["paused"] is False
+    # And the ledger, from the command line, tells both
+    code, out = await cli(node, "timers", "ledger", "beat", "--limit", "1000")
+    assert code == 0 and "Europe/Berlin" in out, out
+    assert "skipped" in out and "paused" in out and "fired" in out, out
 
 
 async def test_bad_ledger_and_timer_requests_are_refused(nodes):

@@ -28,6 +28,8 @@ from yptask.web.jsonrpc import error_object, internal_error
 __all__ = ["CALL", "CAST", "MAX_DEAD_LETTERS", "METHODS", "Signature", "call", "invoke"]
 
 MAX_DEAD_LETTERS = 1_000_000  # the largest `limit` dead.list accepts
+MAX_LEDGER = 10_000  # the largest `limit` timers.ledger accepts
+MAX_SPAN_S = 86_400  # metrics: a day of series is kept
 
 _bad = ingress.bad_param
 
@@ -120,14 +122,39 @@ async def _timers_delete(node: Service, /, name: Any) -> Any:
     return await node.delete_timer(_string("timers.delete", "name", name))
 
 
+async def _timers_ledger(node: Service, /, name: Any, limit: Any = 100, before: Any = None
+                         ) -> Any:
+    if before is not None and (isinstance(before, bool)
+                               or not isinstance(before, (int, float))):
+        raise _bad("timers.ledger", "before", "null or a tick time (epoch seconds)", before)
+    return await node.timer_ledger(_string("timers.ledger", "name", name),
+                                   _integer("timers.ledger", "limit", limit, minimum=1,
+                                            maximum=MAX_LEDGER),
+                                   None if before is None else float(before))
+
+
+async def _timers_run_now(node: Service, /, name: Any) -> Any:
+    return await node.run_timer(_string("timers.run_now", "name", name))
+
+
+async def _timers_pause(node: Service, /, name: Any) -> Any:
+    return await node.pause_timer(_string("timers.pause", "name", name))
+
+
+async def _timers_resume(node: Service, /, name: Any) -> Any:
+    return await node.resume_timer(_string("timers.resume", "name", name))
+
+
 async def _failures_list(node: Service, /, limit: Any = 100) -> Any:
     return await node.failures(_integer("failures.list", "limit", limit, minimum=1,
                                         maximum=MAX_DEAD_LETTERS))
 
 
-async def _metrics(node: Service, /, step: Any = 10, span: Any = 600) -> Any:
-    return await node.metrics(_integer("metrics", "step", step, minimum=1, maximum=600),
-                              _integer("metrics", "span", span, minimum=1, maximum=600))
+async def _metrics(node: Service, /, step: Any = None, span: Any = 600) -> Any:
+    """`metrics`: `step` (a multiple of 10 s) defaults by `span` (10, 60 or 600 s)."""
+    span_s = _integer("metrics", "span", span, minimum=10, maximum=MAX_SPAN_S)
+    return await node.metrics(None if step is None else _integer(
+        "metrics", "step", step, minimum=10, maximum=span_s), span_s)
 
 
 async def _nodes(node: Service, /) -> Any:
@@ -261,6 +288,10 @@ _IMPLEMENTATIONS: dict[str, Method] = {
     "timers.get": _timers_get,
     "timers.put": _timers_put,
     "timers.delete": _timers_delete,
+    "timers.ledger": _timers_ledger,
+    "timers.run_now": _timers_run_now,
+    "timers.pause": _timers_pause,
+    "timers.resume": _timers_resume,
     "dead.list": _dead_list,
     "dead.replay": _dead_replay,
     "cancel": _cancel,

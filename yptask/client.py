@@ -198,6 +198,22 @@ class Client:
     def delete_timer(self, name: str) -> Any:
         return self.request("timers.delete", {"name": name})
 
+    def timer_ledger(self, name: str, limit: int = 100, before: float | None = None
+                     ) -> dict[str, Any]:
+        """What became of a timer's ticks, newest first, from every live node."""
+        return _expect(self.request("timers.ledger", {"name": name, "limit": limit,
+                                                      "before": before}), dict, "timers.ledger")
+
+    def run_timer(self, name: str) -> dict[str, Any]:
+        """Cast a timer's message once, now."""
+        return _expect(self.request("timers.run_now", {"name": name}), dict, "timers.run_now")
+
+    def pause_timer(self, name: str) -> dict[str, Any]:
+        return _expect(self.request("timers.pause", {"name": name}), dict, "timers.pause")
+
+    def resume_timer(self, name: str) -> dict[str, Any]:
+        return _expect(self.request("timers.resume", {"name": name}), dict, "timers.resume")
+
     def nodes(self) -> list[dict[str, Any]]:
         """The cluster's members as the node sees them, itself first."""
         return _expect(self.request("nodes"), list, "nodes")

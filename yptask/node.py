@@ -47,6 +47,7 @@ from yptask.delivery.cancel import CANCEL_REQUEST, Cancels
 from yptask.delivery.forwarding import accept_forwarded
 from yptask.delivery.load import Load
 from yptask.delivery.running import RunningTasks
+from yptask.delivery.series import Series
 from yptask.delivery.status import Inspector
 from yptask.delivery.task_admin import TaskAdmin
 from yptask.delivery.traces import TRACE_REQUEST, Traces
@@ -57,6 +58,7 @@ from yptask.ingress.cast import CastRequest
 from yptask.ingress.publisher import Publisher
 from yptask.store.config_map import TASK_KEY, ConfigMap
 from yptask.store.group_commit import JournalThread
+from yptask.store.history import HISTORY_FILE, History
 from yptask.store.journal import Journal
 from yptask.store.journal_file import JOURNAL_FILES, open_checked, prune_forever
 from yptask.store.replicated import HybridClock, ReplicatedStore
@@ -64,6 +66,7 @@ from yptask.supervisors.node import NodeTree
 from yptask.supervisors.task import NodePlace
 from yptask.timers.admin import TimerAdmin
 from yptask.timers.leader import TimerRunner
+from yptask.timers.ledger import LEDGER_REQUEST, TimerLedger
 from yptask.workers.exits import ExitWatch
 
 __all__ = ["Node"]
@@ -97,6 +100,7 @@ class Node:
         self._resp: RespEndpoint | None = None
         self._access: AccessPolicy | None = None
         self._journal: JournalThread | None = None
+        self._history: History | None = None  # series, markers, the timer ledger
         self._config_map: ConfigMap | None = None
         self._tree: NodeTree | None = None
         self._pruner: asyncio.Task[None] | None = None
@@ -129,8 +133,10 @@ class Node:
         journal = self._journal = JournalThread(await asyncio.to_thread(
             open_checked, self.data_dir, synchronous=c.journal_sync,
             accept_new=c.accept_new_journal), name=f"journal {self.name}")
+        history = self._history = History(self.data_dir / HISTORY_FILE, node=self.name)
+        await history.open()
         self._http_socket, self.http_url = bind_http(c.http_host, c.http_port)
-        self._build(journal, config_map)
+        self._build(journal, config_map, history)
         await self._start_workers()
         self._pruner = self.loop.create_task(prune_forever(journal, c.dedupe_window_s),
                                              name="prune journal")
@@ -140,7 +146,7 @@ class Node:
                  self.bert_address, self.redis_address or "-",
                  self.cluster.link_address if self.cluster else "-")
 
-    def _build(self, journal: JournalThread, config_map: ConfigMap) -> None:
+    def _build(self, journal: JournalThread, config_map: ConfigMap, history: History) -> None:
         """The rooms, wired to each other (nothing runs yet)."""
         place = NodePlace(self.name, self.data_dir, self.log_dir, self.http_url + "/rpc")
         self._tree = NodeTree(place, self._exits, lambda task: self.running.pools[task],
@@ -154,11 +160,19 @@ class Node:
         check = self.publisher.check_running
         self.inspector = Inspector(self.name, journal, self.running, self._exits.pids)
         self.scheduled = self.inspector.scheduled  # the message controls' service methods
-        self.task_admin = TaskAdmin(self.name, config_map, self.running, check)
-        self.timer_admin = TimerAdmin(self.name, config_map, check)
-        admin = self.timer_admin  # the timer operations' service methods
-        self.timers, self.timer, self.put_timer, self.delete_timer = (
-            admin.timers, admin.timer, admin.put_timer, admin.delete_timer)
+        self.series = Series(history, self.running, self.load)
+        tasks = self.task_admin = TaskAdmin(self.name, config_map, self.running, check,
+                                            self.series.event)  # the task operations:
+        self.tasks, self.task, self.put_task, self.delete_task, self.restart, self.pause = (
+            tasks.tasks, tasks.task, tasks.put_task, tasks.delete_task, tasks.restart,
+            tasks.pause)
+        self.resume = partial(tasks.pause, paused=False)
+        admin = self.timer_admin = TimerAdmin(self.name, config_map, check, TimerLedger(
+            self.name, history), self._cast_tick)  # and the timer operations
+        self.timers, self.timer, self.put_timer, self.delete_timer, self.timer_ledger = (
+            admin.timers, admin.timer, admin.put_timer, admin.delete_timer, admin.ledger)
+        self.run_timer, self.pause_timer = admin.run_now, admin.pause
+        self.resume_timer = partial(admin.pause, paused=False)
         self.cancels = Cancels(self.name, journal, lambda: self.running.pools)  # and these
         self.cancel, self.message_cancelled = self.cancels.cancel, self.cancels.cancelled
         self.traces = Traces(self.name, journal, self.publisher.calls)
@@ -170,6 +184,7 @@ class Node:
         await self._tree.start(tasks)  # returns once every task's workers started
         self.running.start()
         self.load.start()
+        self.series.start()
 
     async def _start_endpoints(self) -> None:
         from yptask.endpoints.http_server import HTTPLimits, HTTPServer
@@ -201,19 +216,21 @@ class Node:
         self.timer_runner = timers = TimerRunner(
             self.name, config_map, cast=self._cast_tick, peers=peer_names, ask=cluster.request,
             ballot=self.data_dir / TIMER_BALLOT_FILE, lease_s=c.timer_lease_s,
-            known_here=self._known_ids, settle_s=self._timer_settle_s())
+            known_here=self._known_ids, settle_s=self._timer_settle_s(),
+            ledger=self.timer_admin.tick_ledger)
         self._ids = ids = ClientIds(self.name, journal, peer_names, cluster.request,
                                     wait_s=c.client_id_wait_s, pending_s=c.client_id_pending_s)
         for kind, handler in (("lease", timers.on_ask), ("lease_release", timers.on_release),
                               ("tick_known", timers.on_tick_known), (IDS_REQUEST, ids.answer),
                               (CANCEL_REQUEST, self.cancels.answer),
-                              (TRACE_REQUEST, self.traces.answer)):
+                              (TRACE_REQUEST, self.traces.answer),
+                              (LEDGER_REQUEST, self.timer_admin.tick_ledger.answer)):
             cluster.serve(kind, handler)
         await cluster.start()
         self.publisher.join(ids, cluster.up, cluster.request)
         self.inspector.join(cluster.up, ids.status)
         self.traces.join(cluster.up, cluster.request)
-        self.timer_admin.led_by(timers, cluster.membership.is_up)
+        self.timer_admin.led_by(timers, cluster.membership.is_up, peer_names, cluster.request)
         self.running.forward_with(cluster.up, cluster.request)
         self.cancels.join(cluster.up, cluster.request, lambda: list(cluster.membership.members))
         await timers.start()
@@ -240,6 +257,7 @@ class Node:
         running = getattr(self, "running", None)  # built once the journal is open
         if running is not None:
             await self.load.stop()
+            await self.series.stop()
             await running.stop_following()
         if self.timer_runner is not None:
             await self.timer_runner.stop()
@@ -267,6 +285,8 @@ class Node:
             await asyncio.to_thread(self._journal.close)
         if self._config_map is not None:
             await self._config_map.close()
+        if self._history is not None:
+            await asyncio.to_thread(self._history.close)
         log.info("node %s stopped", self.name)
 
     # ------------------------------------------------------------------ for the cluster
@@ -292,8 +312,8 @@ class Node:
         known: set[str] = await self._journal.run(partial(Journal.known_client_ids, ids=ids))
         return known
 
-    async def _cast_tick(self, name: str, payload: Any, message_id: str) -> None:
-        await self.publisher.cast(name, payload, id=message_id, ticks=True)
+    async def _cast_tick(self, name: str, payload: Any, message_id: str) -> dict[str, Any]:
+        return await self.publisher.cast(name, payload, id=message_id, ticks=True)
 
     # ------------------------------------------------------------------ the service
 
@@ -306,35 +326,14 @@ class Node:
     async def call(self, name: Any, msg: Any, *, timeout_s: Any = 30.0, **trace: Any) -> Any:
         return await self.publisher.call(name, msg, timeout_s=timeout_s, **trace)
 
-    async def tasks(self) -> list[dict[str, Any]]:
-        return await self.task_admin.tasks()
-
-    async def task(self, name: str) -> dict[str, Any]:
-        return await self.task_admin.task(name)
-
-    async def put_task(self, definition: dict[str, Any]) -> dict[str, Any]:
-        return await self.task_admin.put_task(definition)
-
-    async def delete_task(self, name: str) -> None:
-        await self.task_admin.delete_task(name)
-
-    async def restart(self, name: str) -> dict[str, Any]:
-        return await self.task_admin.restart(name)
-
-    async def pause(self, name: str) -> dict[str, Any]:
-        return await self.task_admin.pause(name)
-
-    async def resume(self, name: str) -> dict[str, Any]:
-        return await self.task_admin.pause(name, paused=False)
-
     async def status(self) -> dict[str, Any]:
         return await self.inspector.status()
 
     async def failures(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self.inspector.failures(limit)
 
-    async def metrics(self, step_s: int = 10, span_s: int = 600) -> dict[str, Any]:
-        return await self.inspector.metrics(step_s, span_s)
+    async def metrics(self, step_s: int | None = None, span_s: int = 600) -> dict[str, Any]:
+        return await self.series.metrics(step_s, span_s)
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self.inspector.dead_letters(limit)

@@ -1,13 +1,17 @@
-"""`yptask timers` and `yptask timer show|apply|delete`: the cron timers.
+"""`yptask timers [pause|resume|run|ledger NAME]` and `yptask timer show|apply|delete`.
 
 `timers` lists each timer with its last and next fire and which node fires them
-(the holder of the timer lease); `timer apply` reads `[[timer]]` tables with the
-schedule's own loader, so an impossible schedule is refused before any node is asked.
+(the holder of the timer lease); `timers pause|resume NAME` holds a timer's
+ticks or lets them fire again, `timers run NAME` casts its message once now,
+`timers ledger NAME` shows what became of its latest ticks; `timer apply` reads
+`[[timer]]` tables with the schedule's own loader, so an impossible schedule
+is refused before any node is asked.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from yptask.cli.connect import Subparsers, add_command, client
 from yptask.cli.exits import EXIT_OK
@@ -33,9 +37,50 @@ def _timers(args: argparse.Namespace) -> int:
           "no majority of the nodes is reachable)")
     print(table(["NAME", "CRON", "ZONE", "MESSAGE", "LAST FIRE", "NEXT FIRE", "LAST ERROR"],
                 [[r.get("name"), r.get("cron"), r.get("timezone"), r.get("message"),
-                  clock(r.get("last_fire")),
-                  clock(r.get("next_fire")) if r.get("enabled", True) else "disabled",
-                  r.get("last_error") or "-"] for r in rows]))
+                  clock(r.get("last_fire")), _next(r), r.get("last_error") or "-"]
+                 for r in rows]))
+    return EXIT_OK
+
+
+def _next(row: dict[str, Any]) -> str:
+    if not row.get("enabled", True):
+        return "disabled"
+    return "paused" if row.get("paused") else clock(row.get("next_fire"))
+
+
+def _timers_pause(args: argparse.Namespace) -> int:
+    row = client(args).pause_timer(args.name)
+    print(dump(row) if args.json else f"timer {args.name} paused: its ticks are skipped")
+    return EXIT_OK
+
+
+def _timers_resume(args: argparse.Namespace) -> int:
+    row = client(args).resume_timer(args.name)
+    print(dump(row) if args.json else
+          f"timer {args.name} resumed; next fire {clock(row.get('next_fire'))}")
+    return EXIT_OK
+
+
+def _timers_run(args: argparse.Namespace) -> int:
+    answer = client(args).run_timer(args.name)
+    print(dump(answer) if args.json else
+          f"timer {args.name} run now: message {answer.get('id')} for task(s) "
+          f"{', '.join(answer.get('tasks') or []) or '(none subscribed)'}")
+    return EXIT_OK
+
+
+def _timers_ledger(args: argparse.Namespace) -> int:
+    answer = client(args).timer_ledger(args.name, args.limit)
+    if args.json:
+        print(dump(answer))
+        return EXIT_OK
+    print(f"timer {args.name}, ticks in {answer.get('timezone')}, newest first")
+    print(table(["TICK", "OUTCOME", "REASON", "NODE", "EPOCH", "AT"],
+                [[e.get("tick_local"), e.get("outcome"), e.get("reason") or "-",
+                  e.get("node"), e.get("epoch"), clock(e.get("at"))]
+                 for e in answer.get("entries", [])]))
+    if answer.get("unreached"):
+        print(f"not heard from: {', '.join(answer['unreached'])}")
     return EXIT_OK
 
 
@@ -68,9 +113,20 @@ def _timer_delete(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    """Add `timers` and `timer show|apply|delete`."""
-    add_command(sub, "timers", _timers, "list the timers: schedule, last fire, next fire, "
-                "last error", "list the cron timers with their last and next fire")
+    """Add `timers [pause|resume|run|ledger NAME]` and `timer show|apply|delete`."""
+    timers = add_command(sub, "timers", _timers, "list the timers: schedule, last fire, next "
+                         "fire, last error; or pause, resume, run or show the ledger of one",
+                         "list the cron timers; pause, resume or run one")
+    actions = timers.add_subparsers(dest="timers_action", metavar="ACTION")
+    for action, run, what in (
+            ("pause", _timers_pause, "pause a timer: its ticks are skipped, none is cast"),
+            ("resume", _timers_resume, "resume a paused timer, from its next tick"),
+            ("run", _timers_run, "cast a timer's message once, now")):
+        add_command(actions, action, run, what).add_argument("name", metavar="NAME")
+    ledger = add_command(actions, "ledger", _timers_ledger, "what became of a timer's latest "
+                         "ticks (fired, missed, skipped, ...), from every live node")
+    ledger.add_argument("name", metavar="NAME")
+    ledger.add_argument("--limit", type=int, default=20, help="this many ticks (default 20)")
     timer = sub.add_parser("timer", help="show, apply (from TOML) or delete timer definitions",
                            description="show, apply or delete timer definitions")
     actions = timer.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -141,6 +141,14 @@ class TaskMetrics:
                            "p99_ms": _percentile(histogram, 0.99)})
         return points
 
+    def window(self, start: int, end: int) -> tuple[int, int, float | None, float | None]:
+        """Handled, failed, and p50/p99 latency (ms) over the seconds in [start, end)."""
+        with self._lock:
+            inside = [b for b in self._seconds if start <= b.second < end]
+            histogram = [sum(b.latency[i] for b in inside) for i in range(BINS)]
+            handled, failed = sum(b.handled for b in inside), sum(b.failed for b in inside)
+        return handled, failed, _percentile(histogram, 0.5), _percentile(histogram, 0.99)
+
     def recent_failures(self) -> list[dict[str, Any]]:
         with self._lock:
             return [asdict(f) for f in self.failures]

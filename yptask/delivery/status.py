@@ -1,5 +1,7 @@
 """What a node tells of its tasks: status, recent failures, rates, and its dead letters.
 
+(Their series over time, `metrics`, are `yptask.delivery.series`'s.)
+
 Every figure is read from what the parts keep or publish (pools' counters, the
 supervisors' published states, the journal, peers' heartbeats), never by
 asking an actor, so status answers at once while a worker's setup hangs.
@@ -24,7 +26,7 @@ __all__ = ["Inspector"]
 
 
 class Inspector:
-    """Answers status, failures, metrics, dead letters and replay for one node."""
+    """Answers status, failures, dead letters and replay for one node (metrics: series)."""
 
     def __init__(self, node_name: str, journal: JournalThread, running: RunningTasks,
                  pids: Callable[[str], list[int]]) -> None:
@@ -81,11 +83,6 @@ class Inspector:
         rows = [f for pool in self._running.pools.values()
                 for f in pool.metrics.recent_failures()]
         return sorted(rows, key=lambda f: f["at"], reverse=True)[:limit]
-
-    async def metrics(self, step_s: int = 10, span_s: int = 600) -> dict[str, Any]:
-        """Per task, points every `step_s` over the last `span_s`: rates and latency."""
-        return {name: pool.metrics.series(step_s, span_s)
-                for name, pool in self._running.pools.items()}
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         letters = await self._journal.run(lambda j: j.dead_letters(limit))

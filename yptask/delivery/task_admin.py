@@ -4,6 +4,8 @@ Every change is a write to the config map (yptask.store.config_map), which
 pushes it to the peers and applies it here (yptask.delivery.running) by the
 same route a peer's change takes. The answer comes once the definition is
 stored and the task's supervisor is told; workers follow in the background.
+Each change made here is marked in the node's series (`mark`: put, restart,
+pause, resume), for the plots' markers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from yptask.config.tasks import TaskDef
 from yptask.delivery.running import RunningTasks, as_stored
 from yptask.store.config_map import TASK_KEY, ConfigMap
 
-__all__ = ["TaskAdmin"]
+__all__ = ["Mark", "TaskAdmin"]
+
+Mark = Callable[[str, str, int], None]  # (kind, task, its restart generation)
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +30,12 @@ class TaskAdmin:
     """The task operations of one node's service."""
 
     def __init__(self, node_name: str, config: ConfigMap, running: RunningTasks,
-                 check_running: Callable[[], None]) -> None:
+                 check_running: Callable[[], None], mark: Mark | None = None) -> None:
         self.node_name = node_name
         self._config = config
         self._running = running
         self._check_running = check_running
+        self._mark: Mark = mark or (lambda kind, task, generation: None)
 
     async def tasks(self) -> list[dict[str, Any]]:
         tasks = self._running.tasks
@@ -39,11 +44,12 @@ class TaskAdmin:
     async def task(self, name: str) -> dict[str, Any]:
         return self._running.task(name).to_dict()
 
-    async def put_task(self, definition: dict[str, Any]) -> dict[str, Any]:
+    async def put_task(self, definition: dict[str, Any], kind: str = "put") -> dict[str, Any]:
         """Create or replace a task definition, on every node; its workers follow at once.
 
         The answer is the stored definition with `changed`: false when it equals the one
         already stored, which is then neither stored again nor applied (no restart).
+        A change is marked as `kind` (put, pause, resume).
         """
         self._check_running()
         task = TaskDef.from_dict(definition)
@@ -57,6 +63,7 @@ class TaskAdmin:
                 log.info("task %s unchanged, nothing stored", task.name)
                 return {**stored, "changed": False}
         await self._config.put([(TASK_KEY + task.name, task.to_dict())])
+        self._mark(kind, task.name, task.restart_generation)
         return {**task.to_dict(), "changed": True}
 
     async def delete_task(self, name: str) -> None:
@@ -70,7 +77,7 @@ class TaskAdmin:
         wait; nothing is handed to its workers, which stay up. Answers the definition."""
         self._check_running()
         task = replace(self._running.task(name), paused=paused)
-        answer = await self.put_task(task.to_dict())
+        answer = await self.put_task(task.to_dict(), "pause" if paused else "resume")
         log.info("task %s %s", name, "paused" if paused else "resumed")
         return answer
 
@@ -83,6 +90,7 @@ class TaskAdmin:
         task = replace(task, restart_generation=task.restart_generation + 1)
         self._running.changes.pop(name, None)  # the change to wait for is this one's
         await self._config.put([(TASK_KEY + name, task.to_dict())])
+        self._mark("restart", name, task.restart_generation)
         # Waited for outside the running tasks' lock: the next change (a peer's edit) is
         # applied meanwhile, not held up for as long as the workers take to roll.
         change = self._running.changes.pop(name, None)

@@ -34,7 +34,8 @@ from yptask.errors import ConfigError, ProtocolError, YPTaskError
 from yptask.log_limit import LogLimiter
 from yptask.store.config_map import TIMER_KEY, TIMER_STATE_KEY, VOTER_KEY, ConfigMap
 from yptask.timers.lease import Lease, Voter, merge_fires, quorum
-from yptask.timers.schedule import TimerDef, due_ticks, fire_id, next_fire
+from yptask.timers.ledger import TimerLedger
+from yptask.timers.schedule import TimerDef, due_ticks, fire_id, next_fire, unfired_ticks
 
 __all__ = ["TimerRunner", "timer_rows"]
 
@@ -55,9 +56,11 @@ class TimerRunner:
                  peers: Callable[[], list[str]], ask: Ask, ballot: Path,
                  lease_s: float, known_here: Callable[[list[str]], Awaitable[set[str]]],
                  settle_s: float = 0.0, wall: Callable[[], float] = time.time,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 ledger: TimerLedger | None = None) -> None:
         """`settle_s`: how long after its start this node stands for nothing, so that it
-        hears of its peers (and whoever leads them) first; 0 for a node that has none."""
+        hears of its peers (and whoever leads them) first; 0 for a node that has none.
+        `ledger`: where each tick's outcome is noted."""
         self.node_name = node_name
         self.config = config
         self.lease_s = lease_s
@@ -83,6 +86,7 @@ class TimerRunner:
         # timer -> ticks this node cast, and ticks its misfire policy left unfired (metrics)
         self.fires: dict[str, int] = {}
         self.misses: dict[str, int] = {}
+        self._ledger = ledger
 
     # ------------------------------------------------------------------ for the node
 
@@ -279,12 +283,19 @@ class TimerRunner:
                 if fired_before is None:
                     continue  # not known yet: this timer waits, the others go on
                 if fired_before:
-                    state["last_fire"] = max(state["last_fire"], self._doubt[name][0])
+                    tick = self._doubt[name][0]
+                    state["last_fire"] = max(state["last_fire"], tick)
+                    self._note(name, tick, "duplicate_suppressed", reason="cast before",
+                               message_id=fire_id(name, tick))
                 del self._doubt[name]
             fires, accounted, missed = due_ticks(timer, state["last_fire"], now)
+            held = len(fires) if timer.paused else 0  # its ticks go by, none is cast
+            fires = [] if timer.paused else fires
             new_state = await self._fire(timer, fires, accounted, state)
-            if missed and new_state["last_fire"] >= accounted:  # not again next round
+            if (missed or held) and new_state["last_fire"] >= accounted:  # not again
                 self.misses[name] = self.misses.get(name, 0) + missed
+                self._note_unfired(timer, state["last_fire"], accounted, fires,
+                                   min(100, missed + held))
             self._fires[name] = new_state["last_fire"]
             if new_state != states.get(name):
                 changed.append((TIMER_STATE_KEY + name, new_state))
@@ -329,8 +340,9 @@ class TimerRunner:
             # so that it is journaled well before any voter may grant the next lease.
             if self.lease.valid_until - self._clock() < self.lease_s / 3:
                 return state  # renew first (next round), or let the next leader go on
+            message_id = fire_id(timer.name, tick)
             try:
-                await self._cast(timer.message, timer.payload, fire_id(timer.name, tick))
+                answer = await self._cast(timer.message, timer.payload, message_id)
             except YPTaskError as exc:
                 log.warning("timer %s: tick %s could not be cast (retried): %s", timer.name,
                             tick, exc)
@@ -338,6 +350,10 @@ class TimerRunner:
                 return state
             state["last_fire"] = self._fires[timer.name] = tick
             self.fires[timer.name] = self.fires.get(timer.name, 0) + 1
+            # The journal (or the id's home) knew the id: a previous leader cast this tick.
+            known = isinstance(answer, dict) and answer.get("duplicate") is True
+            self._note(timer.name, tick, "duplicate_suppressed" if known else "fired",
+                       reason="journaled before" if known else None, message_id=message_id)
             # The voters learn of each tick as soon as it is journaled: a leader that dies
             # now has its successor start after it, not fire it again.
             await self._stand(self.lease.epoch)
@@ -345,6 +361,25 @@ class TimerRunner:
             state["last_fire"] = accounted
         return state
 
+
+    def _note(self, timer: str, tick: float, outcome: str, *, reason: str | None = None,
+              message_id: str | None = None) -> None:
+        if self._ledger is not None:
+            self._ledger.record(timer, tick, outcome, self.lease.epoch, reason=reason,
+                                message_id=message_id)
+
+    def _note_unfired(self, timer: TimerDef, last: float, accounted: float,
+                      fired: list[float], count: int) -> None:
+        """Note the ticks a round accounted for without casting them: skipped (paused, or
+        late under the `skip` policy) or missed (a later tick fired instead)."""
+        if self._ledger is None:
+            return
+        if timer.paused or timer.misfire == "skip":
+            outcome, reason = "skipped", "paused" if timer.paused else "misfire skip"
+        else:
+            outcome, reason = "missed", f"misfire {timer.misfire}"
+        for tick in unfired_ticks(timer, last, accounted, fired, count):
+            self._ledger.record(timer.name, tick, outcome, self.lease.epoch, reason=reason)
 
 
 def timer_rows(definitions: dict[str, Any], states: dict[str, Any], lease: dict[str, Any]

@@ -36,7 +36,7 @@ from yptask.config.tasks import validate_message_name
 from yptask.errors import ConfigError
 
 __all__ = ["MISFIRE_POLICIES", "ON_TIME_S", "TimerDef", "due_fires", "due_ticks", "fire_id",
-           "load_timers", "next_fire"]
+           "load_timers", "next_fire", "run_now_id", "unfired_ticks"]
 
 MISFIRE_POLICIES = ("skip", "fire_once", "fire_all")
 ON_TIME_S = 2.0  # a tick this late is still on time, not missed
@@ -59,6 +59,7 @@ class TimerDef:
     misfire: str = "fire_once"
     max_catchup: int = 100
     enabled: bool = True
+    paused: bool = False  # its ticks come and are recorded as skipped, none is cast
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +89,12 @@ def load_timers(path: str | Path) -> list[TimerDef]:
 def fire_id(timer: str, scheduled: float) -> str:
     """The message id of one tick: the same on every node, so a repeat is dropped."""
     return f"timer:{timer}:{scheduled:.3f}"
+
+
+def run_now_id(timer: str, at: float, nonce: str) -> str:
+    """The message id of a cast asked for now (`timers.run_now`): one of its own, never a
+    tick's, so it is not taken for a scheduled tick nor dropped as a repeat of one."""
+    return f"timer:{timer}:now:{at:.3f}:{nonce}"
 
 
 def next_fire(timer: TimerDef, after: float) -> float:
@@ -135,6 +142,20 @@ def due_ticks(timer: TimerDef, last: float, now: float) -> tuple[list[float], fl
     else:
         fires = []  # skip: the latest tick is missed too
     return fires, latest, seen - len(fires)
+
+
+def unfired_ticks(timer: TimerDef, last: float, accounted: float, fired: list[float],
+                  limit: int = 100) -> list[float]:
+    """The newest `limit` ticks in (last, accounted] that are not in `fired`, oldest first:
+    those a round accounted for without firing them (for the ledger)."""
+    start = max(last, _before_latest(timer, accounted, limit + len(fired)))
+    left: list[float] = []
+    tick = next_fire(timer, start)
+    while tick <= accounted:
+        if tick not in fired:
+            left.append(tick)
+        tick = next_fire(timer, tick)
+    return left[-limit:]
 
 
 def _ticks_between(timer: TimerDef, after: float, until: float) -> int:
@@ -227,7 +248,7 @@ def _catchup(value: Any) -> int:
     return value
 
 
-def _enabled(value: Any) -> bool:
+def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"must be true or false, got {value!r}")
     return value
@@ -235,5 +256,5 @@ def _enabled(value: Any) -> bool:
 
 _FIELDS = {"name": _name, "cron": _cron, "message": _message, "timezone": _timezone,
            "payload": _payload, "misfire": _misfire, "max_catchup": _catchup,
-           "enabled": _enabled}
+           "enabled": _flag, "paused": _flag}
 

@@ -1,0 +1,303 @@
+"""The console's views in a real headless browser: URLs, the overview, plots, timers, phones.
+
+One `yptask node` subprocess with a console password, four tasks (one running, one
+paused, one whose workers cannot start, one not accepting casts) and a timer in a zone
+of its own. Each test opens the console as an admin would: a pasted deep link opens its
+view after login, the back button returns, the overview shows each task's badge and a
+backoff's cause, a plot's hover shows its values, timers show their own zone, no view
+logs an error or fails a request, no view is wider than a phone, and the live refresh
+updates a figure without touching a form being edited. Screenshots of the overview go to
+$YPTASK_SCREENSHOTS (default: a temporary folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from support import CHROMIUM, NodeProcess, require_browser, wait_for
+
+from yptask.access.passwords import hash_password
+from yptask.client import Client
+
+pytestmark = pytest.mark.timeout(300)
+
+PASSWORD = "console-views-password"
+ZONE = "Asia/Tokyo"
+TASKS = """
+[[task]]
+name = "echo"
+worker_class = "yptask.tasks.echo:Echo"
+messages = ["*.echo"]
+
+[[task]]
+name = "held"
+worker_class = "yptask.tasks.echo:Echo"
+messages = ["held.*"]
+paused = true
+
+[[task]]
+name = "closed"
+worker_class = "yptask.tasks.echo:Echo"
+messages = ["closed.*"]
+accepting = false
+
+[[task]]
+name = "broken"
+messages = ["broken.*"]
+command = ["sh", "-c", "echo 'cannot open /etc/app.conf' >&2; exit 3"]
+max_restarts = 1
+"""
+# Every view the console has, by its URL, and what shows it has rendered.
+VIEWS = {
+    "#/overview": "#overview-tasks tr[data-task=echo]",
+    "#/tasks": "#task-summary tr[data-task=echo]",
+    "#/tasks/echo": "#form-title:has-text('Task echo')",
+    "#/new-task": "#form-title:has-text('New task')",
+    "#/status": "#plots svg[data-plot=echo-rates]",
+    "#/nodes": "#nodes-table td:has-text('views1')",
+    "#/nodes/views1": "#node-card:has-text('Its workers')",
+    "#/timers": "#timers-table tr[data-timer=tokyo]",
+    "#/timers/tokyo": "#timer-card:has-text('Asia/Tokyo')",
+    "#/errors": "#failures",
+    "#/scheduled": "#scheduled-table",
+    "#/trace": "#trace-title:has-text('trace id')",
+    "#/send": "#send-form",
+}
+
+
+class ViewsNode(NodeProcess):
+    def __init__(self, tmp: Path) -> None:
+        (tmp / "node.toml").write_text(
+            f'[node]\nconsole_password_hash = "{hash_password(PASSWORD)}"\n')
+        super().__init__(tmp, TASKS, "views1",
+                         cluster=["--config", str(tmp / "node.toml"), "--no-mdns"])
+
+    @property
+    def base(self) -> str:
+        return self.url.removesuffix("/rpc")
+
+    def client(self) -> Client:
+        return Client(self.url, password=PASSWORD)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory) -> Iterator[ViewsNode]:
+    require_browser()
+    started = ViewsNode(tmp_path_factory.mktemp("views"))
+    started.start()
+    try:
+        started.client().put_timer({"name": "tokyo", "cron": "30 9 * * *",
+                                    "message": "upai.echo", "timezone": ZONE})
+        started.client().call("upai.echo", {"warm": True})  # a point on the plots
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("YPTASK_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module (Playwright's sync API runs one at a time)."""
+    from playwright.sync_api import sync_playwright
+
+    require_browser()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                              args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@contextmanager
+def browser_page(browser: Any, width: int = 1280, height: int = 800) -> Iterator[Any]:
+    """A page of its own (own cookies) that keeps its console errors (`page.console_errors`)
+    and its failed requests (`page.failed`: an HTTP status of 400 or more, or no answer)."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    try:
+        page = context.new_page()
+        page.console_errors = []  # type: ignore[attr-defined]
+        page.failed = []  # type: ignore[attr-defined]
+        page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+        page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+        page.on("response", lambda r: r.status >= 400 and page.failed.append(f"{r.status} {r.url}"))
+        page.on("requestfailed", lambda r: page.failed.append(f"failed {r.url}"))
+        yield page
+    finally:
+        context.close()
+
+
+def log_in(page: Any, node: ViewsNode, where: str = "") -> None:
+    page.goto(node.base + "/" + where)
+    page.wait_for_selector("#password")
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+
+
+@pytest.fixture(scope="module")
+def page(node, browser):
+    with browser_page(browser) as page:
+        log_in(page, node)
+        page.wait_for_selector("#overview-tasks tr[data-task=echo]")
+        yield page
+
+
+def test_a_pasted_deep_link_opens_its_task_after_login(node, browser):
+    # Given a link to a task's page, opened by a browser with no session
+    with browser_page(browser) as page:
+        log_in(page, node, "#/tasks/echo")
+        # Then after the login the task's page is open, at that URL
+        page.wait_for_selector("#form-title:has-text('Task echo')")
+        assert page.url.endswith("/#/tasks/echo")
+        assert page.input_value("#f-name") == "echo"
+        page.wait_for_selector("#task-summary [data-field=handled]")
+        assert page.console_errors == [] and page.failed == []
+
+
+def test_the_back_button_returns_to_the_previous_view(page):
+    page.goto(page.url.split("#")[0] + "#/overview")
+    page.wait_for_selector("#overview-tasks tr[data-task=echo]")
+    page.click("#overview-tasks tr[data-task=held] a")
+    page.wait_for_selector("#form-title:has-text('Task held')")
+    assert page.url.endswith("#/tasks/held")
+    page.go_back()
+    page.wait_for_selector("#view-overview:not([hidden])")
+    assert page.url.endswith("#/overview")
+    assert page.locator("#view-tasks").is_hidden()
+    page.go_forward()
+    page.wait_for_selector("#form-title:has-text('Task held')")
+
+
+def test_the_overview_shows_a_paused_badge_and_a_backoffs_cause(page, node, shots):
+    wait_for(lambda: node.client().status()["tasks"]["broken"]["state"] == "backoff",
+             timeout_s=60, what="the broken task in backoff")
+    page.goto(page.url.split("#")[0] + "#/overview")
+    page.wait_for_selector("#overview-tasks tr[data-task=held] [data-state=paused]")
+    page.wait_for_selector("#overview-tasks tr[data-task=closed] [data-state='not accepting']")
+    # the live refresh brings the backoff and its cause without a reload
+    cause = page.wait_for_selector(
+        "#overview-tasks tr[data-task=broken]:has([data-state=backoff]) [data-cause]",
+        timeout=30_000)
+    assert "cannot open /etc/app.conf" in (cause.text_content() or "")
+    assert "status 3" in (cause.text_content() or "")
+    assert page.locator("#overview-tasks tr[data-task=echo] [data-state]").first \
+        .get_attribute("data-state") in ("running", "idle", "starting")
+    # the timer's next fire, in its zone, and the cluster
+    assert ZONE in (page.text_content("#overview-timers") or "")
+    assert "views1" in (page.text_content("#overview-nodes") or "")
+    page.screenshot(path=str(shots / "overview.png"), full_page=True)
+
+
+def test_the_task_list_shows_state_badges(page):
+    page.goto(page.url.split("#")[0] + "#/tasks")
+    page.wait_for_selector("#task-list a[data-task=held] [data-state=paused]")
+    page.wait_for_selector("#task-list a[data-task=closed] [data-state='not accepting']")
+
+
+def test_a_plots_hover_shows_the_values_at_the_nearest_point(page, node):
+    for n in range(5):
+        node.client().call("upai.echo", {"n": n})
+    page.goto(page.url.split("#")[0] + "#/status")
+    chart = page.wait_for_selector("#plots svg[data-plot=echo-rates]")
+    assert chart is not None
+    # the time axis has clock times, the y axis its unit
+    ticks = page.locator("#plots svg[data-plot=echo-rates] text.tick").all_text_contents()
+    assert any(re.fullmatch(r"\d\d:\d\d", t) for t in ticks), ticks
+    assert page.text_content("#plots svg[data-plot=echo-rates] text.unit") == "msg/s"
+    overlay = page.locator("#plots svg[data-plot=echo-rates] rect.overlay")
+    box = overlay.bounding_box()
+    assert box is not None
+    overlay.hover(position={"x": box["width"] * 0.99, "y": box["height"] / 2})
+    tip = page.wait_for_selector("#plots .plot[data-key=echo-rates] .plot-tip:not([hidden])")
+    text = tip.text_content() or ""
+    assert re.search(r"handled: [0-9.]+ msg/s", text), text
+    assert re.search(r"failed: [0-9.]+ msg/s", text), text
+    # a span the node does not keep yet still draws (fewer points, said so)
+    page.click("#status-spans button[data-span='86400']")
+    page.wait_for_selector("#status-spans button.active[data-span='86400']")
+    page.wait_for_selector("#plots svg[data-plot=echo-rates]")
+    page.click("#status-spans button[data-span='600']")
+    page.wait_for_selector("#status-spans button.active[data-span='600']")
+
+
+def test_timers_show_times_in_their_own_zone(page, node):
+    timer = next(t for t in node.client().timers() if t["name"] == "tokyo")
+    expected = datetime.fromtimestamp(timer["next_fire"], ZoneInfo(ZONE))
+    page.goto(page.url.split("#")[0] + "#/timers")
+    cell = page.wait_for_selector("#timers-table tr[data-timer=tokyo] td:nth-child(6) time")
+    assert cell is not None
+    assert cell.text_content() == expected.strftime("%Y-%m-%d %H:%M:%S ") + ZONE
+    assert expected.strftime("%H:%M") == "09:30"  # the cron's own hour, whatever the browser's
+    page.goto(page.url.split("#")[0] + "#/timers/tokyo")
+    page.wait_for_selector("#timer-card:has-text('09:30:00 Asia/Tokyo')")
+
+
+@pytest.mark.parametrize("width,height", [(1280, 800), (390, 844)])
+def test_every_view_renders_with_no_error_no_failed_request_no_overflow(node, browser, width,
+                                                                       height):
+    with browser_page(browser, width, height) as page:
+        log_in(page, node)
+        page.wait_for_selector(VIEWS["#/overview"])
+        for where, shown in VIEWS.items():
+            page.goto(node.base + "/" + where)
+            page.wait_for_selector(shown)
+            wide = page.evaluate("document.documentElement.scrollWidth")
+            assert wide <= width, f"{where} is {wide} px wide at {width}x{height}"
+        assert page.console_errors == []
+        assert page.failed == []
+
+
+def test_the_live_refresh_updates_a_count_and_leaves_an_edited_form(page, node):
+    # Given the task page open and a field being edited (typed, not saved)
+    page.goto(page.url.split("#")[0] + "#/tasks/echo")
+    page.wait_for_selector("#form-title:has-text('Task echo')")
+    before = int(page.text_content("#task-summary [data-field=handled]") or "0")
+    page.fill("#f-group", "edited, not saved")
+    page.click("#f-max_idle_s")  # the focus leaves the field, the form keeps its change
+    # When messages are handled
+    for n in range(3):
+        node.client().call("upai.echo", {"n": n})
+    # Then the count rises by itself, and the edit is still there
+    wait_for(lambda: int(page.text_content("#task-summary [data-field=handled]") or "0")
+             >= before + 3, timeout_s=20, what="the handled count refreshed")
+    assert page.input_value("#f-group") == "edited, not saved"
+    assert node.client().task("echo")["group"] == "default"
+
+
+def test_a_viewer_sees_every_change_button_disabled(node, browser):
+    # auth.whoami is answered here by the page's route (the node may not have it yet):
+    # the console must disable its change buttons for a viewer, and say why.
+    with browser_page(browser) as page:
+        def whoami(route: Any) -> None:
+            body = json.loads(route.request.post_data or "{}")
+            if body.get("method") == "auth.whoami":
+                route.fulfill(status=200, content_type="application/json", body=json.dumps(
+                    {"jsonrpc": "2.0", "id": body.get("id"), "result": {"role": "viewer"}}))
+            else:
+                route.continue_()
+
+        page.route("**/rpc", whoami)
+        log_in(page, node, "#/tasks/echo")
+        page.wait_for_selector("#form-title:has-text('Task echo')")
+        for button in ("#save", "#restart", "#delete", "#add-task", "#pause-toggle"):
+            assert page.is_disabled(button), button
+            assert "viewer" in (page.get_attribute(button, "title") or "")
+        page.goto(node.base + "/#/send")
+        page.wait_for_selector("#send-form")
+        assert page.is_disabled("#send")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -23,7 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from support import CHROMIUM, NodeProcess, require_browser, wait_for
+from support import CHROMIUM, TEST_WORKERS, NodeProcess, require_browser, wait_for
 
 from yptask.access.passwords import hash_password
 from yptask.client import Client
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.timeout(300)
 
 PASSWORD = "console-views-password"
 ZONE = "Asia/Tokyo"
-TASKS = """
+TASKS = f"""
 [[task]]
 name = "echo"
 worker_class = "yptask.tasks.echo:Echo"
@@ -55,6 +56,13 @@ name = "broken"
 messages = ["broken.*"]
 command = ["sh", "-c", "echo 'cannot open /etc/app.conf' >&2; exit 3"]
 max_restarts = 1
+
+[[task]]
+name = "flaky"
+worker_class = "sample:Sample"
+messages = ["flaky.*"]
+max_attempts = 1
+env = {{ PYTHONPATH = "{TEST_WORKERS}" }}
 """
 # Every view the console has, by its URL, and what shows it has rendered.
 VIEWS = {
@@ -68,9 +76,11 @@ VIEWS = {
     "#/timers": "#timers-table tr[data-timer=tokyo]",
     "#/timers/tokyo": "#timer-card:has-text('Asia/Tokyo')",
     "#/errors": "#failures",
+    "#/failures/no-such-message": "#failure-note:has-text('No failure of message')",
     "#/scheduled": "#scheduled-table",
     "#/trace": "#trace-title:has-text('trace id')",
     "#/send": "#send-form",
+    "#/no-such-view": "#notice:has-text('There is no view')",
 }
 
 
@@ -184,7 +194,7 @@ def test_the_back_button_returns_to_the_previous_view(page):
     page.wait_for_selector("#form-title:has-text('Task held')")
 
 
-def test_the_overview_shows_a_paused_badge_and_a_backoffs_cause(page, node, shots):
+def test_the_overview_shows_a_paused_badge_and_a_backoffs_cause(page, node):
     wait_for(lambda: node.client().status()["tasks"]["broken"]["state"] == "backoff",
              timeout_s=60, what="the broken task in backoff")
     page.goto(page.url.split("#")[0] + "#/overview")
@@ -201,7 +211,6 @@ def test_the_overview_shows_a_paused_badge_and_a_backoffs_cause(page, node, shot
     # the timer's next fire, in its zone, and the cluster
     assert ZONE in (page.text_content("#overview-timers") or "")
     assert "views1" in (page.text_content("#overview-nodes") or "")
-    page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
 
 def test_the_task_list_shows_state_badges(page):
@@ -210,7 +219,7 @@ def test_the_task_list_shows_state_badges(page):
     page.wait_for_selector("#task-list a[data-task=closed] [data-state='not accepting']")
 
 
-def test_a_plots_hover_shows_the_values_at_the_nearest_point(page, node):
+def test_a_plots_hover_shows_the_values_at_the_nearest_point(page, node, shots):
     for n in range(5):
         node.client().call("upai.echo", {"n": n})
     page.goto(page.url.split("#")[0] + "#/status")
@@ -226,6 +235,7 @@ def test_a_plots_hover_shows_the_values_at_the_nearest_point(page, node):
     overlay.hover(position={"x": box["width"] * 0.99, "y": box["height"] / 2})
     tip = page.wait_for_selector("#plots .plot[data-key=echo-rates] .plot-tip:not([hidden])")
     text = tip.text_content() or ""
+    page.screenshot(path=str(shots / "status-hover.png"))
     assert re.search(r"handled: [0-9.]+ msg/s", text), text
     assert re.search(r"failed: [0-9.]+ msg/s", text), text
     # a span the node does not keep yet still draws (fewer points, said so)
@@ -249,8 +259,8 @@ def test_timers_show_times_in_their_own_zone(page, node):
 
 
 @pytest.mark.parametrize("width,height", [(1280, 800), (390, 844)])
-def test_every_view_renders_with_no_error_no_failed_request_no_overflow(node, browser, width,
-                                                                       height):
+def test_every_view_renders_with_no_error_no_failed_request_no_overflow(node, browser, shots,
+                                                                       width, height):
     with browser_page(browser, width, height) as page:
         log_in(page, node)
         page.wait_for_selector(VIEWS["#/overview"])
@@ -259,14 +269,20 @@ def test_every_view_renders_with_no_error_no_failed_request_no_overflow(node, br
             page.wait_for_selector(shown)
             wide = page.evaluate("document.documentElement.scrollWidth")
             assert wide <= width, f"{where} is {wide} px wide at {width}x{height}"
+        if width < 500:
+            page.goto(node.base + "/#/overview")
+            page.wait_for_selector(VIEWS["#/overview"])
+            page.screenshot(path=str(shots / "overview-phone.png"))
         assert page.console_errors == []
         assert page.failed == []
 
 
-def test_the_live_refresh_updates_a_count_and_leaves_an_edited_form(page, node):
+def test_the_live_refresh_updates_a_count_and_leaves_an_edited_form(page, node, shots):
     # Given the task page open and a field being edited (typed, not saved)
     page.goto(page.url.split("#")[0] + "#/tasks/echo")
     page.wait_for_selector("#form-title:has-text('Task echo')")
+    page.wait_for_selector("#task-plots svg[data-plot=echo-rates]")
+    page.screenshot(path=str(shots / "task.png"))
     before = int(page.text_content("#task-summary [data-field=handled]") or "0")
     page.fill("#f-group", "edited, not saved")
     page.click("#f-max_idle_s")  # the focus leaves the field, the form keeps its change
@@ -278,6 +294,49 @@ def test_the_live_refresh_updates_a_count_and_leaves_an_edited_form(page, node):
              >= before + 3, timeout_s=20, what="the handled count refreshed")
     assert page.input_value("#f-group") == "edited, not saved"
     assert node.client().task("echo")["group"] == "default"
+
+
+def test_a_failure_has_a_url_linked_from_the_overview(page, node, shots):
+    # Given a failed attempt
+    node.client().cast("flaky.fail", {"reason": "bad pixel"})
+    failure = wait_for(lambda: node.client().request("failures.list", {"limit": 5}),
+                       timeout_s=20, what="a failure")[0]
+    # When its link on the overview is followed
+    page.goto(page.url.split("#")[0] + "#/overview")
+    page.wait_for_selector(f"#overview-failures a[href='#/failures/{failure['id']}']")
+    page.screenshot(path=str(shots / "overview.png"), full_page=True)
+    page.click(f"#overview-failures a[href='#/failures/{failure['id']}']")
+    # Then its view is open at its URL, with its traceback unfolded
+    opened = page.wait_for_selector(f"#failures details.chosen[data-id='{failure['id']}'][open]")
+    assert opened is not None
+    assert "ValueError: bad pixel" in (opened.text_content() or "")
+    assert page.url.endswith(f"#/failures/{failure['id']}")
+    assert page.locator(f"#failures details.chosen[data-id='{failure['id']}'] pre").is_visible()
+
+
+def test_the_plots_mark_the_events_the_metrics_answer_carries(node, browser):
+    # The node's metrics carry no events yet: the page's route adds one to its answer,
+    # as the node will give them ({t, kind, task}), to see the console draw the marker.
+    with browser_page(browser) as page:
+        def with_event(route: Any) -> None:
+            body = json.loads(route.request.post_data or "{}")
+            if body.get("method") != "metrics":
+                route.continue_()
+                return
+            answer = route.fetch().json()
+            if "result" in answer:
+                answer["result"]["events"] = [{"t": time.time() - 120, "kind": "deploy",
+                                               "task": "echo"}]
+            route.fulfill(status=200, content_type="application/json", body=json.dumps(answer))
+
+        page.route("**/rpc", with_event)
+        log_in(page, node, "#/status")
+        marker = page.wait_for_selector(
+            "#plots svg[data-plot=echo-rates] line.event[data-kind=deploy]", state="attached")
+        assert marker is not None
+        assert "deploy (echo)" in (page.text_content(
+            "#plots svg[data-plot=echo-rates] line.event title") or "")
+        assert page.console_errors == []
 
 
 def test_a_viewer_sees_every_change_button_disabled(node, browser):

@@ -10,7 +10,7 @@
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const PLOT = { width: 460, height: 170, left: 46, right: 12, top: 12, bottom: 26 };
+const PLOT = { width: 460, height: 178, left: 46, right: 12, top: 20, bottom: 26 };
 const TIME_STEPS_S = [10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
   43200, 86400];
 const hovered = new Map();  // plot key -> the time last hovered, kept across redraws
@@ -85,7 +85,7 @@ function makePlot(key, options) {
     drawing.append(svg("line", { class: "grid", x1: PLOT.left, x2: PLOT.left + w, y1: y(v), y2: y(v) }),
       svg("text", { class: "tick", x: PLOT.left - 4, y: y(v) + 3, "text-anchor": "end", text: plotNumber(v) }));
   }
-  drawing.append(svg("text", { class: "unit", x: 2, y: PLOT.top - 2, text: options.unit }));
+  drawing.append(svg("text", { class: "unit", x: PLOT.left - 4, y: PLOT.top - 9, "text-anchor": "end", text: options.unit }));
   const time = timeTicks(start, end);
   for (const t of time.ticks) {
     drawing.append(svg("line", { class: "grid", x1: x(t), x2: x(t), y1: PLOT.top, y2: PLOT.top + h }),
@@ -102,20 +102,19 @@ function makePlot(key, options) {
   for (const [field, colour] of options.series) {
     let path = "";
     let pen = "M";
-    for (const p of shown) {
+    shown.forEach((p, i) => {
       if (typeof p[field] !== "number") {
         pen = "M";  // no value: a gap, not a fall to zero
-        continue;
+        return;
       }
       path += `${pen}${x(p.t).toFixed(1)},${y(p[field]).toFixed(1)}`;
       pen = "L";
-    }
-    if (path) drawing.append(svg("path", { class: "line", d: path, stroke: colour, "data-series": field }));
-    if (shown.length <= 3) {  // a line of one point is invisible: dots
-      for (const p of shown) {
-        if (typeof p[field] === "number") drawing.append(svg("circle", { cx: x(p.t), cy: y(p[field]), r: 2.5, fill: colour }));
+      const alone = typeof (shown[i - 1] || {})[field] !== "number" && typeof (shown[i + 1] || {})[field] !== "number";
+      if (alone) {  // a line of one point is invisible: a dot
+        drawing.append(svg("circle", { cx: x(p.t), cy: y(p[field]), r: 2.5, fill: colour }));
       }
-    }
+    });
+    if (path) drawing.append(svg("path", { class: "line", d: path, stroke: colour, "data-series": field }));
   }
   if (!shown.length) {
     drawing.append(svg("text", { class: "empty", x: PLOT.left + w / 2, y: PLOT.top + h / 2,
@@ -134,7 +133,8 @@ function makePlot(key, options) {
     guide.setAttribute("x1", x(nearest.t));
     guide.setAttribute("x2", x(nearest.t));
     guide.setAttribute("visibility", "visible");
-    tip.replaceChildren(el("div", { class: "tip-time", text: new Date(nearest.t * 1000).toLocaleString() }),
+    tip.replaceChildren(el("div", { class: "tip-time",
+      text: new Date(nearest.t * 1000).toLocaleString([], { hour12: false }) }),
       ...options.series.map(([field, colour, label]) => el("div", { "data-series": field },
         swatch(colour), el("span", { text: `${label}: ${plotNumber(nearest[field])} ${options.unit}` }))));
     tip.hidden = false;

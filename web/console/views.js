@@ -136,12 +136,15 @@ async function loadMetrics(span) {
   const step = Math.min(600, Math.max(10, Math.round(span / 60)));
   let answer;
   let note = "";
+  const short = "This node keeps only its last ten minutes of metrics: those are shown.";
   try {
+    if (span > 600 && state.shortMetrics) throw Object.assign(new Error(short), { rpc: { code: INVALID_PARAMS } });
     answer = await rpc("metrics", { step, span });
   } catch (error) {
     if (!error.rpc || error.rpc.code !== INVALID_PARAMS || span <= 600) throw error;
+    state.shortMetrics = true;  // asked once a page: the refresh does not ask again
     answer = await rpc("metrics", { step: 10, span: 600 });
-    note = "This node keeps only its last ten minutes of metrics: those are shown.";
+    note = short;
     span = 600;
   }
   const series = answer && typeof answer.series === "object" && !Array.isArray(answer.series)

@@ -284,22 +284,76 @@ def test_every_view_renders_with_no_error_no_failed_request_no_overflow(node, br
 
 
 def test_the_live_refresh_updates_a_count_and_leaves_an_edited_form(page, node, shots):
-    # Given the task page open and a field being edited (typed, not saved)
+    # Given the task page open, its form untouched
     page.goto(page.url.split("#")[0] + "#/tasks/echo")
     page.wait_for_selector("#form-title:has-text('Task echo')")
     page.wait_for_selector("#task-plots svg[data-plot=echo-rates]")
     page.screenshot(path=str(shots / "task.png"))
+    echo = node.client().task("echo")
+    # an untouched form follows a change made elsewhere
+    node.client().put_task({**echo, "max_queue": 77})
+    wait_for(lambda: page.input_value("#f-max_queue") == "77", timeout_s=20,
+             what="the untouched form refilled")
+    # When a field is being edited (typed, not saved) and the definition changes again
     before = int(page.text_content("#task-summary [data-field=handled]") or "0")
     page.fill("#f-group", "edited, not saved")
-    page.click("#f-max_idle_s")  # the focus leaves the field, the form keeps its change
-    # When messages are handled
+    page.click("#task-summary h2")  # the focus leaves the form; the form keeps its change
+    node.client().put_task({**echo, "max_queue": 78})
     for n in range(3):
         node.client().call("upai.echo", {"n": n})
-    # Then the count rises by itself, and the edit is still there
+    # Then the count rises by itself (read with the definition that has max_queue 78),
+    # and the edit is still there, untouched
     wait_for(lambda: int(page.text_content("#task-summary [data-field=handled]") or "0")
              >= before + 3, timeout_s=20, what="the handled count refreshed")
     assert page.input_value("#f-group") == "edited, not saved"
+    assert page.input_value("#f-max_queue") == "77"
     assert node.client().task("echo")["group"] == "default"
+    node.client().put_task(echo)
+
+
+# One live refresh, run now in the page, and how many requests it made (None while a
+# refresh is still under way): fetch is counted as the console calls it.
+ONE_TICK = """() => {
+  if (rendering) return null;
+  let made = 0;
+  const fetchOfThePage = window.fetch;
+  window.fetch = (...args) => { made += 1; return fetchOfThePage(...args); };
+  try { tick(); } finally { window.fetch = fetchOfThePage; }
+  return made;
+}"""
+
+
+def one_tick(page: Any) -> int:
+    answers: list[int] = []
+
+    def ran() -> bool:
+        made = page.evaluate(ONE_TICK)
+        if made is not None:
+            answers.append(made)
+        return bool(answers)
+
+    wait_for(ran, timeout_s=20, what="a refresh between the others")
+    return answers[0]
+
+
+def test_a_hidden_tab_asks_nothing_and_refreshes_when_shown_again(node, browser):
+    with browser_page(browser) as page:
+        log_in(page, node, "#/overview")
+        page.wait_for_selector(VIEWS["#/overview"])
+        # Given the tab hidden (the browser says so with document.hidden)
+        page.evaluate("""() => {
+          Object.defineProperty(document, "hidden", { configurable: true, get: () => true });
+          document.dispatchEvent(new Event("visibilitychange"));
+        }""")
+        # Then the refresh asks the node nothing
+        assert one_tick(page) == 0
+        # When it is shown again, the view is refreshed at once, and by each tick after
+        page.evaluate("""() => {
+          delete document.hidden;
+          document.dispatchEvent(new Event("visibilitychange"));
+        }""")
+        assert one_tick(page) > 0
+        assert page.console_errors == []
 
 
 def test_a_failure_has_a_url_linked_from_the_overview(page, node, shots):

@@ -5,9 +5,11 @@ paused, one whose workers cannot start, one not accepting casts) and a timer in 
 of its own. Each test opens the console as an admin would: a pasted deep link opens its
 view after login, the back button returns, the overview shows each task's badge and a
 backoff's cause, a plot's hover shows its values, timers show their own zone, no view
-logs an error or fails a request, no view is wider than a phone, and the live refresh
-updates a figure without touching a form being edited. Screenshots of the overview go to
-$YPTASK_SCREENSHOTS (default: a temporary folder).
+logs an error or fails a request, no view is wider than a phone, the live refresh
+updates a figure without touching a form being edited and asks nothing while the tab is
+hidden, a failure's link opens it, event markers and a viewer's disabled buttons show.
+Screenshots (overview, phone, task page, hover) go to $YPTASK_SCREENSHOTS (default: a
+temporary folder).
 """
 
 from __future__ import annotations

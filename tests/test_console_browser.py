@@ -114,11 +114,12 @@ def test_log_in(page, node, shots):
     page.screenshot(path=str(shots / "login.png"))
     page.fill("#password", PASSWORD)
     page.click("#login")
-    page.wait_for_selector("#task-list button[data-task=echo]")
+    page.wait_for_selector("#overview-tasks tr[data-task=echo]")  # the landing view
     assert page.text_content("#node-name") == "node console1"
 
 
 def test_create_a_task_with_every_kind_of_row(page, node, shots):
+    page.click("nav a[data-view=tasks]")
     page.click("#add-task")
     page.fill("#f-name", "resizer")
     page.fill("#f-group", "<img src=x onerror=alert(1)> photos")
@@ -135,7 +136,7 @@ def test_create_a_task_with_every_kind_of_row(page, node, shots):
     fill_row(page, "nodes", ["*", "1"])
     fill_row(page, "nodes", ["console1", "2"])
     save_task_form(page)
-    page.wait_for_selector("#task-list button[data-task=resizer]")
+    page.wait_for_selector("#task-list a[data-task=resizer]")
     # the group is text, never markup
     assert page.locator("#task-list h3", has_text="<img src=x").count() == 1
     page.screenshot(path=str(shots / "tasks.png"), full_page=True)
@@ -147,7 +148,7 @@ def test_create_a_task_with_every_kind_of_row(page, node, shots):
 
 
 def test_edit_restart_and_see_a_validation_error_beside_its_field(page, node):
-    page.click("#task-list button[data-task=resizer]")
+    page.click("#task-list a[data-task=resizer]")
     page.fill("#f-group", "photos")
     save_task_form(page)
     wait_for(lambda: node.client().task("resizer")["group"] == "photos", timeout_s=10,
@@ -164,7 +165,7 @@ def test_edit_restart_and_see_a_validation_error_beside_its_field(page, node):
 
 
 def test_send_a_test_message_and_see_the_reply(page, node, shots):
-    page.click("nav button[data-view=send]")
+    page.click("nav a[data-view=send]")
     page.fill("#s-name", "upai.echo")
     page.fill("#s-payload", '{"hello": "console"}')
     page.select_option("#s-mode", "call")
@@ -184,7 +185,7 @@ def test_see_a_failure_with_its_traceback_and_replay_its_dead_letter(page, node,
     node.client().put_task({**node.client().task("resizer"), "max_attempts": 1})
     node.client().cast("upai.fail", {"reason": "corrupt jpeg"})
     wait_for(lambda: node.client().dead_letters(), timeout_s=20, what="a dead letter")
-    page.click("nav button[data-view=errors]")
+    page.click("nav a[data-view=errors]")
     failure = page.locator("#failures details").first
     failure.wait_for()
     assert "ValueError: corrupt jpeg" in failure.text_content()
@@ -197,20 +198,20 @@ def test_see_a_failure_with_its_traceback_and_replay_its_dead_letter(page, node,
 
 def test_live_pages_show_status_nodes_and_timers(page, node, shots):
     node.client().put_timer({"name": "hourly", "cron": "0 * * * *", "message": "upai.echo"})
-    page.click("nav button[data-view=status]")
+    page.click("nav a[data-view=status]")
     page.wait_for_selector("#status-table tbody tr td:has-text('resizer')")
-    page.wait_for_selector("canvas[data-plot='resizer-rates']")
+    page.wait_for_selector("#plots svg[data-plot='resizer-rates']")
     page.screenshot(path=str(shots / "status.png"), full_page=True)
-    page.click("nav button[data-view=nodes]")
+    page.click("nav a[data-view=nodes]")
     page.wait_for_selector("#nodes-table tbody td:has-text('console1 (this node)')")
-    page.click("nav button[data-view=timers]")
+    page.click("nav a[data-view=timers]")
     page.wait_for_selector("#timers-table tbody td:has-text('hourly')")
     page.screenshot(path=str(shots / "timers.png"))
 
 
 def test_the_priority_expiry_and_rate_limit_fields_round_trip(page, node):
-    page.click("nav button[data-view=tasks]")
-    page.click("#task-list button[data-task=resizer]")
+    page.click("nav a[data-view=tasks]")
+    page.click("#task-list a[data-task=resizer]")
     page.fill("#f-default_priority", "3")
     page.fill("#f-priority_tickets", "1 1 1 2 2 4 4 8 8 16")
     page.fill("#f-message_ttl_s", "90")
@@ -224,8 +225,8 @@ def test_the_priority_expiry_and_rate_limit_fields_round_trip(page, node):
     assert saved["priority_tickets"] == [1, 1, 1, 2, 2, 4, 4, 8, 8, 16]
     assert saved["rate_limit_key"] == "user.id"
     # read back into the form as saved
-    page.click("#task-list button[data-task=echo]")
-    page.click("#task-list button[data-task=resizer]")
+    page.click("#task-list a[data-task=echo]")
+    page.click("#task-list a[data-task=resizer]")
     assert page.input_value("#f-priority_tickets") == "1 1 1 2 2 4 4 8 8 16"
     assert page.input_value("#f-default_priority") == "3"
     assert page.input_value("#f-rate_limit_key") == "user.id"
@@ -259,7 +260,7 @@ def send_reply(page) -> str:
 
 
 def test_send_a_cast_with_its_options(page, node):
-    page.click("nav button[data-view=send]")
+    page.click("nav a[data-view=send]")
     page.fill("#s-name", "upai.echo")
     page.fill("#s-payload", '{"later": true}')
     page.select_option("#s-mode", "cast")
@@ -307,12 +308,12 @@ def skip_until(node: ConsoleNode, method: str, params: dict[str, Any]) -> None:
 def test_scheduled_view_lists_a_delayed_cast_and_cancels_it(page, node):
     if node_lacks(node, "scheduled.list", {"limit": 10}):
         # the view says so in one line, and the page still works
-        page.click("nav button[data-view=scheduled]")
+        page.click("nav a[data-view=scheduled]")
         page.wait_for_selector("#scheduled-missing:not([hidden])")
     skip_until(node, "scheduled.list", {"limit": 10})
     skip_until(node, "cancel", {"id": "no-such-message"})
     cast = node.client().cast("upai.echo", {"n": "later"}, delay_s=3600)
-    page.click("nav button[data-view=scheduled]")
+    page.click("nav a[data-view=scheduled]")
     row = page.locator(f"#scheduled-table tbody tr:has(button[data-id='{cast['id']}'])")
     row.wait_for()
     assert "echo" in row.text_content() and "delayed" in row.text_content()
@@ -331,12 +332,12 @@ def test_trace_view_shows_the_tree_of_a_message(page, node):
     child = node.client().cast("upai.echo", {"n": 2}, parent=root["id"],
                                traceparent=f"00-{trace_id}-00f067aa0ba902b8-01")
     if node_lacks(node, "trace", {"id": root["id"]}):
-        page.click("nav button[data-view=trace]")
+        page.click("nav a[data-view=trace]")
         page.fill("#t-id", root["id"])
         page.click("#trace-show")
         page.wait_for_selector("#trace-title:has-text('method not found')")
     skip_until(node, "trace", {"id": root["id"]})
-    page.click("nav button[data-view=trace]")
+    page.click("nav a[data-view=trace]")
     page.fill("#t-id", trace_id)
     page.click("#trace-show")
     page.wait_for_selector(f".trace-message[data-id='{child['id']}']")
@@ -355,7 +356,7 @@ def test_expired_dead_letters_are_told_apart(page, node):
         wait_for(lambda: time.time() > cast_at + 1.0, what="the deadline passed")
     finally:
         node.client().put_task({**node.client().task("resizer"), "paused": False})
-    page.click("nav button[data-view=errors]")
+    page.click("nav a[data-view=errors]")
     wait_for(lambda: any(d["error_class"] == "Expired" for d in node.client().dead_letters()),
              timeout_s=30, what="an expired dead letter")
     page.select_option("#dead-filter", "expired")
@@ -369,10 +370,10 @@ def test_expired_dead_letters_are_told_apart(page, node):
 
 
 def test_delete_the_task_and_no_page_logged_an_error(page, node):
-    page.click("nav button[data-view=tasks]")
-    page.click("#task-list button[data-task=resizer]")
+    page.click("nav a[data-view=tasks]")
+    page.click("#task-list a[data-task=resizer]")
     page.click("#delete")
     page.wait_for_selector("#notice:has-text('deleted')")
     assert "resizer" not in {t["name"] for t in node.client().tasks()}
-    assert page.locator("#task-list button[data-task=resizer]").count() == 0
+    assert page.locator("#task-list a[data-task=resizer]").count() == 0
     assert page.console_errors == []

@@ -140,7 +140,7 @@ def page(console):
         page.goto(console.base + "/login")
         page.fill("#password", PASSWORD)
         page.click("#login")
-        page.wait_for_selector("#task-list button[data-task=echo]")
+        page.wait_for_selector("#overview-tasks tr[data-task=echo]")
         yield page
 
 
@@ -151,9 +151,9 @@ def _pids(console: ConsoleNode, task: str) -> list[int] | None:
 
 
 def _open(page, task: str) -> None:
-    page.click("nav button[data-view=tasks]")
-    page.wait_for_selector(f"#task-list button[data-task={task}]")
-    page.click(f"#task-list button[data-task={task}]")
+    page.click("nav a[data-view=tasks]")
+    page.wait_for_selector(f"#task-list a[data-task={task}]")
+    page.click(f"#task-list a[data-task={task}]")
     page.wait_for_selector(f"#form-title:has-text('{task}')")
 
 

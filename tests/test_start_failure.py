@@ -198,8 +198,8 @@ def test_the_console_status_view_shows_why(tmp_path: Path) -> None:
                 page.goto(node.url.removesuffix("/rpc") + "/")
                 page.fill("#password", "pw-start-failure")
                 page.click("#login")
-                page.wait_for_selector("#task-list button[data-task=exits3]")
-                page.click("nav button[data-view=status]")
+                page.wait_for_selector("#overview-tasks tr[data-task=exits3]")
+                page.click("nav a[data-view=status]")
                 # the view refreshes itself: the cause appears once the first start failed
                 cause = page.wait_for_selector(
                     "#status-table [data-start-error]:has-text('cannot open /etc/app.conf')",

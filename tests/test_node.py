@@ -87,7 +87,7 @@ async def test_cast_call_and_status(start_node, tmp_path):
     assert status["tasks"]["a"]["handled"] >= 20
     assert status["tasks"]["a"]["handled_per_s"] > 0
     assert status["tasks"]["a"]["latency_ms"]["p50"] > 0
-    series = (await node.metrics(10, 60))["a"]
+    series = (await node.metrics(10, 60))["series"]["a"]
     assert sum(point["handled_per_s"] for point in series) * 10 >= 20
 
 

@@ -88,7 +88,7 @@ async def test_series_answer_every_span_at_its_step_and_survive_a_restart(nodes)
     for i in range(20):
         await node.call("upai.echo", {"i": i})
     # Then the ten-minute view counts them at once, every point with its time
-    short = await node.metrics(None, 600)
+    short = (await node.metrics(None, 600))["series"]
     assert len(short["echo"]) == 60 and handled(short["echo"], 10) >= 20
     now = time.time()
     assert all(isinstance(p["t"], int) for p in short["echo"])
@@ -99,7 +99,7 @@ async def test_series_answer_every_span_at_its_step_and_survive_a_restart(nodes)
     # Then the hour and the day still count them (the new process handled nothing),
     # at a minute and at ten minutes a point
     for span, step, count in ((600, 10, 60), (3600, 60, 60), (86400, 600, 144)):
-        points = (await node.metrics(None, span))["echo"]
+        points = (await node.metrics(None, span))["series"]["echo"]
         assert len(points) == count, span
         assert {b["t"] - a["t"] for a, b in itertools.pairwise(points)} == {step}
         assert all(p["t"] % step == 0 for p in points)
@@ -136,7 +136,7 @@ async def test_a_step_the_store_cannot_answer_is_refused(nodes):
     for step, span in ((15, 600), (600, 60), (10, 86400)):
         with pytest.raises(InvalidParams, match="step"):
             await node.metrics(step, span)
-    assert len((await node.metrics(60, 600))["echo"]) == 10
+    assert len((await node.metrics(60, 600))["series"]["echo"]) == 10
 
 
 async def test_an_unreadable_history_file_is_put_aside_and_the_node_starts(nodes, tmp_path):
@@ -145,7 +145,7 @@ async def test_an_unreadable_history_file_is_put_aside_and_the_node_starts(nodes
     (data / "history.db").write_bytes(b"this is not a SQLite file" * 100)
     node = await nodes.start()
     await node.call("upai.echo", {})
-    assert handled((await node.metrics(None, 600))["echo"], 10) >= 1
+    assert handled((await node.metrics(None, 600))["series"]["echo"], 10) >= 1
     assert [p.name.split(".broken-")[0] for p in data.glob("history.db.broken-*")] == [
         "history.db"]
 

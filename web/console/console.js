@@ -26,7 +26,6 @@
 const state = { csrf: "", node: "", tasks: [], selected: null, members: [], route: null,
   missing: new Set(), role: "admin", span: 600 };
 const METHOD_NOT_FOUND = -32601;
-const INVALID_PARAMS = -32602;
 const REFRESH_MS = 3000;
 
 const ROUTES = {

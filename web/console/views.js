@@ -130,29 +130,11 @@ function memberList(members) {
 
 const SPANS = [[600, "10 min"], [3600, "1 h"], [86400, "24 h"]];
 
-// The metrics of every task over `span` seconds, with the events if the node gives them.
-// A node that keeps only its last ten minutes refuses a longer span: those ten, said so.
+// The metrics of every task over `span` seconds (the node keeps 24 h), with their events.
 async function loadMetrics(span) {
   const step = Math.min(600, Math.max(10, Math.round(span / 60)));
-  let answer;
-  let note = "";
-  const short = "This node keeps only its last ten minutes of metrics: those are shown.";
-  try {
-    if (span > 600 && state.shortMetrics) throw Object.assign(new Error(short), { rpc: { code: INVALID_PARAMS } });
-    answer = await rpc("metrics", { step, span });
-  } catch (error) {
-    if (!error.rpc || error.rpc.code !== INVALID_PARAMS || span <= 600) throw error;
-    state.shortMetrics = true;  // asked once a page: the refresh does not ask again
-    answer = await rpc("metrics", { step: 10, span: 600 });
-    note = short;
-    span = 600;
-  }
-  const series = answer && typeof answer.series === "object" && !Array.isArray(answer.series)
-    ? answer.series : answer || {};
-  const events = Array.isArray(answer && answer.events) ? answer.events : [];
-  const tasks = Object.fromEntries(Object.entries(series).filter(([name, points]) =>
-    Array.isArray(points) && !(name === "events" && points === events)));
-  return { tasks, events, span: note ? 600 : span, step: note ? 10 : step, note };
+  const answer = await rpc("metrics", { step, span });
+  return { tasks: answer.series || {}, events: answer.events || [], span, step };
 }
 
 function spanButtons() {
@@ -174,8 +156,7 @@ function plotsOf(name, metrics, id) {
     plots.push(makePlot(`${name}-queue`, { ...common, title: `${name}: queue`, unit: "messages",
       series: [["queued", "#85a", "queued"]] }));
   }
-  return el("div", { class: "plots", id, "data-key": `plots-${name}` },
-    ...(metrics.note ? [el("p", { class: "hint", text: metrics.note })] : []), ...plots);
+  return el("div", { class: "plots", id, "data-key": `plots-${name}` }, ...plots);
 }
 
 async function renderStatus() {

@@ -83,7 +83,7 @@ class Series:
         self._history.submit(self._history.add_event, self._clock(), kind, task, generation)
 
     async def metrics(self, step_s: int | None = None, span_s: int = 600) -> dict[str, Any]:
-        """Per task, a point every step over the span, and the span's `events`."""
+        """`series`: per task, a point every step over the span; `events`: its markers."""
         step = default_step(span_s) if step_s is None else step_s
         if step % SAMPLE_S or step > span_s or span_s // step > MAX_POINTS:
             raise InvalidParams(f"invalid params for metrics: step {step} must be a multiple "
@@ -104,11 +104,10 @@ class Series:
         for task, start, *figures in unwritten:
             if task in steps:
                 _add(steps[task], _floor(start, step), figures)
-        result: dict[str, Any] = {task: [_point(start, step, by_start.get(start))
-                                         for start in range(first, now + 1, step)]
-                                  for task, by_start in steps.items()}
-        result["events"] = events
-        return result
+        series = {task: [_point(start, step, by_start.get(start))
+                         for start in range(first, now + 1, step)]
+                  for task, by_start in steps.items()}
+        return {"series": series, "events": events}
 
     # ------------------------------------------------------------------ sampling
 

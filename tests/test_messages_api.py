@@ -18,7 +18,11 @@ from typing import Any
 import pytest
 from support import TEST_WORKERS, NodeProcess, read_records, wait_for
 
+from yptask.delivery import messages as browser
 from yptask.errors import ConfigError
+from yptask.store import messages
+from yptask.store.group_commit import JournalThread
+from yptask.store.journal import Attempt, Envelope, Journal
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -292,3 +296,43 @@ def test_bad_params_are_refused_naming_the_field(node, method, params, field):
     with pytest.raises(ConfigError, match=f"invalid params for {method}: '{field}' must be"):
         node.rpc(method, **params)
     assert node.rpc("status")["node"] == "p1"  # and the node serves on
+
+
+# ------------------------------------------------------------------ bounds, without a node
+
+def _journal_with_acks(path: Path, count: int) -> Journal:
+    journal = Journal(path)
+    journal.append([(Envelope(f"m{n}", "x.record", {"n": n}, float(n)), ["t"])
+                    for n in range(count)])
+    claimed = journal.claim("t", count)
+    journal.ack_many([(d.message.id, "t") for d in claimed], attempts=[
+        Attempt(d.message.id, "t", 1, "n1", "1", 0.0, 0.1, "handled") for d in claimed])
+    return journal
+
+
+def test_the_attempt_history_keeps_the_newest_and_forgets_pruned_messages(tmp_path):
+    journal = _journal_with_acks(tmp_path / "j.db", 5)
+    try:
+        journal.read(lambda db: messages.prune_attempts(db, keep=3))
+        kept = journal.read(lambda db: db.execute(
+            "SELECT message_id FROM attempts ORDER BY seq").fetchall())
+        assert [row[0] for row in kept] == ["m2", "m3", "m4"]
+        # a message the journal forgets (past the dedupe window) takes its history along
+        journal.prune(older_than_s=0, now=time.time() + 1)
+        assert journal.read(lambda db: db.execute("SELECT COUNT(*) FROM attempts")
+                            .fetchone()[0]) == 0
+    finally:
+        journal.close()
+
+
+async def test_the_total_is_counted_up_to_a_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr(browser, "MAX_TOTAL", 3)
+    thread = JournalThread(_journal_with_acks(tmp_path / "j.db", 5))
+    try:
+        room = browser.Messages("n1", thread, lambda *_: None, None)  # type: ignore[arg-type]
+        page = await room.list_page({"state": "done", "limit": 2})
+        assert page["total"] == "3+"
+        assert [(i["id"], i["attempt"]) for i in page["messages"]] == [("m4", 1), ("m3", 1)]
+        assert (await room.list_page({"where": {"n": 1}}))["total"] == 1
+    finally:
+        thread.close()

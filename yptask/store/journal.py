@@ -398,6 +398,7 @@ class Journal:
     # ------------------------------------------------------------------ helpers
 
     def _record(self, attempts: Iterable[Attempt]) -> None:
+        """Keep `attempts` in the history (yptask.store.messages reads and prunes it)."""
         self._db.executemany("INSERT INTO attempts (message_id, task, attempt, node, worker,"
                              " started_at, duration_s, outcome, error_class, error, traceback)"
                              " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -59,8 +59,9 @@ CREATE TABLE IF NOT EXISTS cancelled (   -- ids cancelled here (delivery/cancel.
     message_id TEXT PRIMARY KEY,         -- again, even if cast or forwarded later, within the
     cancelled_at REAL NOT NULL           -- dedupe window
 );
-CREATE TABLE IF NOT EXISTS attempts (   -- settled attempts, newest kept (journal.prune)
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+CREATE TABLE IF NOT EXISTS attempts (   -- settled attempts, newest kept (journal.prune); no
+                                     -- index: one on the random ids doubled the cost of an ack
+    seq INTEGER PRIMARY KEY,             -- no AUTOINCREMENT: it costs every insert a write
     message_id TEXT NOT NULL,
     task TEXT NOT NULL,
     attempt INTEGER NOT NULL,
@@ -73,7 +74,6 @@ CREATE TABLE IF NOT EXISTS attempts (   -- settled attempts, newest kept (journa
     error TEXT,
     traceback TEXT
 );
-CREATE INDEX IF NOT EXISTS attempts_message ON attempts (message_id, task);
 CREATE TABLE IF NOT EXISTS client_ids (  -- ids homed here, taken elsewhere (cluster/client_ids.py)
     id TEXT PRIMARY KEY,
     taken_at REAL NOT NULL

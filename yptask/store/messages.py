@@ -17,6 +17,7 @@ cursor (the last row's key) pages stably while new messages arrive.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,9 +52,7 @@ WITH items (message_id, task, state, priority, not_before, attempt) AS (
   SELECT r.message_id, r.task,
          CASE WHEN EXISTS (SELECT 1 FROM cancelled c WHERE c.message_id = r.message_id)
               THEN 'cancelled' ELSE 'done' END,
-         NULL, NULL,
-         (SELECT MAX(a.attempt) FROM attempts a
-          WHERE a.message_id = r.message_id AND a.task = r.task)
+         NULL, NULL, NULL  -- its attempt: from the history, for the page only (`rows`)
   FROM received r
   WHERE NOT EXISTS (SELECT 1 FROM deliveries d
                     WHERE d.message_id = r.message_id AND d.task = r.task)
@@ -133,7 +132,16 @@ def rows(db: sqlite3.Connection, selected: MessageFilter, limit: int,
     params["limit"] = limit
     found = db.execute(f"{_ITEMS}{where} ORDER BY m.published_at DESC, i.message_id DESC,"
                        " i.task DESC LIMIT :limit", params).fetchall()
-    return [dict(zip(_COLUMNS, row, strict=True)) for row in found]
+    items = [dict(zip(_COLUMNS, row, strict=True)) for row in found]
+    ended = [item for item in items if item["state"] in ("done", "cancelled")]
+    if ended:  # one pass over the history (it has no index) for the whole page
+        last = {(mid, task): attempt for mid, task, attempt in db.execute(
+            "SELECT message_id, task, MAX(attempt) FROM attempts WHERE message_id IN"
+            " (SELECT value FROM json_each(?)) GROUP BY message_id, task",
+            (json.dumps([item["id"] for item in ended]),))}
+        for item in ended:
+            item["attempt"] = last.get((item["id"], item["task"]))
+    return items
 
 
 def count(db: sqlite3.Connection, selected: MessageFilter, up_to: int, now: float) -> int:

@@ -12,13 +12,15 @@ the tasks concerned look again.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from yptask.delivery.cancel import Cancels, check_message_id
 from yptask.delivery.message_params import (
@@ -49,6 +51,7 @@ ACTIONS = {"cancel": {"queued", "delayed", "retrying"},
            "delete": {"queued", "delayed", "retrying", "dead", "expired"},
            "priority": {"queued", "delayed", "retrying"}}
 
+_T = TypeVar("_T")
 Notify = Callable[..., None]  # RunningTasks.notify(task, priority=None)
 
 
@@ -70,7 +73,7 @@ class Messages:
         after = parse_cursor(params.get("cursor"), method)
         page = dataclasses.replace(selected, after=after)
         now = time.time()
-        items, total = await self._journal.run(partial(
+        items, total = await self._read(partial(
             _page, page=page, counted=selected, limit=limit, now=now))
         for item in items:
             item["node"] = self.node_name
@@ -83,7 +86,7 @@ class Messages:
     async def get(self, message_id: Any) -> dict[str, Any]:
         """One message whole: its fields, its deliveries here, its attempt history."""
         mid = check_message_id(message_id, "messages.get")
-        found = await self._journal.run(partial(_message, message_id=mid, now=time.time()))
+        found = await self._read(partial(_message, message_id=mid, now=time.time()))
         if found is None:
             raise UnknownMessage(f"messages.get: no message {mid!r} in the journal of node "
                                  f"{self.node_name}")
@@ -104,13 +107,12 @@ class Messages:
         selected = self._selection(params, method)
         now = time.time()
         if selected.ids is None:  # by filter: only once the caller confirmed the count
-            matched = await self._journal.run(partial(
-                Journal.read, query=partial(queries.count, selected=selected,
-                                            up_to=MAX_BULK + 1, now=now)))
+            matched = await self._read(partial(queries.count, selected=selected,
+                                               up_to=MAX_BULK + 1, now=now))
             _confirm(method, action, matched, params.get("confirm_count"))
-        items = await self._journal.run(partial(
-            Journal.read, query=partial(queries.rows, selected=selected,
-                                        limit=MAX_BULK + 1, now=now)))
+        # read beside the journal; each change checks the delivery's state again as it writes
+        items = await self._read(partial(queries.rows, selected=selected, limit=MAX_BULK + 1,
+                                         now=now))
         if len(items) > MAX_BULK:
             raise checks.bad_param(method, "ids", f"ids of messages with at most {MAX_BULK}"
                                    " deliveries in all", f"{len(items)}+ deliveries")
@@ -127,6 +129,17 @@ class Messages:
         log.info("node %s: messages.bulk %s: %d matched, %d done, %d skipped", self.node_name,
                  action, len(items), len(done), len(skipped))
         return {"matched": len(items), "done": len(done), "skipped": skipped}
+
+    async def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run `query` on a read-only connection of its own, in a thread: beside the journal's
+        thread, never holding up its commits."""
+        def read() -> _T:
+            db = queries.read_only(self._journal.journal.path)
+            try:
+                return query(db)
+            finally:
+                db.close()
+        return await asyncio.to_thread(read)
 
     def _selection(self, params: dict[str, Any], method: str) -> MessageFilter:
         """The deliveries a bulk change names: by `ids`, or by `filter` (exactly one)."""
@@ -162,17 +175,22 @@ class Messages:
         return set(changed)
 
 
-def _page(journal: Journal, page: MessageFilter, counted: MessageFilter, limit: int,
+def _page(db: sqlite3.Connection, page: MessageFilter, counted: MessageFilter, limit: int,
           now: float) -> tuple[list[dict[str, Any]], int]:
     """One more than a page of items (so the caller knows whether more follow), and how
-    many the filter matches in all (counted up to one past MAX_TOTAL)."""
-    return (journal.read(partial(queries.rows, selected=page, limit=limit + 1, now=now)),
-            journal.read(partial(queries.count, selected=counted, up_to=MAX_TOTAL + 1,
-                                 now=now)))
+    many the filter matches in all (counted up to one past MAX_TOTAL), in one snapshot."""
+    db.execute("BEGIN")
+    try:
+        return (queries.rows(db, page, limit + 1, now),
+                queries.count(db, counted, MAX_TOTAL + 1, now))
+    finally:
+        db.execute("COMMIT")
 
 
-def _message(journal: Journal, message_id: str, now: float) -> dict[str, Any] | None:
-    def query(db: Any) -> dict[str, Any] | None:
+def _message(db: sqlite3.Connection, message_id: str, now: float) -> dict[str, Any] | None:
+    """The message, its deliveries and its attempts, in one snapshot; None if unknown."""
+    db.execute("BEGIN")
+    try:
         found = queries.message(db, message_id)
         if found is None:
             return None
@@ -185,7 +203,8 @@ def _message(journal: Journal, message_id: str, now: float) -> dict[str, Any] | 
             for item in reversed(deliveries)]
         found["attempts"] = queries.attempts(db, message_id)
         return found
-    return journal.read(query)
+    finally:
+        db.execute("COMMIT")
 
 
 def _priority(value: Any, method: str) -> int:

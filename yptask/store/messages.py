@@ -10,9 +10,10 @@ A delivery's state is read from where the journal keeps it:
   it), or cancelled (its id is in `cancelled`); kept as long as the message is, the dedupe
   window after it is done.
 
-Run by `yptask.store.journal.Journal` in its thread (reads through `Journal.read`, writes
-inside its transactions). The list walks newest first by (published_at, id, task), so a
-cursor (the last row's key) pages stably while new messages arrive.
+The reads run on a read-only connection of their own (`read_only`), beside the journal's
+thread (WAL lets them), so a long listing never holds up a commit; the writes run in the
+journal's thread, inside its transactions. The list walks newest first by (published_at,
+id, task), so a cursor (the last row's key) pages stably while new messages arrive.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from yptask.store.schedule import EXPIRED
 
 __all__ = ["CHANGES", "MAX_ATTEMPTS_KEPT", "MessageFilter", "attempts", "change", "count",
-           "message", "prune_attempts", "rows"]
+           "message", "prune_attempts", "read_only", "rows"]
 
 MAX_ATTEMPTS_KEPT = 100_000  # the attempt history keeps this many, newest
 PREVIEW_CHARS = 200
@@ -115,14 +117,18 @@ class MessageFilter:
                 clauses.append(f"CASE WHEN json_valid(m.payload) THEN"
                                f" json_extract(m.payload, :path{n}) END = :value{n}")
                 params[f"value{n}"] = value
-        if self.ids is not None:
-            names = [f":id{n}" for n in range(len(self.ids))]
-            clauses.append(f"i.message_id IN ({', '.join(names) or 'NULL'})")
-            params.update(zip((n[1:] for n in names), self.ids, strict=True))
+        if self.ids is not None:  # as one JSON list: no bound on SQLite's parameters
+            clauses.append("i.message_id IN (SELECT value FROM json_each(:ids))")
+            params["ids"] = json.dumps(self.ids)
         if self.after is not None:
             clauses.append("(m.published_at, i.message_id, i.task) < (:at, :aid, :atask)")
             params["at"], params["aid"], params["atask"] = self.after
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the journal at `path`, for one thread (closed by it)."""
+    return sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
 
 
 def rows(db: sqlite3.Connection, selected: MessageFilter, limit: int,

@@ -336,3 +336,19 @@ async def test_the_total_is_counted_up_to_a_bound(tmp_path, monkeypatch):
         assert (await room.list_page({"where": {"n": 1}}))["total"] == 1
     finally:
         thread.close()
+
+
+async def test_a_bulk_change_touches_at_most_its_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr(browser, "MAX_BULK", 3)
+    thread = JournalThread(_journal_with_acks(tmp_path / "j.db", 5))
+    try:
+        room = browser.Messages("n1", thread, lambda *_: None, None)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="'filter' must be a filter that matches at most 3"):
+            await room.bulk({"action": "delete", "filter": {"state": "done"},
+                             "confirm_count": 5})
+        # by ids, what the action does not take is skipped, each with why
+        answer = await room.bulk({"action": "delete", "ids": ["m1", "m2"]})
+        assert (answer["matched"], answer["done"]) == (2, 0)
+        assert {s["why"].split(":")[0] for s in answer["skipped"]} == {"done"}
+    finally:
+        thread.close()

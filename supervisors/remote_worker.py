@@ -134,9 +134,9 @@ class RemoteWorkerActor(Supervised):
                       job.meta.get("id"), self.task, exc)
             job.done(Outcome.refused(exc))
         except (HandlerError, CallTimeout) as exc:
-            job.done(Outcome.failed(exc, time.monotonic() - began))
+            job.done(Outcome.failed(exc, time.monotonic() - began, self.config.worker_id))
         else:
-            job.done(Outcome.handled(result, time.monotonic() - began))
+            job.done(Outcome.handled(result, time.monotonic() - began, self.config.worker_id))
         self.handled += 1
 
     def terminate(self, reason: ExitReason) -> None:

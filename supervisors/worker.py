@@ -235,9 +235,9 @@ class WorkerActor(Supervised):
         except (WorkerExited, CallTimeout, ProtocolError):
             raise  # crash on purpose (the jobs are settled): a fresh worker is started
         except YPTaskError as exc:  # the handler raised, or has no handler for the name
-            window.popleft().done(Outcome.failed(exc, self._took()))
+            window.popleft().done(Outcome.failed(exc, self._took(), str(self.conn.pid)))
         else:
-            window.popleft().done(Outcome.handled(result, self._took()))
+            window.popleft().done(Outcome.handled(result, self._took(), str(self.conn.pid)))
         if window:  # the worker takes the next job from its pipe at once
             _begin(window[0])
         self._adapt(waited_s=time.monotonic() - asked, written=len(window) + 1)

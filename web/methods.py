@@ -2,7 +2,7 @@
 
 One entry per method of the publisher API (`cast`, `call`, `tasks.*`,
 `timers.*`, `status`, `nodes*`, `failures.list`, `metrics`, `dead.*`, `cancel`,
-`message.cancelled`, `scheduled.list`, `trace`): its
+`message.cancelled`, `scheduled.list`, `trace`, `messages.*`): its
 signature is its parameters, by position or by name, with their defaults.
 The publishing methods pass what they were sent to the node as it came: the
 node checks every field of a cast and a call (`yptask.ingress.checks`),
@@ -198,6 +198,27 @@ async def _scheduled_list(node: Service, /, limit: Any = 100) -> Any:
                                          maximum=MAX_DEAD_LETTERS))
 
 
+# The message browser checks its own params (yptask.delivery.message_params), by name.
+async def _messages_list(node: Service, /, task: Any = None,  # noqa: PLR0917
+                         state: Any = None, name: Any = None, priority: Any = None,
+                         since: Any = None, until: Any = None, where: Any = None,
+                         limit: Any = 100, cursor: Any = None) -> Any:
+    return await node.list_messages({"task": task, "state": state, "name": name,
+                                     "priority": priority, "since": since, "until": until,
+                                     "where": where, "limit": limit, "cursor": cursor})
+
+
+async def _messages_get(node: Service, /, id: Any) -> Any:
+    return await node.get_message(id)
+
+
+async def _messages_bulk(node: Service, /, action: Any, ids: Any = None,  # noqa: PLR0917
+                         filter: Any = None, priority: Any = None,
+                         confirm_count: Any = None) -> Any:
+    return await node.bulk_messages({"action": action, "ids": ids, "filter": filter,
+                                     "priority": priority, "confirm_count": confirm_count})
+
+
 # ---------------------------------------------------------------- binding and the table
 
 
@@ -298,6 +319,9 @@ _IMPLEMENTATIONS: dict[str, Method] = {
     "message.cancelled": _message_cancelled,
     "scheduled.list": _scheduled_list,
     "trace": _trace,
+    "messages.list": _messages_list,
+    "messages.get": _messages_get,
+    "messages.bulk": _messages_bulk,
 }
 
 # The method table, passed to jsonrpcserver as `methods=` (never its global registry).

@@ -45,6 +45,7 @@ __all__ = [
     "SupervisionError",
     "TaskPaused",
     "Unauthorized",
+    "UnknownMessage",
     "UnknownTask",
     "UnknownTimer",
     "WireCode",
@@ -152,6 +153,10 @@ class RemoteError(RPCError):
 
 class NoSubscriber(RPCError):
     """Raised when a call names a message no task subscribes to."""
+
+
+class UnknownMessage(InvalidParams):
+    """Raised when an operation names a message id this node's journal does not hold."""
 
 
 class UnknownTask(ConfigError):

@@ -46,6 +46,7 @@ from yptask.connection_limits import caps
 from yptask.delivery.cancel import CANCEL_REQUEST, Cancels
 from yptask.delivery.forwarding import accept_forwarded
 from yptask.delivery.load import Load
+from yptask.delivery.messages import Messages
 from yptask.delivery.running import RunningTasks
 from yptask.delivery.series import Series
 from yptask.delivery.status import Inspector
@@ -177,6 +178,8 @@ class Node:
         self.cancel, self.message_cancelled = self.cancels.cancel, self.cancels.cancelled
         self.traces = Traces(self.name, journal, self.publisher.calls)
         self.trace = self.traces.trace
+        self.messages = m = Messages(self.name, journal, self.running.notify, self.cancels)
+        self.list_messages, self.get_message, self.bulk_messages = m.list_page, m.get, m.bulk
 
     async def _start_workers(self) -> None:
         assert self._tree is not None
@@ -236,15 +239,12 @@ class Node:
         await timers.start()
 
     def _timer_settle_s(self) -> float:
-        """A node that may have peers hears of them, and of their timer leader, before it
-        stands for the lease: its links are up and its peers' heartbeats in by then."""
+        """A node that may have peers hears of them (and their timer leader) before it stands."""
         c = self.config
         return max(c.timer_lease_s, c.down_after_s) if c.join or c.mdns else 0.0
 
     def _seed_file(self) -> Path:
-        if self.config.tasks_file is not None:
-            return self.config.tasks_file
-        return Path(str(resources.files("yptask.conf") / "tasks.toml"))
+        return self.config.tasks_file or Path(str(resources.files("yptask.conf") / "tasks.toml"))
 
     async def stop(self) -> None:
         """Stop gracefully: timers, forwarding and links, then HTTP, then claims, then workers
@@ -341,8 +341,7 @@ class Node:
     async def replay(self, message_id: str, task: str | None = None) -> int:
         return await self.inspector.replay(message_id, task)
 
-    async def nodes(self) -> list[dict[str, Any]]:
-        """The cluster's members as this node sees them, itself first."""
+    async def nodes(self) -> list[dict[str, Any]]:  # the members as seen here, itself first
         return [] if self.cluster is None else self.cluster.members()
 
     async def forget_node(self, name: str) -> dict[str, Any]:

@@ -80,6 +80,19 @@ class Sample(BaseTask):
             os._exit(9)
         return self.handle_record(msg)
 
+    def handle_fail_first(self, msg: Any) -> str:
+        """Raise on the first attempt, record the next one."""
+        assert self.message is not None
+        if self.message.attempt == 1:
+            raise RuntimeError("the first attempt fails")
+        return self.handle_record(msg)
+
+    def handle_fail_unless(self, msg: dict[str, Any]) -> str:
+        """Raise until the file `msg["ok_file"]` exists, then record."""
+        if not os.path.exists(msg["ok_file"]):
+            raise RuntimeError(f"no {msg['ok_file']} yet")
+        return self.handle_record(msg)
+
     def handle_record_slowly(self, msg: dict[str, Any]) -> str:
         """Sleep, then record; first append this worker's pid to `started_path` if given
         (so a test knows the handler is running, not only handed the message)."""

@@ -97,6 +97,16 @@ class Cancels:
         self._remember(message_id)
         cancelled, running = await self.journal.run(
             partial(Journal.cancel, message_id=message_id))
+        return self._drop_claimed(message_id, cancelled, running)
+
+    async def cancel_many_here(self, message_ids: list[str]) -> dict[str, Here]:
+        """`cancel_here` for many messages, in one journal transaction (messages.bulk)."""
+        for message_id in message_ids:
+            self._remember(message_id)
+        answers = await self.journal.run(partial(Journal.cancel_many, message_ids=message_ids))
+        return {mid: self._drop_claimed(mid, *answer) for mid, answer in answers.items()}
+
+    def _drop_claimed(self, message_id: str, cancelled: list[str], running: list[str]) -> Here:
         pools = self._pools()
         for task in list(running):
             pool = pools.get(task)

@@ -430,7 +430,8 @@ class TaskPool(PoolPort):
     def _settle_delivery(self, delivery: Delivery, outcome: Outcome) -> None:
         """Count and settle a job's outcome (yptask.delivery.outcomes); any thread."""
         self._ended(outcome)
-        again = settle(self.journal, self.task, self.metrics, delivery, outcome)
+        again = settle(self.journal, self.task, self.metrics, delivery, outcome,
+                       node=self.node_name)
         if again is not None:  # put back, or a retry: the loop looks again then
             self.loop.call_soon_threadsafe(self.wake_at, again)
 

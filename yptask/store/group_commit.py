@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from yptask.histogram import COMMIT_BUCKETS_S, Histogram, HistogramView
-from yptask.store.journal import Envelope, Journal
+from yptask.store.journal import Attempt, Envelope, Journal
 
 __all__ = ["JournalThread"]
 
@@ -60,6 +60,7 @@ class _Op:
     # (message id, task)
     item: Any = None
     call: Callable[[Journal], Any] | None = None
+    attempt: Attempt | None = None  # an ack's entry in the attempt history
 
     @property
     def family(self) -> str:
@@ -112,9 +113,10 @@ class JournalThread:
         """Forget a handled delivery; acks waiting together share one transaction."""
         await self._submit("ack", (message_id, task))
 
-    def ack_nowait(self, message_id: str, task: str) -> None:
-        """Queue an ack from any thread, without waiting for its commit."""
-        self._queue.put(_Op(None, None, "ack", (message_id, task)))
+    def ack_nowait(self, message_id: str, task: str, attempt: Attempt | None = None) -> None:
+        """Queue an ack from any thread, without waiting for its commit; `attempt`, the
+        handled attempt to keep in the history, is written in the same transaction."""
+        self._queue.put(_Op(None, None, "ack", (message_id, task), attempt=attempt))
 
     def start_nowait(self, message_id: str, task: str) -> None:
         """Queue, from any thread, the mark that a handler started on a claimed delivery
@@ -221,7 +223,8 @@ class JournalThread:
 
     def _ack(self, batch: list[_Op]) -> None:
         self.journal.ack_many([op.item for op in batch if op.kind == "ack"],
-                              started=[op.item for op in batch if op.kind == "start"])
+                              started=[op.item for op in batch if op.kind == "start"],
+                              attempts=[op.attempt for op in batch if op.attempt is not None])
 
     def _refuse(self, batch: list[_Op], exc: BaseException) -> bool:
         """Keep the writes of `batch` nobody waits on, to write them again; True if it has

@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from yptask.ingress.trace import own_trace_id
-from yptask.store import schedule
+from yptask.store import messages, schedule
 from yptask.store.claim import claim_rows
 from yptask.store.id_reader import IdReader, known_client_ids
 from yptask.store.journal_db import Transaction, connect
-from yptask.store.records import DeadLetter, Delivery, Envelope
+from yptask.store.records import Attempt, DeadLetter, Delivery, Envelope
 
 # Envelope, Delivery, DeadLetter and IdReader are re-exported: where callers have met them.
-__all__ = ["DeadLetter", "Delivery", "Envelope", "IdReader", "Journal"]
+__all__ = ["Attempt", "DeadLetter", "Delivery", "Envelope", "IdReader", "Journal"]
 
 T = TypeVar("T")
 
@@ -201,11 +201,14 @@ class Journal:
         self.ack_many([(message_id, task)])
 
     def ack_many(self, deliveries: list[tuple[str, str]],
-                 started: Iterable[tuple[str, str]] = ()) -> None:
+                 started: Iterable[tuple[str, str]] = (),
+                 attempts: Iterable[Attempt] = ()) -> None:
         """Forget handled deliveries, (message id, task) pairs, and mark `started` ones (a
-        handler began on them: their attempt is spent), in one transaction."""
+        handler began on them: their attempt is spent), in one transaction; with them, the
+        `attempts` to keep in the history."""
         done = set(deliveries)
         with self._transaction():
+            self._record(attempts)
             # one acked in the same breath needs no mark: it is deleted below
             self._db.executemany(
                 "UPDATE deliveries SET state = 'started', attempt = attempt + 1"
@@ -215,14 +218,16 @@ class Journal:
 
     def fail(self, message_id: str, task: str, *, max_attempts: int, retry_after_s: float,
              error_class: str, error: str, traceback: str = "",
-             now: float | None = None) -> bool:
+             now: float | None = None, record: Attempt | None = None) -> bool:
         """Record a failed attempt: requeue it after `retry_after_s`, or dead-letter it.
 
-        The attempt is spent here unless the delivery was marked started already.
+        The attempt is spent here unless the delivery was marked started already, and
+        `record` (if given) is kept in the history, in the same transaction.
         Returns True if it was dead-lettered (its attempts are used up).
         """
         now = time.time() if now is None else now
         with self._transaction():
+            self._record([] if record is None else [record])
             row = self._db.execute(
                 "SELECT attempt + (state != 'started') FROM deliveries"
                 " WHERE message_id = ? AND task = ?", (message_id, task)).fetchone()
@@ -248,13 +253,15 @@ class Journal:
         a retry) and remember its id, so none is made again. Returns (the tasks cancelled,
         the tasks whose delivery is claimed or running: those are not stopped)."""
         with self._transaction():
-            self._db.execute("INSERT OR IGNORE INTO cancelled VALUES (?, ?)",
-                             (message_id, time.time() if now is None else now))
-            self._any_cancelled = True
-            rows = self._db.execute("SELECT task, state FROM deliveries WHERE message_id = ?"
-                                    " ORDER BY task", (message_id,)).fetchall()
-            cancelled = [task for task, state in rows if state == "queued"]
-            self._forget([(message_id, task) for task in cancelled])
+            return self._cancel(message_id, time.time() if now is None else now)
+
+    def _cancel(self, message_id: str, now: float) -> tuple[list[str], list[str]]:
+        self._db.execute("INSERT OR IGNORE INTO cancelled VALUES (?, ?)", (message_id, now))
+        self._any_cancelled = True
+        rows = self._db.execute("SELECT task, state FROM deliveries WHERE message_id = ?"
+                                " ORDER BY task", (message_id,)).fetchall()
+        cancelled = [task for task, state in rows if state == "queued"]
+        self._forget([(message_id, task) for task in cancelled])
         return cancelled, [task for task, state in rows if state != "queued"]
 
     def release(self, message_id: str, task: str) -> None:
@@ -307,6 +314,7 @@ class Journal:
             if pruned:
                 self._db.execute("DELETE FROM received WHERE message_id NOT IN"
                                  " (SELECT id FROM messages)")
+            messages.prune_attempts(self._db)
             return pruned
 
     # ------------------------------------------------------------------ read
@@ -371,7 +379,30 @@ class Journal:
             return self._db.execute("DELETE FROM client_ids WHERE taken_at < ?",
                                     (now - older_than_s,)).rowcount
 
+    # ---- the message browser (the queries are in yptask.store.messages)
+
+    def cancel_many(self, message_ids: Sequence[str]) -> dict[str, tuple[list[str], list[str]]]:
+        """`cancel` for many messages in ONE transaction: per id, (tasks cancelled, running)."""
+        with self._transaction():
+            return {mid: self._cancel(mid, time.time()) for mid in message_ids}
+
+    def change_waiting(self, action: str, deliveries: Sequence[tuple[str, str]],
+                       priority: int = 0) -> list[tuple[str, str]]:
+        """Apply a browser `action` (see yptask.store.messages.CHANGES) to deliveries,
+        (message id, task) pairs, in ONE transaction; return the pairs it changed."""
+        with self._transaction():
+            changed = messages.change(self._db, action, deliveries, priority, time.time())
+            self._finish_if_done(dict.fromkeys(mid for mid, _ in changed))
+        return changed
+
     # ------------------------------------------------------------------ helpers
+
+    def _record(self, attempts: Iterable[Attempt]) -> None:
+        """Keep `attempts` in the history (yptask.store.messages reads and prunes it)."""
+        self._db.executemany("INSERT INTO attempts (message_id, task, attempt, node, worker,"
+                             " started_at, duration_s, outcome, error_class, error, traceback)"
+                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [attempt.row() for attempt in attempts])
 
     def cancelled(self, message_id: str) -> bool:
         """Was this id cancelled here (within the dedupe window)? No query while none is."""

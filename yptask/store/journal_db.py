@@ -59,6 +59,21 @@ CREATE TABLE IF NOT EXISTS cancelled (   -- ids cancelled here (delivery/cancel.
     message_id TEXT PRIMARY KEY,         -- again, even if cast or forwarded later, within the
     cancelled_at REAL NOT NULL           -- dedupe window
 );
+CREATE TABLE IF NOT EXISTS attempts (   -- settled attempts, newest kept (journal.prune); no
+                                     -- index: one on the random ids doubled the cost of an ack
+    seq INTEGER PRIMARY KEY,             -- no AUTOINCREMENT: it costs every insert a write
+    message_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    worker TEXT,                         -- pid, or a remote worker's id
+    started_at REAL NOT NULL,
+    duration_s REAL,
+    outcome TEXT NOT NULL,               -- handled | failed | refused | lost
+    error_class TEXT,
+    error TEXT,
+    traceback TEXT
+);
 CREATE TABLE IF NOT EXISTS client_ids (  -- ids homed here, taken elsewhere (cluster/client_ids.py)
     id TEXT PRIMARY KEY,
     taken_at REAL NOT NULL

@@ -1,5 +1,6 @@
 """What the journal hands out: `Envelope` (a message), `Delivery` (a message for one task,
-with its attempt) and `DeadLetter` (a delivery that ran out of attempts, or expired).
+with its attempt), `DeadLetter` (a delivery that ran out of attempts, or expired) and
+`Attempt` (one settled run of a handler on a delivery, for its history).
 
 Plain frozen dataclasses, shared by the journal (yptask.store.journal), the pools
 and the forwarders; nothing here touches SQLite.
@@ -11,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DeadLetter", "Delivery", "Envelope"]
+__all__ = ["Attempt", "DeadLetter", "Delivery", "Envelope"]
 
 
 # Slotted, not frozen: one is made per message on the hot path, and a frozen dataclass's
@@ -57,3 +58,25 @@ class DeadLetter:
     error: str
     traceback: str
     died_at: float
+
+
+@dataclass(slots=True)  # as Envelope: one is made per settled delivery
+class Attempt:
+    """One settled attempt of a delivery: where it ran, when, how long, how it ended."""
+
+    message_id: str
+    task: str
+    attempt: int
+    node: str
+    worker: str | None  # the worker's pid, or a remote worker's id
+    started_at: float
+    duration_s: float | None
+    outcome: str  # an Ending's value: handled, failed, refused, lost
+    error_class: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+    def row(self) -> tuple[object, ...]:
+        return (self.message_id, self.task, self.attempt, self.node, self.worker,
+                self.started_at, self.duration_s, self.outcome, self.error_class, self.error,
+                self.traceback)

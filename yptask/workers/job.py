@@ -61,14 +61,16 @@ class Outcome:
     result: Any = None
     error: YPTaskError | None = None
     duration_s: float | None = None  # how long the handler took, when it answered
+    worker: str | None = None  # who answered: the worker's pid, or a remote worker's id
 
     @classmethod
-    def handled(cls, result: Any, duration_s: float) -> Outcome:
-        return cls(Ending.HANDLED, result=result, duration_s=duration_s)
+    def handled(cls, result: Any, duration_s: float, worker: str | None = None) -> Outcome:
+        return cls(Ending.HANDLED, result=result, duration_s=duration_s, worker=worker)
 
     @classmethod
-    def failed(cls, error: YPTaskError, duration_s: float | None = None) -> Outcome:
-        return cls(Ending.FAILED, error=error, duration_s=duration_s)
+    def failed(cls, error: YPTaskError, duration_s: float | None = None,
+               worker: str | None = None) -> Outcome:
+        return cls(Ending.FAILED, error=error, duration_s=duration_s, worker=worker)
 
     @classmethod
     def refused(cls, error: YPTaskError) -> Outcome:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from yptask import __version__
+from yptask.access.audit import AuditLog
 from yptask.access.policy import AccessPolicy
 from yptask.access.secrets import ADMIN_TOKEN_FILE, cluster_cookie, read_or_make
 from yptask.cluster.client_ids import IDS_REQUEST, ClientIds
@@ -153,7 +154,9 @@ class Node:
                                    lambda: self.stopping)
         check = self.publisher.check_running
         self.inspector = Inspector(self.name, journal, self.running, self._exits.pids)
-        self.scheduled = self.inspector.scheduled  # the message controls' service methods
+        inspector = self.inspector  # failures, the dead letters: its service methods
+        self.failures, self.dead_letters, self.replay, self.scheduled = (
+            inspector.failures, inspector.dead_letters, inspector.replay, inspector.scheduled)
         self.task_admin = TaskAdmin(self.name, config_map, self.running, check)
         self.timer_admin = TimerAdmin(self.name, config_map, check)
         admin = self.timer_admin  # the timer operations' service methods
@@ -163,6 +166,8 @@ class Node:
         self.cancel, self.message_cancelled = self.cancels.cancel, self.cancels.cancelled
         self.traces = Traces(self.name, journal, self.publisher.calls)
         self.trace = self.traces.trace
+        self.audit_log = AuditLog(self.name, config_map)  # and the audit log's
+        self.audit, self.audited = self.audit_log.list, self.audit_log.record
 
     async def _start_workers(self) -> None:
         assert self._tree is not None
@@ -330,17 +335,8 @@ class Node:
     async def status(self) -> dict[str, Any]:
         return await self.inspector.status()
 
-    async def failures(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self.inspector.failures(limit)
-
     async def metrics(self, step_s: int = 10, span_s: int = 600) -> dict[str, Any]:
         return await self.inspector.metrics(step_s, span_s)
-
-    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self.inspector.dead_letters(limit)
-
-    async def replay(self, message_id: str, task: str | None = None) -> int:
-        return await self.inspector.replay(message_id, task)
 
     async def nodes(self) -> list[dict[str, Any]]:
         """The cluster's members as this node sees them, itself first."""

@@ -76,3 +76,10 @@ class Service(Protocol):
     async def scheduled(self, limit: int, /) -> Any: ...
 
     async def trace(self, id: Any, /) -> Any: ...
+
+    async def audit(self, limit: int, before: str | None, target: str | None, /) -> Any: ...
+
+    async def audited(self, method: str, args: list[Any] | tuple[Any, ...], outcome: str = "ok",
+                      result: Any = None, /) -> None:
+        """Keep a change in the audit log (yptask.access.audit): every transport, for every
+        method `yptask.access.policy.kind_of` calls a change, once it ran."""

@@ -12,6 +12,13 @@ entropy), and push each local write to every peer at once. The map is kept in
 SQLite beside the journal, so it survives restarts: a node that was away
 catches up at its next exchange. Seed entries (a node's first-start examples)
 carry version zero, so any real edit anywhere wins over them.
+
+A prefix may be bounded (`Retention`, for write-once logs such as the audit
+log): its keys begin with their time in milliseconds, and a node keeps only
+the newest `max_entries` of them, none older than `max_age_s`. Pruning drops
+rows outright (no tombstones), and a merge refuses an entry the bound would
+drop at once, so a peer that still holds it cannot bring it back: the nodes
+agree on the newest entries of everything they have seen.
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ from typing import Any
 
 from yptask.errors import ProtocolError
 
-__all__ = ["Entry", "HybridClock", "ReplicatedStore", "Version", "digest_from_term",
-           "digest_to_term"]
+__all__ = ["Entry", "HybridClock", "ReplicatedStore", "Retention", "Version",
+           "digest_from_term", "digest_to_term"]
+
+MILLIS_DIGITS = 13  # a bounded prefix's keys: PREFIX + zero-padded wall milliseconds + ...
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -80,12 +89,26 @@ class Entry:
         return cls(term[0], Version.from_term(term[1]), term[2])
 
 
+@dataclass(frozen=True)
+class Retention:
+    """The bound of one prefix of write-once, time-keyed entries."""
+
+    prefix: str
+    max_entries: int
+    max_age_s: float
+
+    def horizon(self, now_s: float) -> str:
+        """The smallest key not yet too old at `now_s`."""
+        millis = max(0, int((now_s - self.max_age_s) * 1000))
+        return f"{self.prefix}{millis:0{MILLIS_DIGITS}d}"
+
+
 class HybridClock:
     """Versions that grow with the wall clock and never go back, even if it does."""
 
     def __init__(self, node: str, wall: Callable[[], float] = time.time) -> None:
         self.node = node
-        self._wall = wall
+        self.wall = self._wall = wall
         self._last = Version(0, 0, node)
         self._lock = threading.Lock()
 
@@ -115,12 +138,48 @@ class ReplicatedStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._retention: list[Retention] = []
         for entry in self.entries():  # a restarted node writes after what it wrote before
             clock.observe(entry.version)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def bound(self, retention: Retention) -> None:
+        """Keep `retention`'s prefix within its bound from now on (pruned at once)."""
+        self._retention.append(retention)
+        self.prune()
+
+    def prune(self) -> int:
+        """Drop what the bounded prefixes keep no more; return how many went."""
+        dropped = 0
+        with self._lock:
+            for retention in self._retention:
+                dropped += self._prune(retention)
+        return dropped
+
+    def _prune(self, retention: Retention) -> int:
+        low, high = retention.prefix, retention.prefix + "\U0010ffff"
+        gone = self._db.execute("DELETE FROM entries WHERE key >= ? AND key < ?",
+                                (low, retention.horizon(self.clock.wall()))).rowcount
+        return gone + self._db.execute(
+            "DELETE FROM entries WHERE key >= ? AND key < ? AND key < (SELECT key FROM entries"
+            " WHERE key >= ? AND key < ? ORDER BY key DESC LIMIT 1 OFFSET ?)",
+            (low, high, low, high, retention.max_entries - 1)).rowcount
+
+    def _cuts(self) -> list[tuple[str, str]]:
+        """(prefix, smallest key kept) of each bound: a key under the prefix and below the
+        cut would be pruned as soon as it was written."""
+        cuts = []
+        for retention in self._retention:
+            low, high = retention.prefix, retention.prefix + "\U0010ffff"
+            oldest_kept = self._db.execute(
+                "SELECT key FROM entries WHERE key >= ? AND key < ? ORDER BY key DESC LIMIT 1"
+                " OFFSET ?", (low, high, retention.max_entries - 1)).fetchone()
+            cut = retention.horizon(self.clock.wall())
+            cuts.append((low, cut if oldest_kept is None else max(cut, oldest_kept[0])))
+        return cuts
 
     def seed_once(self, values: dict[str, dict[str, Any]]) -> bool:
         """Store first-start values (version zero) unless this store was ever seeded."""
@@ -144,6 +203,9 @@ class ReplicatedStore:
         with self._lock:  # stamp and write together: two writes land in version order
             entry = Entry(key, self.clock.now(), value)
             self._write([entry])
+            for retention in self._retention:
+                if key.startswith(retention.prefix):
+                    self._prune(retention)
         return entry
 
     def merge(self, entries: Iterable[Entry]) -> list[Entry]:
@@ -156,9 +218,14 @@ class ReplicatedStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                cuts = self._cuts()
                 changed = [entry for key, entry in newest.items()
-                           if (current := self._version(key)) is None or entry.version > current]
+                           if ((current := self._version(key)) is None
+                               or entry.version > current)
+                           and not any(key.startswith(p) and key < cut for p, cut in cuts)]
                 self._write(changed)
+                for retention in self._retention:
+                    self._prune(retention)
             finally:
                 self._db.execute("COMMIT")
         return changed
@@ -175,6 +242,22 @@ class ReplicatedStore:
             rows = self._db.execute(
                 "SELECT key, millis, counter, node, value FROM entries WHERE key >= ? AND"
                 " key < ? ORDER BY key", (prefix, prefix + "\U0010ffff")).fetchall()
+        return [_entry(row) for row in rows]
+
+    def newest(self, prefix: str, *, below: str | None = None, limit: int = 100,
+               where: tuple[str, str] | None = None) -> list[Entry]:
+        """The live entries under `prefix`, newest (greatest key) first: those with keys
+        below `below`, and with `where` = (field, text), those whose value has it."""
+        query = ("SELECT key, millis, counter, node, value FROM entries WHERE key >= ? AND"
+                 " key < ? AND value IS NOT NULL")
+        args: list[Any] = [prefix, min(below, prefix + "\U0010ffff") if below is not None
+                           else prefix + "\U0010ffff"]
+        if where is not None:
+            query += " AND json_extract(value, '$.' || ?) = ?"
+            args += list(where)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY key DESC LIMIT ?",
+                                    [*args, limit]).fetchall()
         return [_entry(row) for row in rows]
 
     def values(self, prefix: str) -> dict[str, dict[str, Any]]:

@@ -27,7 +27,14 @@ from yptask.endpoints.bert import FUNCTIONS
 from yptask.errors import ConfigError
 from yptask.node import Node
 from yptask.store.config_map import AUDIT_KEY
-from yptask.store.replicated import Entry, HybridClock, ReplicatedStore, Retention, Version
+from yptask.store.replicated import (
+    PRUNE_EVERY_WRITES,
+    Entry,
+    HybridClock,
+    ReplicatedStore,
+    Retention,
+    Version,
+)
 from yptask.web.methods import METHODS
 from yptask.wire.bertrpc import Call, ErrorReply, Info, Reply, decode_packet, frame
 
@@ -328,6 +335,7 @@ def test_pruning_keeps_the_newest_entries_of_the_union_and_refuses_older_ones(tm
         for second in (999_990, 999_991, 999_992, 999_993):
             x.put(key(second, "x"), {"n": second})
         y.put(key(999_950, "y"), {"n": 0})
+        x.prune()  # (local writes count the bound every PRUNE_EVERY_WRITES, merges always)
         assert [e.key for e in x.entries("audit:")] == [key(s, "x") for s in
                                                          (999_991, 999_992, 999_993)]
         # When they trade everything both ways (anti-entropy), both keep the same newest 3
@@ -348,6 +356,27 @@ def test_pruning_keeps_the_newest_entries_of_the_union_and_refuses_older_ones(tm
     finally:
         x.close()
         y.close()
+
+
+def test_local_writes_keep_the_bound_within_a_few_entries(tmp_path):
+    store = ReplicatedStore(tmp_path / "c.db", HybridClock("x"))
+    store.bound(Retention("audit:", max_entries=10, max_age_s=1e12))  # no age bound
+    try:
+        for n in range(PRUNE_EVERY_WRITES * 3):
+            store.put(f"audit:{n:013d}-x-0", {"n": n})
+            assert len(store.entries("audit:")) <= 10 + PRUNE_EVERY_WRITES
+        store.put("task:other", {"name": "other"})  # other prefixes are not bounded
+        store.prune()
+        assert [e.value for e in store.entries("audit:")] == [
+            {"n": n} for n in range(PRUNE_EVERY_WRITES * 3 - 10, PRUNE_EVERY_WRITES * 3)]
+        assert store.get("task:other") is not None
+        # the digest and what a peer lacks carry versions only / the entries it lacks
+        assert set(store.digest()) == {e.key for e in store.entries()}
+        lacking = store.newer_than({key: v for key, v in store.digest().items()
+                                    if key != "task:other"})
+        assert [e.key for e in lacking] == ["task:other"]
+    finally:
+        store.close()
 
 
 async def test_yptask_audit_prints_the_log(node):

@@ -38,6 +38,10 @@ __all__ = ["Entry", "HybridClock", "ReplicatedStore", "Retention", "Version",
            "digest_from_term", "digest_to_term"]
 
 MILLIS_DIGITS = 13  # a bounded prefix's keys: PREFIX + zero-padded wall milliseconds + ...
+# A bound's count is enforced every this many local writes under it (counting is a scan
+# of the prefix), and at every merge: in between a node may hold a few entries more,
+# never fewer, and a merge's cut is always the bound's.
+PRUNE_EVERY_WRITES = 64
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -139,6 +143,7 @@ class ReplicatedStore:
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._retention: list[Retention] = []
+        self._writes_since_prune = 0
         for entry in self.entries():  # a restarted node writes after what it wrote before
             clock.observe(entry.version)
 
@@ -159,10 +164,12 @@ class ReplicatedStore:
                 dropped += self._prune(retention)
         return dropped
 
-    def _prune(self, retention: Retention) -> int:
+    def _prune(self, retention: Retention, *, count: bool = True) -> int:
         low, high = retention.prefix, retention.prefix + "\U0010ffff"
         gone = self._db.execute("DELETE FROM entries WHERE key >= ? AND key < ?",
                                 (low, retention.horizon(self.clock.wall()))).rowcount
+        if not count:
+            return gone
         return gone + self._db.execute(
             "DELETE FROM entries WHERE key >= ? AND key < ? AND key < (SELECT key FROM entries"
             " WHERE key >= ? AND key < ? ORDER BY key DESC LIMIT 1 OFFSET ?)",
@@ -205,7 +212,11 @@ class ReplicatedStore:
             self._write([entry])
             for retention in self._retention:
                 if key.startswith(retention.prefix):
-                    self._prune(retention)
+                    self._writes_since_prune += 1
+                    count = self._writes_since_prune >= PRUNE_EVERY_WRITES
+                    if count:
+                        self._writes_since_prune = 0
+                    self._prune(retention, count=count)
         return entry
 
     def merge(self, entries: Iterable[Entry]) -> list[Entry]:
@@ -265,12 +276,24 @@ class ReplicatedStore:
         return {e.key[len(prefix):]: e.value for e in self.entries(prefix) if e.value is not None}
 
     def digest(self) -> dict[str, Version]:
-        """Key -> version of everything here: what a peer compares against its own."""
-        return {entry.key: entry.version for entry in self.entries()}
+        """Key -> version of everything here: what a peer compares against its own (the
+        values are not read: a digest of thousands of audit entries stays cheap)."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, millis, counter, node FROM entries").fetchall()
+        return {key: Version(millis, counter, node) for key, millis, counter, node in rows}
 
     def newer_than(self, digest: dict[str, Version]) -> list[Entry]:
         """The entries a peer with `digest` lacks or holds an older version of."""
-        return [e for e in self.entries() if e.key not in digest or e.version > digest[e.key]]
+        wanted = [key for key, version in self.digest().items()
+                  if key not in digest or version > digest[key]]
+        found: list[Entry] = []
+        with self._lock:
+            for start in range(0, len(wanted), 500):  # SQLite's bound on parameters
+                chunk = wanted[start:start + 500]
+                found += [_entry(row) for row in self._db.execute(
+                    "SELECT key, millis, counter, node, value FROM entries WHERE key IN"
+                    f" ({','.join('?' * len(chunk))}) ORDER BY key", chunk)]
+        return sorted(found, key=lambda entry: entry.key)
 
     def _version(self, key: str) -> Version | None:
         row = self._db.execute("SELECT millis, counter, node FROM entries WHERE key = ?",

@@ -187,6 +187,12 @@ async def test_the_viewer_password_opens_a_read_only_console_session(node):
         answer = await rpc(session, node, "tasks.resume", {"Authorization": basic},
                            name="echo")
         assert answer["error"]["code"] == FORBIDDEN
+    # The audit log says who did what, and how they showed it
+    entries = await node.audit(10, None, None)
+    assert [(e["method"], e["role"], e["via"], e["who"], e["outcome"]) for e in entries] == [
+        ("tasks.resume", "viewer", "password", "viewer password", "Forbidden"),
+        ("tasks.pause", "admin", "session", "console password", "ok"),
+        ("tasks.pause", "viewer", "session", "viewer password", "Forbidden")]
 
 
 async def _bert(node: Node, *frames: bytes):

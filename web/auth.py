@@ -72,6 +72,7 @@ class _Session:
     csrf: str
     expires: float
     role: Role = ADMIN
+    who: str = "console password"  # how it was opened (the audit log's `who`)
 
 
 class Guard:
@@ -112,7 +113,8 @@ class Guard:
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         if len(self._sessions) >= MAX_SESSIONS:
             del self._sessions[next(iter(self._sessions))]
-        self._sessions[token] = _Session(csrf, time.time() + SESSION_TTL_S, caller.role)
+        self._sessions[token] = _Session(csrf, time.time() + SESSION_TTL_S, caller.role,
+                                         caller.who)
         return token, csrf
 
     def logout(self, request: web.Request) -> None:
@@ -149,8 +151,7 @@ class Guard:
         session = self._session(request)
         if session is not None and hmac.compare_digest(session.csrf,
                                                        request.headers.get(CSRF_HEADER, "")):
-            return Caller(session.role, "session", "console session"
-                          if session.role == ADMIN else "viewer session", address)
+            return Caller(session.role, "session", session.who, address)
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         scheme = scheme.lower()
         if scheme == "bearer":

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 from jsonrpcserver import async_dispatch_to_serializable
 
+from yptask.access.policy import kind_of
 from yptask.errors import (
     DecodeError,
     Forbidden,
@@ -168,7 +169,8 @@ class RPCEndpoint:
                                          "every method")
             elif access is not None and (why := await access.refusal(method)) is not None:
                 refused = why
-                if isinstance(why, Forbidden) and not forbidden_kept:
+                if isinstance(why, Forbidden) and kind_of(method) == "change" \
+                        and not forbidden_kept:
                     forbidden_kept = True
                     await self.node.audited(method, _args_of(request.get("params")),
                                             "Forbidden")

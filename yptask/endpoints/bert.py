@@ -236,7 +236,8 @@ class BertEndpoint:
         caller = connection.caller
         method = FUNCTIONS.get(call.function)
         if method is not None and caller is not None and not may(caller.role, method):
-            if method == "cancel":
+            if method == "cancel" and not connection.forbidden_kept:
+                connection.forbidden_kept = True  # the first of a connection is audited
                 await self.node.audited(method, args, "Forbidden")
             raise Forbidden(forbidden(method))
         if method == "auth.whoami" and not args:
@@ -292,6 +293,7 @@ class _Connection:
     authorized: bool
     address: str = ""
     caller: Caller | None = None  # showed the admin token or a viewer token
+    forbidden_kept: bool = False  # a viewer's refused cancel is in the audit log
     inflation: InflationBudget = field(default_factory=InflationBudget)
 
 

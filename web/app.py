@@ -122,20 +122,22 @@ _FOREIGN_FETCH = frozenset({"cross-site", "same-site"})
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    """The Prometheus scrape: the admin credentials (a scraper sends the admin token as
-    `Authorization: Bearer`), and never a request a page of another site made: a
-    cross-origin GET carries no Origin, but a browser says so in Sec-Fetch-Site."""
+    """The Prometheus scrape: the admin or a viewer's credentials (a scraper sends the admin
+    token or a viewer token as `Authorization: Bearer`), and never a request a page of
+    another site made: a cross-origin GET carries no Origin, but a browser says so in
+    Sec-Fetch-Site."""
     if request.headers.get("Sec-Fetch-Site", "") in _FOREIGN_FETCH:
         request.app[STRANGERS].warning("refused HTTP GET /metrics from %s: a page of "
                                        "another site asked", request.remote)
         return web.Response(status=403, text="metrics are not served to other sites' pages\n",
                             headers=_NO_STORE)
-    if not await request.app[GUARD].may_administer(request):
+    if not await request.app[GUARD].may_read(request):
         return web.Response(status=401, headers={**_NO_STORE,
                                                  "WWW-Authenticate": 'Bearer realm="yptask"'},
-                            text="metrics need the node's admin token: send Authorization: "
-                                 "Bearer ADMIN_TOKEN (the file admin-token in its data dir), "
-                                 "or the console password as HTTP Basic auth\n")
+                            text="metrics need the node's admin token or a viewer token: "
+                                 "send Authorization: Bearer TOKEN (the admin token is the "
+                                 "file admin-token in its data dir), or a console password "
+                                 "as HTTP Basic auth\n")
     try:
         body = render(request.app[METRICS])  # on the loop: it reads the pools' state
     except Exception:  # a figure that cannot be read must not fail the node's other routes
@@ -213,4 +215,5 @@ async def _session(request: web.Request) -> web.Response:
         return web.json_response({"error": "log in first"}, status=401, headers=_NO_STORE)
     node = request.app[NODE]
     return web.json_response({"node": node.name, "csrf": guard.session_csrf(request) or "",
-                              "login": True}, headers=_NO_STORE)
+                              "role": guard.session_role(request), "login": True},
+                             headers=_NO_STORE)

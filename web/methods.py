@@ -2,14 +2,16 @@
 
 One entry per method of the publisher API (`cast`, `call`, `tasks.*`,
 `timers.*`, `status`, `nodes*`, `failures.list`, `metrics`, `dead.*`, `cancel`,
-`message.cancelled`, `scheduled.list`, `trace`, `messages.*`): its
-signature is its parameters, by position or by name, with their defaults.
+`message.cancelled`, `scheduled.list`, `trace`, `messages.*`, `audit.list`,
+`auth.whoami`): its signature is its parameters, by position or by name, with their defaults.
 The publishing methods pass what they were sent to the node as it came: the
 node checks every field of a cast and a call (`yptask.ingress.checks`),
 whatever the surface. The admin methods, which only JSON-RPC offers, check
 their own parameters here (a name is a string, a limit an integer in range,
 a definition an object). Every refusal is an `InvalidParams` (-32602) naming
-the method and the parameter.
+the method and the parameter. Each method the access policy calls a change
+(`yptask.access.policy.kind_of`) is kept in the audit log once it ran, with
+its outcome.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 
 from jsonrpcserver import Error, Success
 
-from yptask.errors import InvalidParams, YPTaskError
+from yptask.access.policy import current_caller, kind_of
+from yptask.errors import InvalidParams, YPTaskError, wire_name
 from yptask.ingress import checks as ingress
 from yptask.service import Service
 from yptask.web.jsonrpc import error_object, internal_error
@@ -219,6 +222,39 @@ async def _messages_bulk(node: Service, /, action: Any, ids: Any = None,  # noqa
                                      "priority": priority, "confirm_count": confirm_count})
 
 
+async def _audit_list(node: Service, /, limit: Any = 100, before: Any = None,
+                      target: Any = None) -> Any:
+    return await node.audit(_integer("audit.list", "limit", limit, minimum=1, maximum=10_000),
+                            _string("audit.list", "before", before, optional=True),
+                            _string("audit.list", "target", target, optional=True))
+
+
+async def _whoami(node: Service, /) -> Any:
+    """`auth.whoami`: the caller's role, and how it showed it (token, password, session)."""
+    caller = current_caller.get()
+    if caller is None:  # an endpoint that checks no credentials (a node run in-process)
+        return {"role": "admin", "via": "unchecked"}
+    return {"role": caller.role, "via": caller.via}
+
+
+def _audited(name: str, fn: Method) -> Method:
+    """`fn`, reporting each run (and its outcome) to the node's audit log."""
+    async def run(node: Service, /, *args: Any) -> Any:
+        try:
+            result = await fn(node, *args)
+        except YPTaskError as exc:
+            await node.audited(name, args, wire_name(exc))
+            raise
+        except Exception:
+            await node.audited(name, args, "InternalError")
+            raise
+        await node.audited(name, args, "ok", result)
+        return result
+
+    run.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+    return run
+
+
 # ---------------------------------------------------------------- binding and the table
 
 
@@ -276,8 +312,11 @@ async def invoke(fn: Method, signature: Signature, node: Service,
 
 
 def _method(name: str, fn: Method) -> Method:
-    """Wrap `fn(node, *params)` as a jsonrpcserver method that answers every failure itself."""
+    """Wrap `fn(node, *params)` as a jsonrpcserver method that answers every failure itself
+    (and keeps a change in the audit log)."""
     signature = Signature(name, fn)
+    if kind_of(name) == "change":
+        fn = _audited(name, fn)
 
     async def method(node: Service, /, *args: Any, **kwargs: Any) -> Any:
         ok, value = await invoke(fn, signature, node, kwargs if kwargs else list(args))
@@ -322,6 +361,8 @@ _IMPLEMENTATIONS: dict[str, Method] = {
     "messages.list": _messages_list,
     "messages.get": _messages_get,
     "messages.bulk": _messages_bulk,
+    "audit.list": _audit_list,
+    "auth.whoami": _whoami,
 }
 
 # The method table, passed to jsonrpcserver as `methods=` (never its global registry).

@@ -25,12 +25,13 @@ from typing import Any
 from aiohttp import web
 from jsonrpcserver import async_dispatch_to_serializable
 
+from yptask.access.policy import kind_of
 from yptask.errors import (
     DecodeError,
+    Forbidden,
     InvalidParams,
     NoSuchFunction,
     ProtocolError,
-    Unauthorized,
     YPTaskError,
 )
 from yptask.ingress import checks as ingress
@@ -156,6 +157,7 @@ class RPCEndpoint:
         calls: list[tuple[int, dict[str, Any]]] = []
         runnable: list[tuple[int, dict[str, Any]]] = []
         spent = 0
+        forbidden_kept = False  # a viewer's refused change: the first of a body is audited
         for index, request in enumerate(requests):
             refused: YPTaskError | None = None
             problem = request_problem(request)
@@ -165,8 +167,13 @@ class RPCEndpoint:
                 refused = NoSuchFunction(f"Method not found: {ingress.shown(method)}; "
                                          "publishers use cast and call, docs/api.md lists "
                                          "every method")
-            elif access is not None and not await access.allows(method):
-                refused = Unauthorized(access.why(method))
+            elif access is not None and (why := await access.refusal(method)) is not None:
+                refused = why
+                if isinstance(why, Forbidden) and kind_of(method) == "change" \
+                        and not forbidden_kept:
+                    forbidden_kept = True
+                    await self.node.audited(method, _args_of(request.get("params")),
+                                            "Forbidden")
             elif method == "cast":
                 try:
                     casts.append((index, request, CAST.bind(request.get("params", []))))
@@ -237,6 +244,14 @@ class RPCEndpoint:
         expecting = ((index, request) for index, request in runnable if "id" in request)
         for (index, request), answer in zip(expecting, responses or (), strict=True):
             answers[index] = serialize(answer, request["method"])
+
+
+def _args_of(params: Any) -> list[Any]:
+    """A request's params as the audit log reads a target off them (by position)."""
+    if isinstance(params, dict):
+        return [next((params[key] for key in ("definition", "name", "id") if key in params),
+                     None)]
+    return params if isinstance(params, list) else []
 
 
 def header_traceparent(header: str | None) -> str | None:

@@ -246,6 +246,21 @@ class Client:
         return _expect(self.request("scheduled.list", {"limit": limit}), list,
                        "scheduled.list")
 
+    def audit(self, limit: int = 100, before: str | None = None,
+              target: str | None = None) -> list[dict[str, Any]]:
+        """The audit log's entries, newest first (admin or viewer): those older than the
+        entry `before` (an id), about `target` only if given."""
+        params: dict[str, Any] = {"limit": limit}
+        if before is not None:
+            params["before"] = before
+        if target is not None:
+            params["target"] = target
+        return _expect(self.request("audit.list", params), list, "audit.list")
+
+    def whoami(self) -> dict[str, Any]:
+        """This client's role on the node: {"role": "admin"|"viewer", "via": ...}."""
+        return _expect(self.request("auth.whoami", {}), dict, "auth.whoami")
+
     def trace(self, id: str) -> dict[str, Any]:
         """The messages of a trace (a trace id, or a message id whose trace is meant), on
         every live node (admin): {"trace_id", "messages", "unreached"}."""

@@ -24,6 +24,7 @@ __all__ = [
     "DuplicateChild",
     "EncodeError",
     "FastCgiError",
+    "Forbidden",
     "FrameError",
     "HandlerError",
     "IdPending",
@@ -199,6 +200,10 @@ class Unauthorized(YPTaskError):
     """Raised when a request needs the console password (or a session) and has neither."""
 
 
+class Forbidden(Unauthorized):
+    """Raised when a read-only caller (a viewer token or the viewer password) asks for a change."""
+
+
 class LinkError(YPTaskError):
     """Raised when a link to another node cannot be opened, fails its checks, or breaks."""
 
@@ -306,6 +311,7 @@ WIRE_CODES: dict[type[BaseException], WireCode] = {
     WorkerStartFailed: WireCode("server", 116, -32016),
     SupervisionError: WireCode("server", 110, -32010),
     LinkError: WireCode("server", 114, -32014),
+    Forbidden: WireCode("server", 124, -32024),
     Unauthorized: WireCode("server", 115, -32015),
     TaskPaused: WireCode("server", 117, -32017),
     NotAccepting: WireCode("server", 118, -32018),

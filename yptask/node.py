@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from yptask import __version__
+from yptask.access.audit import AuditLog
 from yptask.access.policy import AccessPolicy
 from yptask.access.secrets import ADMIN_TOKEN_FILE, cluster_cookie, read_or_make
 from yptask.cluster.client_ids import IDS_REQUEST, ClientIds
@@ -160,7 +161,9 @@ class Node:
                                    lambda: self.stopping)
         check = self.publisher.check_running
         self.inspector = Inspector(self.name, journal, self.running, self._exits.pids)
-        self.scheduled = self.inspector.scheduled  # the message controls' service methods
+        inspector = self.inspector  # failures, the dead letters: its service methods
+        self.failures, self.dead_letters, self.replay, self.scheduled = (
+            inspector.failures, inspector.dead_letters, inspector.replay, inspector.scheduled)
         self.series = Series(history, self.running, self.load)
         tasks = self.task_admin = TaskAdmin(self.name, config_map, self.running, check,
                                             self.series.event)  # the task operations:
@@ -180,6 +183,8 @@ class Node:
         self.trace = self.traces.trace
         self.messages = m = Messages(self.name, journal, self.running.notify, self.cancels)
         self.list_messages, self.get_message, self.bulk_messages = m.list_page, m.get, m.bulk
+        self.audit_log = AuditLog(self.name, config_map)  # and the audit log's
+        self.audit, self.audited = self.audit_log.list, self.audit_log.record
 
     async def _start_workers(self) -> None:
         assert self._tree is not None
@@ -329,17 +334,8 @@ class Node:
     async def status(self) -> dict[str, Any]:
         return await self.inspector.status()
 
-    async def failures(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self.inspector.failures(limit)
-
     async def metrics(self, step_s: int | None = None, span_s: int = 600) -> dict[str, Any]:
         return await self.series.metrics(step_s, span_s)
-
-    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self.inspector.dead_letters(limit)
-
-    async def replay(self, message_id: str, task: str | None = None) -> int:
-        return await self.inspector.replay(message_id, task)
 
     async def nodes(self) -> list[dict[str, Any]]:  # the members as seen here, itself first
         return [] if self.cluster is None else self.cluster.members()

@@ -90,3 +90,10 @@ class Service(Protocol):
     async def get_message(self, id: Any, /) -> Any: ...
 
     async def bulk_messages(self, params: dict[str, Any], /) -> Any: ...
+
+    async def audit(self, limit: int, before: str | None, target: str | None, /) -> Any: ...
+
+    async def audited(self, method: str, args: list[Any] | tuple[Any, ...], outcome: str = "ok",
+                      result: Any = None, /) -> None:
+        """Keep a change in the audit log (yptask.access.audit): every transport, for every
+        method `yptask.access.policy.kind_of` calls a change, once it ran."""

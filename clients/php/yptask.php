@@ -196,6 +196,11 @@ namespace YPTask {
     {
     }
 
+    /** -32024: a read-only caller (viewer token or viewer password) asked for a change. */
+    class Forbidden extends Unauthorized
+    {
+    }
+
     /** -32016: the task's workers cannot start on the node; the message says why. */
     class WorkerStartFailed extends Error
     {
@@ -250,6 +255,7 @@ namespace YPTask {
             -32017 => TaskPaused::class,
             -32018 => NotAccepting::class,
             -32019 => WorkerUnreachable::class,
+            -32024 => Forbidden::class,
             -32603 => InternalError::class,
         ];
 

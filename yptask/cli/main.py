@@ -16,6 +16,7 @@ runs. Exit codes: `yptask.cli.exits`, one table for every command.
     yptask.cli.cancel    cancel          cancel a message on every node
     yptask.cli.scheduled scheduled       delayed casts and retries waiting for their time
     yptask.cli.trace     trace           the tree of messages one request caused
+    yptask.cli.audit     audit           the changes operators made, newest first
     yptask.cli.connect   the node's URL, the admin token, the client, the common options
     yptask.cli.formats   tables, TOML, JSON arguments, clocks, the progress bar
     yptask.cli.demo      demo            the example tasks, once, without a node
@@ -30,6 +31,7 @@ import argparse
 import sys
 
 from yptask.cli import (
+    audit,
     cancel,
     dead,
     node,
@@ -66,6 +68,7 @@ EPILOG = """examples:
   yptask cancel ID                              cancel a message on every node
   yptask scheduled                              delayed casts and retries, soonest first
   yptask trace ID                               the messages one request caused, as a tree
+  yptask audit --limit 20                       who changed what, newest first
 """
 
 
@@ -94,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_parsers(commands)
     commands.add_parser("demo", help="start a worker of each example task and send it "
                         "messages").set_defaults(run=_demo)
-    for module in (publish, tasks, timers, status, password, dead, cancel, scheduled, trace):
+    for module in (publish, tasks, timers, status, password, dead, cancel, scheduled, trace,
+                   audit):
         module.add_parsers(commands)
     return parser
 

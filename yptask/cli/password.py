@@ -1,4 +1,5 @@
-"""`yptask hash-password`: a `console_password_hash` for the node config.
+"""`yptask hash-password`: a `console_password_hash` (or `viewer_password_hash`, the
+read-only console password) for the node config.
 
 The password is typed twice at a terminal, or read as one line from stdin.
 """
@@ -17,7 +18,8 @@ __all__ = ["add_parsers"]
 
 
 def _hash_password(args: argparse.Namespace) -> int:
-    """Print a hash for `console_password_hash`, of a password typed (or piped) in."""
+    """Print a hash for `console_password_hash` or `viewer_password_hash`, of a password
+    typed (or piped) in."""
     from yptask.access.passwords import hash_password
 
     if sys.stdin.isatty():
@@ -35,6 +37,7 @@ def _hash_password(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """Add `hash-password`."""
-    add_command(sub, "hash-password", _hash_password, "print a console_password_hash for the "
-                "node config (reads the password from the terminal or stdin)",
+    add_command(sub, "hash-password", _hash_password, "print a console_password_hash (or a "
+                "viewer_password_hash: the read-only one) for the node config (reads the "
+                "password from the terminal or stdin)",
                 "print a console password hash for the node config")

@@ -66,6 +66,11 @@ class NodeConfig:
     client_id_pending_s: float = 10.0
     # The console's password, hashed (`yptask hash-password`); also guards the admin API.
     console_password_hash: str | None = None
+    # The read-only role (yptask/access/policy.py): bearer tokens, and/or a file of them (one
+    # a line, # comments), and a second console password, hashed like the first.
+    viewer_tokens: tuple[str, ...] = ()
+    viewer_tokens_file: Path | None = None
+    viewer_password_hash: str | None = None
     # Publisher tokens, application name -> token: when set, cast and call need one.
     api_tokens: Mapping[str, str] = field(default_factory=dict)
     allow_from: tuple[str, ...] = ()  # networks (CIDR) that may connect; empty: any
@@ -86,10 +91,11 @@ class NodeConfig:
     link_handshake_timeout_s: float = 5.0  # a link not authenticated this long after accept
 
     def __post_init__(self) -> None:
-        for key in ("join", "allow_from", "http_allowed_hosts", "http_allowed_origins"):
+        for key in ("join", "allow_from", "http_allowed_hosts", "http_allowed_origins",
+                    "viewer_tokens"):
             if isinstance(getattr(self, key), list):
                 object.__setattr__(self, key, tuple(getattr(self, key)))
-        for key in ("data_dir", "tasks_file", "log_dir", "cookie_file"):  # str paths too
+        for key in _PATHS:  # str paths too
             value = getattr(self, key)
             if isinstance(value, str):
                 object.__setattr__(self, key, Path(value))
@@ -103,6 +109,22 @@ class NodeConfig:
     def redis_port(self) -> int:
         """The port of the Redis-protocol listener (0 when it is off, or for any free one)."""
         return _host_port(self.redis)[1] if self.redis else 0
+
+    def viewer_token_list(self) -> tuple[str, ...]:
+        """The viewer tokens: those set and those in `viewer_tokens_file` (read now)."""
+        if self.viewer_tokens_file is None:
+            return self.viewer_tokens
+        try:
+            lines = self.viewer_tokens_file.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read viewer_tokens_file {self.viewer_tokens_file}: "
+                              f"{exc.strerror}") from None
+        listed = [line.strip() for line in lines if line.strip()
+                  and not line.lstrip().startswith("#")]
+        try:
+            return self.viewer_tokens + _viewer_tokens(listed)
+        except ConfigError as exc:
+            raise ConfigError(f"viewer_tokens_file {self.viewer_tokens_file}: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NodeConfig:
@@ -123,9 +145,12 @@ class NodeConfig:
         config = cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}})
         # Relative paths in a config file are relative to the file, not to the cwd.
         return replace(config, **{
-            key: base / value for key in ("data_dir", "tasks_file", "log_dir", "cookie_file")
+            key: base / value for key in _PATHS
             if key in data and key not in overrides and (value := getattr(config, key)) is not None
             and not value.is_absolute()})
+
+
+_PATHS = ("data_dir", "tasks_file", "log_dir", "cookie_file", "viewer_tokens_file")
 
 
 def _port(value: Any) -> int:
@@ -177,6 +202,17 @@ def _tokens(value: Any) -> dict[str, str]:
             raise ConfigError(f"the token of {name!r} must be a string of at least 16 "
                               "printable characters")
     return dict(value)
+
+
+def _viewer_tokens(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError("must be a list of tokens")
+    for token in value:
+        if not isinstance(token, str) or len(token) < 16 or not token.isprintable() \
+                or token != token.strip():
+            raise ConfigError("a viewer token must be a string of at least 16 printable "
+                              "characters, no spaces at its ends")
+    return tuple(value)
 
 
 def _networks(value: Any) -> tuple[str, ...]:
@@ -247,6 +283,9 @@ _NODE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "client_id_pending_s": number(0.1),
     "console_password_hash": _password_hash,
     "api_tokens": _tokens,
+    "viewer_tokens": _viewer_tokens,
+    "viewer_tokens_file": _path,
+    "viewer_password_hash": _password_hash,
     "allow_from": _networks,
     "http_allowed_hosts": _names(re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}"), "a host name"),
     "http_allowed_origins": _names(re.compile(r"https?://[A-Za-z0-9.:\[\]-]{1,255}"),

@@ -12,9 +12,13 @@ Serves module `yptask`, one packet at a time per connection:
     {cast, yptask, cast, [Name, Msg | _]}        -> {noreply} once the message is journaled
     {call, yptask, cancel, [Id]}                 -> {reply, #{cancelled, running, unreached}}
                                                  admin: after {info, auth, [AdminToken]}
+    {call, yptask, whoami, []}                   -> {reply, #{role, via}} (auth.whoami)
     {info, auth, [Token]}                        a publisher token for what follows,
-                                                 on a node with `api_tokens`, or the node's
-                                                 admin token (also for cancel); never answered
+                                                 on a node with `api_tokens`, the node's
+                                                 admin token (also for cancel), or a
+                                                 viewer token (whoami only: a viewer
+                                                 is refused casts, calls and cancel
+                                                 with Forbidden); never answered
     {info, ...}                                  tolerated, never answered
 
 Errors are `{error, {Type, Code, Class, Detail, Backtrace}}` coded by the one
@@ -44,10 +48,19 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from yptask.access.policy import AccessPolicy, current_publisher
+from yptask.access.policy import (
+    VIEWER,
+    AccessPolicy,
+    Caller,
+    current_caller,
+    current_publisher,
+    forbidden,
+    may,
+)
 from yptask.connection_limits import ConnectionLimit, caps, guarded
 from yptask.errors import (
     EncodeError,
+    Forbidden,
     FrameError,
     InvalidParams,
     NoSuchFunction,
@@ -56,6 +69,7 @@ from yptask.errors import (
     ProtocolError,
     Unauthorized,
     YPTaskError,
+    wire_name,
 )
 from yptask.ingress import checks as ingress
 from yptask.ingress.cast import CAST_OPTIONS
@@ -82,6 +96,8 @@ log = logging.getLogger(__name__)
 _CAST_OPTIONS = frozenset(CAST_OPTIONS)
 
 PRE_AUTH_MAX_FRAME = 64 * 1024  # before a token: room for {info, auth, [Token]} and more
+# The functions the endpoint serves, as the access policy names them (kind_of, may).
+FUNCTIONS = {"cast": "cast", "call": "call", "cancel": "cancel", "whoami": "auth.whoami"}
 
 
 class BertEndpoint:
@@ -117,7 +133,8 @@ class BertEndpoint:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        connection = _Connection(authorized=self.access.publishing_open)
+        connection = _Connection(authorized=self.access.publishing_open,
+                                 address=peer[0] if peer else "")
         try:
             if not self.access.address_allowed(peer[0] if peer else None):
                 self._strangers.warning("refused BERT-RPC from %s: not in allow_from", peer)
@@ -185,9 +202,9 @@ class BertEndpoint:
                     app = self.access.application(token)
                     if app is not None:  # this connection's casts and calls are that app's
                         current_publisher.set(app)
-                    connection.admin = connection.admin or self.access.is_admin_token(token)
-                    connection.authorized = connection.authorized or connection.admin or (
-                        app is not None)
+                    self._show(connection, token)
+                    connection.authorized = connection.authorized or (
+                        connection.caller is not None) or (app is not None)
             return None
         if not connection.authorized:
             return error_reply(Unauthorized(
@@ -205,10 +222,29 @@ class BertEndpoint:
                 log.exception("BERT-RPC %s:%s failed", packet.module, packet.function)
             return error_reply(exc)
 
+    def _show(self, connection: _Connection, token: str) -> None:
+        """A token shown: an admin or viewer token makes this connection's caller."""
+        caller = self.access.token_caller(token, connection.address)
+        if caller is not None and (connection.caller is None or caller.role != VIEWER):
+            connection.caller = caller
+            current_caller.set(caller)  # the connection's task: what follows is theirs
+
     async def _dispatch(self, call: Call, connection: _Connection) -> Any:
         if call.module != "yptask":
             raise NoSuchModule(f"no module '{call.module}'; the endpoint serves 'yptask'")
         args = call.args
+        caller = connection.caller
+        method = FUNCTIONS.get(call.function)
+        if method is not None and caller is not None and not may(caller.role, method):
+            if method == "cancel" and not connection.forbidden_kept:
+                connection.forbidden_kept = True  # the first of a connection is audited
+                await self.node.audited(method, args, "Forbidden")
+            raise Forbidden(forbidden(method))
+        if method == "auth.whoami" and not args:
+            if caller is None:
+                raise Unauthorized("whoami needs an admin or viewer token: send "
+                                   "{info, auth, [Token]} first")
+            return {"role": caller.role, "via": caller.via}
         if call.function == "cast" and len(args) in (2, 3):
             opts = args[2] if len(args) == 3 else {}
             if not isinstance(opts, dict) or not opts.keys() <= _CAST_OPTIONS:
@@ -221,12 +257,23 @@ class BertEndpoint:
         if call.function == "call" and len(args) in (2, 3, 4):
             return await self.node.call(args[0], args[1], **_call_options(args[2:]))
         if call.function == "cancel" and len(args) == 1:
-            if not connection.admin:
+            if caller is None:
                 raise Unauthorized("cancel needs the node's admin token: send "
                                    "{info, auth, [AdminToken]} first")
-            return await self.node.cancel(args[0])
+            return await self._cancel(args)
         raise NoSuchFunction(f"no function yptask:{call.function}/{len(args)}; the endpoint "
-                             "serves cast/2, cast/3, call/2, call/3, call/4 and cancel/1")
+                             "serves cast/2, cast/3, call/2, call/3, call/4, cancel/1 and "
+                             "whoami/0")
+
+    async def _cancel(self, args: list[Any]) -> Any:
+        """cancel, kept in the audit log with its outcome."""
+        try:
+            result = await self.node.cancel(args[0])
+        except YPTaskError as exc:
+            await self.node.audited("cancel", args, wire_name(exc))
+            raise
+        await self.node.audited("cancel", args, "ok")
+        return result
 
     async def _send(self, writer: asyncio.StreamWriter, packet: Reply | NoReply | ErrorReply
                     ) -> None:
@@ -244,7 +291,9 @@ class _Connection:
     its compressed frames still inflate by?"""
 
     authorized: bool
-    admin: bool = False  # showed the node's admin token (for cancel)
+    address: str = ""
+    caller: Caller | None = None  # showed the admin token or a viewer token
+    forbidden_kept: bool = False  # a viewer's refused cancel is in the audit log
     inflation: InflationBudget = field(default_factory=InflationBudget)
 
 

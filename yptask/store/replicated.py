@@ -12,6 +12,13 @@ entropy), and push each local write to every peer at once. The map is kept in
 SQLite beside the journal, so it survives restarts: a node that was away
 catches up at its next exchange. Seed entries (a node's first-start examples)
 carry version zero, so any real edit anywhere wins over them.
+
+A prefix may be bounded (`Retention`, for write-once logs such as the audit
+log): its keys begin with their time in milliseconds, and a node keeps only
+the newest `max_entries` of them, none older than `max_age_s`. Pruning drops
+rows outright (no tombstones), and a merge refuses an entry the bound would
+drop at once, so a peer that still holds it cannot bring it back: the nodes
+agree on the newest entries of everything they have seen.
 """
 
 from __future__ import annotations
@@ -27,8 +34,14 @@ from typing import Any
 
 from yptask.errors import ProtocolError
 
-__all__ = ["Entry", "HybridClock", "ReplicatedStore", "Version", "digest_from_term",
-           "digest_to_term"]
+__all__ = ["Entry", "HybridClock", "ReplicatedStore", "Retention", "Version",
+           "digest_from_term", "digest_to_term"]
+
+MILLIS_DIGITS = 13  # a bounded prefix's keys: PREFIX + zero-padded wall milliseconds + ...
+# A bound's count is enforced every this many local writes under it (counting is a scan
+# of the prefix), and at every merge: in between a node may hold a few entries more,
+# never fewer, and a merge's cut is always the bound's.
+PRUNE_EVERY_WRITES = 64
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -80,12 +93,26 @@ class Entry:
         return cls(term[0], Version.from_term(term[1]), term[2])
 
 
+@dataclass(frozen=True)
+class Retention:
+    """The bound of one prefix of write-once, time-keyed entries."""
+
+    prefix: str
+    max_entries: int
+    max_age_s: float
+
+    def horizon(self, now_s: float) -> str:
+        """The smallest key not yet too old at `now_s`."""
+        millis = max(0, int((now_s - self.max_age_s) * 1000))
+        return f"{self.prefix}{millis:0{MILLIS_DIGITS}d}"
+
+
 class HybridClock:
     """Versions that grow with the wall clock and never go back, even if it does."""
 
     def __init__(self, node: str, wall: Callable[[], float] = time.time) -> None:
         self.node = node
-        self._wall = wall
+        self.wall = self._wall = wall
         self._last = Version(0, 0, node)
         self._lock = threading.Lock()
 
@@ -115,12 +142,51 @@ class ReplicatedStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._retention: list[Retention] = []
+        self._writes_since_prune = 0
         for entry in self.entries():  # a restarted node writes after what it wrote before
             clock.observe(entry.version)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def bound(self, retention: Retention) -> None:
+        """Keep `retention`'s prefix within its bound from now on (pruned at once)."""
+        self._retention.append(retention)
+        self.prune()
+
+    def prune(self) -> int:
+        """Drop what the bounded prefixes keep no more; return how many went."""
+        dropped = 0
+        with self._lock:
+            for retention in self._retention:
+                dropped += self._prune(retention)
+        return dropped
+
+    def _prune(self, retention: Retention, *, count: bool = True) -> int:
+        low, high = retention.prefix, retention.prefix + "\U0010ffff"
+        gone = self._db.execute("DELETE FROM entries WHERE key >= ? AND key < ?",
+                                (low, retention.horizon(self.clock.wall()))).rowcount
+        if not count:
+            return gone
+        return gone + self._db.execute(
+            "DELETE FROM entries WHERE key >= ? AND key < ? AND key < (SELECT key FROM entries"
+            " WHERE key >= ? AND key < ? ORDER BY key DESC LIMIT 1 OFFSET ?)",
+            (low, high, low, high, retention.max_entries - 1)).rowcount
+
+    def _cuts(self) -> list[tuple[str, str]]:
+        """(prefix, smallest key kept) of each bound: a key under the prefix and below the
+        cut would be pruned as soon as it was written."""
+        cuts = []
+        for retention in self._retention:
+            low, high = retention.prefix, retention.prefix + "\U0010ffff"
+            oldest_kept = self._db.execute(
+                "SELECT key FROM entries WHERE key >= ? AND key < ? ORDER BY key DESC LIMIT 1"
+                " OFFSET ?", (low, high, retention.max_entries - 1)).fetchone()
+            cut = retention.horizon(self.clock.wall())
+            cuts.append((low, cut if oldest_kept is None else max(cut, oldest_kept[0])))
+        return cuts
 
     def seed_once(self, values: dict[str, dict[str, Any]]) -> bool:
         """Store first-start values (version zero) unless this store was ever seeded."""
@@ -144,6 +210,13 @@ class ReplicatedStore:
         with self._lock:  # stamp and write together: two writes land in version order
             entry = Entry(key, self.clock.now(), value)
             self._write([entry])
+            for retention in self._retention:
+                if key.startswith(retention.prefix):
+                    self._writes_since_prune += 1
+                    count = self._writes_since_prune >= PRUNE_EVERY_WRITES
+                    if count:
+                        self._writes_since_prune = 0
+                    self._prune(retention, count=count)
         return entry
 
     def merge(self, entries: Iterable[Entry]) -> list[Entry]:
@@ -156,9 +229,14 @@ class ReplicatedStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                cuts = self._cuts()
                 changed = [entry for key, entry in newest.items()
-                           if (current := self._version(key)) is None or entry.version > current]
+                           if ((current := self._version(key)) is None
+                               or entry.version > current)
+                           and not any(key.startswith(p) and key < cut for p, cut in cuts)]
                 self._write(changed)
+                for retention in self._retention:
+                    self._prune(retention)
             finally:
                 self._db.execute("COMMIT")
         return changed
@@ -177,17 +255,45 @@ class ReplicatedStore:
                 " key < ? ORDER BY key", (prefix, prefix + "\U0010ffff")).fetchall()
         return [_entry(row) for row in rows]
 
+    def newest(self, prefix: str, *, below: str | None = None, limit: int = 100,
+               where: tuple[str, str] | None = None) -> list[Entry]:
+        """The live entries under `prefix`, newest (greatest key) first: those with keys
+        below `below`, and with `where` = (field, text), those whose value has it."""
+        query = ("SELECT key, millis, counter, node, value FROM entries WHERE key >= ? AND"
+                 " key < ? AND value IS NOT NULL")
+        args: list[Any] = [prefix, min(below, prefix + "\U0010ffff") if below is not None
+                           else prefix + "\U0010ffff"]
+        if where is not None:
+            query += " AND json_extract(value, '$.' || ?) = ?"
+            args += list(where)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY key DESC LIMIT ?",
+                                    [*args, limit]).fetchall()
+        return [_entry(row) for row in rows]
+
     def values(self, prefix: str) -> dict[str, dict[str, Any]]:
         """The live values under `prefix`, by key without the prefix."""
         return {e.key[len(prefix):]: e.value for e in self.entries(prefix) if e.value is not None}
 
     def digest(self) -> dict[str, Version]:
-        """Key -> version of everything here: what a peer compares against its own."""
-        return {entry.key: entry.version for entry in self.entries()}
+        """Key -> version of everything here: what a peer compares against its own (the
+        values are not read: a digest of thousands of audit entries stays cheap)."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, millis, counter, node FROM entries").fetchall()
+        return {key: Version(millis, counter, node) for key, millis, counter, node in rows}
 
     def newer_than(self, digest: dict[str, Version]) -> list[Entry]:
         """The entries a peer with `digest` lacks or holds an older version of."""
-        return [e for e in self.entries() if e.key not in digest or e.version > digest[e.key]]
+        wanted = [key for key, version in self.digest().items()
+                  if key not in digest or version > digest[key]]
+        found: list[Entry] = []
+        with self._lock:
+            for start in range(0, len(wanted), 500):  # SQLite's bound on parameters
+                chunk = wanted[start:start + 500]
+                found += [_entry(row) for row in self._db.execute(
+                    "SELECT key, millis, counter, node, value FROM entries WHERE key IN"
+                    f" ({','.join('?' * len(chunk))}) ORDER BY key", chunk)]
+        return sorted(found, key=lambda entry: entry.key)
 
     def _version(self, key: str) -> Version | None:
         row = self._db.execute("SELECT millis, counter, node FROM entries WHERE key = ?",

@@ -14,6 +14,7 @@ from yptask.workers.process import WorkerSpec
 from yptask.workers.standalone import WorkerProcess
 
 Spawn = Callable[..., Awaitable[WorkerProcess]]
+StartNode = Callable[..., Awaitable[Node]]
 
 
 @pytest.fixture
@@ -43,3 +44,20 @@ async def node(tmp_path) -> AsyncIterator[Node]:
         yield started
     finally:
         await started.stop()
+
+
+@pytest.fixture
+async def start_node(tmp_path) -> AsyncIterator[StartNode]:
+    """Start a node "n1" alone in this process (`await start_node(*task_dicts)`); every
+    node started is stopped at the end. A test module may define its own `start_node`."""
+    nodes: list[Node] = []
+
+    async def start(*tasks: dict) -> Node:
+        node = await Node.start(NodeConfig(name="n1", data_dir=tmp_path / "data", **ALONE),
+                                tasks=[TaskDef.from_dict(task) for task in tasks])
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        await node.stop()

@@ -7,17 +7,15 @@ protocol faults is in tests/test_fastcgi.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from php_fpm import PhpFpm, require_php_fpm
-from support import ALONE, until
+from support import until
 from test_fastcgi import HANDLER
 
-from yptask.config.node import NodeConfig
-from yptask.config.tasks import TaskDef
 from yptask.node import Node
 
 StartNode = Callable[..., Awaitable[Node]]
@@ -39,21 +37,6 @@ def fpm(tmp_path: Path) -> Iterator[PhpFpm]:
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
-    nodes: list[Node] = []
-
-    async def start(*tasks: dict[str, Any]) -> Node:
-        node = await Node.start(NodeConfig(name="n1", data_dir=tmp_path / "data", **ALONE),
-                                tasks=[TaskDef.from_dict(t) for t in tasks])
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        await node.stop()
 
 
 def php_task(fpm: PhpFpm, script: str, **fields: Any) -> dict[str, Any]:

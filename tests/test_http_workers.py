@@ -24,10 +24,8 @@ from typing import Any
 import pykka
 import pytest
 from aiohttp import web
-from support import ALONE, until, wait_for
+from support import until, wait_for
 
-from yptask.config.node import NodeConfig
-from yptask.config.tasks import TaskDef
 from yptask.errors import ConfigError, HandlerError, WorkerUnreachable
 from yptask.node import Node
 
@@ -101,21 +99,6 @@ async def endpoint() -> AsyncIterator[tuple[Endpoint, str]]:
 
 
 StartNode = Callable[..., Awaitable[Node]]
-
-
-@pytest.fixture
-async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
-    nodes: list[Node] = []
-
-    async def start(*tasks: dict[str, Any]) -> Node:
-        node = await Node.start(NodeConfig(name="n1", data_dir=tmp_path / "data", **ALONE),
-                                tasks=[TaskDef.from_dict(t) for t in tasks])
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        await node.stop()
 
 
 def hook_task(url: str, **fields: Any) -> dict[str, Any]:

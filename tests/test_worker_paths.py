@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import ALONE, ECHO, until
+from support import ECHO, until
 
-from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef
 from yptask.errors import ConfigError
 from yptask.node import Node
@@ -30,21 +29,6 @@ class Where(BaseTask):
     def handle_where(self, msg):
         return {"cwd": os.getcwd(), "file": __file__}
 '''
-
-
-@pytest.fixture
-async def start_node(tmp_path):
-    nodes: list[Node] = []
-
-    async def start(*tasks: dict) -> Node:
-        node = await Node.start(NodeConfig(name="w1", data_dir=tmp_path / "data", **ALONE),
-                                tasks=[TaskDef.from_dict(task) for task in tasks])
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        await node.stop()
 
 
 def module(folder: Path, name: str) -> Path:

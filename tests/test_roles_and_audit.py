@@ -393,12 +393,14 @@ async def test_yptask_audit_prints_the_log(node):
                                      name="echo")
     env = {**os.environ, "YPTASK_ADMIN_TOKEN": VIEWER_TOKEN}  # a viewer may read the log
     argv = [sys.executable, "-m", "yptask", "audit", "--url", node.http_url + "/rpc"]
+    # run in the data dir: from the source tree, `-m yptask` imports the unmapped sources
     shown = await asyncio.to_thread(subprocess.run, argv, env=env, capture_output=True,
-                                    text=True, timeout=60)
+                                    text=True, timeout=60, cwd=node.data_dir)
     assert shown.returncode == 0, shown.stderr
     assert "tasks.pause" in shown.stdout and "admin token" in shown.stdout
     as_json = await asyncio.to_thread(subprocess.run, [*argv, "--json", "--limit", "1"],
-                                      env=env, capture_output=True, text=True, timeout=60)
+                                      env=env, capture_output=True, text=True, timeout=60,
+                                      cwd=node.data_dir)
     rows = json.loads(as_json.stdout)
     assert [(r["method"], r["target"], r["who"]) for r in rows] == [
         ("tasks.pause", "echo", "admin token")]

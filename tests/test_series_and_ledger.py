@@ -268,11 +268,12 @@ async def test_ticks_a_late_leader_leaves_unfired_are_missed_or_skipped_by_polic
 
 
 async def cli(node: Node, *args: str) -> tuple[int, str]:
-    """Run the `yptask` command against the node (off this loop, which runs the node)."""
+    """Run the `yptask` command against the node (off this loop, which runs the node), in
+    its data dir: from the source tree, `-m yptask` would import the unmapped sources."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "yptask", *args, "--url", node.http_url + "/rpc",
         "--data-dir", str(node.data_dir), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
+        stderr=asyncio.subprocess.STDOUT, cwd=node.data_dir)
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode()
 

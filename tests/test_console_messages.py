@@ -113,6 +113,13 @@ def log_in(page: Any, node: MessagesNode, where: str, password: str = PASSWORD) 
     page.click("#login")
 
 
+def rows_shown(page: Any, count: int) -> None:
+    """Wait until the message table lists `count` rows (polled from here: the page's CSP
+    forbids the string evaluation wait_for_function would use)."""
+    wait_for(lambda: page.locator("#messages-table tbody tr[data-state]").count() == count,
+             timeout_s=30, what=f"{count} rows in the message table")
+
+
 def test_a_deep_link_filtered_by_a_payload_field_lists_only_its_matches(node, browser, shots):
     # Given queued messages of two users (their task is paused)
     for user in (42, 7, 42, 7, 42):
@@ -132,8 +139,7 @@ def test_a_deep_link_filtered_by_a_payload_field_lists_only_its_matches(node, br
         # and a typed filter becomes the URL: a string value in quotes
         page.fill("#m-where", 'photo = "p", user_id = 7')
         page.click("#msg-apply")
-        page.wait_for_function(
-            "document.querySelectorAll('#messages-table tbody tr[data-state]').length === 2")
+        rows_shown(page, 2)
         assert "where=photo" in page.url
         assert page.console_errors == [] and page.failed == []
 
@@ -260,4 +266,35 @@ def test_the_new_views_fit_a_phone_without_errors(node, browser, shots):
         page.goto(node.base + "/#/audit")
         page.wait_for_selector(views["#/audit"])
         page.screenshot(path=str(shots / "audit-phone.png"))
+        assert page.console_errors == [] and page.failed == []
+
+
+def test_the_list_pages_with_next_and_a_task_page_links_to_its_messages(node, browser):
+    for n in range(55):
+        node.client().cast("held.page", {"n": n})
+    with browser_page(browser) as page:
+        log_in(page, node, "#/tasks/held")
+        page.wait_for_selector("#form-title:has-text('Task held')")
+        assert page.get_attribute("#task-messages", "href") == "#/messages?task=held"
+        page.goto(node.base + "/#/messages?name=held.page")
+        rows = "#messages-table tbody tr[data-state]"
+        rows_shown(page, 50)
+        first = page.locator(rows).first.get_attribute("data-id")
+        page.click("#msg-next")
+        rows_shown(page, 5)
+        assert first not in page.locator(rows).evaluate_all("rs => rs.map(r => r.dataset.id)")
+        assert page.is_disabled("#msg-next")
+        page.click("#msg-prev")
+        rows_shown(page, 50)
+        assert page.locator(rows).first.get_attribute("data-id") == first
+        assert page.console_errors == [] and page.failed == []
+
+
+def test_a_payload_filter_that_cannot_be_read_is_said_and_asks_nothing(node, browser):
+    with browser_page(browser) as page:
+        log_in(page, node, "#/messages?where=" + quote("user_id"))
+        page.wait_for_selector("#msg-error:has-text('write field = value')")
+        # a filter the node refuses is said beside the form too
+        page.goto(node.base + "/#/messages?priority=12")
+        page.wait_for_selector("#msg-error:has-text('priority')")
         assert page.console_errors == [] and page.failed == []

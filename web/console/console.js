@@ -20,9 +20,9 @@
 // (`patch` below keeps scroll, focus and open <details>). To add a view: add its
 // <section id="view-NAME" class="view" hidden> to index.html, a link
 // <a href="#/NAME" data-view="NAME"> to the nav, its render function to a script of
-// its own loaded before this one, and one line here (e.g. the message browser:
-// `messages: { section: "messages", nav: "messages", render: renderMessages, live: true }`,
-// serving #/messages and #/messages/ID).
+// its own loaded before this one, and one line here (e.g. the audit log:
+// `audit: { section: "audit", nav: "audit", render: renderAudit, live: true }`). The
+// message browser is not live: a refresh would lose the rows ticked for a bulk action.
 "use strict";
 
 const state = { csrf: "", node: "", tasks: [], selected: null, members: [], route: null,

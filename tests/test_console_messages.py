@@ -298,3 +298,33 @@ def test_a_payload_filter_that_cannot_be_read_is_said_and_asks_nothing(node, bro
         page.goto(node.base + "/#/messages?priority=12")
         page.wait_for_selector("#msg-error:has-text('priority')")
         assert page.console_errors == [] and page.failed == []
+
+
+def test_the_audit_log_pages_back_with_before(node, browser):
+    for _ in range(26):  # 52 changes: more than a page of 50
+        node.client().pause_timer("tokyo")
+        node.client().resume_timer("tokyo")
+    newest = node.client().audit(limit=51)
+    with browser_page(browser) as page:
+        log_in(page, node, "#/audit")
+        rows = "#audit-table tbody tr[data-method]"
+        wait_for(lambda: page.locator(rows).count() == 50, timeout_s=30, what="a page of 50")
+        assert page.locator(rows).first.get_attribute("data-key") == newest[0]["id"]
+        page.click("#audit-older")
+        wait_for(lambda: page.locator(rows).first.get_attribute("data-key") == newest[50]["id"],
+                 timeout_s=30, what="the next page, after the 50th entry")
+        page.click("#audit-newer")
+        wait_for(lambda: page.locator(rows).first.get_attribute("data-key") == newest[0]["id"],
+                 timeout_s=30, what="the first page again")
+        assert page.console_errors == [] and page.failed == []
+
+
+def test_a_time_range_in_the_url_filters_and_shows_in_the_form(node, browser):
+    future = 4_000_000_000
+    with browser_page(browser) as page:
+        log_in(page, node, f"#/messages?name=held.deep&since={future}")
+        page.wait_for_selector("#messages-table td:has-text('No message matches')")
+        assert page.input_value("#m-since").startswith("2096-")
+        page.goto(node.base + f"/#/messages?name=held.deep&until={future}")
+        rows_shown(page, 5)
+        assert page.console_errors == [] and page.failed == []

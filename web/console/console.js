@@ -3,11 +3,13 @@
 //
 // The scripts, loaded in this order by index.html (classic scripts sharing one global
 // scope, no build step): plot.js (the SVG plots), editor.js (the task form), views.js
-// (every view's render function), console.js (this file: helpers, the router, the
+// (every view's render function), messages.js (the message browser, the timer ledger,
+// the audit log), console.js (this file: helpers, the router, the
 // live refresh, the role, the start).
 //
 // ROUTES. Every view, task, failure, timer and node has a URL: `#/VIEW` or
-// `#/VIEW/ID` (the ID URI-encoded). ROUTES below is the one table of them:
+// `#/VIEW/ID` (the ID URI-encoded), either with an optional `?QUERY` (a view's filter, as
+// `#/messages?state=queued&where=user_id%3D42`: `state.route.query`). ROUTES below is the one table of them:
 //
 //   view name -> { section: the <section id="view-..."> it shows,
 //                  nav: the header link it marks active,
@@ -18,9 +20,9 @@
 // (`patch` below keeps scroll, focus and open <details>). To add a view: add its
 // <section id="view-NAME" class="view" hidden> to index.html, a link
 // <a href="#/NAME" data-view="NAME"> to the nav, its render function to a script of
-// its own loaded before this one, and one line here (e.g. the message browser:
-// `messages: { section: "messages", nav: "messages", render: renderMessages, live: true }`,
-// serving #/messages and #/messages/ID).
+// its own loaded before this one, and one line here (e.g. the audit log:
+// `audit: { section: "audit", nav: "audit", render: renderAudit, live: true }`). The
+// message browser is not live: a refresh would lose the rows ticked for a bulk action.
 "use strict";
 
 const state = { csrf: "", node: "", tasks: [], selected: null, members: [], route: null,
@@ -40,6 +42,8 @@ const ROUTES = {
   scheduled: { section: "scheduled", nav: "scheduled", render: renderScheduled, live: true },
   trace: { section: "trace", nav: "trace", render: renderTrace, live: false },
   send: { section: "send", nav: "send", render: renderSend, live: false },
+  messages: { section: "messages", nav: "messages", render: renderMessages, live: false },
+  audit: { section: "audit", nav: "audit", render: renderAudit, live: true },
 };
 const DEFAULT_ROUTE = "overview";
 
@@ -172,10 +176,13 @@ function morph(current, next) {
 // ---------------------------------------------------------------- the router
 
 function parseHash() {
-  const parts = location.hash.replace(/^#\/?/, "").split("/");
+  const [path, ...rest] = location.hash.replace(/^#\/?/, "").split("?");
+  const query = new URLSearchParams(rest.join("?"));
+  const parts = path.split("/");
   const view = parts[0] || DEFAULT_ROUTE;
   const id = parts.length > 1 ? decodeURIComponent(parts.slice(1).join("/")) : null;
-  return Object.hasOwn(ROUTES, view) ? { view, id } : { view: DEFAULT_ROUTE, id: null, unknown: view };
+  return Object.hasOwn(ROUTES, view) ? { view, id, query }
+    : { view: DEFAULT_ROUTE, id: null, query, unknown: view };
 }
 
 async function route() {
@@ -292,6 +299,7 @@ async function start() {
   applyRole(document);
   setUpEditor();
   setUpViews();
+  setUpMessages();
   document.addEventListener("click", followLink);
   window.addEventListener("hashchange", hashMoved);
   window.addEventListener("popstate", hashMoved);

@@ -209,6 +209,9 @@ function fillForm(task) {
   clearErrors();
   const t = task || NEW_TASK;
   document.getElementById("form-title").textContent = task ? `Task ${task.name}` : "New task";
+  const messages = document.getElementById("task-messages");
+  messages.hidden = !task;
+  messages.href = task ? `#/messages?task=${encodeURIComponent(task.name)}` : "#/messages";
   for (const key of TEXT_FIELDS) form.elements[key].value = t[key] ?? "";
   for (const key of NUMBER_FIELDS) form.elements[key].value = numberText(t[key]);
   form.elements.name.readOnly = Boolean(task);

@@ -251,11 +251,13 @@ async function renderTimers(name) {
     t.last_error || "-"].map((c) => (c instanceof Node ? el("td", {}, c) : el("td", { text: fmt(c) }))))));
   const card = document.getElementById("timer-card");
   card.hidden = name === null;
+  const timer = name === null ? undefined : timers.find((t) => t.name === name);
+  await renderTimerLedger(name, timer);
   if (name === null) return;
-  const timer = timers.find((t) => t.name === name);
   patch(card, timer ? [el("h2", { text: `Timer ${name}` }), el("dl", { class: "figures" },
     ...[["cron", timer.cron], ["zone", timer.timezone || "UTC"], ["message", timer.message],
-      ["misfire", timer.misfire], ["enabled", timer.enabled !== false ? "yes" : "no"]].map(([k, v]) =>
+      ["misfire", timer.misfire], ["enabled", timer.enabled !== false ? "yes" : "no"],
+      ["paused", timer.paused ? "yes" : "no"]].map(([k, v]) =>
       el("div", { "data-key": k }, el("dt", { text: k }), el("dd", { text: fmt(v) })))),
   el("p", {}, el("span", { text: "Next fire: " }), timer.next_fire ? zoned(timer.next_fire, timer.timezone)
     : el("span", { text: "none" }), el("span", { class: "hint", text: timer.next_fire ? ` (${fromNow(timer.next_fire)})` : "" })),

@@ -87,6 +87,9 @@ async def test_cast_call_and_status(start_node, tmp_path):
     assert status["tasks"]["a"]["handled"] >= 20
     assert status["tasks"]["a"]["handled_per_s"] > 0
     assert status["tasks"]["a"]["latency_ms"]["p50"] > 0
+    # and the journal's size on disk, once measured, beside the cap that refuses casts
+    journal = (await until(lambda: _journal_measured(node), what="the journal measured"))
+    assert 0 < journal["bytes"] < journal["max_bytes"] == 4096 * 1024 * 1024
     series = (await node.metrics(10, 60))["series"]["a"]
     assert sum(point["handled_per_s"] for point in series) * 10 >= 20
 
@@ -522,3 +525,8 @@ async def test_a_full_journal_refuses_casts_with_a_clear_error_and_the_node_serv
     # And once there is room again, the node takes casts again
     await node._journal.run(lambda j: j._db.execute("PRAGMA max_page_count = 1000000"))
     assert (await node.cast("upai.never", {"n": "again"}))["duplicate"] is False
+
+
+async def _journal_measured(node: Node) -> dict | None:
+    journal = (await node.status())["journal"]
+    return journal if journal["bytes"] > 0 else None

@@ -160,7 +160,8 @@ class Node:
         self.publisher = Publisher(self.config, journal, self.running, self.load,
                                    lambda: self.stopping)
         check = self.publisher.check_running
-        self.inspector = Inspector(self.name, journal, self.running, self._exits.pids)
+        self.inspector = Inspector(self.name, journal, self.running, self._exits.pids,
+                                   self.load.journal_view)
         inspector = self.inspector  # failures, the dead letters: its service methods
         self.failures, self.dead_letters, self.replay, self.scheduled = (
             inspector.failures, inspector.dead_letters, inspector.replay, inspector.scheduled)

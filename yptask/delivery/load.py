@@ -68,6 +68,12 @@ class Load:
                 raise Overloaded(f"task {task} has {waiting} messages waiting on node "
                                  f"{self.node_name}, at its max_queue ({limit}); retry later")
 
+    def journal_view(self) -> dict[str, int]:
+        """The journal's size on disk (as last measured) and the size past which casts are
+        refused, for status."""
+        return {"bytes": self.journal_bytes,
+                "max_bytes": int(self._max_journal_mb * 1024 * 1024)}
+
     def heartbeat(self) -> dict[str, Any]:
         """What this node's heartbeats say about its tasks."""
         return {name: {"workers": pool.live_workers, "in_flight": pool.in_flight,

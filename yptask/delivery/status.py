@@ -29,12 +29,14 @@ class Inspector:
     """Answers status, failures, dead letters and replay for one node (metrics: series)."""
 
     def __init__(self, node_name: str, journal: JournalThread, running: RunningTasks,
-                 pids: Callable[[str], list[int]]) -> None:
+                 pids: Callable[[str], list[int]],
+                 journal_view: Callable[[], dict[str, int]] = dict) -> None:
         self.node_name = node_name
         self.started_at = time.time()
         self._journal = journal
         self._running = running
         self._pids = pids  # the live worker processes of a task
+        self._journal_view = journal_view  # its size on disk, and the cap (Load)
         self._peers: Callable[[], list[Member]] = list
         self._ids_status: Callable[[], dict[str, Any]] = dict
 
@@ -67,7 +69,8 @@ class Inspector:
                            **({"error": state["error"]} if "error" in state else {}),
                            **_start_error_view(tree.start_error(name))}
         return {"node": self.node_name, "uptime_s": round(time.time() - self.started_at, 1),
-                "tasks": tasks, "client_ids": self._ids_status()}
+                "tasks": tasks, "client_ids": self._ids_status(),
+                "journal": self._journal_view()}
 
     def _workers_elsewhere(self, task: str) -> dict[str, int]:
         """Workers of `task` on the other live nodes, as their last heartbeats said."""

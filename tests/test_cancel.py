@@ -263,6 +263,7 @@ def test_yptask_cancel_from_the_command_line(tmp_path):
 # ---------------------------------------------------------------- a cluster
 
 
+@pytest.mark.slow
 def test_a_cancel_made_on_one_node_reaches_the_node_holding_the_message_and_sticks(tmp_path):
     records = tmp_path / "rec.jsonl"
     tasks = recording_task("rec", "*.record", records)

@@ -130,6 +130,7 @@ def test_the_timer_leader_is_read_from_any_shape_timers_list_gives():
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 def test_a_short_chaos_run_violates_no_property(tmp_path):
     report = run_chaos(30, folder=tmp_path)
     print("\n".join(report.lines()))

@@ -82,6 +82,7 @@ def cluster(tmp_path):
             node.proc.wait()
 
 
+@pytest.mark.slow
 def test_nodes_find_each_other_share_config_and_call_across(cluster):
     # Given three nodes started separately, knowing nothing of each other
     a, b, c = (cluster(name) for name in "abc")
@@ -128,6 +129,7 @@ def test_a_node_with_the_wrong_cookie_never_joins(cluster):
     assert set(a.members()) == {"a"} and set(stranger.members()) == {"x"}
 
 
+@pytest.mark.slow
 def test_a_killed_node_is_declared_down_and_rejoins_when_restarted(cluster):
     a = cluster("a")
     c = cluster("c", join=None)
@@ -178,6 +180,7 @@ def test_nodes_joined_by_seeds_only_become_a_full_mesh(tmp_path):
             node.stop()
 
 
+@pytest.mark.slow
 def test_casts_reach_tasks_wherever_they_run_and_survive_a_node_killed_mid_stream(
         tmp_path, cluster):
     a, b, c = (cluster(name) for name in "abc")
@@ -203,6 +206,7 @@ def test_casts_reach_tasks_wherever_they_run_and_survive_a_node_killed_mid_strea
              what="every cast handled once c is back")
 
 
+@pytest.mark.slow
 def test_five_nodes_converge_on_every_edit_even_concurrent_ones(cluster):
     nodes = [cluster(f"n{i}") for i in range(1, 6)]
     names = {node.name for node in nodes}
@@ -228,6 +232,7 @@ def test_five_nodes_converge_on_every_edit_even_concurrent_ones(cluster):
     wait_for(settled, timeout_s=10, what="the two concurrent edits to converge")
 
 
+@pytest.mark.slow
 def test_one_node_fires_each_timer_tick_once_across_a_leader_kill(tmp_path, cluster):
     a, b, c = (cluster(name) for name in "abc")
     for node in (a, b, c):

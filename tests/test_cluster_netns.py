@@ -106,6 +106,7 @@ class NamespacedNode(NodeProcess):
         return {m["name"]: m["state"] for m in self.yptask("nodes")}
 
 
+@pytest.mark.slow
 def test_a_node_cut_off_is_declared_down_and_catches_up_when_its_link_returns(
         netns_ok, tmp_path):
     with Lab(3) as lab:
@@ -139,6 +140,7 @@ def test_a_node_cut_off_is_declared_down_and_catches_up_when_its_link_returns(
                 node.kill()
 
 
+@pytest.mark.slow
 def test_a_partitioned_timer_leader_stops_firing_and_no_tick_is_doubled_or_missed(
         netns_ok, tmp_path):
     """The leader's half of a partition is a minority: it cannot renew its lease, so it

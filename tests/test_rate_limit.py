@@ -142,6 +142,7 @@ rate_limit = "{LIMIT}/s"
 
 
 @pytest.mark.parametrize("casting", [3, 1], ids=["three nodes cast", "one node casts"])
+@pytest.mark.slow
 def test_the_limit_holds_for_the_cluster_while_nodes_take_casts(tmp_path, casting):
     records = tmp_path / "rec.jsonl"
     tasks = _limited_task(records)

@@ -367,6 +367,7 @@ class LedgerNode(SeededNode):
         return [e for e in ledger["entries"] if e["outcome"] == "fired"]
 
 
+@pytest.mark.slow
 def test_the_ledger_is_read_cluster_wide_across_a_failover(tmp_path):
     records = tmp_path / "ticks.jsonl"
     nodes: list[LedgerNode] = []

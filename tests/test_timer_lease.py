@@ -211,6 +211,7 @@ def wait_for_more_ticks(records: Path, count: int, what: str) -> None:
     wait_for(lambda: len(ticks(records)) >= seen + count, timeout_s=20, what=what)
 
 
+@pytest.mark.slow
 def test_a_returning_leader_respects_the_new_lease_and_no_tick_is_doubled_or_missed(seeded):
     nodes, records = seeded
     leader = by_name(nodes, nodes[1].leader())

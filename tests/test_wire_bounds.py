@@ -350,6 +350,7 @@ async def test_a_huge_term_in_an_error_path_gives_a_short_error(nodes):
 # --------------------------------------------------------------------------- allow_from
 
 
+@pytest.mark.slow
 async def test_allow_from_closes_the_link_port_before_any_handshake(nodes, tmp_path):
     # Given a node that allows only a network the test does not connect from, and a peer
     # that shares its cookie and knows its link address

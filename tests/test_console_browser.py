@@ -375,5 +375,7 @@ def test_delete_the_task_and_no_page_logged_an_error(page, node):
     page.click("#delete")
     page.wait_for_selector("#notice:has-text('deleted')")
     assert "resizer" not in {t["name"] for t in node.client().tasks()}
-    assert page.locator("#task-list a[data-task=resizer]").count() == 0
+    # the list follows (its refresh may come just after the notice)
+    wait_for(lambda: page.locator("#task-list a[data-task=resizer]").count() == 0,
+             timeout_s=10, what="the deleted task gone from the list")
     assert page.console_errors == []

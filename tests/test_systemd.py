@@ -7,6 +7,7 @@ test binds, as systemd would: a datagram socket named by `$NOTIFY_SOCKET`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -277,7 +278,8 @@ def test_reload_restarts_every_tasks_workers_and_loses_no_cast(tmp_path: Path) -
                 accepted += node.cast_batch("sd.record_slowly",
                                             [{"seconds": 0.05, "n": n + i} for i in range(5)])
                 n += 5
-                time.sleep(0.1)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    reload.wait(0.1)  # the next batch in 0.1 s, or none once it ended
             out, err = reload.communicate(timeout=DEADLINE_S)
         finally:
             if reload.poll() is None:

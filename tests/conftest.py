@@ -1,11 +1,15 @@
-"""Shared fixtures: start real worker processes and always clean them up."""
+"""Shared fixtures: start real worker processes and nodes and always clean them up; one
+headless Chromium per module and the screenshot folder, for the console's tests."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
-from support import ALONE, ECHO, SAMPLE, worker_env
+from support import ALONE, CHROMIUM, ECHO, SAMPLE, require_browser, worker_env
 
 from yptask.config.node import NodeConfig
 from yptask.config.tasks import TaskDef
@@ -61,3 +65,26 @@ async def start_node(tmp_path) -> AsyncIterator[StartNode]:
     yield start
     for node in nodes:
         await node.stop()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where screenshots go: YPTASK_SCREENSHOTS (docs/screenshots to regenerate them)."""
+    folder = Path(os.environ.get("YPTASK_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module (Playwright's sync API runs one at a time)."""
+    from playwright.sync_api import sync_playwright
+
+    require_browser()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                              args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -13,18 +13,13 @@ Screenshots go to $YPTASK_SCREENSHOTS (default: a temporary folder).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from support import CHROMIUM, TEST_WORKERS, NodeProcess, require_browser, wait_for
-from test_console_views import browser_page
-
-from yptask.access.passwords import hash_password
-from yptask.client import Client
+from console_support import ConsoleNode, browser_page, log_in
+from support import TEST_WORKERS, require_browser, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -52,30 +47,11 @@ env = {{ PYTHONPATH = "{TEST_WORKERS}" }}
 """
 
 
-class MessagesNode(NodeProcess):
-    def __init__(self, tmp: Path) -> None:
-        (tmp / "node.toml").write_text(
-            f'[node]\nconsole_password_hash = "{hash_password(PASSWORD)}"\n'
-            f'viewer_password_hash = "{hash_password(VIEWER_PASSWORD)}"\n')
-        super().__init__(tmp, TASKS, "msgs1",
-                         cluster=["--config", str(tmp / "node.toml"), "--no-mdns"])
-
-    @property
-    def base(self) -> str:
-        return self.url.removesuffix("/rpc")
-
-    def client(self) -> Client:
-        return Client(self.url, password=PASSWORD)
-
-    def listed(self, **params: Any) -> dict[str, Any]:
-        answer: dict[str, Any] = self.client().request("messages.list", params)
-        return answer
-
-
 @pytest.fixture(scope="module")
-def node(tmp_path_factory) -> Iterator[MessagesNode]:
+def node(tmp_path_factory) -> Iterator[ConsoleNode]:
     require_browser()
-    started = MessagesNode(tmp_path_factory.mktemp("messages"))
+    started = ConsoleNode(tmp_path_factory.mktemp("messages"), TASKS, "msgs1", PASSWORD,
+                          viewer_password=VIEWER_PASSWORD)
     started.start()
     try:
         started.client().put_timer({"name": "tokyo", "cron": "30 9 * * *",
@@ -85,32 +61,9 @@ def node(tmp_path_factory) -> Iterator[MessagesNode]:
         started.stop()
 
 
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    folder = Path(os.environ.get("YPTASK_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    require_browser()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                              args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
-def log_in(page: Any, node: MessagesNode, where: str, password: str = PASSWORD) -> None:
-    page.goto(node.base + "/" + where)
-    page.wait_for_selector("#password")
-    page.fill("#password", password)
-    page.click("#login")
+def listed(node: ConsoleNode, **params: Any) -> dict[str, Any]:
+    answer: dict[str, Any] = node.client().request("messages.list", params)
+    return answer
 
 
 def rows_shown(page: Any, count: int) -> None:
@@ -161,9 +114,9 @@ def test_a_bulk_cancel_through_the_filter_asks_how_many_and_cancels_them(node, b
         page.click("#confirm-yes")
         page.wait_for_selector("#notice:has-text('50 of 50 done')")
         assert page.console_errors == [] and page.failed == []
-    assert node.listed(name="held.bulk", state="cancelled")["total"] == 50
-    assert node.listed(name="held.bulk", state="queued")["total"] == 0
-    assert node.listed(name="held.other", state="queued")["total"] == 1
+    assert listed(node, name="held.bulk", state="cancelled")["total"] == 50
+    assert listed(node, name="held.bulk", state="queued")["total"] == 0
+    assert listed(node, name="held.other", state="queued")["total"] == 1
 
 
 def test_a_bulk_on_selected_rows_changes_only_those(node, browser):
@@ -179,7 +132,7 @@ def test_a_bulk_on_selected_rows_changes_only_those(node, browser):
         assert page.text_content("#confirm-text") == "Change priority of 1 message to 7?"
         page.click("#confirm-yes")
         page.wait_for_selector("#notice:has-text('1 of 1 done')")
-    assert [m["id"] for m in node.listed(name="held.pick", priority=7)["messages"]] == [ids[0]]
+    assert [m["id"] for m in listed(node, name="held.pick", priority=7)["messages"]] == [ids[0]]
 
 
 def test_a_message_page_shows_its_failed_attempts_error(node, browser, shots):
@@ -250,7 +203,7 @@ def test_a_viewer_sees_the_change_buttons_disabled_and_reads_the_audit_log(node,
 
 
 def test_the_new_views_fit_a_phone_without_errors(node, browser, shots):
-    some = node.listed(name="held.deep", limit=1)["messages"][0]["id"]
+    some = listed(node, name="held.deep", limit=1)["messages"][0]["id"]
     views = {"#/messages?name=held.*": "#messages-table tbody tr[data-state]",
              f"#/messages/{quote(some, safe='')}": "#deliveries-table tr[data-task=held]",
              "#/timers/tokyo": "#ledger-table",

@@ -15,21 +15,16 @@ temporary folder).
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from support import CHROMIUM, TEST_WORKERS, NodeProcess, require_browser, wait_for
-
-from yptask.access.passwords import hash_password
-from yptask.client import Client
+from console_support import ConsoleNode, browser_page, log_in
+from support import TEST_WORKERS, require_browser, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -86,25 +81,10 @@ VIEWS = {
 }
 
 
-class ViewsNode(NodeProcess):
-    def __init__(self, tmp: Path) -> None:
-        (tmp / "node.toml").write_text(
-            f'[node]\nconsole_password_hash = "{hash_password(PASSWORD)}"\n')
-        super().__init__(tmp, TASKS, "views1",
-                         cluster=["--config", str(tmp / "node.toml"), "--no-mdns"])
-
-    @property
-    def base(self) -> str:
-        return self.url.removesuffix("/rpc")
-
-    def client(self) -> Client:
-        return Client(self.url, password=PASSWORD)
-
-
 @pytest.fixture(scope="module")
-def node(tmp_path_factory) -> Iterator[ViewsNode]:
+def node(tmp_path_factory) -> Iterator[ConsoleNode]:
     require_browser()
-    started = ViewsNode(tmp_path_factory.mktemp("views"))
+    started = ConsoleNode(tmp_path_factory.mktemp("views"), TASKS, "views1", PASSWORD)
     started.start()
     try:
         started.client().put_timer({"name": "tokyo", "cron": "30 9 * * *",
@@ -113,53 +93,6 @@ def node(tmp_path_factory) -> Iterator[ViewsNode]:
         yield started
     finally:
         started.stop()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    folder = Path(os.environ.get("YPTASK_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for the module (Playwright's sync API runs one at a time)."""
-    from playwright.sync_api import sync_playwright
-
-    require_browser()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                              args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
-@contextmanager
-def browser_page(browser: Any, width: int = 1280, height: int = 800) -> Iterator[Any]:
-    """A page of its own (own cookies) that keeps its console errors (`page.console_errors`)
-    and its failed requests (`page.failed`: an HTTP status of 400 or more, or no answer)."""
-    context = browser.new_context(viewport={"width": width, "height": height})
-    try:
-        page = context.new_page()
-        page.console_errors = []  # type: ignore[attr-defined]
-        page.failed = []  # type: ignore[attr-defined]
-        page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
-        page.on("pageerror", lambda e: page.console_errors.append(str(e)))
-        page.on("response", lambda r: r.status >= 400 and page.failed.append(f"{r.status} {r.url}"))
-        page.on("requestfailed", lambda r: page.failed.append(f"failed {r.url}"))
-        yield page
-    finally:
-        context.close()
-
-
-def log_in(page: Any, node: ViewsNode, where: str = "") -> None:
-    page.goto(node.base + "/" + where)
-    page.wait_for_selector("#password")
-    page.fill("#password", PASSWORD)
-    page.click("#login")
 
 
 @pytest.fixture(scope="module")
